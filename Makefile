@@ -1,0 +1,50 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS := openssh-server
+DEMO_HOME ?= $(CURDIR)/.ccat-demo
+
+.PHONY: test demo ui lint format bench debs install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian packages the integration tests need (a real OpenSSH sshd).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install debs lint
+	$(VENV)/bin/pytest -q -ra
+
+demo: install
+	CCAT_HOME=$(DEMO_HOME) $(VENV)/bin/ccat demo
+
+ui: install
+	CCAT_HOME=$(DEMO_HOME) DAGSTER_HOME=$(DEMO_HOME)/dagster_home \
+	  $(VENV)/bin/dagster dev -w workspace.yaml
+
+bench: install debs
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""One storage interface for every kind of location: local disk, SSH (SFTP) and S3.
+
+Keys are relative, '/'-separated object names under the location root (disk path or S3
+prefix). Backends move bytes and decide nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ccat_ops_db.checksum import DEFAULT_ALGORITHM
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    exists: bool
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    key: str
+    size: int
+    checksum: str
+    checksum_algorithm: str
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    key: str
+    existed: bool  # False: it was already missing, which counts as deleted
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    total_bytes: int
+    used_bytes: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.used_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+class Storage(abc.ABC):
+    """A place that holds objects under relative keys."""
+
+    #: human-readable location name for messages, e.g. "ccat/telescope_buffer"
+    name: str
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectStat: ...
+
+    @abc.abstractmethod
+    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A readable binary stream of the object."""
+
+    @abc.abstractmethod
+    def write_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        expected_checksum: str | None = None,
+        algorithm: str = DEFAULT_ALGORITHM,
+        size_hint: int | None = None,
+    ) -> WriteResult:
+        """Write atomically: nothing appears under ``key`` unless all bytes arrived and (when
+        given) the checksum matches; otherwise the partial object is removed."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> DeleteResult:
+        """Idempotent: a missing object counts as deleted (``existed=False``)."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under ``prefix``."""
+
+    @abc.abstractmethod
+    def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
+        """Checksum and size of the stored object, computed by streaming it."""
+
+    def disk_usage(self) -> DiskUsage:
+        raise NotImplementedError(f"{self.name}: disk usage is only defined for disk locations")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

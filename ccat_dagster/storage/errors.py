@@ -1,0 +1,41 @@
+"""Storage errors: transient (retry with backoff) versus permanent (needs a person or a re-copy)."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class; ``location`` and ``key`` name where it happened."""
+
+    def __init__(self, message: str, *, location: str | None = None, key: str | None = None):
+        where = " ".join(p for p in (f"location={location}" if location else "",
+                                     f"object={key}" if key else "") if p)
+        super().__init__(f"{message} [{where}]" if where else message)
+        self.location = location
+        self.key = key
+
+
+class TransientStorageError(StorageError):
+    """Connection dropped, timeout, S3 5xx/throttling: retrying later may succeed."""
+
+
+class PermanentStorageError(StorageError):
+    """Missing source, permission denied, disk full, bad configuration: retrying will not help."""
+
+
+class ChecksumMismatchError(PermanentStorageError):
+    """The bytes that arrived are not the bytes that were recorded."""
+
+    def __init__(self, *, expected: str, actual: str, algorithm: str, location: str | None = None,
+                 key: str | None = None):
+        super().__init__(
+            f"{algorithm} checksum mismatch: expected {expected}, got {actual}",
+            location=location,
+            key=key,
+        )
+        self.expected = expected
+        self.actual = actual
+        self.algorithm = algorithm
+
+
+class NotImplementedStorageError(PermanentStorageError, NotImplementedError):
+    """A storage kind that is declared but not implemented (tape)."""

@@ -1,0 +1,3 @@
+pytest_plugins = [
+    "ccat_dagster_tests.fixtures.databases",
+]

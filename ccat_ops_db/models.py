@@ -1,0 +1,568 @@
+"""The operations database: the system of record for sites, locations, data and every copy.
+
+Entities and statuses follow the seeds (core_concepts.md, data_lifecycle.rst). PhysicalCopy rows
+are never deleted, only marked; every status change is written to ``audit_log`` (see
+:mod:`ccat_ops_db.audit`). Checksums are always stored together with their algorithm.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Store enum *values* as strings (no native PG enum types: easier migrations, same on SQLite).
+    return Enum(
+        cls,
+        native_enum=False,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+        name=cls.__name__.lower(),
+    )
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class LocationType(enum.Enum):
+    SOURCE = "SOURCE"
+    BUFFER = "BUFFER"
+    LONG_TERM_ARCHIVE = "LONG_TERM_ARCHIVE"
+    PROCESSING = "PROCESSING"
+
+
+class StorageType(enum.Enum):
+    DISK = "disk"
+    S3 = "s3"
+    TAPE = "tape"
+
+
+class Status(enum.Enum):
+    """Operation status (packaging, transfers, unpacking, archiving, staging)."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class PackageState(enum.Enum):
+    """High-level state of a RawDataPackage in the pipeline."""
+
+    WAITING = "WAITING"
+    TRANSFERRING = "TRANSFERRING"
+    ARCHIVED = "ARCHIVED"
+    FAILED = "FAILED"
+
+
+class PhysicalCopyStatus(enum.Enum):
+    PRESENT = "PRESENT"
+    STAGED = "STAGED"
+    DELETION_SCHEDULED = "DELETION_SCHEDULED"
+    DELETION_IN_PROGRESS = "DELETION_IN_PROGRESS"
+    DELETION_POSSIBLE = "DELETION_POSSIBLE"
+    DELETED = "DELETED"
+    DELETION_FAILED = "DELETION_FAILED"
+
+
+class RouteType(enum.Enum):
+    DIRECT = "DIRECT"
+    RELAY = "RELAY"
+    CUSTOM = "CUSTOM"
+
+
+class CopyType(enum.Enum):
+    RAW_DATA_FILE = "raw_data_file"
+    RAW_DATA_PACKAGE = "raw_data_package"
+    DATA_TRANSFER_PACKAGE = "data_transfer_package"
+
+
+# --------------------------------------------------------------------------- sites, locations
+
+
+class Site(Base):
+    __tablename__ = "site"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    short_name: Mapped[str] = mapped_column(String(64), unique=True)
+    location: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    locations: Mapped[list[DataLocation]] = relationship(
+        back_populates="site", order_by="DataLocation.priority"
+    )
+
+    def __repr__(self) -> str:
+        return f"Site({self.short_name!r})"
+
+
+class DataLocation(Base):
+    __tablename__ = "data_location"
+    __table_args__ = (UniqueConstraint("site_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("site.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    location_type: Mapped[LocationType] = mapped_column(_enum(LocationType))
+    storage_type: Mapped[StorageType] = mapped_column(_enum(StorageType))
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Location-specific override of the policy's retention period (seeds: Location-Specific
+    # Overrides); None means the policy default.
+    retention_period_minutes: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    site: Mapped[Site] = relationship(back_populates="locations")
+
+    __mapper_args__ = {"polymorphic_on": "storage_type", "polymorphic_abstract": True}
+
+    @property
+    def qualified_name(self) -> str:
+        """``{site}_{location}``: the prefix of every pool/queue name of this location."""
+        return f"{self.site.short_name}_{self.name}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.site.short_name}/{self.name})"
+
+
+class DiskDataLocation(DataLocation):
+    __tablename__ = "disk_data_location"
+
+    id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    host: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    user: Mapped[str | None] = mapped_column(String(64))
+    # Optional path of a known_hosts file for this host (not a secret; keys come from the env).
+    known_hosts: Mapped[str | None] = mapped_column(String(1024))
+
+    __mapper_args__ = {"polymorphic_identity": StorageType.DISK}
+
+
+class S3DataLocation(DataLocation):
+    __tablename__ = "s3_data_location"
+
+    id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(255))
+    endpoint_url: Mapped[str | None] = mapped_column(String(1024))
+    prefix: Mapped[str | None] = mapped_column(String(1024))
+    region: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = {"polymorphic_identity": StorageType.S3}
+
+
+class TapeDataLocation(DataLocation):
+    """Declared for completeness (seeds: future capability); using it raises NotImplementedError."""
+
+    __tablename__ = "tape_data_location"
+
+    id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), primary_key=True)
+    library: Mapped[str | None] = mapped_column(String(255))
+
+    __mapper_args__ = {"polymorphic_identity": StorageType.TAPE}
+
+
+# --------------------------------------------------------------------------- observations
+
+
+class ExecutedObsUnit(Base):
+    __tablename__ = "executed_obs_unit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstrumentModule(Base):
+    __tablename__ = "instrument_module"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    instrument: Mapped[str | None] = mapped_column(String(200))
+
+
+# --------------------------------------------------------------------------- data
+
+
+class RawDataFile(Base):
+    __tablename__ = "raw_data_file"
+    __table_args__ = (UniqueConstraint("source_location_id", "relative_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(512))
+    relative_path: Mapped[str] = mapped_column(String(2048))
+    size: Mapped[int] = mapped_column(BigInteger)
+    checksum: Mapped[str] = mapped_column(String(128))
+    checksum_algorithm: Mapped[str] = mapped_column(String(32))
+    source_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    executed_obs_unit_id: Mapped[int] = mapped_column(ForeignKey("executed_obs_unit.id"))
+    instrument_module_id: Mapped[int] = mapped_column(ForeignKey("instrument_module.id"))
+    raw_data_package_id: Mapped[int | None] = mapped_column(
+        ForeignKey("raw_data_package.id"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    source_location: Mapped[DataLocation] = relationship()
+    executed_obs_unit: Mapped[ExecutedObsUnit] = relationship()
+    instrument_module: Mapped[InstrumentModule] = relationship()
+    raw_data_package: Mapped[RawDataPackage | None] = relationship(
+        back_populates="raw_data_files"
+    )
+
+
+Index(
+    "ix_raw_data_file_unpackaged",
+    RawDataFile.source_location_id,
+    RawDataFile.raw_data_package_id,
+)
+
+
+staging_job_raw_data_package = Table(
+    "staging_job_raw_data_package",
+    Base.metadata,
+    Column("staging_job_id", ForeignKey("staging_job.id"), primary_key=True),
+    Column("raw_data_package_id", ForeignKey("raw_data_package.id"), primary_key=True),
+)
+
+
+class RawDataPackage(Base):
+    """Tar of the RawDataFiles of one ExecutedObsUnit x InstrumentModule at one SOURCE."""
+
+    __tablename__ = "raw_data_package"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Stable name: the Dagster partition key (no '|', ',', '[', ']').
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    relative_path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(128))
+    checksum_algorithm: Mapped[str | None] = mapped_column(String(32))
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[Status] = mapped_column(_enum(Status), default=Status.PENDING, index=True)
+    state: Mapped[PackageState] = mapped_column(
+        _enum(PackageState), default=PackageState.WAITING, index=True
+    )
+    source_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    executed_obs_unit_id: Mapped[int] = mapped_column(ForeignKey("executed_obs_unit.id"))
+    instrument_module_id: Mapped[int] = mapped_column(ForeignKey("instrument_module.id"))
+    data_transfer_package_id: Mapped[int | None] = mapped_column(
+        ForeignKey("data_transfer_package.id"), index=True
+    )
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    source_location: Mapped[DataLocation] = relationship()
+    executed_obs_unit: Mapped[ExecutedObsUnit] = relationship()
+    instrument_module: Mapped[InstrumentModule] = relationship()
+    raw_data_files: Mapped[list[RawDataFile]] = relationship(back_populates="raw_data_package")
+    data_transfer_package: Mapped[DataTransferPackage | None] = relationship(
+        back_populates="raw_data_packages"
+    )
+    staging_jobs: Mapped[list[StagingJob]] = relationship(
+        secondary=staging_job_raw_data_package, back_populates="raw_data_packages"
+    )
+
+
+class DataTransferPackage(Base):
+    """Temporary tar of RawDataPackage tars, built at a BUFFER for one site-to-site transfer."""
+
+    __tablename__ = "data_transfer_package"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    relative_path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(128))
+    checksum_algorithm: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[Status] = mapped_column(_enum(Status), default=Status.PENDING, index=True)
+    origin_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    origin_location: Mapped[DataLocation] = relationship()
+    raw_data_packages: Mapped[list[RawDataPackage]] = relationship(
+        back_populates="data_transfer_package"
+    )
+    data_transfers: Mapped[list[DataTransfer]] = relationship(
+        back_populates="data_transfer_package"
+    )
+
+
+class DataTransfer(Base):
+    """One movement of a DataTransferPackage between two locations, and its unpacking there."""
+
+    __tablename__ = "data_transfer"
+    __table_args__ = (UniqueConstraint("data_transfer_package_id", "destination_location_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    data_transfer_package_id: Mapped[int] = mapped_column(
+        ForeignKey("data_transfer_package.id"), index=True
+    )
+    origin_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    destination_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    # "primary" (SOURCE site -> LTA site) or "secondary" (LTA site -> LTA site), or a RouteType.
+    route_kind: Mapped[str] = mapped_column(String(32), default="primary")
+    status: Mapped[Status] = mapped_column(_enum(Status), default=Status.PENDING, index=True)
+    unpack_status: Mapped[Status] = mapped_column(_enum(Status), default=Status.PENDING)
+    bytes_transferred: Mapped[int | None] = mapped_column(BigInteger)
+    throughput_bytes_per_s: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    unpack_retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    unpack_failure_reason: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    data_transfer_package: Mapped[DataTransferPackage] = relationship(
+        back_populates="data_transfers"
+    )
+    origin_location: Mapped[DataLocation] = relationship(foreign_keys=[origin_location_id])
+    destination_location: Mapped[DataLocation] = relationship(
+        foreign_keys=[destination_location_id]
+    )
+
+
+class LongTermArchiveTransfer(Base):
+    """Copy of one RawDataPackage from an LTA-site buffer into a LONG_TERM_ARCHIVE location."""
+
+    __tablename__ = "long_term_archive_transfer"
+    __table_args__ = (UniqueConstraint("raw_data_package_id", "destination_location_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    raw_data_package_id: Mapped[int] = mapped_column(ForeignKey("raw_data_package.id"))
+    origin_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    destination_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    status: Mapped[Status] = mapped_column(_enum(Status), default=Status.PENDING, index=True)
+    bytes_transferred: Mapped[int | None] = mapped_column(BigInteger)
+    throughput_bytes_per_s: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    raw_data_package: Mapped[RawDataPackage] = relationship()
+    origin_location: Mapped[DataLocation] = relationship(foreign_keys=[origin_location_id])
+    destination_location: Mapped[DataLocation] = relationship(
+        foreign_keys=[destination_location_id]
+    )
+
+
+class StagingJob(Base):
+    """A scientist's request to stage archived RawDataPackages to a PROCESSING location."""
+
+    __tablename__ = "staging_job"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    status: Mapped[Status] = mapped_column(_enum(Status), default=Status.PENDING)
+    destination_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    retention_period_minutes: Mapped[int | None] = mapped_column(Integer)
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+    destination_location: Mapped[DataLocation] = relationship()
+    raw_data_packages: Mapped[list[RawDataPackage]] = relationship(
+        secondary=staging_job_raw_data_package, back_populates="staging_jobs"
+    )
+
+
+# --------------------------------------------------------------------------- physical copies
+
+
+class PhysicalCopy(Base):
+    """Where one file or package physically exists. Rows are never deleted, only marked."""
+
+    __tablename__ = "physical_copy"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    type: Mapped[CopyType] = mapped_column(_enum(CopyType))
+    data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    status: Mapped[PhysicalCopyStatus] = mapped_column(
+        _enum(PhysicalCopyStatus), default=PhysicalCopyStatus.PRESENT
+    )
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(128))
+    checksum_algorithm: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = mapped_column()
+    # Deletion bookkeeping: retries (seeds: get_retry_count) and a claim so that two cleanup
+    # runs never work on the same copy at once.
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column()
+
+    raw_data_file_id: Mapped[int | None] = mapped_column(ForeignKey("raw_data_file.id"))
+    raw_data_package_id: Mapped[int | None] = mapped_column(ForeignKey("raw_data_package.id"))
+    data_transfer_package_id: Mapped[int | None] = mapped_column(
+        ForeignKey("data_transfer_package.id")
+    )
+
+    data_location: Mapped[DataLocation] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("raw_data_file_id", "data_location_id"),
+        UniqueConstraint("raw_data_package_id", "data_location_id"),
+        UniqueConstraint("data_transfer_package_id", "data_location_id"),
+        Index("ix_physical_copy_location_status", "data_location_id", "type", "status"),
+    )
+    __mapper_args__ = {"polymorphic_on": "type"}
+
+
+class RawDataFilePhysicalCopy(PhysicalCopy):
+    raw_data_file: Mapped[RawDataFile] = relationship(foreign_keys=[PhysicalCopy.raw_data_file_id])
+    __mapper_args__ = {"polymorphic_identity": CopyType.RAW_DATA_FILE}
+
+
+class RawDataPackagePhysicalCopy(PhysicalCopy):
+    raw_data_package: Mapped[RawDataPackage] = relationship(
+        foreign_keys=[PhysicalCopy.raw_data_package_id]
+    )
+    __mapper_args__ = {"polymorphic_identity": CopyType.RAW_DATA_PACKAGE}
+
+
+class DataTransferPackagePhysicalCopy(PhysicalCopy):
+    data_transfer_package: Mapped[DataTransferPackage] = relationship(
+        foreign_keys=[PhysicalCopy.data_transfer_package_id]
+    )
+    __mapper_args__ = {"polymorphic_identity": CopyType.DATA_TRANSFER_PACKAGE}
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class DataTransferRoute(Base):
+    """A manual route override (seeds: Custom Routes)."""
+
+    __tablename__ = "data_transfer_route"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    route_type: Mapped[RouteType] = mapped_column(_enum(RouteType))
+    origin_site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+    destination_site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+    # RELAY: the intermediate site; CUSTOM: explicit locations.
+    relay_site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"))
+    origin_location_id: Mapped[int | None] = mapped_column(ForeignKey("data_location.id"))
+    destination_location_id: Mapped[int | None] = mapped_column(ForeignKey("data_location.id"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    origin_site: Mapped[Site] = relationship(foreign_keys=[origin_site_id])
+    destination_site: Mapped[Site] = relationship(foreign_keys=[destination_site_id])
+    relay_site: Mapped[Site | None] = relationship(foreign_keys=[relay_site_id])
+    origin_location: Mapped[DataLocation | None] = relationship(foreign_keys=[origin_location_id])
+    destination_location: Mapped[DataLocation | None] = relationship(
+        foreign_keys=[destination_location_id]
+    )
+
+
+class RoundRobinState(Base):
+    """Durable round-robin position (the seeds kept it in Redis): one row per routing key."""
+
+    __tablename__ = "round_robin_state"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_index: Mapped[int] = mapped_column(Integer, default=-1)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# --------------------------------------------------------------------------- policy, monitoring
+
+
+class PolicySetting(Base):
+    """The topology's ``policy`` section, one row per key (value as JSON)."""
+
+    __tablename__ = "policy_setting"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+
+
+class DiskUsageSample(Base):
+    """One disk-usage measurement of a disk location (replaces the seeds' Redis buffer status)."""
+
+    __tablename__ = "disk_usage_sample"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_bytes: Mapped[int] = mapped_column(BigInteger)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    percent: Mapped[float] = mapped_column(Float)
+    level: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_disk_usage_sample_location_time", "data_location_id", "measured_at"),)
+
+
+class AuditLog(Base):
+    """Every status change of a copy or package: when, why, which run, and the evidence."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    entity_type: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    data_location_id: Mapped[int | None] = mapped_column(ForeignKey("data_location.id"))
+    old_status: Mapped[str | None] = mapped_column(String(32))
+    new_status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_audit_log_entity", "entity_type", "entity_id"),)
