@@ -8,7 +8,7 @@ are never deleted, only marked; every status change is written to ``audit_log`` 
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -32,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 NAMING_CONVENTION = {
@@ -248,9 +248,7 @@ class RawDataFile(Base):
     source_location: Mapped[DataLocation] = relationship()
     executed_obs_unit: Mapped[ExecutedObsUnit] = relationship()
     instrument_module: Mapped[InstrumentModule] = relationship()
-    raw_data_package: Mapped[RawDataPackage | None] = relationship(
-        back_populates="raw_data_files"
-    )
+    raw_data_package: Mapped[RawDataPackage | None] = relationship(back_populates="raw_data_files")
 
 
 Index(
@@ -546,7 +544,9 @@ class DiskUsageSample(Base):
     percent: Mapped[float] = mapped_column(Float)
     level: Mapped[str] = mapped_column(String(16))
 
-    __table_args__ = (Index("ix_disk_usage_sample_location_time", "data_location_id", "measured_at"),)
+    __table_args__ = (
+        Index("ix_disk_usage_sample_location_time", "data_location_id", "measured_at"),
+    )
 
 
 class AuditLog(Base):

@@ -12,7 +12,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ccat_ops_db.checksum import DEFAULT_ALGORITHM
+from ccat_dagster.storage.errors import ChecksumMismatchError
+from ccat_ops_db.checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, HashingWriter
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class Storage(abc.ABC):
         """A readable binary stream of the object."""
 
     @abc.abstractmethod
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A writable stream whose bytes appear under ``key`` only when the ``with`` block exits
+        normally (temporary name then rename; S3 multipart completed). If the block raises, the
+        partial object is removed (multipart aborted) and nothing is left under ``key``."""
+
     def write_stream(
         self,
         key: str,
@@ -68,8 +74,24 @@ class Storage(abc.ABC):
         algorithm: str = DEFAULT_ALGORITHM,
         size_hint: int | None = None,
     ) -> WriteResult:
-        """Write atomically: nothing appears under ``key`` unless all bytes arrived and (when
-        given) the checksum matches; otherwise the partial object is removed."""
+        """Write ``stream`` atomically under ``key``, hashing it on the way; when
+        ``expected_checksum`` is given and differs, raise ChecksumMismatchError and leave
+        nothing under ``key``. Backends may override for speed, keeping this contract."""
+        with self.open_write(key) as out:
+            writer = HashingWriter(out, algorithm)
+            while chunk := stream.read(CHUNK_SIZE):
+                writer.write(chunk)
+            actual = writer.hexdigest()
+            if expected_checksum is not None and actual != expected_checksum:
+                # Raising inside the block aborts the write: nothing appears under ``key``.
+                raise ChecksumMismatchError(
+                    expected=expected_checksum,
+                    actual=actual,
+                    algorithm=algorithm,
+                    location=self.name,
+                    key=key,
+                )
+        return WriteResult(key=key, size=writer.size, checksum=actual, checksum_algorithm=algorithm)
 
     @abc.abstractmethod
     def delete(self, key: str) -> DeleteResult:

@@ -7,8 +7,11 @@ class StorageError(Exception):
     """Base class; ``location`` and ``key`` name where it happened."""
 
     def __init__(self, message: str, *, location: str | None = None, key: str | None = None):
-        where = " ".join(p for p in (f"location={location}" if location else "",
-                                     f"object={key}" if key else "") if p)
+        where = " ".join(
+            p
+            for p in (f"location={location}" if location else "", f"object={key}" if key else "")
+            if p
+        )
         super().__init__(f"{message} [{where}]" if where else message)
         self.location = location
         self.key = key
@@ -25,8 +28,15 @@ class PermanentStorageError(StorageError):
 class ChecksumMismatchError(PermanentStorageError):
     """The bytes that arrived are not the bytes that were recorded."""
 
-    def __init__(self, *, expected: str, actual: str, algorithm: str, location: str | None = None,
-                 key: str | None = None):
+    def __init__(
+        self,
+        *,
+        expected: str,
+        actual: str,
+        algorithm: str,
+        location: str | None = None,
+        key: str | None = None,
+    ):
         super().__init__(
             f"{algorithm} checksum mismatch: expected {expected}, got {actual}",
             location=location,
