@@ -12,8 +12,41 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ccat_dagster.storage.errors import ChecksumMismatchError
+from ccat_dagster.storage.errors import ChecksumMismatchError, PermanentStorageError
 from ccat_ops_db.checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, HashingWriter
+
+
+def check_key(key: str, *, location: str) -> str:
+    """Return ``key`` if it is a valid relative '/'-separated object name under a location root;
+    otherwise raise PermanentStorageError naming the location and the key. Absolute keys, empty
+    keys and '..' components are refused so that no key can reach outside the location."""
+    reason = None
+    if not isinstance(key, str) or not key or not key.strip("/"):
+        reason = "empty key"
+    elif key.startswith("/") or key.startswith("\\"):
+        reason = "absolute key"
+    elif any(part in ("..", ".") for part in key.split("/")):
+        reason = "'.' or '..' component"
+    elif "\x00" in key:
+        reason = "NUL byte"
+    elif key.endswith("/") or "//" in key:
+        reason = "empty path component"
+    if reason:
+        raise PermanentStorageError(
+            f"invalid object key ({reason}); keys are relative '/'-separated names under the "
+            "location root",
+            location=location,
+            key=repr(key),
+        )
+    return key
+
+
+def check_prefix(prefix: str, *, location: str) -> str:
+    """A listing prefix: '' (everything) or the start of a valid key, e.g. 'raw/' or 'raw/pkg_'."""
+    if prefix == "":
+        return prefix
+    check_key(prefix.rstrip("/") if prefix.rstrip("/") else prefix, location=location)
+    return prefix
 
 
 @dataclass(frozen=True)
@@ -104,6 +137,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
         """Checksum and size of the stored object, computed by streaming it."""
+
+    def stored_checksum(self, key: str) -> tuple[str, str] | None:
+        """(algorithm, hexdigest) recorded with the object when it was written, if the backend
+        keeps one (S3 object metadata); None means: compute it with ``checksum``."""
+        return None
 
     def disk_usage(self) -> DiskUsage:
         raise NotImplementedError(f"{self.name}: disk usage is only defined for disk locations")

@@ -36,9 +36,11 @@ class ChecksumMismatchError(PermanentStorageError):
         algorithm: str,
         location: str | None = None,
         key: str | None = None,
+        detail: str | None = None,
     ):
         super().__init__(
-            f"{algorithm} checksum mismatch: expected {expected}, got {actual}",
+            f"{algorithm} checksum mismatch: expected {expected}, got {actual}"
+            + (f"; {detail}" if detail else ""),
             location=location,
             key=key,
         )
