@@ -1,0 +1,260 @@
+"""Local-disk storage: objects are files under a root directory on a filesystem mounted where the
+code runs. Writes go to a hidden ``.<name>.part-<uuid>`` file in the target directory, are fsynced
+and renamed into place only when complete, so a reader never sees a partial file under its final
+name; OS errors are mapped to transient or permanent storage errors naming location and key.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from ccat_dagster.storage.base import (
+    DeleteResult,
+    DiskUsage,
+    ObjectStat,
+    Storage,
+    check_key,
+    check_prefix,
+)
+from ccat_dagster.storage.errors import (
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from ccat_ops_db.checksum import DEFAULT_ALGORITHM, checksum_file
+
+#: marker of an in-progress write; such files are never listed as objects
+PART_MARKER = ".part-"
+
+# Errors that a retry can cure: stale NFS handles, timeouts, interrupted or busy resources.
+_TRANSIENT_ERRNOS = {
+    errno.EAGAIN,
+    errno.EINTR,
+    errno.EBUSY,
+    errno.ETIMEDOUT,
+    errno.ESTALE,
+    errno.EIO,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.ECONNRESET,
+}
+
+
+def is_part_file(name: str) -> bool:
+    """True for the temporary name of a write in progress (``.<base>.part-<uuid>``)."""
+    return name.startswith(".") and PART_MARKER in name
+
+
+def map_os_error(exc: OSError, *, location: str, key: str | None, reading: bool) -> StorageError:
+    """The storage error an operator can act on for an OSError at ``location``/``key``."""
+    code = exc.errno
+    if code == errno.ENOENT:
+        if reading:
+            return PermanentStorageError(
+                "missing source: the object does not exist; check the recorded path or copy it "
+                "again from another copy",
+                location=location,
+                key=key,
+            )
+        return PermanentStorageError(
+            f"directory missing: {exc}; check that the location root exists and is mounted",
+            location=location,
+            key=key,
+        )
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermanentStorageError(
+            f"permission denied: {exc}; fix ownership/permissions of the location for the "
+            "user running this code",
+            location=location,
+            key=key,
+        )
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return PermanentStorageError(
+            f"disk full: {exc}; free space at the location (or lower its buffer thresholds)",
+            location=location,
+            key=key,
+        )
+    if code in _TRANSIENT_ERRNOS:
+        return TransientStorageError(
+            f"I/O error, may succeed on retry: {exc}", location=location, key=key
+        )
+    return PermanentStorageError(f"filesystem error: {exc}", location=location, key=key)
+
+
+class _AtomicFileWriter:
+    """The writable stream handed out by ``open_write``: maps OS errors while writing to
+    storage errors of *this* location, so they are not confused with errors of a source."""
+
+    def __init__(self, fh: BinaryIO, *, location: str, key: str) -> None:
+        self._fh = fh
+        self._location = location
+        self._key = key
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            raise map_os_error(exc, location=self._location, key=self._key, reading=False) from exc
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            raise map_os_error(exc, location=self._location, key=self._key, reading=False) from exc
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+class LocalDiskStorage(Storage):
+    """Objects as files under ``root`` on a local (or locally mounted) filesystem."""
+
+    def __init__(self, name: str, root: str | os.PathLike[str]) -> None:
+        self.name = name
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalDiskStorage({self.name!r}, root={str(self.root)!r})"
+
+    def path_of(self, key: str) -> Path:
+        """Filesystem path of ``key`` (validated: stays under the root)."""
+        return self.root / check_key(key, location=self.name)
+
+    def _map(self, exc: OSError, key: str | None, *, reading: bool) -> StorageError:
+        return map_os_error(exc, location=self.name, key=key, reading=reading)
+
+    def stat(self, key: str) -> ObjectStat:
+        path = self.path_of(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return ObjectStat(exists=False)
+        except OSError as exc:
+            raise self._map(exc, key, reading=True) from exc
+        if not path.is_file():
+            raise PermanentStorageError(
+                "not a regular file (a directory?); keys name files", location=self.name, key=key
+            )
+        return ObjectStat(exists=True, size=st.st_size)
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        path = self.path_of(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's block
+        except OSError as exc:
+            raise self._map(exc, key, reading=True) from exc
+        try:
+            yield fh
+        finally:
+            fh.close()
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        path = self.path_of(key)
+        tmp = path.with_name(f".{path.name}{PART_MARKER}{uuid.uuid4().hex}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(tmp, "xb")  # noqa: SIM115 - closed below on every path
+        except OSError as exc:
+            raise self._map(exc, key, reading=False) from exc
+        try:
+            yield _AtomicFileWriter(fh, location=self.name, key=key)  # type: ignore[misc]
+        except BaseException:
+            # The caller's block failed (its own error, not ours to re-label): drop the part file.
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp, path)
+        except BaseException as exc:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._map(exc, key, reading=False) from exc
+            raise
+        _fsync_dir(path.parent)
+
+    def delete(self, key: str) -> DeleteResult:
+        path = self.path_of(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return DeleteResult(key=key, existed=False)
+        except IsADirectoryError as exc:
+            raise PermanentStorageError(
+                "not a regular file (a directory?); refusing to delete it",
+                location=self.name,
+                key=key,
+            ) from exc
+        except OSError as exc:
+            raise self._map(exc, key, reading=False) from exc
+        return DeleteResult(key=key, existed=True)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        check_prefix(prefix, location=self.name)
+        # Walk only the directory the prefix points into; the rest of the prefix filters names.
+        start_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / start_dir if start_dir else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start, onerror=self._raise_walk_error):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for filename in sorted(filenames):
+                if is_part_file(filename):
+                    continue
+                key = filename if rel_dir == "." else f"{rel_dir}/{filename}".replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    size = os.stat(os.path.join(dirpath, filename)).st_size
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                except OSError as exc:
+                    raise self._map(exc, key, reading=True) from exc
+                yield key, size
+
+    def _raise_walk_error(self, exc: OSError) -> None:
+        raise self._map(exc, None, reading=True) from exc
+
+    def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
+        path = self.path_of(key)
+        try:
+            return checksum_file(path, algorithm)
+        except OSError as exc:
+            raise self._map(exc, key, reading=True) from exc
+
+    def disk_usage(self) -> DiskUsage:
+        try:
+            usage = shutil.disk_usage(self.root)
+        except OSError as exc:
+            raise self._map(exc, None, reading=False) from exc
+        return DiskUsage(total_bytes=usage.total, used_bytes=usage.used)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable: a crash right after must not lose the new directory entry."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the data itself is synced
+    finally:
+        os.close(fd)
