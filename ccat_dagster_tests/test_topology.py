@@ -1,4 +1,4 @@
-"""Topology YAML: complete validation before any write, idempotent apply, deactivation not deletion."""
+"""Topology YAML: full validation before any write, idempotent apply, deactivation not deletion."""
 
 from __future__ import annotations
 
