@@ -1,3 +1,4 @@
 pytest_plugins = [
     "ccat_dagster_tests.fixtures.databases",
+    "ccat_dagster_tests.fixtures.s3server",
 ]

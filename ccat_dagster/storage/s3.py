@@ -403,6 +403,7 @@ class S3Storage(Storage):
             endpoint_url=endpoint_url, region=region, max_pool_connections=concurrency + 2
         )
         self._bucket_checked = False
+        self.list_page_size = 1000  # S3's maximum; smaller only to exercise paging
 
     def __repr__(self) -> str:
         return f"S3Storage({self.name!r}, s3://{self.bucket}/{self.prefix})"
@@ -539,7 +540,9 @@ class S3Storage(Storage):
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+            ):
                 for obj in page.get("Contents", []):
                     yield self._relative(obj["Key"]), int(obj["Size"])
         except StorageError:
