@@ -1,0 +1,402 @@
+"""Filing raw data: registering the files an instrument wrote at a SOURCE location.
+
+Each file becomes a RawDataFile (relative path, size, checksum) of one ExecutedObsUnit and
+InstrumentModule, with a PRESENT RawDataFilePhysicalCopy at the SOURCE and an audit entry. All
+paths are checked and checksummed before anything is written, so a bad path rejects the whole
+call and leaves the database untouched. Work is set-based: existing rows are looked up and new
+rows inserted per chunk of thousands of files, never one statement per file. Registering a file
+again is a no-op; the same path with other content is refused, because the first bytes may
+already be packaged and archived.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle.locations import resolve_location
+from ccat_ops_db.audit import audit_many
+from ccat_ops_db.checksum import DEFAULT_ALGORITHM, checksum_file
+from ccat_ops_db.models import (
+    CopyType,
+    DataLocation,
+    DiskDataLocation,
+    ExecutedObsUnit,
+    InstrumentModule,
+    LocationType,
+    PhysicalCopy,
+    PhysicalCopyStatus,
+    RawDataFile,
+    utcnow,
+)
+
+# Rows per lookup/INSERT round; the drivers split it further into multi-row statements.
+CHUNK_ROWS = 5_000
+# Problems listed in one error message; the rest are counted.
+MAX_LISTED_PROBLEMS = 20
+AUDIT_ENTITY_TYPE = "physical_copy"
+
+
+class FilingError(ValueError):
+    """Files that cannot be registered; nothing was written."""
+
+    def __init__(self, location: str, problems: list[str]) -> None:
+        self.problems = problems
+        listed = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(listed)
+        lines = [
+            f"cannot register raw data files at {location}: {len(problems)} problem(s); "
+            "nothing was registered",
+            *(f"  - {p}" for p in listed),
+        ]
+        if more:
+            lines.append(f"  ... and {more} more")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class FilingResult:
+    location: str  # site/name
+    obs_unit: str
+    instrument_module: str
+    registered: int
+    already_registered: int
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    relative_path: str
+    path: str  # the path to read
+    size: int
+
+
+def _qualified(location: DataLocation) -> str:
+    return f"{location.site.short_name}/{location.name}"
+
+
+def _check_location(session: Session, location: DataLocation | str) -> DiskDataLocation:
+    if isinstance(location, str):
+        location = resolve_location(session, location)
+    name = _qualified(location)
+    if location.location_type is not LocationType.SOURCE:
+        problem = (
+            f"{name} is a {location.location_type.value} location; raw data files are "
+            "registered only at a SOURCE location (see `ccat list-locations`)"
+        )
+    elif not isinstance(location, DiskDataLocation):
+        problem = f"{name} is on {location.storage_type.value} storage; a SOURCE must be on disk"
+    elif not (location.active and location.site.active):
+        problem = (
+            f"{name} is inactive; set active: true on it in the topology and run "
+            "`ccat topology apply`, or register at the active SOURCE location"
+        )
+    elif not os.path.isdir(location.path):
+        where = f" (host {location.host})" if location.host else ""
+        problem = (
+            f"the root {location.path} of {name} is not a directory on this machine; run the "
+            f"registration where the location is mounted{where}"
+        )
+    else:
+        return location
+    raise FilingError(name, [problem])
+
+
+class _FileCollector:
+    """Expands the given paths into regular files under the root, collecting every problem."""
+
+    def __init__(self, root: str) -> None:
+        self.root_lexical = Path(os.path.abspath(root))
+        self.root_real = Path(os.path.realpath(root))
+        self.files: dict[str, _Candidate] = {}
+        self.problems: list[str] = []
+
+    def _lexically_inside(self, path: Path) -> bool:
+        return path.is_relative_to(self.root_lexical) or path.is_relative_to(self.root_real)
+
+    def add(self, given: str | Path) -> None:
+        given_path = Path(given)
+        if ".." in given_path.parts:
+            self.problems.append(
+                f"{given}: contains '..'; give the path without '..' (absolute, or relative to "
+                f"the location root {self.root_lexical})"
+            )
+            return
+        # Relative paths are taken relative to the location root, as instruments know it.
+        path = Path(os.path.normpath(self.root_lexical / given_path))
+        if not self._lexically_inside(path):
+            self.problems.append(
+                f"{given}: outside the location root {self.root_lexical}; move or copy the file "
+                "under the root (or register it at the SOURCE location that holds it)"
+            )
+            return
+        if not os.path.lexists(path):
+            self.problems.append(f"{given}: does not exist ({path}); check the path")
+            return
+        if os.path.isdir(path):
+            self._walk(path, given)
+        else:
+            self._file(path, given)
+
+    def _real_inside(self, path: Path, given: str | Path) -> Path | None:
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(self.root_real):
+            self.problems.append(
+                f"{given}: is a symlink leading out of the location root {self.root_real} (to "
+                f"{real}); copy the data under the root instead of linking to it"
+            )
+            return None
+        return real
+
+    def _walk(self, directory: Path, given: str | Path) -> None:
+        stack, seen = [directory], set()
+        while stack:
+            current = stack.pop()
+            real = self._real_inside(current, current if current != directory else given)
+            if real is None or real in seen:
+                continue
+            seen.add(real)
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name, reverse=True)
+            except OSError as exc:
+                self.problems.append(f"{current}: cannot list directory: {exc.strerror or exc}")
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                else:
+                    self._file(Path(entry.path), entry.path)
+
+    def _file(self, path: Path, given: str | Path) -> None:
+        real = self._real_inside(path, given)
+        if real is None:
+            return
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            self.problems.append(f"{given}: cannot be read: {exc.strerror or exc}")
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self.problems.append(
+                f"{given}: is not a regular file (a device, socket or pipe); only regular files "
+                "can be registered, so remove it from the given paths"
+            )
+            return
+        # The canonical (symlink-free) path, so a file named two ways is registered once.
+        relative = real.relative_to(self.root_real).as_posix()
+        self.files[relative] = _Candidate(relative, str(real), st.st_size)
+
+
+def _chunks(items: Sequence, size: int = CHUNK_ROWS) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _check_names(obs_unit: str, instrument_module: str) -> list[str]:
+    problems = []
+    for what, value in (("obs unit", obs_unit), ("instrument module", instrument_module)):
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"the {what} name is empty; give the name the instrument uses")
+        elif len(value) > 200 or any(c in value for c in "|,[]\n"):
+            problems.append(
+                f"the {what} name {value!r} is too long or contains '|', ',', '[', ']' or a "
+                "newline (it becomes part of package names)"
+            )
+    return problems
+
+
+def _existing_rows(session: Session, location_id: int, relative_paths: Sequence[str]) -> dict:
+    rows = session.execute(
+        select(
+            RawDataFile.relative_path,
+            RawDataFile.size,
+            RawDataFile.checksum,
+            RawDataFile.checksum_algorithm,
+            ExecutedObsUnit.name,
+            InstrumentModule.name,
+        )
+        .join(ExecutedObsUnit, RawDataFile.executed_obs_unit_id == ExecutedObsUnit.id)
+        .join(InstrumentModule, RawDataFile.instrument_module_id == InstrumentModule.id)
+        .where(
+            RawDataFile.source_location_id == location_id,
+            RawDataFile.relative_path.in_(relative_paths),
+        )
+    ).all()
+    return {row[0]: row[1:] for row in rows}
+
+
+def _compare_with_registered(
+    candidate: _Candidate, registered: tuple, obs_unit: str, instrument_module: str
+) -> str | None:
+    size, checksum, algorithm, old_obs_unit, old_module = registered
+    if (old_obs_unit, old_module) != (obs_unit, instrument_module):
+        return (
+            f"{candidate.relative_path}: already registered for obs unit {old_obs_unit!r} and "
+            f"instrument module {old_module!r}; a file belongs to one observation, so check "
+            "the obs unit and module you gave"
+        )
+    same = candidate.size == size and checksum_file(candidate.path, algorithm)[0] == checksum
+    if not same:
+        return (
+            f"{candidate.relative_path}: already registered with other content (size {size}, "
+            f"{algorithm} {checksum[:16]}...); registered data is never replaced: write the new "
+            "data under a new file name and register that"
+        )
+    return None
+
+
+def _get_or_create_id(session: Session, model: type, name: str) -> int:
+    # INSERT .. ON CONFLICT DO NOTHING: two registrations of a new obs unit may race.
+    dialect = session.get_bind().dialect.name
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    existing = session.scalar(select(model.id).where(model.name == name))
+    if existing is not None:
+        return existing
+    session.execute(
+        dialect_insert(model).values(name=name).on_conflict_do_nothing(index_elements=["name"])
+    )
+    return session.scalar(select(model.id).where(model.name == name))
+
+
+def register_raw_data_files(
+    session: Session,
+    location: DataLocation | str,
+    obs_unit: str,
+    instrument_module: str,
+    paths: Sequence[str | Path],
+    *,
+    algorithm: str = DEFAULT_ALGORITHM,
+    run_id: str | None = None,
+) -> FilingResult:
+    """Register files (or every regular file under directories) at a SOURCE disk location.
+
+    ``location``: a DataLocation or a name for :func:`resolve_location`. Relative ``paths`` are
+    relative to the location root. Raises FilingError (nothing written) for any bad path,
+    changed content or a location that is not an active local SOURCE on disk. Runs in the
+    caller's transaction and flushes; the caller commits.
+    """
+    source = _check_location(session, location)
+    name = _qualified(source)
+    collector = _FileCollector(source.path)
+    for given in paths:
+        collector.add(given)
+    problems = collector.problems + _check_names(obs_unit, instrument_module)
+    if problems:
+        raise FilingError(name, problems)
+
+    candidates = [collector.files[k] for k in sorted(collector.files)]
+    new: list[tuple[_Candidate, str]] = []
+    for chunk in _chunks(candidates):
+        registered = _existing_rows(session, source.id, [c.relative_path for c in chunk])
+        for candidate in chunk:
+            if candidate.relative_path in registered:
+                problem = _compare_with_registered(
+                    candidate, registered[candidate.relative_path], obs_unit, instrument_module
+                )
+                if problem:
+                    problems.append(problem)
+                continue
+            checksum, size = checksum_file(candidate.path, algorithm)
+            if size != candidate.size:
+                problems.append(
+                    f"{candidate.relative_path}: changed size while being registered (is the "
+                    "instrument still writing it?); register it once it is complete"
+                )
+            new.append((candidate, checksum))
+    if problems:
+        raise FilingError(name, problems)
+
+    if new:
+        _insert_new_files(session, source, obs_unit, instrument_module, new, algorithm, run_id)
+    session.flush()
+    return FilingResult(
+        location=name,
+        obs_unit=obs_unit,
+        instrument_module=instrument_module,
+        registered=len(new),
+        already_registered=len(candidates) - len(new),
+    )
+
+
+def _insert_new_files(
+    session: Session,
+    source: DiskDataLocation,
+    obs_unit: str,
+    instrument_module: str,
+    new: list[tuple[_Candidate, str]],
+    algorithm: str,
+    run_id: str | None,
+) -> None:
+    obs_unit_id = _get_or_create_id(session, ExecutedObsUnit, obs_unit)
+    module_id = _get_or_create_id(session, InstrumentModule, instrument_module)
+    files, copies = RawDataFile.__table__, PhysicalCopy.__table__
+    reason = f"raw data file registered at {_qualified(source)} ({obs_unit}, {instrument_module})"
+    now = utcnow()
+    for chunk in _chunks(new):
+        file_ids = dict(
+            session.execute(
+                insert(files).returning(files.c.relative_path, files.c.id),
+                [
+                    {
+                        "name": c.relative_path.rsplit("/", 1)[-1],
+                        "relative_path": c.relative_path,
+                        "size": c.size,
+                        "checksum": checksum,
+                        "checksum_algorithm": algorithm,
+                        "source_location_id": source.id,
+                        "executed_obs_unit_id": obs_unit_id,
+                        "instrument_module_id": module_id,
+                        "created_at": now,
+                    }
+                    for c, checksum in chunk
+                ],
+            ).all()
+        )
+        copy_ids = dict(
+            session.execute(
+                insert(copies).returning(copies.c.raw_data_file_id, copies.c.id),
+                [
+                    {
+                        "type": CopyType.RAW_DATA_FILE,
+                        "data_location_id": source.id,
+                        "status": PhysicalCopyStatus.PRESENT,
+                        "size": c.size,
+                        "checksum": checksum,
+                        "checksum_algorithm": algorithm,
+                        "created_at": now,
+                        "updated_at": now,
+                        "verified_at": now,
+                        "retry_count": 0,
+                        "raw_data_file_id": file_ids[c.relative_path],
+                    }
+                    for c, checksum in chunk
+                ],
+            ).all()
+        )
+        audit_many(
+            session,
+            [
+                {
+                    "entity_type": AUDIT_ENTITY_TYPE,
+                    "entity_id": copy_ids[file_ids[c.relative_path]],
+                    "data_location_id": source.id,
+                    "new_status": PhysicalCopyStatus.PRESENT,
+                    "reason": reason,
+                    "run_id": run_id,
+                    "evidence": {
+                        "relative_path": c.relative_path,
+                        "size": c.size,
+                        "checksum": checksum,
+                        "checksum_algorithm": algorithm,
+                    },
+                }
+                for c, checksum in chunk
+            ],
+        )
