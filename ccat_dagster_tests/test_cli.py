@@ -1,0 +1,180 @@
+"""The ``ccat`` command: every command's --help, the first-start path, and clean operator errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from ccat_dagster.cli import app
+from ccat_dagster.simulate import demo_topology, simulate_instrument
+from ccat_ops_db.migrate import current
+from ccat_ops_db.models import RawDataFile
+from ccat_ops_db.session import make_engine
+from ccat_ops_db.topology import dump_topology
+
+runner = CliRunner()
+
+COMMANDS = [
+    [],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "current"],
+    ["topology"],
+    ["topology", "apply"],
+    ["topology", "show"],
+    ["list-locations"],
+    ["files"],
+    ["files", "register"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ccat")
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.fixture
+def topology_file(tmp_path) -> Path:
+    path = tmp_path / "topology.yaml"
+    path.write_text(dump_topology(demo_topology(tmp_path / "home")))
+    return path
+
+
+@pytest.fixture
+def empty_sqlite(tmp_path, monkeypatch) -> str:
+    """An ops DB URL whose database has no schema yet (an operator's first start)."""
+    url = f"sqlite:///{tmp_path / 'first_start.db'}"
+    monkeypatch.setenv("CCAT_OPS_DB_URL", url)
+    return url
+
+
+def test_db_upgrade_and_current(empty_sqlite):
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 0 and "no schema" in result.output
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert current(empty_sqlite) is not None
+    result = runner.invoke(app, ["db", "current"])
+    assert "(head)" in result.output
+
+
+def test_first_topology_apply_creates_the_schema(empty_sqlite, topology_file):
+    result = runner.invoke(app, ["topology", "apply", str(topology_file)])
+    assert result.exit_code == 0, result.output
+    assert "no schema yet; creating it" in result.stderr
+    assert "created site ccat" in result.stdout
+    assert current(empty_sqlite) is not None
+
+
+def test_show_and_list_locations_without_schema_say_to_upgrade(empty_sqlite):
+    for command in (["topology", "show"], ["list-locations"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1
+        assert "run `ccat db upgrade`" in result.stderr
+
+
+def test_topology_apply_show_and_list_locations(ops_db_url, topology_file):
+    first = runner.invoke(app, ["topology", "apply", str(topology_file)])
+    assert first.exit_code == 0, first.output
+    assert "created cologne/lta (LONG_TERM_ARCHIVE, disk)" in first.stdout
+    again = runner.invoke(app, ["topology", "apply", str(topology_file)])
+    assert "no changes" in again.stdout
+
+    shown = runner.invoke(app, ["topology", "show"])
+    assert shown.exit_code == 0
+
+    def paths(topology: dict) -> dict:
+        return {
+            f"{site['short_name']}/{loc['name']}": loc["storage"]["path"]
+            for site in topology["sites"]
+            for loc in site["locations"]
+        }
+
+    assert paths(yaml.safe_load(shown.stdout)) == paths(yaml.safe_load(topology_file.read_text()))
+
+    listed = runner.invoke(app, ["list-locations"])
+    assert listed.exit_code == 0
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["SITE", "LOCATION", "TYPE", "STORAGE", "PRIORITY", "ACTIVE"]
+    assert any(line.split()[:3] == ["cologne", "lta", "LONG_TERM_ARCHIVE"] for line in lines)
+    assert "pool cologne_lta_long_term_archive_transfer" in listed.stdout
+    assert "pool ccat_primecam_raw_data_raw_data_package_creation" in listed.stdout
+
+
+def test_topology_apply_dry_run_writes_nothing(ops_db_url, topology_file):
+    result = runner.invoke(app, ["topology", "apply", "--dry-run", str(topology_file)])
+    assert result.exit_code == 0 and "dry run" in result.stdout
+    assert "created site ccat" in result.stdout
+    listed = runner.invoke(app, ["list-locations"])
+    assert "no locations yet" in listed.stdout
+
+
+def test_invalid_topology_exits_1_with_message_and_no_traceback(ops_db_url, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites:\n  - {short_name: ccat, name: CCAT, locations: []}\n")
+    result = runner.invoke(app, ["topology", "apply", str(bad)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: invalid topology")
+    assert "sites[0] (ccat): locations must be a non-empty list" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_files_register_then_again(ops_db_url, topology_file, tmp_path, monkeypatch):
+    runner.invoke(app, ["topology", "apply", str(topology_file)])
+    files = simulate_instrument(
+        tmp_path / "home" / "ccat" / "primecam_raw_data",
+        n_obs_units=1,
+        modules=["pcam_280"],
+        files_per_unit=3,
+        min_size=100,
+        max_size=1000,
+    )
+    args = ["files", "register", "--location", "primecam_raw_data"]
+    args += ["--obs-unit", files[0].obs_unit, "--instrument-module", "pcam_280"]
+    args += [str(files[0].path.parent)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "registered 3 new file(s) at ccat/primecam_raw_data" in first.stdout
+    # A relative path on the command line is taken from the current directory, as in a shell.
+    monkeypatch.chdir(files[0].path.parent.parent)
+    second = runner.invoke(app, [*args[:-1], "pcam_280"])
+    assert "registered 0 new file(s)" in second.stdout and "3 already registered" in second.stdout
+    engine = make_engine(ops_db_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(RawDataFile)) == 3
+    engine.dispose()
+
+
+def test_files_register_bad_location_exits_1(ops_db_url, topology_file, tmp_path):
+    runner.invoke(app, ["topology", "apply", str(topology_file)])
+    args = ["files", "register", "-l", "buffer", "--obs-unit", "o", "--instrument-module", "m"]
+    result = runner.invoke(app, [*args, str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Error: location name 'buffer' is ambiguous" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):
+    env = {**os.environ, "CCAT_OPS_DB_URL": f"sqlite:///{tmp_path / 'ops.db'}"}
+    env.pop("CCAT_DEBUG", None)
+    ccat = Path(sys.executable).parent / "ccat"
+    command = [str(ccat)] if ccat.exists() else [sys.executable, "-m", "ccat_dagster.cli"]
+    proc = subprocess.run(
+        [*command, "topology", "apply", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Error: invalid topology" in proc.stderr and "cannot read" in proc.stderr
+    assert "Traceback" not in proc.stderr
