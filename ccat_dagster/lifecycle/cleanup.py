@@ -1,0 +1,748 @@
+"""The cleanup cycle: plan what the deletion rules allow, claim it, re-verify the archive live,
+delete through the Storage interface, and record every step.
+
+``plan_deletions`` only reads: what would be deleted now and by which rule, bytes per location,
+and what is blocked and why. ``run_cleanup_cycle`` runs the rules in the seeds' order (transfer
+packages, raw data packages, processing files, staged files, DELETION_POSSIBLE files) and
+handles all deletable copies of a location in bulk. Right before the last copy of a
+RawDataPackage outside the long-term archives goes (always for a source-buffer copy), the LTA
+copy is re-verified live through ``verify_lta_copy`` and that evidence is written to the audit
+log with the deletion; if the archive copy is missing, wrong or unreachable nothing of that
+package is deleted, the copy returns to PRESENT, the package is flagged and the report carries
+an error for the operator. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules
+never return one and the executor raises if handed one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle.claims import (
+    claim_for_deletion,
+    find_permanent_deletion_failures,
+    mark_deleted,
+    mark_failed,
+    mark_in_progress,
+    release_claims,
+    status_before_claim,
+)
+from ccat_dagster.lifecycle.deletion import (
+    RULE_ORDER,
+    RULE_RDF_STAGED,
+    RULE_RDP_SOURCE_BUFFER,
+    RULE_RDP_STAGED_CLOSE,
+    BlockedCopy,
+    DeletableCopy,
+    RuleContext,
+    chunks,
+    dl_t,
+    explain_blocked,
+    find_closable_staged_raw_data_packages,
+    find_deletable,
+    group_by_location,
+    mark_raw_data_files_for_deletion,
+    pc_t,
+    rule_context,
+)
+from ccat_dagster.storage.base import Storage
+from ccat_ops_db.audit import audit_many
+from ccat_ops_db.models import (
+    CopyType,
+    DataLocation,
+    LocationType,
+    PhysicalCopyStatus,
+    RawDataPackage,
+    utcnow,
+)
+
+S = PhysicalCopyStatus
+DEFAULT_BATCH_SIZE = 1000
+RULE_LTA_VERIFICATION_FAILED = "lta_verification_failed"
+
+
+class RefusedDeletionError(RuntimeError):
+    """The executor was handed a copy it must never delete (a LONG_TERM_ARCHIVE copy)."""
+
+
+# --------------------------------------------------------------------------- live LTA evidence
+
+
+@dataclass(frozen=True)
+class LtaEvidence:
+    """The result of checking one archive copy live, right before a deletion relies on it."""
+
+    ok: bool
+    exists: bool
+    location: str
+    key: str
+    checked_at: datetime
+    size: int | None = None
+    expected_size: int | None = None
+    checksum: str | None = None
+    expected_checksum: str | None = None
+    checksum_algorithm: str | None = None
+    #: "computed" (streamed) or "stored" (checksum metadata kept with the object)
+    checksum_source: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["checked_at"] = self.checked_at.isoformat()
+        return data
+
+
+VerifyLtaCopy = Callable[[RawDataPackage, DataLocation], LtaEvidence]
+
+
+def make_storage_lta_verifier(
+    storage_for: Callable[[DataLocation], Storage], *, prefer_stored_checksum: bool = True
+) -> VerifyLtaCopy:
+    """A ``verify_lta_copy`` that asks the LTA's Storage: the object exists, has the package's
+    size, and its checksum (stored metadata when the backend keeps one and
+    ``prefer_stored_checksum``, else streamed) equals the package's. Storage errors propagate:
+    the executor treats them as "cannot prove the archive copy", keeps the data and reports."""
+
+    def verify(package: RawDataPackage, location: DataLocation) -> LtaEvidence:
+        storage = storage_for(location)
+        key = package.relative_path
+        base = {
+            "location": storage.name,
+            "key": key,
+            "expected_size": package.size,
+            "expected_checksum": package.checksum,
+            "checksum_algorithm": package.checksum_algorithm,
+        }
+        stat = storage.stat(key)
+        if not stat.exists:
+            return LtaEvidence(
+                ok=False, exists=False, checked_at=utcnow(), detail="object missing", **base
+            )
+        if package.size is not None and stat.size != package.size:
+            return LtaEvidence(
+                ok=False,
+                exists=True,
+                size=stat.size,
+                checked_at=utcnow(),
+                detail=f"size {stat.size} != recorded {package.size}",
+                **base,
+            )
+        if not package.checksum or not package.checksum_algorithm:
+            return LtaEvidence(
+                ok=False,
+                exists=True,
+                size=stat.size,
+                checked_at=utcnow(),
+                detail="the package has no recorded checksum to compare with",
+                **base,
+            )
+        stored = storage.stored_checksum(key) if prefer_stored_checksum else None
+        if stored is not None and stored[0] == package.checksum_algorithm:
+            actual, source = stored[1], "stored"
+        else:
+            actual, _ = storage.checksum(key, package.checksum_algorithm)
+            source = "computed"
+        ok = actual == package.checksum
+        return LtaEvidence(
+            ok=ok,
+            exists=True,
+            size=stat.size,
+            checksum=actual,
+            checksum_source=source,
+            checked_at=utcnow(),
+            detail="" if ok else f"{package.checksum_algorithm} checksum mismatch",
+            **base,
+        )
+
+    return verify
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class DeletionPlan:
+    """What a cleanup cycle would do now, and why; computing it changes nothing."""
+
+    now: datetime
+    deletable: list[DeletableCopy]
+    blocked: list[BlockedCopy]
+    staged_packages_to_close: list[DeletableCopy]
+    permanent_failures: list[tuple[int, int, CopyType, int, str | None]]
+    location_names: dict[int, str]
+
+    @property
+    def bytes_by_location(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for c in self.deletable:
+            total[self.location_names[c.data_location_id]] += c.size or 0
+        return dict(total)
+
+    @property
+    def count_by_rule(self) -> dict[str, int]:
+        return dict(Counter(c.rule for c in self.deletable))
+
+    @property
+    def blocked_by_rule(self) -> dict[str, dict[str, int]]:
+        """rule -> reason -> number of copies."""
+        out: dict[str, Counter[str]] = {}
+        for b in self.blocked:
+            out.setdefault(b.rule, Counter())[b.reason] += 1
+        return {rule: dict(reasons) for rule, reasons in out.items()}
+
+    def summary(self) -> str:
+        lines = [f"deletion plan at {self.now.isoformat()}"]
+        for rule, n in sorted(self.count_by_rule.items()):
+            lines.append(f"  deletable by {rule}: {n}")
+        for loc, nbytes in sorted(self.bytes_by_location.items()):
+            lines.append(f"  bytes to free at {loc}: {nbytes}")
+        if self.staged_packages_to_close:
+            lines.append(f"  STAGED package copies to close: {len(self.staged_packages_to_close)}")
+        for rule, reasons in sorted(self.blocked_by_rule.items()):
+            for reason, n in sorted(reasons.items()):
+                lines.append(f"  blocked by {rule}: {n} ({reason})")
+        for copy_id, loc, ctype, retries, reason in self.permanent_failures:
+            lines.append(
+                f"  PERMANENT FAILURE: {ctype.value} copy {copy_id} at "
+                f"{self.location_names.get(loc, loc)} after {retries} attempts: {reason}"
+            )
+        return "\n".join(lines)
+
+
+def _location_names(session: Session) -> dict[int, str]:
+    from ccat_ops_db.models import Site
+
+    rows = session.execute(
+        sa.select(dl_t.c.id, Site.short_name, dl_t.c.name).join(Site, Site.id == dl_t.c.site_id)
+    )
+    return {loc_id: f"{site}/{name}" for loc_id, site, name in rows}
+
+
+def plan_deletions(
+    session: Session,
+    *,
+    location: DataLocation | None = None,
+    now: datetime | None = None,
+    ctx: RuleContext | None = None,
+) -> DeletionPlan:
+    """Every rule's deletable and blocked copies (two SELECTs per rule, whatever the row count)."""
+    ctx = ctx or rule_context(session, now=now)
+    deletable: list[DeletableCopy] = []
+    blocked: list[BlockedCopy] = []
+    for rule in RULE_ORDER:
+        deletable += find_deletable(session, rule, location=location, ctx=ctx)
+        blocked += explain_blocked(session, rule, location=location, ctx=ctx)
+    return DeletionPlan(
+        now=ctx.now,
+        deletable=deletable,
+        blocked=blocked,
+        staged_packages_to_close=find_closable_staged_raw_data_packages(
+            session, location=location, ctx=ctx
+        ),
+        permanent_failures=find_permanent_deletion_failures(
+            session, policy=ctx.policy, location_id=location.id if location else None
+        ),
+        location_names=_location_names(session),
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class CopyFailure:
+    copy_id: int
+    location: str
+    name: str
+    rule: str
+    error: str
+    retry_count: int
+    permanent: bool
+
+
+@dataclass
+class CleanupReport:
+    """What one cycle did. ``errors`` are for the operator: the Dagster step fails on them."""
+
+    run_id: str
+    dry_run: bool
+    deleted_by_rule: Counter[str] = field(default_factory=Counter)
+    bytes_by_location: Counter[str] = field(default_factory=Counter)
+    deleted_copy_ids: list[int] = field(default_factory=list)
+    marked_deletion_possible: int = 0
+    staged_packages_closed: int = 0
+    failures: list[CopyFailure] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    permanent_failures: list[tuple[int, int, CopyType, int, str | None]] = field(
+        default_factory=list
+    )
+    plan: DeletionPlan | None = None
+
+    @property
+    def deleted(self) -> int:
+        return sum(self.deleted_by_rule.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        head = f"cleanup {self.run_id}{' (dry run)' if self.dry_run else ''}: "
+        if self.dry_run and self.plan is not None:
+            return head + "nothing changed\n" + self.plan.summary()
+        lines = [head + f"{self.deleted} copies deleted"]
+        lines += [f"  {rule}: {n}" for rule, n in sorted(self.deleted_by_rule.items())]
+        lines += [
+            f"  freed at {loc}: {n} bytes" for loc, n in sorted(self.bytes_by_location.items())
+        ]
+        if self.marked_deletion_possible:
+            lines.append(
+                f"  raw-file copies now DELETION_POSSIBLE: {self.marked_deletion_possible}"
+            )
+        lines += [
+            f"  FAILED (retry {f.retry_count}): {f.location} {f.name}: {f.error}"
+            for f in self.failures
+        ]
+        lines += [f"  ERROR: {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- executor
+
+
+class _Cycle:
+    """State of one cycle: caches of locations/storages, the report."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        storage_for: Callable[[DataLocation], Storage],
+        verify_lta_copy: VerifyLtaCopy,
+        run_id: str,
+        ctx: RuleContext,
+        report: CleanupReport,
+        batch_size: int,
+    ) -> None:
+        self.session = session
+        self.storage_for = storage_for
+        self.verify_lta_copy = verify_lta_copy
+        self.run_id = run_id
+        self.ctx = ctx
+        self.report = report
+        self.batch_size = batch_size
+        self.names = _location_names(session)
+        self._storages: dict[int, Storage | Exception] = {}
+
+    def location(self, loc_id: int) -> DataLocation:
+        loc = self.session.get(DataLocation, loc_id)
+        if loc is None:
+            raise RefusedDeletionError(f"data location id {loc_id} does not exist")
+        return loc
+
+    def storage(self, loc: DataLocation) -> Storage:
+        if loc.id not in self._storages:
+            try:
+                self._storages[loc.id] = self.storage_for(loc)
+            except Exception as exc:  # noqa: BLE001 - a broken location fails its copies only
+                self._storages[loc.id] = exc
+        got = self._storages[loc.id]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
+def _refuse_lta(cycle: _Cycle, copies: Sequence[DeletableCopy]) -> None:
+    for loc_id in sorted({c.data_location_id for c in copies}):
+        loc = cycle.location(loc_id)
+        if loc.location_type == LocationType.LONG_TERM_ARCHIVE:
+            n = sum(1 for c in copies if c.data_location_id == loc_id)
+            raise RefusedDeletionError(
+                f"refusing to delete {n} copies at {cycle.names[loc_id]}: it is a "
+                "LONG_TERM_ARCHIVE location, which is never cleaned up automatically; nothing "
+                "was deleted. Remove LTA data only by hand, after checking the other archives."
+            )
+
+
+def _lta_copies_of(session: Session, package_ids: Sequence[int]) -> dict[int, list[int]]:
+    """package id -> ids of LTA locations holding a PRESENT copy (one query per 5000)."""
+    out: dict[int, list[int]] = {}
+    for chunk in chunks(list(package_ids)):
+        rows = session.execute(
+            sa.select(pc_t.c.raw_data_package_id, pc_t.c.data_location_id)
+            .join(dl_t, dl_t.c.id == pc_t.c.data_location_id)
+            .where(
+                pc_t.c.type == CopyType.RAW_DATA_PACKAGE,
+                pc_t.c.raw_data_package_id.in_(chunk),
+                pc_t.c.status == S.PRESENT,
+                dl_t.c.location_type == LocationType.LONG_TERM_ARCHIVE,
+            )
+            .order_by(pc_t.c.data_location_id)
+        )
+        for pkg, loc in rows:
+            out.setdefault(pkg, []).append(loc)
+    return out
+
+
+def _packages_with_other_copies(session: Session, package_ids: Sequence[int]) -> set[int]:
+    """Packages that keep a PRESENT copy outside the LTAs besides the ones being deleted
+    (claimed copies are DELETION_SCHEDULED by now, so they do not count)."""
+    keep: set[int] = set()
+    for chunk in chunks(list(package_ids)):
+        keep.update(
+            session.scalars(
+                sa.select(pc_t.c.raw_data_package_id)
+                .join(dl_t, dl_t.c.id == pc_t.c.data_location_id)
+                .where(
+                    pc_t.c.type == CopyType.RAW_DATA_PACKAGE,
+                    pc_t.c.raw_data_package_id.in_(chunk),
+                    pc_t.c.status == S.PRESENT,
+                    dl_t.c.location_type != LocationType.LONG_TERM_ARCHIVE,
+                )
+                .distinct()
+            )
+        )
+    return keep
+
+
+def _verify_archives(
+    cycle: _Cycle, claimed: Sequence[DeletableCopy]
+) -> tuple[list[DeletableCopy], dict[int, dict[str, Any]]]:
+    """Live re-verification before the last non-LTA copy of a package goes. Returns the copies
+    that may proceed and the evidence per copy id; failed packages are released and flagged."""
+    session = cycle.session
+    packages = [c for c in claimed if c.copy_type == CopyType.RAW_DATA_PACKAGE]
+    if not packages:
+        return list(claimed), {}
+    pkg_ids = sorted({c.entity_id for c in packages})
+    others = _packages_with_other_copies(session, pkg_ids)
+    need = sorted(
+        {
+            c.entity_id
+            for c in packages
+            if c.rule == RULE_RDP_SOURCE_BUFFER or c.entity_id not in others
+        }
+    )
+    if not need:
+        return list(claimed), {}
+    lta = _lta_copies_of(session, need)
+    rdps = {
+        p.id: p
+        for chunk in chunks(need)
+        for p in session.scalars(sa.select(RawDataPackage).where(RawDataPackage.id.in_(chunk)))
+    }
+    evidence: dict[int, list[dict[str, Any]]] = {}
+    failed: dict[int, str] = {}
+    for pkg_id in need:
+        pkg = rdps[pkg_id]
+        evidence[pkg_id] = []
+        if not lta.get(pkg_id):
+            failed[pkg_id] = "the catalogue has no PRESENT LONG_TERM_ARCHIVE copy any more"
+            continue
+        for loc_id in lta[pkg_id]:
+            loc = cycle.location(loc_id)
+            try:
+                ev = cycle.verify_lta_copy(pkg, loc)
+            except Exception as exc:  # noqa: BLE001 - unreachable archive: keep the data
+                evidence[pkg_id].append(
+                    {
+                        "ok": False,
+                        "location": cycle.names[loc_id],
+                        "key": pkg.relative_path,
+                        "checked_at": utcnow().isoformat(),
+                        "detail": f"verification error: {type(exc).__name__}: {exc}",
+                    }
+                )
+                failed[pkg_id] = (
+                    f"live check of the LTA copy at {cycle.names[loc_id]} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            evidence[pkg_id].append(ev.as_dict())
+            if not ev.ok:
+                failed[pkg_id] = (
+                    f"the LTA copy at {cycle.names[loc_id]} is not what the catalogue says: "
+                    f"{ev.detail or 'missing'}"
+                )
+    per_copy = {
+        c.copy_id: {"lta_verification": evidence[c.entity_id]}
+        for c in packages
+        if c.entity_id in evidence
+    }
+    if failed:
+        _flag_unverified(cycle, [c for c in packages if c.entity_id in failed], failed, per_copy)
+    keep = [
+        c
+        for c in claimed
+        if not (c.copy_type == CopyType.RAW_DATA_PACKAGE and c.entity_id in failed)
+    ]
+    return keep, per_copy
+
+
+def _flag_unverified(
+    cycle: _Cycle,
+    copies: Sequence[DeletableCopy],
+    failed: dict[int, str],
+    per_copy: dict[int, dict[str, Any]],
+) -> None:
+    session = cycle.session
+    error_evidence = {
+        c.copy_id: {"level": "ERROR", **per_copy.get(c.copy_id, {}), "error": failed[c.entity_id]}
+        for c in copies
+    }
+    for loc_id, group in group_by_location(copies).items():
+        loc_type = cycle.location(loc_id).location_type
+        release_claims(
+            session,
+            group,
+            run_id=cycle.run_id,
+            to_status=status_before_claim(CopyType.RAW_DATA_PACKAGE, loc_type),
+            reason=RULE_LTA_VERIFICATION_FAILED,
+            evidence=error_evidence,
+        )
+    rdp_t = RawDataPackage.__table__
+    pkg_reasons = {c.entity_id: failed[c.entity_id] for c in copies}
+    session.execute(
+        sa.update(rdp_t)
+        .where(rdp_t.c.id == sa.bindparam("b_id"))
+        .values(failure_reason=sa.bindparam("b_reason"))
+        .execution_options(synchronize_session=False),
+        [
+            {"b_id": pkg, "b_reason": f"{RULE_LTA_VERIFICATION_FAILED}: {reason}"}
+            for pkg, reason in pkg_reasons.items()
+        ],
+    )
+    states = dict(
+        session.execute(
+            sa.select(rdp_t.c.id, rdp_t.c.state).where(rdp_t.c.id.in_(list(pkg_reasons)))
+        ).all()
+    )
+    audit_many(
+        session,
+        [
+            {
+                "entity_type": "raw_data_package",
+                "entity_id": c.entity_id,
+                "data_location_id": c.data_location_id,
+                "old_status": states.get(c.entity_id),
+                "new_status": states.get(c.entity_id),
+                "reason": RULE_LTA_VERIFICATION_FAILED,
+                "run_id": cycle.run_id,
+                "evidence": error_evidence[c.copy_id],
+            }
+            for c in copies
+        ],
+    )
+    for c in copies:
+        cycle.report.errors.append(
+            f"kept RawDataPackage {c.name} at {cycle.names[c.data_location_id]}: "
+            f"{failed[c.entity_id]}. Check the archive object and re-archive it from this copy; "
+            "nothing was deleted."
+        )
+
+
+def execute_deletions(
+    session: Session,
+    copies: Sequence[DeletableCopy],
+    *,
+    storage_for: Callable[[DataLocation], Storage],
+    verify_lta_copy: VerifyLtaCopy,
+    run_id: str,
+    ctx: RuleContext,
+    report: CleanupReport | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    _cycle: _Cycle | None = None,
+) -> CleanupReport:
+    """Delete ``copies`` (rows the rules returned): claim, verify, delete, record -- per location
+    in batches of ``batch_size``, committing after each step so other runs see the claims.
+
+    Raises RefusedDeletionError, before touching anything, if any copy is at a
+    LONG_TERM_ARCHIVE location.
+    """
+    report = report or CleanupReport(run_id=run_id, dry_run=False)
+    cycle = _cycle or _Cycle(
+        session,
+        storage_for=storage_for,
+        verify_lta_copy=verify_lta_copy,
+        run_id=run_id,
+        ctx=ctx,
+        report=report,
+        batch_size=batch_size,
+    )
+    _refuse_lta(cycle, copies)
+    for loc_id, group in group_by_location(copies).items():
+        for batch in chunks(group, batch_size):
+            _delete_batch(cycle, cycle.location(loc_id), batch)
+    return report
+
+
+def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCopy]) -> None:
+    session, run_id, report = cycle.session, cycle.run_id, cycle.report
+    claimed = claim_for_deletion(session, batch, run_id=run_id, ctx=cycle.ctx)
+    session.commit()
+    if not claimed:
+        return
+    proceed, evidence = _verify_archives(cycle, claimed)
+    session.commit()
+    started = mark_in_progress(session, proceed, run_id=run_id)
+    session.commit()
+
+    done: list[DeletableCopy] = []
+    failures: list[tuple[DeletableCopy, str]] = []
+    try:
+        storage = cycle.storage(loc)
+    except Exception as exc:  # noqa: BLE001
+        failures = [(c, f"cannot open storage of {cycle.names[loc.id]}: {exc}") for c in started]
+        storage = None
+    if storage is not None:
+        for c in started:
+            try:
+                result = storage.delete(c.key)
+            except Exception as exc:  # noqa: BLE001 - the copy goes DELETION_FAILED, retried
+                failures.append((c, f"{type(exc).__name__}: {exc}"))
+                continue
+            evidence.setdefault(c.copy_id, {})["object_existed"] = result.existed
+            done.append(c)
+
+    deleted = mark_deleted(session, done, run_id=run_id, evidence=evidence)
+    for copy, retries, permanent in mark_failed(
+        session, failures, run_id=run_id, policy=cycle.ctx.policy
+    ):
+        reason = next(r for c, r in failures if c.copy_id == copy.copy_id)
+        report.failures.append(
+            CopyFailure(
+                copy.copy_id, cycle.names[loc.id], copy.name, copy.rule, reason, retries, permanent
+            )
+        )
+        if permanent:
+            report.errors.append(
+                f"deleting {copy.name} at {cycle.names[loc.id]} failed {retries} times "
+                f"({reason}); it stays DELETION_FAILED until an operator fixes the storage"
+            )
+    source_packages = [c.entity_id for c in deleted if c.rule == RULE_RDP_SOURCE_BUFFER]
+    if source_packages:
+        report.marked_deletion_possible += len(
+            mark_raw_data_files_for_deletion(
+                session,
+                source_packages,
+                run_id=run_id,
+                evidence={"trigger": RULE_RDP_SOURCE_BUFFER},
+            )
+        )
+    session.commit()
+    for c in deleted:
+        report.deleted_by_rule[c.rule] += 1
+        report.bytes_by_location[cycle.names[loc.id]] += c.size or 0
+        report.deleted_copy_ids.append(c.copy_id)
+
+
+def close_staged_packages(
+    session: Session, *, run_id: str, ctx: RuleContext, location: DataLocation | None = None
+) -> int:
+    """Mark STAGED package copies DELETED once their files are gone (conditional bulk UPDATE,
+    so a concurrent run cannot close one twice)."""
+    rows = find_closable_staged_raw_data_packages(session, location=location, ctx=ctx)
+    closed: list[DeletableCopy] = []
+    by_id = {r.copy_id: r for r in rows}
+    for chunk in chunks(list(by_id)):
+        got = session.scalars(
+            sa.update(pc_t)
+            .where(pc_t.c.id.in_(chunk), pc_t.c.status == S.STAGED)
+            .values(status=S.DELETED, deleted_at=ctx.now, claimed_by=run_id)
+            .returning(pc_t.c.id)
+        ).all()
+        closed.extend(by_id[i] for i in got)
+    audit_many(
+        session,
+        [
+            {
+                "entity_type": "physical_copy",
+                "entity_id": c.copy_id,
+                "data_location_id": c.data_location_id,
+                "old_status": S.STAGED,
+                "new_status": S.DELETED,
+                "reason": RULE_RDP_STAGED_CLOSE,
+                "run_id": run_id,
+                "evidence": {"rule": RULE_RDP_STAGED_CLOSE, "files": "all deleted"},
+            }
+            for c in closed
+        ],
+    )
+    session.commit()
+    return len(closed)
+
+
+def run_cleanup_cycle(
+    session_factory_or_session: Session | Callable[[], Session],
+    *,
+    storage_for: Callable[[DataLocation], Storage],
+    verify_lta_copy: VerifyLtaCopy,
+    run_id: str,
+    location: DataLocation | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    stale_claim_after: Any = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> CleanupReport:
+    """One cleanup cycle over every rule (or only ``location``'s copies).
+
+    With a Session it commits on it; with a factory it opens and closes its own. ``dry_run``
+    computes the plan and changes nothing (no claims, no storage calls, no verification).
+    """
+    own = not isinstance(session_factory_or_session, Session)
+    session = session_factory_or_session() if own else session_factory_or_session
+    try:
+        kwargs = {"stale_claim_after": stale_claim_after} if stale_claim_after else {}
+        ctx = rule_context(session, now=now, **kwargs)
+        report = CleanupReport(run_id=run_id, dry_run=dry_run)
+        if location is not None:
+            location = session.get(DataLocation, location.id)
+        if dry_run:
+            report.plan = plan_deletions(session, location=location, ctx=ctx)
+            report.permanent_failures = report.plan.permanent_failures
+            session.rollback()
+            return report
+        cycle = _Cycle(
+            session,
+            storage_for=storage_for,
+            verify_lta_copy=verify_lta_copy,
+            run_id=run_id,
+            ctx=ctx,
+            report=report,
+            batch_size=batch_size,
+        )
+        # Storages come from the caller (possibly shared resources): the caller closes them.
+        for rule in RULE_ORDER:
+            rows = find_deletable(session, rule, location=location, ctx=ctx)
+            session.commit()
+            execute_deletions(
+                session,
+                rows,
+                storage_for=storage_for,
+                verify_lta_copy=verify_lta_copy,
+                run_id=run_id,
+                ctx=ctx,
+                report=report,
+                _cycle=cycle,
+            )
+            if rule == RULE_RDF_STAGED:
+                report.staged_packages_closed += close_staged_packages(
+                    session, run_id=run_id, ctx=ctx, location=location
+                )
+        report.permanent_failures = find_permanent_deletion_failures(
+            session, policy=ctx.policy, location_id=location.id if location else None
+        )
+        session.commit()
+        return report
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        if own:
+            session.close()

@@ -1,0 +1,940 @@
+"""The deletion matrix of the seeds (data_lifecycle.rst, deletion_manager_api.txt) as set-based SQL.
+
+Each row of the matrix is one named query function whose docstring is that row; it returns
+lightweight :class:`DeletableCopy` rows (never ORM objects) of the copies that may be deleted
+*now*, optionally restricted to one location, with one SQL statement regardless of how many
+copies exist. A matching ``explain_blocked_*`` query returns the copies the same rule refuses and
+why. LONG_TERM_ARCHIVE locations are excluded by every finder; only PRESENT copies (STAGED where
+the rule says so) ever count as evidence that data exists elsewhere. Retries of failed deletions
+and claims abandoned by a crashed run re-enter through the same rules, so a rule is re-checked
+every time a copy is about to be deleted. No Dagster, no storage I/O: this module only decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+from ccat_dagster.lifecycle.buffer_policy import (
+    latest_buffer_statuses,
+    should_delete_based_on_buffer_status,
+)
+from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_ops_db.audit import audit_many
+from ccat_ops_db.models import (
+    CopyType,
+    DataLocation,
+    DataTransfer,
+    DataTransferPackage,
+    LocationType,
+    PackageState,
+    PhysicalCopy,
+    PhysicalCopyStatus,
+    RawDataFile,
+    RawDataPackage,
+    StagingJob,
+    Status,
+    staging_job_raw_data_package,
+    utcnow,
+)
+
+# --------------------------------------------------------------------------- rule names
+# The rule name is the audit reason of every status change it causes.
+RULE_RDP_SOURCE_BUFFER = "can_delete_raw_data_package_from_source_buffer"
+RULE_RDP_LTA_BUFFER = "can_delete_raw_data_package_from_lta_buffer"
+RULE_DTP_SOURCE_BUFFER = "can_delete_data_transfer_package_from_source_buffer"
+RULE_DTP_LTA_BUFFER = "can_delete_data_transfer_package_from_lta_buffer"
+RULE_RDF_DELETION_POSSIBLE = "process_deletion_possible_raw_data_files"
+RULE_RDF_PROCESSING = "find_deletable_processing_raw_data_files"
+RULE_RDF_STAGED = "find_deletable_staged_raw_data_files_by_location"
+RULE_RDP_STAGED_CLOSE = "staged_raw_data_package_cleanup"
+RULE_MARK_DELETION_POSSIBLE = "mark_raw_data_files_for_deletion"
+
+#: A claim older than this is treated as abandoned by a crashed run and may be taken over.
+DEFAULT_STALE_CLAIM_AFTER = timedelta(minutes=60)
+
+_IN_CHUNK = 5000  # ids per IN (...) list: SQLite's bound-parameter limit is 32766
+
+pc_t = PhysicalCopy.__table__
+dl_t = DataLocation.__table__
+rdp_t = RawDataPackage.__table__
+dtp_t = DataTransferPackage.__table__
+rdf_t = RawDataFile.__table__
+dt_t = DataTransfer.__table__
+sj_t = StagingJob.__table__
+sjp_t = staging_job_raw_data_package
+
+S = PhysicalCopyStatus
+_LTA = LocationType.LONG_TERM_ARCHIVE
+_CLAIMED = (S.DELETION_SCHEDULED, S.DELETION_IN_PROGRESS)
+
+
+class DeletableCopy(NamedTuple):
+    """One copy a rule allows to delete now (or, in a plan, would allow)."""
+
+    copy_id: int
+    copy_type: CopyType
+    data_location_id: int
+    entity_id: int  # the RawDataFile / RawDataPackage / DataTransferPackage id
+    raw_data_package_id: int | None  # the package itself, or the file's package
+    name: str
+    key: str  # the object key at the location: the entity's relative_path
+    size: int | None
+    status: PhysicalCopyStatus
+    rule: str
+
+
+class BlockedCopy(NamedTuple):
+    """One copy a rule refuses to delete now, and why."""
+
+    copy_id: int
+    copy_type: CopyType
+    data_location_id: int
+    entity_id: int
+    name: str
+    status: PhysicalCopyStatus
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """Everything the rules read besides the copies: the clock, the policy and buffer pressure.
+
+    Built once per cycle so every rule of one cycle decides against the same ``now``.
+    """
+
+    now: datetime
+    policy: Policy
+    stale_claim_after: timedelta = DEFAULT_STALE_CLAIM_AFTER
+    #: locations whose latest buffer status is CRITICAL or worse (delete DELETION_POSSIBLE now)
+    pressured_location_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def stale_cutoff(self) -> datetime:
+        return self.now - self.stale_claim_after
+
+
+def rule_context(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    policy: Policy | None = None,
+    stale_claim_after: timedelta = DEFAULT_STALE_CLAIM_AFTER,
+) -> RuleContext:
+    """The context of one cycle: policy from the ops DB, latest buffer status per location."""
+    policy = policy or get_policy(session)
+    now = now or utcnow()
+    statuses = latest_buffer_statuses(session, policy=policy)
+    locations = session.execute(sa.select(dl_t.c.id, dl_t.c.location_type)).all()
+    pressured = frozenset(
+        loc_id
+        for loc_id, loc_type in locations
+        if should_delete_based_on_buffer_status(loc_type, statuses.get(loc_id))
+    )
+    return RuleContext(
+        now=now,
+        policy=policy,
+        stale_claim_after=stale_claim_after,
+        pressured_location_ids=pressured,
+    )
+
+
+# --------------------------------------------------------------------------- SQL helpers
+
+
+class minutes_after(FunctionElement):
+    """``timestamp + minutes`` on both backends (PostgreSQL interval, SQLite strftime)."""
+
+    type = sa.DateTime(timezone=True)
+    name = "minutes_after"
+    inherit_cache = True
+
+
+@compiles(minutes_after)
+def _minutes_after_pg(element: minutes_after, compiler: Any, **kw: Any) -> str:
+    ts, minutes = list(element.clauses)
+    return (
+        f"({compiler.process(ts, **kw)} + make_interval(mins => "
+        f"CAST({compiler.process(minutes, **kw)} AS INTEGER)))"
+    )
+
+
+@compiles(minutes_after, "sqlite")
+def _minutes_after_sqlite(element: minutes_after, compiler: Any, **kw: Any) -> str:
+    # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, no offset);
+    # strftime keeps that layout, so the result compares correctly as text.
+    ts, minutes = list(element.clauses)
+    return (
+        f"strftime('%Y-%m-%d %H:%M:%f', {compiler.process(ts, **kw)}, "
+        f"'+' || ({compiler.process(minutes, **kw)}) || ' minutes')"
+    )
+
+
+def _active_sites_with(location_type: LocationType) -> sa.Select:
+    loc = dl_t.alias()
+    return sa.select(loc.c.site_id).where(
+        loc.c.location_type == location_type, loc.c.active == sa.true()
+    )
+
+
+def source_site_ids() -> sa.Select:
+    """Sites with an active SOURCE location (seeds: ``is_source_site``)."""
+    return _active_sites_with(LocationType.SOURCE)
+
+
+def lta_site_ids() -> sa.Select:
+    """Sites with an active LONG_TERM_ARCHIVE location (seeds: ``is_lta_site``)."""
+    return _active_sites_with(_LTA)
+
+
+def retry_or_stale(pc: Any, ctx: RuleContext) -> ColumnElement[bool]:
+    """A failed deletion with retries left, or a claim abandoned by a crashed run."""
+    return sa.or_(
+        sa.and_(pc.c.status == S.DELETION_FAILED, pc.c.retry_count < ctx.policy.max_retries),
+        sa.and_(pc.c.status.in_(_CLAIMED), pc.c.claimed_at < ctx.stale_cutoff),
+    )
+
+
+def _candidate(pc: Any, ctx: RuleContext, *statuses: PhysicalCopyStatus) -> ColumnElement[bool]:
+    return sa.or_(pc.c.status.in_(statuses), retry_or_stale(pc, ctx))
+
+
+def _present_copy_of_package(
+    package_id: Any, *, at: Callable[[Any], ColumnElement[bool]], verified: bool
+) -> sa.Exists:
+    """EXISTS a PRESENT RawDataPackage copy of ``package_id`` at a location matching ``at``."""
+    pc2 = pc_t.alias("evidence_copy")
+    dl2 = dl_t.alias("evidence_location")
+    conditions = [
+        pc2.c.type == CopyType.RAW_DATA_PACKAGE,
+        pc2.c.raw_data_package_id == package_id,
+        pc2.c.status == S.PRESENT,
+        at(dl2),
+    ]
+    if verified:
+        conditions.append(pc2.c.verified_at.is_not(None))
+    return (
+        sa.exists()
+        .where(dl2.c.id == pc2.c.data_location_id, *conditions)
+        .correlate_except(pc2, dl2)
+    )
+
+
+def _completed_transfer(dtp_id: Any, *conditions: Any) -> sa.Exists:
+    dt = dt_t.alias("done_transfer")
+    return (
+        sa.exists()
+        .where(
+            dt.c.data_transfer_package_id == dtp_id,
+            dt.c.status == Status.COMPLETED,
+            dt.c.unpack_status == Status.COMPLETED,
+            *[c(dt) for c in conditions],
+        )
+        .correlate_except(dt)
+    )
+
+
+def _live_staging_job(package_id: Any, location_id: Any, ctx: RuleContext) -> sa.Exists:
+    """EXISTS an active StagingJob to ``location_id`` for ``package_id`` whose retention is not
+    over (retention counted from completion, else creation; no retention = until inactive)."""
+    start = sa.func.coalesce(sj_t.c.completed_at, sj_t.c.created_at)
+    return (
+        sa.exists()
+        .where(
+            sjp_t.c.staging_job_id == sj_t.c.id,
+            sjp_t.c.raw_data_package_id == package_id,
+            sj_t.c.destination_location_id == location_id,
+            sj_t.c.active == sa.true(),
+            sa.or_(
+                sj_t.c.retention_period_minutes.is_(None),
+                minutes_after(start, sj_t.c.retention_period_minutes) > ctx.now,
+            ),
+        )
+        .correlate_except(sj_t, sjp_t)
+    )
+
+
+def _text(prefix: str, column: Any) -> ColumnElement[str]:
+    return sa.literal(prefix, sa.String) + sa.cast(column, sa.String)
+
+
+# --------------------------------------------------------------------------- rule definitions
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A matrix row as SQL: the copies it looks at, the condition that allows deletion, and the
+    reason shown for the copies it refuses."""
+
+    name: str
+    copy_type: CopyType
+    select_from: Any
+    entity: Any  # the table whose id/name/relative_path identify the copy's object
+    package_id: Any
+    base: list[ColumnElement[bool]]
+    allow: ColumnElement[bool]
+    reason: ColumnElement[str]
+
+
+def _columns(rule: _Rule, pc: Any) -> list[Any]:
+    return [
+        pc.c.id,
+        pc.c.type,
+        pc.c.data_location_id,
+        rule.entity.c.id,
+        rule.package_id,
+        rule.entity.c.name,
+        rule.entity.c.relative_path,
+        sa.func.coalesce(pc.c.size, rule.entity.c.size),
+        pc.c.status,
+    ]
+
+
+def _copies(pc: Any, dl: Any, copy_type: CopyType, location_types: Iterable[LocationType]):
+    return [
+        pc.c.type == copy_type,
+        dl.c.location_type.in_(list(location_types)),
+        # Belt and braces: no rule ever looks at a LONG_TERM_ARCHIVE copy.
+        dl.c.location_type != _LTA,
+    ]
+
+
+def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
+    pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
+    in_lta = _present_copy_of_package(
+        rdp.c.id, at=lambda d: d.c.location_type == _LTA, verified=True
+    )
+    same_site_lta = _present_copy_of_package(
+        rdp.c.id,
+        at=lambda d: sa.and_(d.c.location_type == _LTA, d.c.site_id == dl.c.site_id),
+        verified=True,
+    )
+    archived = rdp.c.state == PackageState.ARCHIVED
+    return _Rule(
+        name=RULE_RDP_SOURCE_BUFFER,
+        copy_type=CopyType.RAW_DATA_PACKAGE,
+        select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+            rdp, rdp.c.id == pc.c.raw_data_package_id
+        ),
+        entity=rdp,
+        package_id=rdp.c.id,
+        base=[
+            *_copies(pc, dl, CopyType.RAW_DATA_PACKAGE, [LocationType.BUFFER]),
+            dl.c.site_id.in_(source_site_ids()),
+            _candidate(pc, ctx, S.PRESENT),
+        ],
+        allow=sa.and_(
+            archived,
+            in_lta,
+            # A site that is SOURCE and LTA at once: its buffer also waits for its own LTA.
+            sa.or_(dl.c.site_id.not_in(lta_site_ids()), same_site_lta),
+        ),
+        reason=sa.case(
+            (~archived, _text("package state is not ARCHIVED: ", rdp.c.state)),
+            (~in_lta, sa.literal("no PRESENT, verified copy in any LONG_TERM_ARCHIVE location")),
+            else_=sa.literal("not yet PRESENT, verified in this site's LONG_TERM_ARCHIVE"),
+        ),
+    )
+
+
+def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
+    pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
+    return _Rule(
+        name=RULE_RDP_LTA_BUFFER,
+        copy_type=CopyType.RAW_DATA_PACKAGE,
+        select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+            rdp, rdp.c.id == pc.c.raw_data_package_id
+        ),
+        entity=rdp,
+        package_id=rdp.c.id,
+        base=[
+            *_copies(pc, dl, CopyType.RAW_DATA_PACKAGE, [LocationType.BUFFER]),
+            dl.c.site_id.in_(lta_site_ids()),
+            dl.c.site_id.not_in(source_site_ids()),
+            _candidate(pc, ctx, S.PRESENT),
+        ],
+        allow=_present_copy_of_package(
+            rdp.c.id,
+            at=lambda d: sa.and_(d.c.location_type == _LTA, d.c.site_id == dl.c.site_id),
+            verified=True,
+        ),
+        reason=sa.literal(
+            "not yet PRESENT, verified in the LONG_TERM_ARCHIVE location of the same site"
+        ),
+    )
+
+
+def _rule_dtp_source_buffer(ctx: RuleContext) -> _Rule:
+    pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
+    dest = dl_t.alias("dest")
+    to_lta_site = _completed_transfer(
+        dtp.c.id,
+        lambda dt: dt.c.origin_location_id == pc.c.data_location_id,
+        lambda dt: (
+            sa.exists()
+            .where(dest.c.id == dt.c.destination_location_id, dest.c.site_id.in_(lta_site_ids()))
+            .correlate_except(dest)
+        ),
+    )
+    other = dt_t.alias("any_transfer")
+    unfinished = (
+        sa.exists()
+        .where(
+            other.c.data_transfer_package_id == dtp.c.id,
+            other.c.origin_location_id == pc.c.data_location_id,
+            sa.or_(other.c.status != Status.COMPLETED, other.c.unpack_status != Status.COMPLETED),
+        )
+        .correlate_except(other)
+    )
+    return _Rule(
+        name=RULE_DTP_SOURCE_BUFFER,
+        copy_type=CopyType.DATA_TRANSFER_PACKAGE,
+        select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+            dtp, dtp.c.id == pc.c.data_transfer_package_id
+        ),
+        entity=dtp,
+        package_id=sa.null(),
+        base=[
+            *_copies(pc, dl, CopyType.DATA_TRANSFER_PACKAGE, [LocationType.BUFFER]),
+            dl.c.site_id.in_(source_site_ids()),
+            _candidate(pc, ctx, S.PRESENT),
+        ],
+        allow=sa.and_(to_lta_site, ~unfinished),
+        reason=sa.case(
+            (~to_lta_site, sa.literal("no COMPLETED, unpacked DataTransfer to an LTA site yet")),
+            else_=sa.literal("a DataTransfer from this buffer is not yet COMPLETED and unpacked"),
+        ),
+    )
+
+
+def _rule_dtp_lta_buffer(ctx: RuleContext) -> _Rule:
+    pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
+    unpacked_here = _completed_transfer(
+        dtp.c.id, lambda dt: dt.c.destination_location_id == pc.c.data_location_id
+    )
+    other_lta = dl_t.alias("other_lta")
+    dest = dl_t.alias("dest")
+    # Every other active LTA site is a destination the routing expects (secondary routes).
+    missing_site = (
+        sa.exists()
+        .where(
+            other_lta.c.location_type == _LTA,
+            other_lta.c.active == sa.true(),
+            other_lta.c.site_id != dl.c.site_id,
+            ~_completed_transfer(
+                dtp.c.id,
+                lambda dt: (
+                    sa.exists()
+                    .where(
+                        dest.c.id == dt.c.destination_location_id,
+                        dest.c.site_id == other_lta.c.site_id,
+                    )
+                    .correlate_except(dest)
+                ),
+            ),
+        )
+        .correlate_except(other_lta)
+    )
+    return _Rule(
+        name=RULE_DTP_LTA_BUFFER,
+        copy_type=CopyType.DATA_TRANSFER_PACKAGE,
+        select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+            dtp, dtp.c.id == pc.c.data_transfer_package_id
+        ),
+        entity=dtp,
+        package_id=sa.null(),
+        base=[
+            *_copies(pc, dl, CopyType.DATA_TRANSFER_PACKAGE, [LocationType.BUFFER]),
+            dl.c.site_id.in_(lta_site_ids()),
+            dl.c.site_id.not_in(source_site_ids()),
+            _candidate(pc, ctx, S.PRESENT),
+        ],
+        allow=sa.and_(unpacked_here, ~missing_site),
+        reason=sa.case(
+            (~unpacked_here, sa.literal("not yet unpacked at this buffer")),
+            else_=sa.literal("not yet transferred and unpacked at every other active LTA site"),
+        ),
+    )
+
+
+def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
+    pc, dl, rdf = pc_t.alias("pc"), dl_t.alias("dl"), rdf_t.alias("rdf")
+    retention = sa.func.coalesce(dl.c.retention_period_minutes, ctx.policy.retention_period_minutes)
+    # The retention clock starts when the copy became DELETION_POSSIBLE: physical_copy.updated_at,
+    # which mark_raw_data_files_for_deletion sets and nothing else touches in that status.
+    retention_over = minutes_after(pc.c.updated_at, retention) <= ctx.now
+    pressured = dl.c.id.in_(sorted(ctx.pressured_location_ids))
+    return _Rule(
+        name=RULE_RDF_DELETION_POSSIBLE,
+        copy_type=CopyType.RAW_DATA_FILE,
+        select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+            rdf, rdf.c.id == pc.c.raw_data_file_id
+        ),
+        entity=rdf,
+        package_id=rdf.c.raw_data_package_id,
+        base=[
+            *_copies(pc, dl, CopyType.RAW_DATA_FILE, [LocationType.SOURCE, LocationType.BUFFER]),
+            _candidate(pc, ctx, S.DELETION_POSSIBLE),
+        ],
+        allow=sa.or_(
+            retry_or_stale(pc, ctx),
+            sa.and_(pc.c.status == S.DELETION_POSSIBLE, sa.or_(retention_over, pressured)),
+        ),
+        reason=_text("retention period not over (minutes: ", retention)
+        + sa.literal(") and buffer pressure below CRITICAL"),
+    )
+
+
+def _staged_here(pc: Any, package_id: Any) -> sa.Exists:
+    staged = pc_t.alias("staged_copy")
+    return (
+        sa.exists()
+        .where(
+            staged.c.type == CopyType.RAW_DATA_PACKAGE,
+            staged.c.raw_data_package_id == package_id,
+            staged.c.data_location_id == pc.c.data_location_id,
+            staged.c.status == S.STAGED,
+        )
+        .correlate_except(staged)
+    )
+
+
+def _rule_rdf_processing(ctx: RuleContext, *, staged: bool) -> _Rule:
+    pc, dl, rdf = pc_t.alias("pc"), dl_t.alias("dl"), rdf_t.alias("rdf")
+    staged_here = _staged_here(pc, rdf.c.raw_data_package_id)
+    return _Rule(
+        name=RULE_RDF_STAGED if staged else RULE_RDF_PROCESSING,
+        copy_type=CopyType.RAW_DATA_FILE,
+        select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+            rdf, rdf.c.id == pc.c.raw_data_file_id
+        ),
+        entity=rdf,
+        package_id=rdf.c.raw_data_package_id,
+        base=[
+            *_copies(pc, dl, CopyType.RAW_DATA_FILE, [LocationType.PROCESSING]),
+            _candidate(pc, ctx, S.PRESENT),
+            # Files of a STAGED package belong to the staged rule, the rest to this one.
+            staged_here if staged else ~staged_here,
+        ],
+        allow=~_live_staging_job(rdf.c.raw_data_package_id, pc.c.data_location_id, ctx),
+        reason=sa.literal("an active StagingJob whose retention is not over still uses it"),
+    )
+
+
+_RULES: dict[str, Callable[[RuleContext], _Rule]] = {
+    RULE_DTP_SOURCE_BUFFER: _rule_dtp_source_buffer,
+    RULE_DTP_LTA_BUFFER: _rule_dtp_lta_buffer,
+    RULE_RDP_SOURCE_BUFFER: _rule_rdp_source_buffer,
+    RULE_RDP_LTA_BUFFER: _rule_rdp_lta_buffer,
+    RULE_RDF_PROCESSING: lambda ctx: _rule_rdf_processing(ctx, staged=False),
+    RULE_RDF_STAGED: lambda ctx: _rule_rdf_processing(ctx, staged=True),
+    RULE_RDF_DELETION_POSSIBLE: _rule_rdf_deletion_possible,
+}
+#: The order of one cleanup cycle (seeds: delete_data_packages).
+RULE_ORDER: tuple[str, ...] = tuple(_RULES)
+
+
+def _location_id(location: DataLocation | int | None) -> int | None:
+    return location if isinstance(location, int) or location is None else location.id
+
+
+def _restrict(rule: _Rule, location: DataLocation | int | None, extra: Sequence[Any] = ()):
+    pc = rule.select_from.left.left  # pc.join(dl).join(entity): the physical_copy alias
+    where = list(rule.base) + list(extra)
+    loc_id = _location_id(location)
+    if loc_id is not None:
+        where.append(pc.c.data_location_id == loc_id)
+    return pc, where
+
+
+def find_deletable(
+    session: Session,
+    rule_name: str,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+    extra: Sequence[Any] = (),
+) -> list[DeletableCopy]:
+    """The copies ``rule_name`` allows to delete now (one SELECT)."""
+    ctx = ctx or rule_context(session)
+    rule = _RULES[rule_name](ctx)
+    pc, where = _restrict(rule, location, extra)
+    stmt = (
+        sa.select(*_columns(rule, pc))
+        .select_from(rule.select_from)
+        .where(*where, rule.allow)
+        .order_by(pc.c.data_location_id, pc.c.id)
+    )
+    return [DeletableCopy(*row, rule=rule.name) for row in session.execute(stmt)]
+
+
+def explain_blocked(
+    session: Session,
+    rule_name: str,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[BlockedCopy]:
+    """The copies ``rule_name`` looks at but refuses now, each with the reason (one SELECT)."""
+    ctx = ctx or rule_context(session)
+    rule = _RULES[rule_name](ctx)
+    pc, where = _restrict(rule, location)
+    entity = rule.entity
+    stmt = (
+        sa.select(
+            pc.c.id,
+            pc.c.type,
+            pc.c.data_location_id,
+            entity.c.id,
+            entity.c.name,
+            pc.c.status,
+            rule.reason,
+        )
+        .select_from(rule.select_from)
+        .where(*where, ~rule.allow)
+        .order_by(pc.c.data_location_id, pc.c.id)
+    )
+    return [
+        BlockedCopy(cid, ctype, loc, eid, name, status, rule.name, reason)
+        for cid, ctype, loc, eid, name, status, reason in session.execute(stmt)
+    ]
+
+
+def _can(
+    session: Session, rule_name: str, copy_column: str, entity_id: int, location: DataLocation
+) -> bool:
+    rule = _RULES[rule_name](rule_context(session))
+    pc, where = _restrict(rule, location, ())
+    stmt = (
+        sa.select(sa.literal(1))
+        .select_from(rule.select_from)
+        .where(*where, rule.allow, pc.c[copy_column] == entity_id)
+        .limit(1)
+    )
+    return session.execute(stmt).first() is not None
+
+
+# --------------------------------------------------------------------------- the matrix, by name
+
+
+def find_deletable_raw_data_packages_at_source_buffers(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """RawDataPackage | SOURCE Buffer | Exists in LTA DataLocation | >=1 LTA DataLocation copy with
+    PRESENT status.
+
+    A copy at a BUFFER of a SOURCE site is deletable when the package state is ARCHIVED and a
+    PRESENT (verified) copy exists in at least one LONG_TERM_ARCHIVE location -- an LTA-site
+    buffer does not count. Side effect at deletion time: mark_raw_data_files_for_deletion.
+    """
+    return find_deletable(session, RULE_RDP_SOURCE_BUFFER, location=location, ctx=ctx)
+
+
+def can_delete_raw_data_package_from_source_buffer(
+    session: Session, raw_data_package: RawDataPackage, source_location: DataLocation
+) -> bool:
+    """RawDataPackage | SOURCE Buffer | Exists in LTA DataLocation | >=1 LTA DataLocation copy with
+    PRESENT status. (One package at one location; the finder is the bulk form.)"""
+    return _can(
+        session,
+        RULE_RDP_SOURCE_BUFFER,
+        "raw_data_package_id",
+        raw_data_package.id,
+        source_location,
+    )
+
+
+def find_deletable_raw_data_packages_at_lta_buffers(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """RawDataPackage | LTA Site Buffer | Exists in same site's LTA DataLocation | Same site LTA
+    DataLocation copy with PRESENT status.
+
+    A copy at a BUFFER of an LTA site is deletable when a PRESENT (verified) copy exists in the
+    LONG_TERM_ARCHIVE location of the same site.
+    """
+    return find_deletable(session, RULE_RDP_LTA_BUFFER, location=location, ctx=ctx)
+
+
+def can_delete_raw_data_package_from_lta_buffer(
+    session: Session, raw_data_package: RawDataPackage, lta_buffer_location: DataLocation
+) -> bool:
+    """RawDataPackage | LTA Site Buffer | Exists in same site's LTA DataLocation | Same site LTA
+    DataLocation copy with PRESENT status. (One package at one location.)"""
+    return _can(
+        session,
+        RULE_RDP_LTA_BUFFER,
+        "raw_data_package_id",
+        raw_data_package.id,
+        lta_buffer_location,
+    )
+
+
+def find_deletable_data_transfer_packages_at_source_buffers(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """DataTransferPackage | SOURCE Buffer | Verified at LTA site buffer | Completed transfer +
+    unpack to >=1 LTA site.
+
+    Deletable when a DataTransfer from this buffer to an LTA site is COMPLETED with unpack_status
+    COMPLETED, and every DataTransfer from this buffer for this package is COMPLETED and unpacked
+    (a pending or failed one keeps the copy: it may still need to be sent).
+    """
+    return find_deletable(session, RULE_DTP_SOURCE_BUFFER, location=location, ctx=ctx)
+
+
+def can_delete_data_transfer_package_from_source_buffer(
+    session: Session, package: DataTransferPackage, source_buffer: DataLocation
+) -> bool:
+    """DataTransferPackage | SOURCE Buffer | Verified at LTA site buffer | Completed transfer +
+    unpack to >=1 LTA site. (One package at one location.)"""
+    return _can(
+        session, RULE_DTP_SOURCE_BUFFER, "data_transfer_package_id", package.id, source_buffer
+    )
+
+
+def find_deletable_data_transfer_packages_at_lta_buffers(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """DataTransferPackage | LTA Site Buffer | Replicated to all other LTA sites | Completed
+    transfers to all LTA sites.
+
+    Deletable when it was unpacked here and a DataTransfer to every OTHER active LTA site (the
+    secondary routes the routing expects) is COMPLETED with unpack_status COMPLETED.
+    """
+    return find_deletable(session, RULE_DTP_LTA_BUFFER, location=location, ctx=ctx)
+
+
+def can_delete_data_transfer_package_from_lta_buffer(
+    session: Session, package: DataTransferPackage, lta_buffer: DataLocation
+) -> bool:
+    """DataTransferPackage | LTA Site Buffer | Replicated to all other LTA sites | Completed
+    transfers to all LTA sites. (One package at one location.)"""
+    return _can(session, RULE_DTP_LTA_BUFFER, "data_transfer_package_id", package.id, lta_buffer)
+
+
+def find_deletable_data_transfer_packages(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """All deletable DataTransferPackage copies (source-site and LTA-site buffers)."""
+    ctx = ctx or rule_context(session)
+    return find_deletable_data_transfer_packages_at_source_buffers(
+        session, location=location, ctx=ctx
+    ) + find_deletable_data_transfer_packages_at_lta_buffers(session, location=location, ctx=ctx)
+
+
+def find_deletable_raw_data_packages_by_location(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> dict[int, list[DeletableCopy]]:
+    """All deletable RawDataPackage copies (source-site and LTA-site buffers) by location id."""
+    ctx = ctx or rule_context(session)
+    rows = find_deletable_raw_data_packages_at_source_buffers(
+        session, location=location, ctx=ctx
+    ) + find_deletable_raw_data_packages_at_lta_buffers(session, location=location, ctx=ctx)
+    return group_by_location(rows)
+
+
+def process_deletion_possible_raw_data_files(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """RawDataFile | SOURCE/BUFFER | Parent package deleted + retention/buffer rules |
+    DELETION_POSSIBLE status + policy compliance.
+
+    Stage 2 of the two-stage deletion: a DELETION_POSSIBLE copy is deletable once the retention
+    period (the location's override, else the policy's retention_period_minutes) has passed since
+    it became DELETION_POSSIBLE (its ``updated_at``), or at once while the location's latest buffer
+    status is CRITICAL or worse (``should_delete_based_on_buffer_status``).
+    """
+    return find_deletable(session, RULE_RDF_DELETION_POSSIBLE, location=location, ctx=ctx)
+
+
+def find_deletable_processing_raw_data_files(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
+
+    A PRESENT file copy at a PROCESSING location (not part of a STAGED package there) is
+    deletable when no active StagingJob to that location, whose retention period has not run
+    out, references the file's RawDataPackage.
+    """
+    return find_deletable(session, RULE_RDF_PROCESSING, location=location, ctx=ctx)
+
+
+def find_deletable_staged_raw_data_files_by_location(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
+
+    The STAGED variant: file copies at a PROCESSING location whose RawDataPackage copy there is
+    STAGED and whose staging jobs are all inactive (or their retention is over). After they are
+    deleted the STAGED package copy is marked DELETED
+    (:func:`find_closable_staged_raw_data_packages`).
+    Rows carry ``data_location_id``; :func:`group_by_location` groups them.
+    """
+    return find_deletable(session, RULE_RDF_STAGED, location=location, ctx=ctx)
+
+
+def find_closable_staged_raw_data_packages(
+    session: Session,
+    *,
+    location: DataLocation | int | None = None,
+    ctx: RuleContext | None = None,
+) -> list[DeletableCopy]:
+    """STAGED RawDataPackage copies at PROCESSING locations to mark DELETED: no live staging job
+    uses them and none of the package's file copies there is left undeleted (the tar itself was
+    removed when it was staged, so nothing is deleted from storage)."""
+    ctx = ctx or rule_context(session)
+    pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
+    files, rdf = pc_t.alias("file_copy"), rdf_t.alias("rdf")
+    undeleted_file = (
+        sa.exists()
+        .where(
+            files.c.type == CopyType.RAW_DATA_FILE,
+            files.c.data_location_id == pc.c.data_location_id,
+            files.c.status != S.DELETED,
+            files.c.raw_data_file_id == rdf.c.id,
+            rdf.c.raw_data_package_id == rdp.c.id,
+        )
+        .correlate_except(files, rdf)
+    )
+    where = [
+        pc.c.type == CopyType.RAW_DATA_PACKAGE,
+        pc.c.status == S.STAGED,
+        dl.c.location_type == LocationType.PROCESSING,
+        ~_live_staging_job(rdp.c.id, pc.c.data_location_id, ctx),
+        ~undeleted_file,
+    ]
+    loc_id = _location_id(location)
+    if loc_id is not None:
+        where.append(pc.c.data_location_id == loc_id)
+    stmt = (
+        sa.select(
+            pc.c.id,
+            pc.c.type,
+            pc.c.data_location_id,
+            rdp.c.id,
+            rdp.c.id,
+            rdp.c.name,
+            rdp.c.relative_path,
+            sa.literal(0, sa.BigInteger),
+            pc.c.status,
+        )
+        .select_from(
+            pc.join(dl, dl.c.id == pc.c.data_location_id).join(
+                rdp, rdp.c.id == pc.c.raw_data_package_id
+            )
+        )
+        .where(*where)
+        .order_by(pc.c.id)
+    )
+    return [DeletableCopy(*row, rule=RULE_RDP_STAGED_CLOSE) for row in session.execute(stmt)]
+
+
+def group_by_location(rows: Iterable[DeletableCopy]) -> dict[int, list[DeletableCopy]]:
+    grouped: dict[int, list[DeletableCopy]] = {}
+    for row in rows:
+        grouped.setdefault(row.data_location_id, []).append(row)
+    return grouped
+
+
+def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- side effect
+
+
+def mark_raw_data_files_for_deletion(
+    session: Session,
+    raw_data_package_ids: Sequence[int],
+    *,
+    run_id: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> list[int]:
+    """Stage 1 of the two-stage RawDataFile deletion: when a RawDataPackage was deleted from its
+    SOURCE-site buffer, its RawDataFile copies PRESENT at SOURCE (or BUFFER) locations of a
+    SOURCE site become DELETION_POSSIBLE -- one bulk UPDATE per 5000 packages plus one bulk audit
+    INSERT, never a loop over copies. ``updated_at`` is set to ``now``: the retention clock of
+    stage 2. Returns the ids of the copies marked."""
+    now = now or utcnow()
+    marked: list[int] = []
+    for chunk in chunks(list(raw_data_package_ids)):
+        files = sa.select(rdf_t.c.id).where(rdf_t.c.raw_data_package_id.in_(chunk))
+        at_source = sa.select(dl_t.c.id).where(
+            dl_t.c.location_type.in_([LocationType.SOURCE, LocationType.BUFFER]),
+            dl_t.c.site_id.in_(source_site_ids()),
+        )
+        stmt = (
+            sa.update(pc_t)
+            .where(
+                pc_t.c.type == CopyType.RAW_DATA_FILE,
+                pc_t.c.status == S.PRESENT,
+                pc_t.c.raw_data_file_id.in_(files),
+                pc_t.c.data_location_id.in_(at_source),
+            )
+            .values(status=S.DELETION_POSSIBLE, updated_at=now)
+            .returning(pc_t.c.id, pc_t.c.data_location_id, pc_t.c.raw_data_file_id)
+        )
+        rows = session.execute(stmt).all()
+        audit_many(
+            session,
+            [
+                {
+                    "entity_type": "physical_copy",
+                    "entity_id": copy_id,
+                    "data_location_id": loc_id,
+                    "old_status": S.PRESENT,
+                    "new_status": S.DELETION_POSSIBLE,
+                    "reason": RULE_MARK_DELETION_POSSIBLE,
+                    "run_id": run_id,
+                    "evidence": {"raw_data_file_id": file_id, **(evidence or {})},
+                }
+                for copy_id, loc_id, file_id in rows
+            ],
+        )
+        marked.extend(r[0] for r in rows)
+    return marked
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes (stored as UTC); make them comparable."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
