@@ -35,6 +35,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes for timezone-aware columns; they were written as UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

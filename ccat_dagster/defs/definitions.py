@@ -1,0 +1,39 @@
+"""Assemble one site's Definitions: its assets, checks, stage jobs and sensors, and resources."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from ccat_dagster.defs.assets import build_site_assets
+from ccat_dagster.defs.jobs import build_stage_job
+from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.sensors import build_stage_sensor
+from ccat_dagster.defs.stages import PIPELINE_STAGES
+from ccat_dagster.defs.topology import TopologySnapshot, load_topology_snapshot
+
+
+def build_site_definitions(
+    site_short_name: str, *, ops_db_url: str | None = None, snapshot: TopologySnapshot | None = None
+) -> Definitions:
+    """Everything whose data lives at ``site_short_name``, so its runs execute where its storage
+    is mounted. The topology is read from the ops DB (``CCAT_OPS_DB_URL``) at load time."""
+    snapshot = snapshot or load_topology_snapshot(ops_db_url)
+    site = snapshot.site(site_short_name)
+    assets, checks = build_site_assets(snapshot, site)
+    jobs, sensors = [], []
+    for stage in PIPELINE_STAGES:
+        if not stage.applies(site):
+            continue
+        job = build_stage_job(site, stage)
+        jobs.append(job)
+        sensors.append(build_stage_sensor(site, stage, job))
+    return Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        sensors=sensors,
+        resources={
+            "ops_db": OpsDbResource(url=ops_db_url),
+            "storage": SiteStorageResource(site=site.short_name),
+        },
+    )

@@ -1,0 +1,48 @@
+"""Dagster resources: the ops database and the storages of one site's code location."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dagster import ConfigurableResource
+from sqlalchemy.orm import Session
+
+from ccat_dagster.storage.factory import StorageRegistry
+from ccat_ops_db.config import ops_db_url
+from ccat_ops_db.session import session_factory
+
+
+class OpsDbResource(ConfigurableResource):
+    """The operations database; ``url`` defaults to ``CCAT_OPS_DB_URL`` / ``$CCAT_HOME/ops.db``."""
+
+    url: str | None = None
+
+    def resolved_url(self) -> str:
+        return self.url or ops_db_url()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        session = session_factory(self.resolved_url())()
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+
+class SiteStorageResource(ConfigurableResource):
+    """Storages as seen from ``site``: its own disks are local, other sites' hosts over SSH.
+
+    SSH keys (``CCAT_SSH_KEY_FILE``, ``CCAT_SSH_KNOWN_HOSTS``) and S3 credentials (``AWS_*``)
+    come from the environment only.
+    """
+
+    site: str
+
+    @contextmanager
+    def registry(self) -> Iterator[StorageRegistry]:
+        with StorageRegistry(local_site=self.site) as storages:
+            yield storages

@@ -1,0 +1,145 @@
+"""One sensor per pipeline stage and site: plan new work, add partitions in batches, request runs.
+
+A tick that finds nothing returns a SkipReason and writes nothing. Items already in a queued or
+running run of the same job are left alone; the number of runs in flight is capped per stage
+(transfers: the site's transfer limit, lowered under buffer pressure). The cursor holds the
+last RawDataPackage / DataTransferPackage id whose partition was added, so a crash between
+creating packages and adding their partitions is repaired on the next tick.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    JobDefinition,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_dagster.defs.jobs import stage_op_name
+from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
+from ccat_dagster.defs.resources import OpsDbResource
+from ccat_dagster.defs.stages import BUNDLE, PACKAGE, Stage, site_buffer_action, site_row
+from ccat_dagster.defs.topology import SiteView
+from ccat_ops_db.models import DataLocation, DataTransferPackage, RawDataPackage
+
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+SENSOR_INTERVAL_SECONDS = 30
+
+
+@dataclass
+class StageCursor:
+    seq: int = 0
+    last_raw_data_package_id: int = 0
+    last_data_transfer_package_id: int = 0
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "StageCursor":
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def items_in_flight(
+    context: SensorEvaluationContext, job_name: str, op_name: str
+) -> tuple[int, set[str]]:
+    runs = context.instance.get_runs(filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
+    items: set[str] = set()
+    for run in runs:
+        config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {})
+        items.update(config.get("items", []))
+    return len(runs), items
+
+
+def _new_partitions(session: Session, site_id: int, cursor: StageCursor, stage: Stage) -> list:
+    """Add-partition requests for packages created at this site since the cursor."""
+    if stage is PACKAGE:
+        model, defn, attr = RawDataPackage, raw_data_packages, "last_raw_data_package_id"
+        location_col = RawDataPackage.source_location_id
+    elif stage is BUNDLE:
+        model, defn, attr = (
+            DataTransferPackage,
+            data_transfer_packages,
+            "last_data_transfer_package_id",
+        )
+        location_col = DataTransferPackage.origin_location_id
+    else:
+        return []
+    rows = session.execute(
+        select(model.id, model.name)
+        .join(DataLocation, DataLocation.id == location_col)
+        .where(DataLocation.site_id == site_id, model.id > getattr(cursor, attr))
+        .order_by(model.id)
+    ).all()
+    if not rows:
+        return []
+    setattr(cursor, attr, rows[-1][0])
+    return [defn.build_add_request([name for _, name in rows])]
+
+
+def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -> SensorDefinition:
+    op_name = stage_op_name(site, stage)
+
+    @sensor(
+        name=f"{site.short_name}_{stage.name}_sensor",
+        job=stage_job,
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.STOPPED,
+        description=f"{stage.description} (site {site.short_name})",
+    )
+    def stage_sensor(context: SensorEvaluationContext, ops_db: OpsDbResource):
+        cursor = StageCursor.parse(context.cursor)
+        running, busy = items_in_flight(context, stage_job.name, op_name)
+        with ops_db.session() as session:
+            site_db = site_row(session, site.short_name)
+            if not _paused(session, site_db, stage):
+                stage.plan(session, site_db)
+            partition_requests = _new_partitions(session, site_db.id, cursor, stage)
+            ready = [i for i in stage.ready(session, site_db) if i not in busy]
+            free_runs = max(stage.max_runs(session, site_db) - running, 0)
+        batches = [ready[i : i + stage.batch_size] for i in range(0, len(ready), stage.batch_size)][
+            :free_runs
+        ]
+        run_requests = []
+        for batch in batches:
+            cursor.seq += 1
+            run_requests.append(
+                RunRequest(
+                    run_key=f"{stage_job.name}:{cursor.seq}",
+                    run_config={"ops": {op_name: {"config": {"items": batch}}}},
+                    tags={"ccat/site": site.short_name, "ccat/stage": stage.name},
+                )
+            )
+        if not run_requests and not partition_requests:
+            reason = "nothing to do" if not ready else f"{len(ready)} ready, waiting for runs"
+            return SkipReason(reason)
+        return SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=partition_requests,
+            cursor=cursor.dump(),
+        )
+
+    return stage_sensor
+
+
+def _paused(session: Session, site, stage: Stage) -> bool:
+    """Emergency buffer pressure pauses new packaging at the site (seeds: escalation)."""
+    if stage is not PACKAGE:
+        return False
+    action = site_buffer_action(session, site)
+    return bool(action and action.pause_packaging)

@@ -1,0 +1,383 @@
+"""The pipeline stages as data: what each one plans, finds ready and executes at one site.
+
+Each stage wraps lifecycle functions (which decide and record) and turns their outcomes into the
+Dagster events of the package partitions they touched: an AssetMaterialization per package and
+location, and for the archive stage the ``lta_presence`` check evaluation. The batched jobs
+(one run, many packages), the sensors and the single-partition asset materializations all go
+through these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetMaterialization,
+    MetadataValue,
+)
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_dagster.defs.keys import (
+    DATA_TRANSFER_PACKAGE,
+    LTA_PRESENCE,
+    RAW_DATA_PACKAGE,
+    asset_key,
+)
+from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle import archive, routing, transfers
+from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
+from ccat_dagster.lifecycle.data_transfer_packages import (
+    build_data_transfer_package,
+    create_data_transfer_packages,
+    pending_data_transfer_packages,
+)
+from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
+from ccat_dagster.lifecycle.operations import OperationType
+from ccat_dagster.lifecycle.outcomes import StageOutcome
+from ccat_dagster.lifecycle.raw_data_packages import (
+    build_raw_data_package,
+    create_raw_data_packages_for_location,
+    pending_raw_data_packages,
+)
+from ccat_dagster.storage.base import Storage
+from ccat_ops_db.models import (
+    DataLocation,
+    DataTransfer,
+    DataTransferPackage,
+    LocationType,
+    RawDataPackage,
+    RawDataPackagePhysicalCopy,
+    Site,
+)
+
+StorageFor = Callable[[DataLocation], Storage]
+DagsterEvent = AssetMaterialization | AssetCheckEvaluation
+
+
+@dataclass
+class StageReport:
+    outcome: StageOutcome
+    events: list[DagsterEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the chain, as run at one site."""
+
+    name: str
+    operation: OperationType
+    description: str
+    applies: Callable[[SiteView], bool]
+    #: the "manager" part: create the records of new work (packages, bundles, routes)
+    plan: Callable[[Session, Site], None]
+    #: item ids ready to execute at this site
+    ready: Callable[[Session, Site], list[str]]
+    execute: Callable[[Session, str, StorageFor, str | None], StageReport]
+    #: the location whose pool (``{site}_{location}_{operation}``) throttles this stage
+    pool_location: Callable[[SiteView], str]
+    batch_size: int = 200
+    #: how many runs of this stage may be in flight at once at a site
+    max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
+
+
+def _materialization(
+    site: str, location: str, kind: str, outcome: StageOutcome, **extra
+) -> AssetMaterialization:
+    metadata = {**outcome.metadata, **extra}
+    return AssetMaterialization(
+        asset_key=asset_key(site, location, kind),
+        partition=outcome.partition,
+        metadata={k: _meta(v) for k, v in metadata.items()},
+    )
+
+
+def _meta(value):
+    if isinstance(value, float):
+        return MetadataValue.float(value)
+    if isinstance(value, int):
+        return MetadataValue.int(value)
+    return MetadataValue.text(str(value))
+
+
+def _report(outcome: StageOutcome, *events: DagsterEvent) -> StageReport:
+    return StageReport(outcome, list(events) if outcome.ok and not outcome.skipped else [])
+
+
+# --------------------------------------------------------------------- 1. raw data packages
+
+
+def _plan_packages(session: Session, site: Site) -> None:
+    for location in site.locations:
+        if location.active and location.location_type == LocationType.SOURCE:
+            create_raw_data_packages_for_location(session, location)
+
+
+def _ready_packages(session: Session, site: Site) -> list[str]:
+    return [str(p.id) for p in pending_raw_data_packages(session, site)]
+
+
+def _execute_package(session: Session, item: str, storage_for, run_id) -> StageReport:
+    package = session.get(RawDataPackage, int(item))
+    outcome = build_raw_data_package(session, package, storage_for=storage_for, run_id=run_id)
+    buffer = get_primary_buffer_for_site(session, package.source_location.site)
+    site = package.source_location.site.short_name
+    return _report(outcome, _materialization(site, buffer.name, RAW_DATA_PACKAGE, outcome))
+
+
+PACKAGE = Stage(
+    name="raw_data_package_creation",
+    operation=OperationType.RAW_DATA_PACKAGE_CREATION,
+    description="Package newly filed raw data files into RawDataPackages in the primary buffer.",
+    applies=lambda site: site.is_source,
+    plan=_plan_packages,
+    ready=_ready_packages,
+    execute=_execute_package,
+    pool_location=lambda site: site.of_type(LocationType.SOURCE)[0].name,
+)
+
+
+# --------------------------------------------------------------------- 2. bundles + routing
+
+
+def _source_buffers(site: Site) -> list[DataLocation]:
+    return [
+        loc for loc in site.locations if loc.active and loc.location_type == LocationType.BUFFER
+    ]
+
+
+def _plan_bundles(session: Session, site: Site) -> None:
+    for buffer in _source_buffers(site):
+        create_data_transfer_packages(session, buffer)
+    routing.plan_primary_transfers(session, site)
+
+
+def _ready_bundles(session: Session, site: Site) -> list[str]:
+    return [
+        str(d.id) for b in _source_buffers(site) for d in pending_data_transfer_packages(session, b)
+    ]
+
+
+def _execute_bundle(session: Session, item: str, storage_for, run_id) -> StageReport:
+    dtp = session.get(DataTransferPackage, int(item))
+    outcome = build_data_transfer_package(session, dtp, storage_for=storage_for, run_id=run_id)
+    if outcome.ok:
+        routing.plan_primary_transfers(session, dtp.origin_location.site, run_id=run_id)
+    origin = dtp.origin_location
+    return _report(
+        outcome,
+        _materialization(origin.site.short_name, origin.name, DATA_TRANSFER_PACKAGE, outcome),
+    )
+
+
+def _first_buffer(site: SiteView) -> str:
+    return site.of_type(LocationType.BUFFER)[0].name
+
+
+BUNDLE = Stage(
+    name="data_transfer_package_creation",
+    operation=OperationType.DATA_TRANSFER_PACKAGE_CREATION,
+    description="Bundle completed RawDataPackages into DataTransferPackages and route them.",
+    applies=lambda site: site.is_source,
+    plan=_plan_bundles,
+    ready=_ready_bundles,
+    execute=_execute_bundle,
+    pool_location=_first_buffer,
+)
+
+
+# --------------------------------------------------------------------- 3. transfers (pull)
+
+
+def _plan_transfers(session: Session, site: Site) -> None:
+    routing.plan_secondary_transfers(session)
+    routing.plan_relay_onward_transfers(session)
+
+
+def _ready_transfers(session: Session, site: Site) -> list[str]:
+    return [str(t.id) for t in transfers.transfers_to_site(session, site)]
+
+
+def _execute_transfer(session: Session, item: str, storage_for, run_id) -> StageReport:
+    transfer = session.get(DataTransfer, int(item))
+    outcome = transfers.execute_data_transfer(
+        session, transfer, storage_for=storage_for, run_id=run_id
+    )
+    dest = transfer.destination_location
+    return _report(
+        outcome, _materialization(dest.site.short_name, dest.name, DATA_TRANSFER_PACKAGE, outcome)
+    )
+
+
+def site_buffer_action(session: Session, site: Site) -> BufferAction | None:
+    """The escalation in force at ``site`` (from its latest disk-usage samples)."""
+    return decide_buffer_actions(session).get(site.short_name)
+
+
+def _transfer_limit(session: Session, site: Site) -> int:
+    action = site_buffer_action(session, site)
+    return action.max_parallel_transfers if action else get_policy(session).max_normal_transfers
+
+
+TRANSFER = Stage(
+    name="data_transfer",
+    operation=OperationType.DATA_TRANSFER,
+    description="Pull routed DataTransferPackages into this site's buffer, verified on arrival.",
+    applies=lambda site: bool(site.of_type(LocationType.BUFFER)),
+    plan=_plan_transfers,
+    ready=_ready_transfers,
+    execute=_execute_transfer,
+    pool_location=_first_buffer,
+    batch_size=20,
+    max_runs=_transfer_limit,
+)
+
+
+# --------------------------------------------------------------------- 4. unpacking
+
+
+def _ready_unpacks(session: Session, site: Site) -> list[str]:
+    return [str(t.id) for t in transfers.unpacks_at_site(session, site)]
+
+
+def _execute_unpack(session: Session, item: str, storage_for, run_id) -> StageReport:
+    transfer = session.get(DataTransfer, int(item))
+    outcome = transfers.unpack_data_transfer(
+        session, transfer, storage_for=storage_for, run_id=run_id
+    )
+    buffer = transfer.destination_location
+    site = buffer.site.short_name
+    events = [
+        _materialization(
+            site,
+            buffer.name,
+            RAW_DATA_PACKAGE,
+            StageOutcome(
+                p.name,
+                ok=True,
+                metadata={
+                    "package": p.name,
+                    "size_bytes": p.size,
+                    "file_count": p.file_count,
+                    "checksum": f"{p.checksum_algorithm}:{p.checksum}",
+                    "source": transfer.origin_location.qualified_name,
+                    "destination": buffer.qualified_name,
+                    "data_transfer_package": outcome.partition,
+                },
+            ),
+        )
+        for p in transfer.data_transfer_package.raw_data_packages
+    ]
+    return _report(outcome, *events)
+
+
+UNPACK = Stage(
+    name="data_transfer_unpacking",
+    operation=OperationType.DATA_TRANSFER_UNPACKING,
+    description="Unpack arrived DataTransferPackages; verify every package against the ops DB.",
+    applies=lambda site: site.is_lta,
+    plan=lambda _session, _site: None,
+    ready=_ready_unpacks,
+    execute=_execute_unpack,
+    pool_location=_first_buffer,
+    batch_size=50,
+)
+
+
+# --------------------------------------------------------------------- 5. long-term archive
+
+
+def _ready_archive(session: Session, site: Site) -> list[str]:
+    return [f"{p.id}:{b.id}:{a.id}" for p, b, a in archive.archive_candidates(session, site)]
+
+
+def lta_presence_evaluation(
+    lta: DataLocation, package: RawDataPackage, evidence: archive.LtaEvidence
+) -> AssetCheckEvaluation:
+    return AssetCheckEvaluation(
+        asset_key=asset_key(lta.site.short_name, lta.name, RAW_DATA_PACKAGE),
+        check_name=LTA_PRESENCE,
+        passed=evidence.ok,
+        partition=package.name,
+        severity=AssetCheckSeverity.ERROR,
+        blocking=True,
+        metadata={k: _meta(v) for k, v in evidence.as_dict().items() if v is not None},
+        description=evidence.error or "present with the recorded size and checksum",
+    )
+
+
+def _archive_item(session: Session, item: str):
+    package_id, buffer_id, lta_id = (int(x) for x in item.split(":"))
+    package = session.get(RawDataPackage, package_id)
+    return package, session.get(DataLocation, buffer_id), session.get(DataLocation, lta_id)
+
+
+def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> StageReport:
+    """Only the copy; the single-partition asset leaves the check to its blocking asset check."""
+    package, buffer, lta = _archive_item(session, item)
+    outcome = archive.send_data_to_long_term_archive(
+        session, package, buffer, lta, storage_for=storage_for, run_id=run_id
+    )
+    return StageReport(outcome)
+
+
+def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageReport:
+    """Copy, then the lta_presence check, recorded as a check evaluation of the partition."""
+    package, buffer, lta = _archive_item(session, item)
+    outcome = archive.send_data_to_long_term_archive(
+        session, package, buffer, lta, storage_for=storage_for, run_id=run_id
+    )
+    if not outcome.ok:
+        return StageReport(outcome)
+    evidence = archive.confirm_lta_presence(
+        session, package, lta, storage_for=storage_for, run_id=run_id
+    )
+    events: list[DagsterEvent] = []
+    if not outcome.skipped:
+        events.append(_materialization(lta.site.short_name, lta.name, RAW_DATA_PACKAGE, outcome))
+    events.append(lta_presence_evaluation(lta, package, evidence))
+    if not evidence.ok:
+        outcome = StageOutcome(package.name, ok=False, error=f"lta_presence: {evidence.error}")
+    return StageReport(outcome, events)
+
+
+ARCHIVE = Stage(
+    name="long_term_archive_transfer",
+    operation=OperationType.LONG_TERM_ARCHIVE_TRANSFER,
+    description="Copy unpacked RawDataPackages into the long-term archive; lta_presence check.",
+    applies=lambda site: site.is_lta,
+    plan=lambda _session, _site: None,
+    ready=_ready_archive,
+    execute=_execute_archive,
+    pool_location=lambda site: site.of_type(LocationType.LONG_TERM_ARCHIVE)[0].name,
+)
+
+ARCHIVE_COPY = replace(ARCHIVE, execute=_execute_archive_copy)
+
+PIPELINE_STAGES: tuple[Stage, ...] = (PACKAGE, BUNDLE, TRANSFER, UNPACK, ARCHIVE)
+
+
+def site_row(session: Session, short_name: str) -> Site:
+    site = session.scalar(select(Site).where(Site.short_name == short_name))
+    if site is None:
+        raise LookupError(f"site {short_name!r} is not in the ops DB; apply the topology first")
+    return site
+
+
+def package_copy_location(session: Session, package: RawDataPackage, site: Site):
+    """The buffer of ``site`` holding a copy of ``package`` (for single-partition runs)."""
+    return session.scalar(
+        select(DataLocation)
+        .join(
+            RawDataPackagePhysicalCopy,
+            RawDataPackagePhysicalCopy.data_location_id == DataLocation.id,
+        )
+        .where(
+            RawDataPackagePhysicalCopy.raw_data_package_id == package.id,
+            DataLocation.site_id == site.id,
+            DataLocation.location_type == LocationType.BUFFER,
+        )
+    )

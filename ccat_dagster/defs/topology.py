@@ -1,0 +1,113 @@
+"""A read-only snapshot of the topology in the ops DB, taken when a code location loads.
+
+Assets are generated from it, so adding a site or an LTA is a topology change plus a reload of
+the code locations, not a code change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ccat_ops_db.models import DataLocation, LocationType, Site
+from ccat_ops_db.session import make_engine, session_factory
+
+
+@dataclass(frozen=True)
+class LocationView:
+    name: str
+    location_type: LocationType
+    priority: int
+    storage: str
+
+    @property
+    def is_buffer(self) -> bool:
+        return self.location_type == LocationType.BUFFER
+
+
+@dataclass(frozen=True)
+class SiteView:
+    short_name: str
+    name: str
+    locations: tuple[LocationView, ...]
+
+    def of_type(self, location_type: LocationType) -> list[LocationView]:
+        return [loc for loc in self.locations if loc.location_type == location_type]
+
+    @property
+    def is_source(self) -> bool:
+        return bool(self.of_type(LocationType.SOURCE))
+
+    @property
+    def is_lta(self) -> bool:
+        return bool(self.of_type(LocationType.LONG_TERM_ARCHIVE))
+
+
+@dataclass(frozen=True)
+class TopologySnapshot:
+    sites: tuple[SiteView, ...]
+
+    def site(self, short_name: str) -> SiteView:
+        for site in self.sites:
+            if site.short_name == short_name:
+                return site
+        known = ", ".join(s.short_name for s in self.sites) or "none"
+        raise LookupError(
+            f"site {short_name!r} is not in the topology of the ops DB (known: {known}); "
+            "apply a topology that defines it with `ccat topology apply FILE`"
+        )
+
+    @property
+    def source_sites(self) -> list[SiteView]:
+        return [s for s in self.sites if s.is_source]
+
+    @property
+    def lta_sites(self) -> list[SiteView]:
+        return [s for s in self.sites if s.is_lta]
+
+
+class TopologyUnavailableError(RuntimeError):
+    pass
+
+
+def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
+    """Active sites and locations from the ops DB, with a clear error when there are none."""
+    try:
+        engine = make_engine(url)
+        with session_factory(url)() as session:
+            sites = session.scalars(select(Site).order_by(Site.short_name)).all()
+            views = tuple(
+                SiteView(
+                    short_name=site.short_name,
+                    name=site.name,
+                    locations=tuple(
+                        LocationView(
+                            name=loc.name,
+                            location_type=loc.location_type,
+                            priority=loc.priority,
+                            storage=loc.storage_type.value,
+                        )
+                        for loc in sorted(site.locations, key=_order)
+                        if loc.active
+                    ),
+                )
+                for site in sites
+            )
+        engine.dispose()
+    except SQLAlchemyError as exc:
+        raise TopologyUnavailableError(
+            f"cannot read the topology from the ops DB ({exc.__class__.__name__}: {exc}); "
+            "check CCAT_OPS_DB_URL, then run `ccat db upgrade` and `ccat topology apply FILE`"
+        ) from exc
+    if not views:
+        raise TopologyUnavailableError(
+            "the ops DB has no sites yet: run `ccat topology apply FILE` before loading the "
+            "Dagster code locations"
+        )
+    return TopologySnapshot(sites=views)
+
+
+def _order(location: DataLocation) -> tuple[int, str]:
+    return (location.priority, location.name)

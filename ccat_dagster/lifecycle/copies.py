@@ -1,0 +1,80 @@
+"""PhysicalCopy bookkeeping shared by every stage: one row per (object, location), never deleted.
+
+A copy that reappears at a location (re-transfer, recovery by staging) reuses its row and goes
+back to PRESENT; its history is in the audit log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db.audit import audit
+from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus, utcnow
+
+
+def find_copy(
+    session: Session, copy_cls: type[PhysicalCopy], fk: str, object_id: int, location_id: int
+) -> PhysicalCopy | None:
+    return session.scalar(
+        select(copy_cls).where(
+            getattr(copy_cls, fk) == object_id, copy_cls.data_location_id == location_id
+        )
+    )
+
+
+def upsert_copy(
+    session: Session,
+    copy_cls: type[PhysicalCopy],
+    fk: str,
+    object_id: int,
+    location: DataLocation,
+    *,
+    size: int | None,
+    checksum: str | None,
+    algorithm: str | None,
+    reason: str,
+    status: PhysicalCopyStatus = PhysicalCopyStatus.PRESENT,
+    verified_at: datetime | None = None,
+    run_id: str | None = None,
+    evidence: dict[str, Any] | None = None,
+) -> PhysicalCopy:
+    """Create or revive the copy of one object at one location, and audit the change."""
+    copy = find_copy(session, copy_cls, fk, object_id, location.id)
+    old = None
+    if copy is None:
+        copy = copy_cls(data_location_id=location.id, **{fk: object_id})
+        session.add(copy)
+    else:
+        old = copy.status
+    copy.status = status
+    copy.size = size
+    copy.checksum = checksum
+    copy.checksum_algorithm = algorithm
+    copy.deleted_at = None
+    copy.failure_reason = None
+    copy.claimed_by = None
+    copy.claimed_at = None
+    if verified_at is not None:
+        copy.verified_at = verified_at
+    session.flush()
+    if old != status:
+        audit(
+            session,
+            entity_type="physical_copy",
+            entity_id=copy.id,
+            old_status=old,
+            new_status=status,
+            reason=reason,
+            data_location_id=location.id,
+            run_id=run_id,
+            evidence=evidence,
+        )
+    return copy
+
+
+def mark_verified(copy: PhysicalCopy) -> None:
+    copy.verified_at = utcnow()

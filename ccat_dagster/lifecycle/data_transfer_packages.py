@@ -1,0 +1,248 @@
+"""Stage 2: completed RawDataPackages at a source-site BUFFER are bundled into DataTransferPackages.
+
+A bundle closes when it reaches ``data_transfer_package_max_bytes``, or when its oldest package
+has waited ``data_transfer_package_max_wait_minutes`` (so a trickle of data still ships). The tar
+of tars is written in one pass; every RawDataPackage tar is verified against its recorded
+checksum on the way, so a package that rotted in the buffer never leaves the site.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from functools import partial
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle.copies import upsert_copy
+from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.packaging import PackageMember, write_package
+from ccat_dagster.storage.base import Storage
+from ccat_dagster.storage.errors import PermanentStorageError
+from ccat_ops_db.audit import audit, audit_many
+from ccat_ops_db.models import (
+    DataLocation,
+    DataTransferPackage,
+    DataTransferPackagePhysicalCopy,
+    PackageState,
+    PhysicalCopyStatus,
+    RawDataPackage,
+    RawDataPackagePhysicalCopy,
+    Status,
+    as_utc,
+    utcnow,
+)
+
+StorageFor = Callable[[DataLocation], Storage]
+
+
+def data_transfer_package_key(name: str) -> str:
+    return f"data_transfer_packages/{name}.tar"
+
+
+def bundle_candidates(session: Session, buffer: DataLocation) -> list[RawDataPackage]:
+    """COMPLETED, WAITING packages PRESENT at this buffer and in no DataTransferPackage yet."""
+    present = exists().where(
+        RawDataPackagePhysicalCopy.raw_data_package_id == RawDataPackage.id,
+        RawDataPackagePhysicalCopy.data_location_id == buffer.id,
+        RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+    )
+    return list(
+        session.scalars(
+            select(RawDataPackage)
+            .where(
+                RawDataPackage.status == Status.COMPLETED,
+                RawDataPackage.state == PackageState.WAITING,
+                RawDataPackage.data_transfer_package_id.is_(None),
+                present,
+            )
+            .order_by(RawDataPackage.created_at, RawDataPackage.id)
+        )
+    )
+
+
+def plan_bundles(
+    packages: Sequence[RawDataPackage], policy: Policy, now: datetime
+) -> list[list[RawDataPackage]]:
+    """Greedy, in arrival order: close a bundle when the next package would exceed max_bytes;
+    the last, partial bundle ships only once its oldest package has waited max_wait."""
+    max_bytes = policy.data_transfer_package_max_bytes
+    bundles: list[list[RawDataPackage]] = []
+    current: list[RawDataPackage] = []
+    current_bytes = 0
+    for package in packages:
+        size = package.size or 0
+        if current and current_bytes + size > max_bytes:
+            bundles.append(current)
+            current, current_bytes = [], 0
+        current.append(package)
+        current_bytes += size
+    if current:
+        oldest = min(as_utc(p.created_at) for p in current)
+        waited = now - oldest >= timedelta(minutes=policy.data_transfer_package_max_wait_minutes)
+        if current_bytes >= max_bytes or waited:
+            bundles.append(current)
+    return bundles
+
+
+def create_data_transfer_packages(
+    session: Session,
+    buffer: DataLocation,
+    *,
+    now: datetime | None = None,
+    run_id: str | None = None,
+) -> list[DataTransferPackage]:
+    """Create DataTransferPackage rows for the bundles that are ready; packages -> TRANSFERRING."""
+    policy = get_policy(session)
+    bundles = plan_bundles(bundle_candidates(session, buffer), policy, now or utcnow())
+    created = []
+    for bundle in bundles:
+        name = f"{buffer.site.short_name}.{utcnow():%Y%m%dT%H%M%S}.{uuid.uuid4().hex[:8]}"
+        dtp = DataTransferPackage(
+            name=name,
+            relative_path=data_transfer_package_key(name),
+            status=Status.PENDING,
+            origin_location_id=buffer.id,
+        )
+        session.add(dtp)
+        session.flush()
+        ids = [p.id for p in bundle]
+        session.execute(
+            update(RawDataPackage)
+            .where(RawDataPackage.id.in_(ids))
+            .values(data_transfer_package_id=dtp.id, state=PackageState.TRANSFERRING)
+            .execution_options(synchronize_session=False)
+        )
+        audit_many(
+            session,
+            [
+                {
+                    "entity_type": "raw_data_package",
+                    "entity_id": pid,
+                    "old_status": PackageState.WAITING,
+                    "new_status": PackageState.TRANSFERRING,
+                    "reason": f"bundled into data transfer package {name}",
+                    "run_id": run_id,
+                }
+                for pid in ids
+            ],
+        )
+        created.append(dtp)
+    session.commit()
+    for p in (p for b in bundles for p in b):
+        session.refresh(p)
+    return created
+
+
+def pending_data_transfer_packages(session: Session, buffer: DataLocation):
+    return list(
+        session.scalars(
+            select(DataTransferPackage)
+            .where(
+                DataTransferPackage.origin_location_id == buffer.id,
+                DataTransferPackage.status.in_(
+                    [Status.PENDING, Status.SCHEDULED, Status.IN_PROGRESS]
+                ),
+            )
+            .order_by(DataTransferPackage.id)
+        )
+    )
+
+
+def build_data_transfer_package(
+    session: Session,
+    dtp: DataTransferPackage,
+    *,
+    storage_for: StorageFor,
+    run_id: str | None = None,
+) -> StageOutcome:
+    """Write the tar of RawDataPackage tars at its buffer, verifying each against the ops DB."""
+    if dtp.status == Status.COMPLETED:
+        return StageOutcome(dtp.name, ok=True, skipped=True)
+    buffer = dtp.origin_location
+    storage = storage_for(buffer)
+    packages = sorted(dtp.raw_data_packages, key=lambda p: p.name)
+    members = [
+        PackageMember(
+            arcname=f"{p.name}.tar",
+            size=p.size,
+            checksum=p.checksum,
+            open=partial(storage.open_read, p.relative_path),
+        )
+        for p in packages
+    ]
+    old = dtp.status
+    dtp.status = Status.IN_PROGRESS
+    audit(
+        session,
+        entity_type="data_transfer_package",
+        entity_id=dtp.id,
+        old_status=old,
+        new_status=Status.IN_PROGRESS,
+        reason=f"bundling {len(packages)} packages at {buffer.qualified_name}",
+        run_id=run_id,
+    )
+    session.commit()
+    try:
+        with stopwatch() as watch, storage.open_write(dtp.relative_path) as out:
+            result = write_package(out, members, kind="data_transfer_package", name=dtp.name)
+    except PermanentStorageError as exc:
+        permanent = handle_failure(
+            session,
+            dtp,
+            exc,
+            max_retries=get_policy(session).max_retries,
+            entity_type="data_transfer_package",
+            packages=packages,
+            run_id=run_id,
+        )
+        session.commit()
+        return StageOutcome(dtp.name, ok=False, error=str(exc), permanent=permanent)
+    dtp.size = result.size
+    dtp.checksum = result.checksum
+    dtp.checksum_algorithm = result.algorithm
+    dtp.status = Status.COMPLETED
+    dtp.failure_reason = None
+    upsert_copy(
+        session,
+        DataTransferPackagePhysicalCopy,
+        "data_transfer_package_id",
+        dtp.id,
+        buffer,
+        size=result.size,
+        checksum=result.checksum,
+        algorithm=result.algorithm,
+        reason="bundle written and checksummed in one pass",
+        run_id=run_id,
+    )
+    audit(
+        session,
+        entity_type="data_transfer_package",
+        entity_id=dtp.id,
+        old_status=Status.IN_PROGRESS,
+        new_status=Status.COMPLETED,
+        reason=f"bundled {len(packages)} packages",
+        data_location_id=buffer.id,
+        run_id=run_id,
+        evidence={"size": result.size, "checksum": result.checksum},
+    )
+    session.commit()
+    return StageOutcome(
+        dtp.name,
+        ok=True,
+        metadata=transfer_metadata(
+            name=dtp.name,
+            size=result.size,
+            checksum=result.checksum,
+            algorithm=result.algorithm,
+            source=buffer.qualified_name,
+            destination=buffer.qualified_name,
+            seconds=watch.seconds,
+            package_count=len(packages),
+            raw_data_packages=", ".join(p.name for p in packages[:50]),
+        ),
+    )

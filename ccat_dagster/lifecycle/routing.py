@@ -1,0 +1,212 @@
+"""Stage 3 decisions: which site each DataTransferPackage goes to.
+
+Primary routes (SOURCE site -> LTA sites) are chosen round-robin per source site, with the
+position kept durably in ``round_robin_state`` (the seeds kept it in Redis) and taken under a
+row lock so two sensors never hand out the same slot. Secondary routes (LTA site -> every other
+LTA site) make sure each package reaches every archive. Active DataTransferRoute rows override
+the automatic choice: DIRECT (to that site's buffer), CUSTOM (to an explicit location), RELAY
+(first to the relay site's buffer, then onwards).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session, aliased
+
+from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site, lta_sites
+from ccat_ops_db.audit import audit
+from ccat_ops_db.models import (
+    DataLocation,
+    DataTransfer,
+    DataTransferPackage,
+    DataTransferPackagePhysicalCopy,
+    DataTransferRoute,
+    PhysicalCopyStatus,
+    RoundRobinState,
+    RouteType,
+    Site,
+    Status,
+)
+
+PRIMARY = "primary"
+SECONDARY = "secondary"
+RELAY = "relay"
+
+
+def next_lta_site(session: Session, source_site: Site) -> Site:
+    """The next LTA site for ``source_site`` in round-robin order (durable, locked)."""
+    sites = lta_sites(session)
+    if not sites:
+        raise LookupError(
+            "no active LONG_TERM_ARCHIVE location in the topology: nothing can be archived; "
+            "add one and run `ccat topology apply`"
+        )
+    key = f"primary:{source_site.short_name}"
+    state = session.scalar(
+        select(RoundRobinState).where(RoundRobinState.key == key).with_for_update()
+    )
+    if state is None:
+        state = RoundRobinState(key=key, last_index=-1)
+        session.add(state)
+    state.last_index = (state.last_index + 1) % len(sites)
+    session.flush()
+    return sites[state.last_index]
+
+
+def _custom_route(session: Session, site: Site) -> DataTransferRoute | None:
+    return session.scalar(
+        select(DataTransferRoute)
+        .where(DataTransferRoute.origin_site_id == site.id, DataTransferRoute.active.is_(True))
+        .order_by(DataTransferRoute.id)
+    )
+
+
+def _buffer_of(session: Session, site: Site) -> DataLocation:
+    buffer = get_primary_buffer_for_site(session, site)
+    if buffer is None:
+        raise LookupError(
+            f"site {site.short_name!r} has no active BUFFER to receive transfers; "
+            "activate one in the topology"
+        )
+    return buffer
+
+
+def primary_destination(session: Session, source_site: Site) -> tuple[DataLocation, str]:
+    """Destination buffer and route kind for the next DataTransferPackage of ``source_site``."""
+    route = _custom_route(session, source_site)
+    if route is not None:
+        if route.route_type == RouteType.CUSTOM and route.destination_location is not None:
+            return route.destination_location, RouteType.CUSTOM.value.lower()
+        if route.route_type == RouteType.RELAY and route.relay_site is not None:
+            return _buffer_of(session, route.relay_site), RELAY
+        return _buffer_of(session, route.destination_site), RouteType.DIRECT.value.lower()
+    return _buffer_of(session, next_lta_site(session, source_site)), PRIMARY
+
+
+def _has_copy_at(location_id_col):
+    return exists().where(
+        DataTransferPackagePhysicalCopy.data_transfer_package_id == DataTransferPackage.id,
+        DataTransferPackagePhysicalCopy.data_location_id == location_id_col,
+        DataTransferPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+    )
+
+
+def plan_primary_transfers(
+    session: Session, source_site: Site, *, run_id: str | None = None
+) -> list[DataTransfer]:
+    """A DataTransfer for every completed bundle at this site's buffers that has none yet."""
+    buffers = select(DataLocation.id).where(DataLocation.site_id == source_site.id)
+    any_transfer = exists().where(DataTransfer.data_transfer_package_id == DataTransferPackage.id)
+    ready = session.scalars(
+        select(DataTransferPackage)
+        .where(
+            DataTransferPackage.status == Status.COMPLETED,
+            DataTransferPackage.origin_location_id.in_(buffers),
+            _has_copy_at(DataTransferPackage.origin_location_id),
+            ~any_transfer,
+        )
+        .order_by(DataTransferPackage.id)
+    ).all()
+    created = []
+    for dtp in ready:
+        destination, kind = primary_destination(session, source_site)
+        created.append(_new_transfer(session, dtp, dtp.origin_location, destination, kind, run_id))
+    session.commit()
+    return created
+
+
+def plan_secondary_transfers(session: Session, *, run_id: str | None = None) -> list[DataTransfer]:
+    """LTA -> LTA: once a bundle is unpacked at one LTA site, send it to every other LTA site."""
+    sites = lta_sites(session)
+    created = []
+    arrived = aliased(DataTransfer)
+    dest = aliased(DataLocation)
+    rows = session.execute(
+        select(DataTransferPackage, dest)
+        .join(arrived, arrived.data_transfer_package_id == DataTransferPackage.id)
+        .join(dest, dest.id == arrived.destination_location_id)
+        .where(
+            arrived.status == Status.COMPLETED,
+            arrived.unpack_status == Status.COMPLETED,
+            arrived.route_kind != SECONDARY,
+            _has_copy_at(arrived.destination_location_id),
+        )
+        .order_by(DataTransferPackage.id)
+    ).all()
+    for dtp, origin in rows:
+        reached = set(
+            session.scalars(
+                select(DataLocation.site_id)
+                .join(DataTransfer, DataTransfer.destination_location_id == DataLocation.id)
+                .where(DataTransfer.data_transfer_package_id == dtp.id)
+            )
+        )
+        for site in sites:
+            if site.id in reached or site.id == origin.site_id:
+                continue
+            created.append(
+                _new_transfer(session, dtp, origin, _buffer_of(session, site), SECONDARY, run_id)
+            )
+            reached.add(site.id)
+    session.commit()
+    return created
+
+
+def plan_relay_onward_transfers(
+    session: Session, *, run_id: str | None = None
+) -> list[DataTransfer]:
+    """RELAY routes: a bundle that arrived at the relay site goes on to the route's destination."""
+    created = []
+    relayed = session.scalars(
+        select(DataTransfer).where(
+            DataTransfer.route_kind == RELAY, DataTransfer.status == Status.COMPLETED
+        )
+    ).all()
+    for hop in relayed:
+        dtp = hop.data_transfer_package
+        route = _custom_route(session, dtp.origin_location.site)
+        if route is None:
+            continue
+        destination = _buffer_of(session, route.destination_site)
+        already = session.scalar(
+            select(DataTransfer.id).where(
+                DataTransfer.data_transfer_package_id == dtp.id,
+                DataTransfer.destination_location_id == destination.id,
+            )
+        )
+        if already is None:
+            created.append(
+                _new_transfer(session, dtp, hop.destination_location, destination, PRIMARY, run_id)
+            )
+    session.commit()
+    return created
+
+
+def _new_transfer(
+    session: Session,
+    dtp: DataTransferPackage,
+    origin: DataLocation,
+    destination: DataLocation,
+    kind: str,
+    run_id: str | None,
+) -> DataTransfer:
+    transfer = DataTransfer(
+        data_transfer_package_id=dtp.id,
+        origin_location_id=origin.id,
+        destination_location_id=destination.id,
+        route_kind=kind,
+        status=Status.PENDING,
+        unpack_status=Status.PENDING,
+    )
+    session.add(transfer)
+    session.flush()
+    audit(
+        session,
+        entity_type="data_transfer",
+        entity_id=transfer.id,
+        new_status=Status.PENDING,
+        reason=f"{kind} route {origin.qualified_name} -> {destination.qualified_name}",
+        data_location_id=destination.id,
+        run_id=run_id,
+    )
+    return transfer

@@ -1,0 +1,136 @@
+"""A per-stage summary of the pipeline from the ops DB: what the demo and ``ccat status`` print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ccat_ops_db.models import (
+    CopyType,
+    DataLocation,
+    DataTransfer,
+    DataTransferPackage,
+    LongTermArchiveTransfer,
+    PhysicalCopy,
+    RawDataFile,
+    RawDataPackage,
+    Site,
+)
+
+
+@dataclass
+class PipelineSummary:
+    files: tuple[int, int] = (0, 0)  # count, bytes
+    packages_by_state: dict[str, int] = field(default_factory=dict)
+    packages_by_status: dict[str, int] = field(default_factory=dict)
+    bundles_by_status: dict[str, int] = field(default_factory=dict)
+    transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)
+    archive_transfers: dict[str, int] = field(default_factory=dict)
+    # (location, copy type, status) -> (count, bytes)
+    copies: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [
+            f"raw data files filed: {self.files[0]} ({_bytes(self.files[1])})",
+            "raw data packages by state: " + _kv(self.packages_by_state),
+            "raw data packages by packaging status: " + _kv(self.packages_by_status),
+            "data transfer packages by status: " + _kv(self.bundles_by_status),
+            "data transfers (route, destination, status, unpack):",
+        ]
+        lines += [
+            f"  {r:<10} {d:<28} {s:<10} unpack {u:<10} x{n}" for r, d, s, u, n in self.transfers
+        ]
+        lines.append("long-term archive transfers: " + _kv(self.archive_transfers))
+        lines.append("physical copies (location, kind, status: count, bytes):")
+        for (loc, kind, status), (n, size) in sorted(self.copies.items()):
+            lines.append(f"  {loc:<34} {kind:<22} {status:<20} {n:>6}  {_bytes(size)}")
+        return "\n".join(lines)
+
+
+def _kv(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
+
+
+def _bytes(n: int | None) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def pipeline_summary(session: Session) -> PipelineSummary:
+    """Counts per stage, set-based (a handful of GROUP BY queries)."""
+    s = PipelineSummary()
+    s.files = tuple(
+        session.execute(select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))).one()
+    )
+    s.packages_by_state = {
+        k.value: n
+        for k, n in session.execute(
+            select(RawDataPackage.state, func.count()).group_by(RawDataPackage.state)
+        )
+    }
+    s.packages_by_status = {
+        k.value: n
+        for k, n in session.execute(
+            select(RawDataPackage.status, func.count()).group_by(RawDataPackage.status)
+        )
+    }
+    s.bundles_by_status = {
+        k.value: n
+        for k, n in session.execute(
+            select(DataTransferPackage.status, func.count()).group_by(DataTransferPackage.status)
+        )
+    }
+    dest = (Site.short_name + "/" + DataLocation.name).label("dest")
+    s.transfers = [
+        (route, d, st.value, un.value, n)
+        for route, d, st, un, n in session.execute(
+            select(
+                DataTransfer.route_kind,
+                dest,
+                DataTransfer.status,
+                DataTransfer.unpack_status,
+                func.count(),
+            )
+            .join(DataLocation, DataLocation.id == DataTransfer.destination_location_id)
+            .join(Site, Site.id == DataLocation.site_id)
+            .group_by(
+                DataTransfer.route_kind, dest, DataTransfer.status, DataTransfer.unpack_status
+            )
+            .order_by(DataTransfer.route_kind, dest)
+        )
+    ]
+    s.archive_transfers = {
+        k.value: n
+        for k, n in session.execute(
+            select(LongTermArchiveTransfer.status, func.count()).group_by(
+                LongTermArchiveTransfer.status
+            )
+        )
+    }
+    loc = (Site.short_name + "/" + DataLocation.name).label("loc")
+    for name, kind, status, n, size in session.execute(
+        select(
+            loc,
+            PhysicalCopy.type,
+            PhysicalCopy.status,
+            func.count(),
+            func.coalesce(func.sum(PhysicalCopy.size), 0),
+        )
+        .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
+        .join(Site, Site.id == DataLocation.site_id)
+        .group_by(loc, PhysicalCopy.type, PhysicalCopy.status)
+    ):
+        s.copies[
+            (
+                name,
+                CopyType(kind).value if not isinstance(kind, CopyType) else kind.value,
+                status.value,
+            )
+        ] = (n, size)
+    return s

@@ -1,0 +1,311 @@
+"""Stages 3 and 4 at the destination site: pull a DataTransferPackage, then unpack and verify it.
+
+Transfers run in the destination site's code location and pull from the origin (over SSH when the
+origin buffer has a host): pulling is the fast direction with paramiko. The bytes are verified
+against the bundle's recorded checksum while they arrive; unpacking verifies every
+RawDataPackage tar against the manifest and the ops DB. A mismatch marks the arrived copy bad
+(removed: the verified original is still at the origin), and the transfer is retried from the
+origin up to ``max_retries``; then FAILED, and the packages it carries with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle.copies import find_copy, upsert_copy
+from ccat_dagster.lifecycle.locations import is_lta_site
+from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.packaging import ExpectedMember, unpack_package
+from ccat_dagster.storage.base import Storage
+from ccat_dagster.storage.copy import copy_object
+from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
+from ccat_ops_db.audit import audit
+from ccat_ops_db.models import (
+    DataLocation,
+    DataTransfer,
+    DataTransferPackagePhysicalCopy,
+    DiskDataLocation,
+    PhysicalCopyStatus,
+    RawDataPackagePhysicalCopy,
+    Site,
+    Status,
+    utcnow,
+)
+
+StorageFor = Callable[[DataLocation], Storage]
+
+
+def transfers_to_site(session: Session, site: Site) -> list[DataTransfer]:
+    """Transfers this site has to pull (PENDING or left over by an interrupted run)."""
+    return list(
+        session.scalars(
+            select(DataTransfer)
+            .join(DataLocation, DataLocation.id == DataTransfer.destination_location_id)
+            .where(
+                DataLocation.site_id == site.id,
+                DataTransfer.status.in_([Status.PENDING, Status.SCHEDULED, Status.IN_PROGRESS]),
+            )
+            .order_by(DataTransfer.id)
+        )
+    )
+
+
+def unpacks_at_site(session: Session, site: Site) -> list[DataTransfer]:
+    """Arrived bundles at this (LTA) site that still have to be unpacked."""
+    if not is_lta_site(site):
+        return []
+    return list(
+        session.scalars(
+            select(DataTransfer)
+            .join(DataLocation, DataLocation.id == DataTransfer.destination_location_id)
+            .where(
+                DataLocation.site_id == site.id,
+                DataTransfer.status == Status.COMPLETED,
+                DataTransfer.unpack_status.in_(
+                    [Status.PENDING, Status.SCHEDULED, Status.IN_PROGRESS]
+                ),
+            )
+            .order_by(DataTransfer.id)
+        )
+    )
+
+
+def execute_data_transfer(
+    session: Session,
+    transfer: DataTransfer,
+    *,
+    storage_for: StorageFor,
+    run_id: str | None = None,
+) -> StageOutcome:
+    """Pull the bundle from its origin into the destination buffer, verified on arrival."""
+    dtp = transfer.data_transfer_package
+    if transfer.status == Status.COMPLETED:
+        return StageOutcome(dtp.name, ok=True, skipped=True)
+    origin, destination = transfer.origin_location, transfer.destination_location
+    old = transfer.status
+    transfer.status = Status.IN_PROGRESS
+    transfer.started_at = utcnow()
+    transfer.run_id = run_id
+    audit(
+        session,
+        entity_type="data_transfer",
+        entity_id=transfer.id,
+        old_status=old,
+        new_status=Status.IN_PROGRESS,
+        reason=f"pulling {dtp.name} from {origin.qualified_name}",
+        data_location_id=destination.id,
+        run_id=run_id,
+    )
+    session.commit()
+    try:
+        with stopwatch() as watch:
+            result = copy_object(
+                storage_for(origin),
+                dtp.relative_path,
+                storage_for(destination),
+                dtp.relative_path,
+                expected_checksum=dtp.checksum,
+                algorithm=dtp.checksum_algorithm or "sha256",
+                size_hint=dtp.size,
+            )
+    except TransientStorageError:
+        transfer.status = Status.PENDING  # Dagster's RetryPolicy tries again
+        session.commit()
+        raise
+    except PermanentStorageError as exc:
+        return _transfer_failed(session, transfer, exc, run_id)
+    transfer.status = Status.COMPLETED
+    transfer.bytes_transferred = result.size
+    transfer.throughput_bytes_per_s = result.bytes_per_s
+    transfer.finished_at = utcnow()
+    transfer.failure_reason = None
+    upsert_copy(
+        session,
+        DataTransferPackagePhysicalCopy,
+        "data_transfer_package_id",
+        dtp.id,
+        destination,
+        size=result.size,
+        checksum=result.checksum,
+        algorithm=result.algorithm,
+        reason=f"{transfer.route_kind} transfer from {origin.qualified_name}, checksum verified",
+        run_id=run_id,
+    )
+    audit(
+        session,
+        entity_type="data_transfer",
+        entity_id=transfer.id,
+        old_status=Status.IN_PROGRESS,
+        new_status=Status.COMPLETED,
+        reason="bytes arrived and match the recorded checksum",
+        data_location_id=destination.id,
+        run_id=run_id,
+        evidence={"size": result.size, "checksum": result.checksum, "seconds": watch.seconds},
+    )
+    session.commit()
+    return StageOutcome(
+        dtp.name,
+        ok=True,
+        metadata=transfer_metadata(
+            name=dtp.name,
+            size=result.size,
+            checksum=result.checksum,
+            algorithm=result.algorithm,
+            source=origin.qualified_name,
+            destination=destination.qualified_name,
+            seconds=watch.seconds,
+            route=transfer.route_kind,
+            package_count=len(dtp.raw_data_packages),
+        ),
+    )
+
+
+def _transfer_failed(
+    session: Session, transfer: DataTransfer, exc: BaseException, run_id: str | None
+) -> StageOutcome:
+    permanent = handle_failure(
+        session,
+        transfer,
+        exc,
+        max_retries=get_policy(session).max_retries,
+        entity_type="data_transfer",
+        packages=transfer.data_transfer_package.raw_data_packages,
+        run_id=run_id,
+    )
+    session.commit()
+    return StageOutcome(
+        transfer.data_transfer_package.name, ok=False, error=str(exc), permanent=permanent
+    )
+
+
+def local_root(location: DataLocation) -> Path:
+    """The directory of a disk location on this host (unpacking needs a local filesystem)."""
+    if not isinstance(location, DiskDataLocation):
+        raise PermanentStorageError(
+            f"{location.qualified_name} is not a disk location; bundles can only be unpacked "
+            "into a disk BUFFER"
+        )
+    return Path(location.path)
+
+
+def unpack_data_transfer(
+    session: Session,
+    transfer: DataTransfer,
+    *,
+    storage_for: StorageFor,
+    run_id: str | None = None,
+) -> StageOutcome:
+    """Unpack an arrived bundle into its buffer: every RawDataPackage verified, then PRESENT."""
+    dtp = transfer.data_transfer_package
+    if transfer.unpack_status == Status.COMPLETED:
+        return StageOutcome(dtp.name, ok=True, skipped=True)
+    buffer = transfer.destination_location
+    packages = list(dtp.raw_data_packages)
+    expected = {
+        f"{p.name}.tar": ExpectedMember(
+            size=p.size, checksum=p.checksum, algorithm=p.checksum_algorithm or "sha256"
+        )
+        for p in packages
+    }
+    transfer.unpack_status = Status.IN_PROGRESS
+    session.commit()
+    storage = storage_for(buffer)
+    try:
+        with stopwatch() as watch, storage.open_read(dtp.relative_path) as stream:
+            unpack_package(
+                stream,
+                local_root(buffer) / "raw_data_packages",
+                expected=expected,
+                kind="data_transfer_package",
+                name=dtp.name,
+            )
+    except TransientStorageError:
+        transfer.unpack_status = Status.PENDING
+        session.commit()
+        raise
+    except PermanentStorageError as exc:
+        return _unpack_failed(session, transfer, storage, exc, run_id)
+    for p in packages:
+        upsert_copy(
+            session,
+            RawDataPackagePhysicalCopy,
+            "raw_data_package_id",
+            p.id,
+            buffer,
+            size=p.size,
+            checksum=p.checksum,
+            algorithm=p.checksum_algorithm,
+            reason=f"unpacked from {dtp.name}, verified against manifest and ops DB",
+            run_id=run_id,
+        )
+    transfer.unpack_status = Status.COMPLETED
+    transfer.unpack_failure_reason = None
+    audit(
+        session,
+        entity_type="data_transfer",
+        entity_id=transfer.id,
+        old_status=Status.IN_PROGRESS,
+        new_status=Status.COMPLETED,
+        reason=f"unpacked {len(packages)} packages at {buffer.qualified_name}",
+        data_location_id=buffer.id,
+        run_id=run_id,
+    )
+    session.commit()
+    return StageOutcome(
+        dtp.name,
+        ok=True,
+        metadata=transfer_metadata(
+            name=dtp.name,
+            size=dtp.size,
+            checksum=dtp.checksum,
+            algorithm=dtp.checksum_algorithm,
+            source=buffer.qualified_name,
+            destination=buffer.qualified_name,
+            seconds=watch.seconds,
+            package_count=len(packages),
+        ),
+    )
+
+
+def _unpack_failed(
+    session: Session,
+    transfer: DataTransfer,
+    storage: Storage,
+    exc: BaseException,
+    run_id: str | None,
+) -> StageOutcome:
+    """The arrived copy is bad: remove it (the verified original is still at the origin) and
+    re-transfer, counting towards the transfer's retries."""
+    dtp = transfer.data_transfer_package
+    buffer = transfer.destination_location
+    storage.delete(dtp.relative_path)
+    copy = find_copy(
+        session, DataTransferPackagePhysicalCopy, "data_transfer_package_id", dtp.id, buffer.id
+    )
+    if copy is not None:
+        audit(
+            session,
+            entity_type="physical_copy",
+            entity_id=copy.id,
+            old_status=copy.status,
+            new_status=PhysicalCopyStatus.DELETED,
+            reason=f"arrived copy failed verification, removed for re-transfer: {exc}",
+            data_location_id=buffer.id,
+            run_id=run_id,
+        )
+        copy.status = PhysicalCopyStatus.DELETED
+        copy.deleted_at = utcnow()
+    transfer.unpack_status = Status.PENDING
+    transfer.unpack_failure_reason = str(exc)
+    transfer.unpack_retry_count += 1
+    outcome = _transfer_failed(session, transfer, exc, run_id)
+    if outcome.permanent:
+        transfer.unpack_status = Status.FAILED
+        session.commit()
+    return outcome
