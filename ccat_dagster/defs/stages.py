@@ -38,6 +38,7 @@ from ccat_dagster.lifecycle.data_transfer_packages import (
 from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
 from ccat_dagster.lifecycle.operations import OperationType
 from ccat_dagster.lifecycle.outcomes import StageOutcome
+from ccat_dagster.lifecycle.policy import get_policy
 from ccat_dagster.lifecycle.raw_data_packages import (
     build_raw_data_package,
     create_raw_data_packages_for_location,
