@@ -3,6 +3,7 @@ manifest, and verified, safe streaming unpacking. No Dagster and no ops-DB queri
 pass the sizes and checksums the ops DB holds."""
 
 from ccat_dagster.packaging.errors import (
+    InvalidPackageMemberError,
     PackageSourceChangedError,
     PackageVerificationError,
     PackagingError,
@@ -23,6 +24,7 @@ __all__ = [
     "MANIFEST_NAME",
     "RAW_DATA_PACKAGE",
     "ExpectedMember",
+    "InvalidPackageMemberError",
     "Manifest",
     "ManifestEntry",
     "PackageMember",

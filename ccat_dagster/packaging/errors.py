@@ -31,5 +31,10 @@ class PackageSourceChangedError(PackagingError):
     being written is invalid and must be discarded."""
 
 
+class InvalidPackageMemberError(PackagingError, ValueError):
+    """The member list handed to the writer is unusable (unsafe or duplicate path, bad size or
+    checksum): fix the ops DB record; retrying will not help."""
+
+
 class PackageVerificationError(PackagingError):
     """A package (tar) is malformed, unsafe, or does not match its manifest or the ops DB."""

@@ -172,7 +172,9 @@ def _read_package(
                 break
             entry = _check_member(member, by_path, seen, filter_dest, manifest.name)
             seen.add(entry.path)
-            _copy_member(tf, member, entry, extract_to, manifest.name)
+            # An identical file already in place is still verified, but not written again.
+            target_dir = None if entry.path in identical else extract_to
+            _copy_member(tf, member, entry, target_dir, manifest.name)
         missing = sorted(set(by_path) - seen)
         if missing:
             raise PackageVerificationError(

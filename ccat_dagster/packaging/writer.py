@@ -17,7 +17,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ccat_dagster.packaging.errors import PackageSourceChangedError, PackageVerificationError
+from ccat_dagster.packaging.errors import (
+    InvalidPackageMemberError,
+    PackageSourceChangedError,
+    PackageVerificationError,
+)
 from ccat_dagster.packaging.manifest import (
     KINDS,
     MANIFEST_NAME,
@@ -70,7 +74,9 @@ def write_package(
 
     Raises PackageSourceChangedError when a member's bytes differ from its filed size or
     checksum; ``out`` then holds an invalid partial tar that the caller must discard (an atomic
-    ``Storage.open_write`` does so when the exception leaves its ``with`` block).
+    ``Storage.open_write`` does so when the exception leaves its ``with`` block). Raises
+    InvalidPackageMemberError, before writing anything, for an unsafe or duplicate member path.
+    Both are PermanentStorageErrors.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown package kind {kind!r}; use one of {KINDS}")
@@ -82,8 +88,8 @@ def write_package(
     try:
         check_entries(entries, package=name)
     except PackageVerificationError as exc:
-        # Same message, but at write time it is the caller's member list that is wrong.
-        raise ValueError(str(exc)) from None
+        # Same rule as when unpacking, but here it is the caller's member list that is wrong.
+        raise InvalidPackageMemberError(str(exc)) from None
     manifest = Manifest(kind=kind, name=name, algorithm=algorithm, entries=tuple(entries))
 
     tar = _TarOutput(out, algorithm)

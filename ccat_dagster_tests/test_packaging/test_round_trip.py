@@ -14,6 +14,7 @@ from ccat_dagster.packaging import (
     MANIFEST_NAME,
     RAW_DATA_PACKAGE,
     ExpectedMember,
+    InvalidPackageMemberError,
     PackageMember,
     PackageSourceChangedError,
     PackageVerificationError,
@@ -23,7 +24,7 @@ from ccat_dagster.packaging import (
     write_package,
 )
 from ccat_dagster.packaging.writer import _header
-from ccat_dagster.storage.errors import TransientStorageError
+from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
 from ccat_dagster_tests.test_packaging.helpers import (
     SOURCE_FILES,
     expected_for,
@@ -256,13 +257,14 @@ def test_writer_refuses_unsafe_member_paths(tmp_path, arcname):
     path = tmp_path / "f"
     path.write_bytes(b"x")
     checksum, size = checksum_file(path)
-    with pytest.raises(ValueError, match="member path"):
+    with pytest.raises(InvalidPackageMemberError, match="member path") as err:
         write_package(
             io.BytesIO(),
             [PackageMember(arcname, size, checksum, opener(path))],
             kind=RAW_DATA_PACKAGE,
             name="p",
         )
+    assert isinstance(err.value, PermanentStorageError)
 
 
 def test_writer_refuses_duplicate_member_paths(tmp_path):
@@ -270,7 +272,7 @@ def test_writer_refuses_duplicate_member_paths(tmp_path):
     path.write_bytes(b"x")
     checksum, size = checksum_file(path)
     member = PackageMember("a/f", size, checksum, opener(path))
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(InvalidPackageMemberError, match="twice"):
         write_package(io.BytesIO(), [member, member], kind=RAW_DATA_PACKAGE, name="p")
 
 
