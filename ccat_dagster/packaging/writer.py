@@ -82,7 +82,7 @@ def write_package(
         raise ValueError(f"unknown package kind {kind!r}; use one of {KINDS}")
     new_hasher(algorithm)  # fail early on an unknown algorithm
     entries = [
-        ManifestEntry(m.arcname, m.size, m.checksum.lower(), m.algorithm or algorithm)
+        ManifestEntry(m.arcname, m.size, _lower(m.checksum), m.algorithm or algorithm)
         for m in members
     ]
     try:
@@ -109,6 +109,11 @@ def write_package(
     return PackageResult(
         size=tar.size, checksum=tar.hexdigest(), algorithm=algorithm, entries=entries
     )
+
+
+def _lower(checksum: object) -> object:
+    # Anything but a str (e.g. None from an unfiled row) is reported by check_entries.
+    return checksum.lower() if isinstance(checksum, str) else checksum
 
 
 def _header(arcname: str, size: int, mtime: int) -> bytes:

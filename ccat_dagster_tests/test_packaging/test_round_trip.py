@@ -315,3 +315,11 @@ def test_stream_error_while_unpacking_leaves_nothing_behind(tmp_path):
     with pytest.raises(TransientStorageError):
         unpack_package(DroppedConnection(), dest)
     assert list(dest.iterdir()) == []
+
+
+def test_writer_refuses_a_member_without_filed_checksum(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    member = PackageMember("f", 1, None, opener(path))  # e.g. a row never filed
+    with pytest.raises(InvalidPackageMemberError, match="invalid sha256 checksum None"):
+        write_package(io.BytesIO(), [member], kind=RAW_DATA_PACKAGE, name="p")
