@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "topology",
     "locations",
     "files",
+    "pipeline",
 )
 
 for _module in COMMAND_MODULES:

@@ -134,3 +134,35 @@ def pipeline_summary(session: Session) -> PipelineSummary:
             )
         ] = (n, size)
     return s
+
+
+def packages_missing_from_ltas(session: Session) -> list[tuple[str, str]]:
+    """(package, lta) for every RawDataPackage without a PRESENT copy in an active LTA location."""
+    from sqlalchemy import and_, true
+
+    from ccat_ops_db.models import LocationType, PhysicalCopyStatus
+
+    lta = (
+        select(DataLocation.id, (Site.short_name + "/" + DataLocation.name).label("name"))
+        .join(Site, Site.id == DataLocation.site_id)
+        .where(
+            DataLocation.location_type == LocationType.LONG_TERM_ARCHIVE,
+            DataLocation.active == true(),
+        )
+        .subquery()
+    )
+    rows = session.execute(
+        select(RawDataPackage.name, lta.c.name)
+        .join(lta, true())
+        .outerjoin(
+            PhysicalCopy,
+            and_(
+                PhysicalCopy.raw_data_package_id == RawDataPackage.id,
+                PhysicalCopy.data_location_id == lta.c.id,
+                PhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+            ),
+        )
+        .where(PhysicalCopy.id.is_(None))
+        .order_by(RawDataPackage.name, lta.c.name)
+    ).all()
+    return [(p, loc) for p, loc in rows]

@@ -1,0 +1,106 @@
+"""The demo: the whole chain on the embedded default (SQLite, local disks, no services).
+
+A simulated instrument writes a few hundred files at the telescope's SOURCE, they are filed,
+and the real sensors and jobs of every site drive them to ARCHIVED in both long-term archives
+(``run-until-idle``), then the cleanup removes the telescope's temporary copies by the rules.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.simulate import demo_topology, simulate_instrument
+from ccat_ops_db.topology import apply_topology
+
+MARKER = ".ccat-demo-home"
+# Small bundles and no waiting so a few hundred MB show every stage; retention 0 so the
+# two-stage deletion of the telescope's raw files completes within the demo.
+DEMO_POLICY = {
+    "data_transfer_package_max_bytes": 64_000_000,
+    "data_transfer_package_max_wait_minutes": 0,
+    "retention_period_minutes": 0,
+}
+
+
+@dataclass(frozen=True)
+class DemoData:
+    files: int
+    bytes: int
+    obs_units: int
+    modules: int
+
+
+def reset_demo_home(home: Path) -> None:
+    """Empty ``home`` if it is a demo home made by us (never anything else)."""
+    if home.exists():
+        if not (home / MARKER).exists() and any(home.iterdir()):
+            raise RuntimeError(
+                f"{home} exists and is not a demo home (no {MARKER} file); refusing to reset it. "
+                "Point CCAT_HOME at an empty or demo directory."
+            )
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    (home / MARKER).write_text("made by `ccat demo`; deleted and re-created by it\n")
+
+
+def initialise_demo(session, home: Path) -> None:
+    """Apply the demo topology (every storage a local directory under ``home/data``)."""
+    topology = demo_topology(home / "data")
+    topology["policy"] = {**topology.get("policy", {}), **DEMO_POLICY}
+    apply_topology(session, topology)
+
+
+def simulate_and_file(
+    session,
+    home: Path,
+    *,
+    n_obs_units: int = 4,
+    modules: tuple[str, ...] = ("pcam_280ghz", "pcam_350ghz", "pcam_850ghz"),
+    files_per_unit: int = 18,
+    max_size: int = 20_000_000,
+    seed: int = 7,
+) -> DemoData:
+    """A simulated instrument writes files at ccat/primecam_raw_data; they are filed."""
+    root = home / "data" / "ccat" / "primecam_raw_data"
+    files = simulate_instrument(
+        root,
+        n_obs_units=n_obs_units,
+        modules=modules,
+        files_per_unit=files_per_unit,
+        min_size=2_000,
+        max_size=max_size,
+        seed=seed,
+    )
+    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for f in files:
+        groups[(f.obs_unit, f.instrument_module)].append(f.path)
+    for (obs_unit, module), paths in sorted(groups.items()):
+        register_raw_data_files(session, "ccat/primecam_raw_data", obs_unit, module, paths)
+    return DemoData(
+        files=len(files),
+        bytes=sum(f.size for f in files),
+        obs_units=n_obs_units,
+        modules=len(modules),
+    )
+
+
+def verify_demo(session) -> list[str]:
+    """What is wrong at the end of the demo (empty when every package is in every LTA)."""
+    from sqlalchemy import func, select
+
+    from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
+    from ccat_ops_db.models import PackageState, RawDataPackage
+
+    problems = [
+        f"{p} has no verified copy in {lta}" for p, lta in packages_missing_from_ltas(session)
+    ]
+    not_archived = session.scalar(
+        select(func.count()).where(RawDataPackage.state != PackageState.ARCHIVED)
+    )
+    if not_archived:
+        problems.append(f"{not_archived} raw data package(s) not ARCHIVED")
+    return problems
