@@ -1,4 +1,5 @@
 pytest_plugins = [
     "ccat_dagster_tests.fixtures.databases",
+    "ccat_dagster_tests.fixtures.sshd",
     "ccat_dagster_tests.fixtures.s3server",
 ]

@@ -1,0 +1,537 @@
+"""Storage on a remote disk reached over SSH (paramiko). Metadata goes through SFTP (stat,
+listdir, remove, posix_rename, mkdir); bytes go through exec channels running ``cat`` because
+paramiko's SFTP reads are pathologically slow (docs/performance.md). Writes land in a temporary
+name beside the destination, are size-checked and fsynced, then renamed into place, so a dropped
+connection never leaves a partial file under the destination name. Every remote command is built
+with ``shlex.quote`` and needs a POSIX login shell on the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import posixpath
+import re
+import shlex
+import socket
+import stat as stat_mode
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import paramiko
+
+from ccat_dagster.storage.base import (
+    DeleteResult,
+    DiskUsage,
+    ObjectStat,
+    Storage,
+    check_key,
+    check_prefix,
+)
+from ccat_dagster.storage.errors import (
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from ccat_dagster.storage.ssh_connection import (
+    POOL,
+    SSHConnection,
+    resolve_connection_key,
+)
+from ccat_ops_db.checksum import DEFAULT_ALGORITHM, checksum_stream
+
+log = logging.getLogger(__name__)
+
+# A stalled transfer (no byte for this long) is reported as transient and the connection is
+# dropped so the next call reconnects.
+DATA_TIMEOUT = 120.0
+SFTP_WRITE_REQUEST_SIZE = 240 * 1024
+# Remote tools whose hex output equals hashlib's hexdigest for the same algorithm name.
+REMOTE_HASH_TOOLS = {
+    "md5": "md5sum",
+    "sha1": "sha1sum",
+    "sha224": "sha224sum",
+    "sha256": "sha256sum",
+    "sha384": "sha384sum",
+    "sha512": "sha512sum",
+    "blake2b": "b2sum",
+}
+_TEMP_NAME = re.compile(r"^\..+\.part-[0-9a-f]{32}$")
+_PERMANENT_ERRNOS = {
+    errno.ENOENT: "not found",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EISDIR: "is a directory",
+    errno.ENOTDIR: "not a directory",
+}
+_PERMANENT_STDERR = (
+    ("No such file or directory", "not found"),
+    ("Permission denied", "permission denied"),
+    ("No space left on device", "no space left on device"),
+    ("Disk quota exceeded", "disk quota exceeded"),
+    ("Read-only file system", "read-only file system"),
+    ("Is a directory", "is a directory"),
+    ("Not a directory", "not a directory"),
+)
+
+
+def is_temp_name(basename: str) -> bool:
+    """True for the temporary name of a write still in progress (or abandoned)."""
+    return bool(_TEMP_NAME.match(basename))
+
+
+def temp_path_for(path: str) -> str:
+    directory, base = posixpath.split(path)
+    return posixpath.join(directory, f".{base}.part-{uuid.uuid4().hex}")
+
+
+class SSHStorage(Storage):
+    """A directory tree ``root`` on ``user@host:port``; keys are paths relative to it."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        user: str | None,
+        root: str,
+        *,
+        key_filename: str | None = None,
+        known_hosts: str | None = None,
+    ) -> None:
+        self.name = name
+        if not root or not root.startswith("/"):
+            raise PermanentStorageError(
+                f"SSH storage root {root!r} on {host} must be an absolute path", location=name
+            )
+        self.root = posixpath.normpath(root)
+        self._connection_key = resolve_connection_key(host, port, user, key_filename, known_hosts)
+        self._connection: SSHConnection | None = None
+
+    def __repr__(self) -> str:
+        k = self._connection_key
+        return f"SSHStorage({self.name!r}, {k.user}@{k.host}:{k.port}:{self.root})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> SSHConnection:
+        """The pooled connection (shared with other storages on the same server and key)."""
+        if self._connection is None:
+            self._connection = POOL.acquire(self._connection_key, self.name)
+        return self._connection
+
+    def _path(self, key: str) -> str:
+        check_key(key, location=self.name)
+        if is_temp_name(posixpath.basename(key)):
+            raise PermanentStorageError(
+                "object key has the form reserved for in-progress writes",
+                location=self.name,
+                key=key,
+            )
+        return posixpath.join(self.root, key)
+
+    def _classify(self, exc: BaseException, key: str | None, action: str) -> StorageError:
+        """Map a paramiko/socket error to transient (retry) or permanent (needs a person)."""
+        where = f"{action} on {self._connection_key.host}:{self._connection_key.port}"
+        if isinstance(exc, socket.timeout | TimeoutError):
+            self.connection.invalidate()
+            return TransientStorageError(f"{where}: timed out ({exc})", location=self.name, key=key)
+        if isinstance(exc, paramiko.SSHException | EOFError | ConnectionError):
+            return TransientStorageError(
+                f"{where}: SSH connection lost ({type(exc).__name__}: {exc})",
+                location=self.name,
+                key=key,
+            )
+        if isinstance(exc, OSError):
+            reason = _PERMANENT_ERRNOS.get(exc.errno) if exc.errno is not None else None
+            if reason is not None:
+                return PermanentStorageError(
+                    f"{where}: {reason} ({exc.strerror or exc})", location=self.name, key=key
+                )
+            if not self.connection.is_active():
+                return TransientStorageError(
+                    f"{where}: SSH connection lost ({exc})", location=self.name, key=key
+                )
+            # The SFTP server answered with a failure status on a live connection.
+            return PermanentStorageError(f"{where}: {exc}", location=self.name, key=key)
+        return TransientStorageError(
+            f"{where}: {type(exc).__name__}: {exc}", location=self.name, key=key
+        )
+
+    @contextmanager
+    def _errors(self, key: str | None, action: str) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._classify(exc, key, action) from exc
+
+    def _command_error(
+        self, status: int, stderr: str, key: str | None, action: str
+    ) -> StorageError:
+        where = f"{action} on {self._connection_key.host}:{self._connection_key.port}"
+        if status == -1 or not self.connection.is_active():
+            return TransientStorageError(
+                f"{where}: SSH connection lost before the remote command finished",
+                location=self.name,
+                key=key,
+            )
+        detail = stderr.strip()[-500:]
+        for text, reason in _PERMANENT_STDERR:
+            if text in stderr:
+                return PermanentStorageError(
+                    f"{where}: {reason} ({detail})", location=self.name, key=key
+                )
+        if status == 127:
+            return PermanentStorageError(
+                f"{where}: remote command not found ({detail}); the server needs coreutils",
+                location=self.name,
+                key=key,
+            )
+        return PermanentStorageError(
+            f"{where}: remote command exited with status {status} ({detail})",
+            location=self.name,
+            key=key,
+        )
+
+    def _exec(self, command: str) -> paramiko.Channel:
+        channel = self.connection.open_channel(DATA_TIMEOUT)
+        try:
+            channel.exec_command(command)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    def _run(self, command: str, key: str | None, action: str) -> tuple[int, str, str]:
+        """Run a short remote command; (exit status, stdout, stderr)."""
+        with self._errors(key, action):
+            channel = self._exec(command)
+            try:
+                stdout = channel.makefile("rb").read()
+                stderr = channel.makefile_stderr("rb").read()
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        return status, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+    def _makedirs(self, directory: str, key: str) -> None:
+        with self._errors(key, "create directory"), self.connection.sftp_lock:
+            sftp = self.connection.sftp()
+            missing: list[str] = []
+            current = directory
+            while current not in ("/", ""):
+                try:
+                    if stat_mode.S_ISDIR(sftp.stat(current).st_mode or 0):
+                        break
+                    raise PermanentStorageError(
+                        f"{current} exists on {self._connection_key.host} but is not a directory",
+                        location=self.name,
+                        key=key,
+                    )
+                except FileNotFoundError:
+                    missing.append(current)
+                    current = posixpath.dirname(current)
+            for path in reversed(missing):
+                try:
+                    sftp.mkdir(path)
+                except OSError:
+                    # Another writer may have created it meanwhile; only a non-directory fails.
+                    if not stat_mode.S_ISDIR(sftp.stat(path).st_mode or 0):
+                        raise
+
+    def _remove_quietly(self, path: str) -> None:
+        """Best-effort removal of a temporary file after a failed write. After a drop paramiko
+        may not have noticed yet that the transport is dead, so retry, the last time on a new
+        connection. A leftover temporary file is harmless: it is never listed."""
+        error: Exception | None = None
+        for attempt in range(3):
+            try:
+                with self.connection.sftp_lock:
+                    self.connection.sftp().remove(path)
+                return
+            except FileNotFoundError:
+                return
+            except TransientStorageError as exc:  # cannot reconnect: the server is unreachable
+                error = exc
+                break
+            except Exception as exc:  # noqa: BLE001 - the original error matters more
+                error = exc
+                time.sleep(0.2 * (attempt + 1))
+                if attempt == 1:
+                    self.connection.invalidate()
+        log.warning("%s: could not remove temporary file %s: %r", self.name, path, error)
+
+    # -- Storage interface ------------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectStat:
+        path = self._path(key)
+        with self._errors(key, "stat"), self.connection.sftp_lock:
+            try:
+                attrs = self.connection.sftp().stat(path)
+            except FileNotFoundError:
+                return ObjectStat(exists=False)
+        if stat_mode.S_ISDIR(attrs.st_mode or 0):
+            raise PermanentStorageError(
+                f"{path} is a directory, not an object", location=self.name, key=key
+            )
+        return ObjectStat(exists=True, size=attrs.st_size)
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        """Stream the object through a remote ``cat`` (pull); the stream raises when the
+        remote side fails or the byte count differs from the object's size."""
+        path = self._path(key)
+        info = self.stat(key)
+        if not info.exists:
+            raise PermanentStorageError(
+                f"{path} not found on {self._connection_key.host}", location=self.name, key=key
+            )
+        with self._errors(key, "read"):
+            channel = self._exec(f"cat -- {shlex.quote(path)}")
+        reader = _CatReader(self, channel, key, info.size or 0)
+        try:
+            yield reader  # type: ignore[misc]
+        finally:
+            reader.close()
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Push through pipelined SFTP writes (faster than ``cat >`` on the server, see
+        docs/performance.md) into a temporary name in the destination directory; on a clean
+        exit check its size, fsync it and rename it into place."""
+        path = self._path(key)
+        temp = temp_path_for(path)
+        self._makedirs(posixpath.dirname(path), key)
+        # A session of its own: a long upload must not hold the shared SFTP session, and
+        # paramiko's SFTPClient is not safe to share between threads.
+        with self._errors(key, "write"):
+            sftp = self.connection.open_sftp(DATA_TIMEOUT)
+        committed = False
+        try:
+            with self._errors(key, "write"):
+                handle = sftp.open(temp, "w")
+            # OpenSSH's sftp-server accepts 255 KiB writes; paramiko's default 32 KiB requests
+            # halve the throughput.
+            handle.MAX_REQUEST_SIZE = SFTP_WRITE_REQUEST_SIZE
+            handle.set_pipelined(True)
+            writer = _SFTPWriter(self, handle, key)
+            try:
+                yield writer  # type: ignore[misc]
+                with self._errors(key, "write"):
+                    handle.close()  # waits for the acknowledgement of every write
+                    size = sftp.stat(temp).st_size
+                if size != writer.size:
+                    raise TransientStorageError(
+                        f"remote temporary file {temp} holds {size} bytes, {writer.size} sent",
+                        location=self.name,
+                        key=key,
+                    )
+                # fsync before the rename: after a crash the destination never holds a short file.
+                status, _, err = self._run(f"sync -- {shlex.quote(temp)}", key, "write")
+                if status != 0:
+                    raise self._command_error(status, err, key, "write")
+                with self._errors(key, "write"):
+                    sftp.posix_rename(temp, path)
+                committed = True
+            finally:
+                if not committed:
+                    writer.abort(sftp)
+        finally:
+            sftp.close()
+            if not committed:
+                self._remove_quietly(temp)
+
+    def delete(self, key: str) -> DeleteResult:
+        path = self._path(key)
+        with self._errors(key, "delete"), self.connection.sftp_lock:
+            try:
+                self.connection.sftp().remove(path)
+            except FileNotFoundError:
+                return DeleteResult(key=key, existed=False)
+        return DeleteResult(key=key, existed=True)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        check_prefix(prefix, location=self.name)
+        yield from self._walk(prefix.rpartition("/")[0], prefix)
+
+    def _walk(self, rel_dir: str, prefix: str) -> Iterator[tuple[str, int]]:
+        directory = posixpath.join(self.root, rel_dir) if rel_dir else self.root
+        with self._errors(rel_dir or None, "list"), self.connection.sftp_lock:
+            try:
+                entries = self.connection.sftp().listdir_attr(directory)
+            except FileNotFoundError:
+                return
+        for entry in sorted(entries, key=lambda e: e.filename):
+            rel = f"{rel_dir}/{entry.filename}" if rel_dir else entry.filename
+            mode = entry.st_mode or 0
+            if stat_mode.S_ISDIR(mode):
+                if rel.startswith(prefix) or prefix.startswith(rel + "/"):
+                    yield from self._walk(rel, prefix)
+            elif (
+                stat_mode.S_ISREG(mode)
+                and not is_temp_name(entry.filename)
+                and rel.startswith(prefix)
+            ):
+                yield rel, entry.st_size or 0
+
+    def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
+        """Computed on the server (``<alg>sum``, no bytes cross the network); streamed through
+        ``open_read`` when the server lacks the tool."""
+        path = self._path(key)
+        info = self.stat(key)
+        if not info.exists:
+            raise PermanentStorageError(
+                f"{path} not found on {self._connection_key.host}", location=self.name, key=key
+            )
+        tool = REMOTE_HASH_TOOLS.get(algorithm)
+        if tool is not None:
+            # Reading stdin keeps the path out of the output (sha256sum escapes odd names).
+            status, out, err = self._run(f"{tool} < {shlex.quote(path)}", key, "checksum")
+            if status == 0:
+                digest = out.split()[0] if out.split() else ""
+                if re.fullmatch(r"[0-9a-f]+", digest):
+                    return digest, info.size or 0
+                raise PermanentStorageError(
+                    f"unexpected output of remote {tool}: {out[:200]!r}",
+                    location=self.name,
+                    key=key,
+                )
+            if status != 127:
+                raise self._command_error(status, err, key, "checksum")
+            log.info("%s: %s missing on the server; streaming the object", self.name, tool)
+        with self.open_read(key) as stream:
+            return checksum_stream(stream, algorithm)
+
+    def disk_usage(self) -> DiskUsage:
+        """Filesystem of ``root`` from the server's ``df`` (used = blocks in use, like
+        shutil.disk_usage)."""
+        status, out, err = self._run(f"df -P -B1 -- {shlex.quote(self.root)}", None, "disk usage")
+        if status != 0:
+            raise self._command_error(status, err, None, "disk usage")
+        lines = out.strip().splitlines()
+        # Filesystem 1-blocks Used Available Capacity Mounted-on; names may contain spaces.
+        match = re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s", lines[-1] + " ") if lines else None
+        if match is None:
+            raise PermanentStorageError(
+                f"cannot parse remote df output for {self.root}: {out[:300]!r}",
+                location=self.name,
+            )
+        return DiskUsage(total_bytes=int(match.group(1)), used_bytes=int(match.group(2)))
+
+    def close(self) -> None:
+        if self._connection is not None:
+            POOL.release(self._connection)
+            self._connection = None
+
+
+class _CatReader(io.RawIOBase):
+    """The stdout of a remote ``cat``; raises at EOF unless the command succeeded and every
+    byte arrived."""
+
+    def __init__(self, storage: SSHStorage, channel: paramiko.Channel, key: str, size: int):
+        super().__init__()
+        self._storage = storage
+        self._channel = channel
+        self._key = key
+        self._expected = size
+        self.size = 0
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            return self.readall()
+        chunks: list[bytes] = []
+        want = n
+        while want > 0 and not self._eof:
+            data = self._recv(want)
+            chunks.append(data)
+            want -= len(data)
+        return b"".join(chunks)
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - memoryview/bytearray
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self.read(4 * 1024 * 1024):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _recv(self, n: int) -> bytes:
+        with self._storage._errors(self._key, "read"):
+            data = self._channel.recv(n)
+        if data:
+            self.size += len(data)
+            return data
+        self._eof = True
+        self._finish()
+        return b""
+
+    def _finish(self) -> None:
+        with self._storage._errors(self._key, "read"):
+            status = self._channel.recv_exit_status()
+            stderr = self._channel.recv_stderr(65536).decode(errors="replace") if status else ""
+        if status != 0:
+            raise self._storage._command_error(status, stderr, self._key, "read")
+        if self.size != self._expected:
+            raise TransientStorageError(
+                f"read {self.size} bytes, the object has {self._expected} (changed while read?)",
+                location=self._storage.name,
+                key=self._key,
+            )
+
+    def close(self) -> None:
+        if not self.closed:
+            self._channel.close()
+        super().close()
+
+
+class _SFTPWriter(io.RawIOBase):
+    """A pipelined SFTP file handle on the temporary name."""
+
+    def __init__(self, storage: SSHStorage, handle: paramiko.SFTPFile, key: str):
+        super().__init__()
+        self._storage = storage
+        self._handle = handle
+        self._key = key
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        with self._storage._errors(self._key, "write"):
+            self._handle.write(data)
+        n = len(data)
+        self.size += n
+        return n
+
+    def abort(self, sftp: paramiko.SFTPClient) -> None:
+        """Give up: close the session first so closing the handle neither waits for pending
+        acknowledgements nor raises later from the garbage collector."""
+        try:
+            sftp.close()
+            self._handle.set_pipelined(False)
+            self._handle.close()
+        except Exception:  # noqa: BLE001 - the write already failed; that error is reported
+            pass
+
+
+def close_all_connections() -> None:
+    """Close every pooled SSH connection of this process (tests, shutdown)."""
+    POOL.close_all()
