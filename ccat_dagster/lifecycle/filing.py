@@ -110,28 +110,32 @@ def _check_location(session: Session, location: DataLocation | str) -> DiskDataL
 
 
 class _FileCollector:
-    """Expands the given paths into regular files under the root, collecting every problem."""
+    """Expands the given paths into regular files under the root, collecting every problem.
+
+    Works on strings and ``os.scandir`` entries: an instrument directory holds many thousands of
+    files, and only symlinks need the (slow) ``realpath``.
+    """
 
     def __init__(self, root: str) -> None:
-        self.root_lexical = Path(os.path.abspath(root))
-        self.root_real = Path(os.path.realpath(root))
+        self.root_lexical = os.path.abspath(root)
+        self.root_real = os.path.realpath(root)
         self.files: dict[str, _Candidate] = {}
         self.problems: list[str] = []
 
-    def _lexically_inside(self, path: Path) -> bool:
-        return path.is_relative_to(self.root_lexical) or path.is_relative_to(self.root_real)
+    @staticmethod
+    def _under(path: str, root: str) -> bool:
+        return path == root or path.startswith(root.rstrip("/") + "/")
 
     def add(self, given: str | Path) -> None:
-        given_path = Path(given)
-        if ".." in given_path.parts:
+        if ".." in Path(given).parts:
             self.problems.append(
                 f"{given}: contains '..'; give the path without '..' (absolute, or relative to "
                 f"the location root {self.root_lexical})"
             )
             return
         # Relative paths are taken relative to the location root, as instruments know it.
-        path = Path(os.path.normpath(self.root_lexical / given_path))
-        if not self._lexically_inside(path):
+        path = os.path.normpath(os.path.join(self.root_lexical, given))
+        if not (self._under(path, self.root_lexical) or self._under(path, self.root_real)):
             self.problems.append(
                 f"{given}: outside the location root {self.root_lexical}; move or copy the file "
                 "under the root (or register it at the SOURCE location that holds it)"
@@ -140,14 +144,17 @@ class _FileCollector:
         if not os.path.lexists(path):
             self.problems.append(f"{given}: does not exist ({path}); check the path")
             return
-        if os.path.isdir(path):
-            self._walk(path, given)
+        real = self._real_inside(path, given)
+        if real is None:
+            return
+        if os.path.isdir(real):
+            self._walk(real)
         else:
-            self._file(path, given)
+            self._file(real, given)
 
-    def _real_inside(self, path: Path, given: str | Path) -> Path | None:
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(self.root_real):
+    def _real_inside(self, path: str, given: str | Path) -> str | None:
+        real = os.path.realpath(path)
+        if not self._under(real, self.root_real):
             self.problems.append(
                 f"{given}: is a symlink leading out of the location root {self.root_real} (to "
                 f"{real}); copy the data under the root instead of linking to it"
@@ -155,29 +162,31 @@ class _FileCollector:
             return None
         return real
 
-    def _walk(self, directory: Path, given: str | Path) -> None:
-        stack, seen = [directory], set()
+    def _walk(self, real_directory: str) -> None:
+        stack, seen = [real_directory], set()
         while stack:
-            current = stack.pop()
-            real = self._real_inside(current, current if current != directory else given)
-            if real is None or real in seen:
+            current = stack.pop()  # always a real (symlink-free) path inside the root
+            if current in seen:
                 continue
-            seen.add(real)
+            seen.add(current)
             try:
-                entries = sorted(os.scandir(current), key=lambda e: e.name, reverse=True)
+                with os.scandir(current) as it:
+                    entries = sorted(it, key=lambda e: e.name, reverse=True)
             except OSError as exc:
                 self.problems.append(f"{current}: cannot list directory: {exc.strerror or exc}")
                 continue
             for entry in entries:
+                real = f"{current}/{entry.name}"
+                if entry.is_symlink():
+                    real = self._real_inside(entry.path, entry.path)
+                    if real is None:
+                        continue
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
+                    stack.append(real)
                 else:
-                    self._file(Path(entry.path), entry.path)
+                    self._file(real, entry.path)
 
-    def _file(self, path: Path, given: str | Path) -> None:
-        real = self._real_inside(path, given)
-        if real is None:
-            return
+    def _file(self, real: str, given: str | Path) -> None:
         try:
             st = os.stat(real)
         except OSError as exc:
@@ -190,8 +199,8 @@ class _FileCollector:
             )
             return
         # The canonical (symlink-free) path, so a file named two ways is registered once.
-        relative = real.relative_to(self.root_real).as_posix()
-        self.files[relative] = _Candidate(relative, str(real), st.st_size)
+        relative = real[len(self.root_real) :].lstrip("/")
+        self.files[relative] = _Candidate(relative, real, st.st_size)
 
 
 def _chunks(items: Sequence, size: int = CHUNK_ROWS) -> Iterator[Sequence]:
