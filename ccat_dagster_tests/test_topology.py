@@ -302,6 +302,10 @@ INVALID_CASES = {
         _set_site("us", "short_name", "US"),
         ["sites[2] (US)", "not a safe identifier"],
     ),
+    "source not on disk": (
+        _set("ccat", "primecam_raw_data", "storage", {"kind": "s3", "bucket": "raw"}),
+        ["sites[0].locations[0] (ccat/primecam_raw_data)", "SOURCE location must be on disk"],
+    ),
     "relative disk path": (
         _set_storage("us", "lta", "path", "archive/lta"),
         ["sites[2].locations[1] (us/lta)", "must be absolute"],

@@ -266,6 +266,15 @@ def _parse_location(where: str, raw: Any, errors: list[str]) -> LocationSpec | N
     if retention is not None and not (_is_int(retention) and retention >= 0):
         errors.append(f"{where}: retention_period_minutes must be minutes >= 0, got {retention!r}")
     storage = _parse_storage(where, raw.get("storage"), errors)
+    if (
+        location_type is LocationType.SOURCE
+        and storage is not None
+        and storage.kind is not StorageType.DISK
+    ):
+        errors.append(
+            f"{where}: a SOURCE location must be on disk storage (instruments write files "
+            f"there and they are registered from the filesystem), not {storage.kind.value}"
+        )
     if not ok or location_type is None or storage is None:
         return None
     return LocationSpec(
