@@ -411,6 +411,28 @@ def _packages_with_other_copies(session: Session, package_ids: Sequence[int]) ->
     return keep
 
 
+def _flagged_packages(session: Session, package_ids: Sequence[int]) -> set[int]:
+    rdp_t = RawDataPackage.__table__
+    flagged: set[int] = set()
+    for chunk in chunks(list(package_ids)):
+        flagged.update(
+            session.scalars(
+                sa.select(rdp_t.c.id).where(
+                    rdp_t.c.id.in_(chunk),
+                    rdp_t.c.failure_reason.like(f"{RULE_LTA_VERIFICATION_FAILED}%"),
+                )
+            )
+        )
+    return flagged
+
+
+def _clear_flags(session: Session, package_ids: Sequence[int]) -> None:
+    """A live check passed again: the package is no longer flagged."""
+    rdp_t = RawDataPackage.__table__
+    for chunk in chunks(list(package_ids)):
+        session.execute(sa.update(rdp_t).where(rdp_t.c.id.in_(chunk)).values(failure_reason=None))
+
+
 def _verify_archives(
     cycle: _Cycle, claimed: Sequence[DeletableCopy]
 ) -> tuple[list[DeletableCopy], dict[int, dict[str, Any]]]:
@@ -422,11 +444,16 @@ def _verify_archives(
         return list(claimed), {}
     pkg_ids = sorted({c.entity_id for c in packages})
     others = _packages_with_other_copies(session, pkg_ids)
+    # A package whose archive copy failed a live check before is checked again before ANY of
+    # its copies goes, until a check passes (the catalogue's PRESENT is not trusted meanwhile).
+    flagged = _flagged_packages(session, pkg_ids)
     need = sorted(
         {
             c.entity_id
             for c in packages
-            if c.rule == RULE_RDP_SOURCE_BUFFER or c.entity_id not in others
+            if c.rule == RULE_RDP_SOURCE_BUFFER
+            or c.entity_id not in others
+            or c.entity_id in flagged
         }
     )
     if not need:
@@ -477,6 +504,7 @@ def _verify_archives(
     }
     if failed:
         _flag_unverified(cycle, [c for c in packages if c.entity_id in failed], failed, per_copy)
+    _clear_flags(session, sorted(flagged - set(failed)))
     keep = [
         c
         for c in claimed

@@ -1,0 +1,217 @@
+"""Claims: a copy belongs to one cleanup run at a time, concurrent cycles delete each copy
+exactly once, stale claims are taken over, every transition is audited."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle import deletion as d
+from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.claims import (
+    claim_for_deletion,
+    mark_deleted,
+    mark_failed,
+    mark_in_progress,
+    release_claims,
+)
+from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanup_cycle
+from ccat_dagster.lifecycle.policy import Policy
+from ccat_dagster_tests import factories as f
+from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcnow
+
+S = PhysicalCopyStatus
+
+
+@pytest.fixture
+def topo(session, tmp_path):
+    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
+    session.commit()
+    return t
+
+
+def statuses(session, ids):
+    session.expire_all()
+    return {
+        c.id: c.status
+        for c in session.scalars(select(PhysicalCopy).where(PhysicalCopy.id.in_(ids)))
+    }
+
+
+def test_claim_moves_to_scheduled_and_second_claim_gets_nothing(session, topo):
+    for _ in range(3):
+        f.archived_package(topo)
+    session.commit()
+    ctx = d.rule_context(session)
+    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    first = claim_for_deletion(session, rows, run_id="a", ctx=ctx)
+    session.commit()
+    second = claim_for_deletion(session, rows, run_id="b", ctx=ctx)
+    session.commit()
+    assert len(first) == 3 and second == []
+    copies = session.scalars(
+        select(PhysicalCopy).where(PhysicalCopy.id.in_([r.copy_id for r in rows]))
+    )
+    for c in copies:
+        assert (c.status, c.claimed_by) == (S.DELETION_SCHEDULED, "a")
+        assert c.claimed_at is not None
+    audits = session.scalars(
+        select(AuditLog).where(AuditLog.new_status == S.DELETION_SCHEDULED.value)
+    ).all()
+    assert len(audits) == 3
+    assert {(a.old_status, a.reason, a.run_id) for a in audits} == {
+        ("PRESENT", d.RULE_RDP_SOURCE_BUFFER, "a")
+    }
+
+
+def test_claim_skips_copies_that_changed_since_they_were_found(session, topo):
+    f.archived_package(topo)
+    session.commit()
+    ctx = d.rule_context(session)
+    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    session.get(PhysicalCopy, rows[0].copy_id).status = S.DELETED
+    session.commit()
+    assert claim_for_deletion(session, rows, run_id="a", ctx=ctx) == []
+
+
+def test_transitions_only_for_the_claiming_run(session, topo):
+    f.archived_package(topo)
+    session.commit()
+    ctx = d.rule_context(session)
+    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    claimed = claim_for_deletion(session, rows, run_id="a", ctx=ctx)
+    assert mark_in_progress(session, claimed, run_id="b") == []
+    assert mark_in_progress(session, claimed, run_id="a") == claimed
+    assert mark_deleted(session, claimed, run_id="b") == []
+    assert mark_deleted(session, claimed, run_id="a") == claimed
+    session.commit()
+    assert statuses(session, [rows[0].copy_id]) == {rows[0].copy_id: S.DELETED}
+
+
+def test_failed_deletion_counts_retries_until_permanent(session, topo):
+    f.archived_package(topo)
+    session.commit()
+    policy = Policy(max_retries=2)
+    results = []
+    for attempt in range(3):
+        ctx = d.rule_context(session, policy=policy)
+        rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+        if not rows:
+            break
+        claimed = mark_in_progress(
+            session,
+            claim_for_deletion(session, rows, run_id=f"r{attempt}", ctx=ctx),
+            run_id=f"r{attempt}",
+        )
+        results += mark_failed(
+            session, [(claimed[0], "disk on fire")], run_id=f"r{attempt}", policy=policy
+        )
+        session.commit()
+    assert [(count, permanent) for _, count, permanent in results] == [(1, False), (2, True)]
+    copy = session.get(PhysicalCopy, results[0][0].copy_id)
+    assert copy.status == S.DELETION_FAILED and copy.failure_reason == "disk on fire"
+
+
+def test_released_claim_returns_to_present(session, topo):
+    f.archived_package(topo)
+    session.commit()
+    ctx = d.rule_context(session)
+    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    claimed = claim_for_deletion(session, rows, run_id="a", ctx=ctx)
+    release_claims(session, claimed, run_id="a", to_status=S.PRESENT, reason="lta gone")
+    session.commit()
+    copy = session.get(PhysicalCopy, rows[0].copy_id)
+    assert (copy.status, copy.claimed_by, copy.failure_reason) == (S.PRESENT, None, "lta gone")
+
+
+def test_stale_claim_is_claimable_again(session, topo):
+    f.archived_package(topo)
+    session.commit()
+    ctx = d.rule_context(session)
+    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    claim_for_deletion(session, rows, run_id="crashed", ctx=ctx)
+    session.commit()
+    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    later = d.rule_context(session, now=utcnow() + d.DEFAULT_STALE_CLAIM_AFTER + timedelta(1))
+    stale = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=later)
+    assert [r.status for r in stale] == [S.DELETION_SCHEDULED]
+    assert claim_for_deletion(session, stale, run_id="next", ctx=later) == stale
+
+
+def test_postgres_claim_skips_rows_locked_by_another_run(ops_db_url, engine, topo, session):
+    if not ops_db_url.startswith("postgresql"):
+        pytest.skip("FOR UPDATE SKIP LOCKED is the PostgreSQL path; SQLite serializes writers")
+    for _ in range(4):
+        f.archived_package(topo)
+    session.commit()
+    with Session(engine) as a, Session(engine) as b:
+        ctx = d.rule_context(a)
+        rows = d.find_deletable_raw_data_packages_at_source_buffers(a, ctx=ctx)
+        got_a = claim_for_deletion(a, rows[:2], run_id="a", ctx=ctx)  # not committed: locked
+        got_b = claim_for_deletion(b, rows, run_id="b", ctx=ctx)  # must not block or steal
+        b.commit()
+        a.commit()
+    assert {r.copy_id for r in got_a} == {r.copy_id for r in rows[:2]}
+    assert {r.copy_id for r in got_b} == {r.copy_id for r in rows[2:]}
+
+
+def test_concurrent_cleanup_cycles_delete_each_copy_exactly_once(engine, session, topo):
+    for _ in range(12):
+        f.archived_package(topo, n_files=1)
+    # Critical pressure at the SOURCE: the raw files go in the same cycle, so both runs race
+    # for every kind of copy.
+    record_disk_usage(session, topo.source, used_bytes=99, total_bytes=100)
+    session.commit()
+    verify = make_storage_lta_verifier(f.local_storage_for)
+    barrier = threading.Barrier(2)
+    reports, errors = {}, []
+
+    def worker(run_id: str) -> None:
+        try:
+            with Session(engine, expire_on_commit=False) as s:
+                barrier.wait()
+                reports[run_id] = run_cleanup_cycle(
+                    s,
+                    storage_for=f.local_storage_for,
+                    verify_lta_copy=verify,
+                    run_id=run_id,
+                    batch_size=2,
+                )
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    session.expire_all()
+    deleted_rows = session.scalars(
+        select(PhysicalCopy.id).where(PhysicalCopy.status == S.DELETED)
+    ).all()
+    # 12 packages x (source RDP, Cologne RDP, source DTP, Cologne DTP, 1 raw file) = 60 copies.
+    assert len(deleted_rows) == 60
+    per_copy = Counter(
+        session.scalars(
+            select(AuditLog.entity_id).where(
+                AuditLog.entity_type == "physical_copy", AuditLog.new_status == S.DELETED.value
+            )
+        ).all()
+    )
+    assert set(per_copy) == set(deleted_rows)
+    assert set(per_copy.values()) == {1}
+    assert sum(r.deleted for r in reports.values()) == 60
+    assert not set(reports["run-a"].deleted_copy_ids) & set(reports["run-b"].deleted_copy_ids)
+    marked = session.scalar(
+        select(func.count())
+        .select_from(AuditLog)
+        .where(AuditLog.new_status == S.DELETION_POSSIBLE.value)
+    )
+    assert marked == 12
+    assert not any(f.object_path(topo.source_buffer, "packages").glob("*.tar"))

@@ -1,0 +1,379 @@
+"""The cleanup executor on real files (LocalDiskStorage on tmp dirs) and both ops-DB backends:
+what it deletes, what it keeps, the live LTA re-verification, failures, retries, the plan."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from ccat_dagster.lifecycle import deletion as d
+from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.cleanup import (
+    RULE_LTA_VERIFICATION_FAILED,
+    RefusedDeletionError,
+    execute_deletions,
+    make_storage_lta_verifier,
+    plan_deletions,
+    run_cleanup_cycle,
+)
+from ccat_dagster.storage.errors import TransientStorageError
+from ccat_dagster_tests import factories as f
+from ccat_ops_db.models import (
+    AuditLog,
+    PhysicalCopy,
+    PhysicalCopyStatus,
+    PolicySetting,
+    RawDataPackage,
+    Status,
+    utcnow,
+)
+
+S = PhysicalCopyStatus
+verify = make_storage_lta_verifier(f.local_storage_for)
+
+
+@pytest.fixture
+def topo(session, tmp_path):
+    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
+    session.commit()
+    return t
+
+
+def cycle(session, run_id="run-1", **kwargs):
+    kwargs.setdefault("verify_lta_copy", verify)
+    return run_cleanup_cycle(session, storage_for=f.local_storage_for, run_id=run_id, **kwargs)
+
+
+def copy_of(session, location, **kw) -> PhysicalCopy:
+    q = select(PhysicalCopy).where(PhysicalCopy.data_location_id == location.id)
+    for attr, entity in kw.items():
+        q = q.where(getattr(PhysicalCopy, f"{attr}_id") == entity.id)
+    session.expire_all()
+    return session.scalars(q).one()
+
+
+def exists(location, key) -> bool:
+    return f.object_path(location, key).exists()
+
+
+def deleted_audits(session):
+    return session.scalars(
+        select(AuditLog).where(AuditLog.new_status == S.DELETED.value).order_by(AuditLog.id)
+    ).all()
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+def test_cycle_deletes_buffer_copies_after_archive_and_keeps_the_archive(session, topo):
+    pkg, dtp = f.archived_package(topo, n_files=2)
+    session.commit()
+    report = cycle(session)
+    assert report.ok, report.errors
+    # Bytes gone from the buffers, archive and raw files untouched.
+    assert not exists(topo.source_buffer, pkg.relative_path)
+    assert not exists(topo.source_buffer, dtp.relative_path)
+    assert not exists(topo.buffer("cologne"), dtp.relative_path)
+    assert not exists(topo.buffer("cologne"), pkg.relative_path)
+    assert exists(topo.lta("cologne"), pkg.relative_path)
+    for rdf in pkg.raw_data_files:
+        assert exists(topo.source, rdf.relative_path)
+    assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.DELETED
+    assert copy_of(session, topo.lta("cologne"), raw_data_package=pkg).status == S.PRESENT
+    # Stage 1 of the raw-file deletion happened as the side effect.
+    statuses = {
+        copy_of(session, topo.source, raw_data_file=rdf).status for rdf in pkg.raw_data_files
+    }
+    assert statuses == {S.DELETION_POSSIBLE}
+    assert report.marked_deletion_possible == 2
+    assert report.deleted_by_rule == {
+        d.RULE_DTP_SOURCE_BUFFER: 1,
+        d.RULE_DTP_LTA_BUFFER: 1,
+        d.RULE_RDP_SOURCE_BUFFER: 1,
+        d.RULE_RDP_LTA_BUFFER: 1,
+    }
+    assert report.bytes_by_location["ccat/telescope_buffer"] == pkg.size + dtp.size
+
+
+def test_deletion_audit_carries_live_lta_evidence(session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+    cycle(session)
+    src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
+    trail = session.scalars(
+        select(AuditLog)
+        .where(AuditLog.entity_type == "physical_copy", AuditLog.entity_id == src.id)
+        .order_by(AuditLog.id)
+    ).all()
+    assert [a.new_status for a in trail] == [
+        "DELETION_SCHEDULED",
+        "DELETION_IN_PROGRESS",
+        "DELETED",
+    ]
+    assert {a.reason for a in trail} == {d.RULE_RDP_SOURCE_BUFFER}
+    assert {a.run_id for a in trail} == {"run-1"}
+    (evidence,) = trail[-1].evidence["lta_verification"]
+    assert evidence["ok"] is True and evidence["exists"] is True
+    assert evidence["checksum"] == pkg.checksum and evidence["size"] == pkg.size
+    assert evidence["location"] == "cologne/lta" and evidence["checked_at"]
+
+
+def test_nothing_deletable_before_archive(session, topo):
+    pkg = f.file_raw_data_package(topo)
+    dtp = f.bundle(topo, [pkg])
+    session.commit()
+    report = cycle(session)
+    assert report.deleted == 0 and report.ok
+    assert exists(topo.source_buffer, pkg.relative_path)
+    assert exists(topo.source_buffer, dtp.relative_path)
+
+
+def test_dry_run_changes_nothing(session, topo):
+    pkg, dtp = f.archived_package(topo)
+    session.commit()
+    calls = []
+    report = cycle(session, dry_run=True, verify_lta_copy=lambda p, loc: calls.append(p))
+    assert report.dry_run and report.deleted == 0 and calls == []
+    assert report.plan.count_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
+    assert exists(topo.source_buffer, pkg.relative_path)
+    assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.PRESENT
+    assert session.scalars(select(AuditLog)).all() == []
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def test_source_copy_kept_when_lta_object_deleted_behind_catalogues_back(session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+    f.object_path(topo.lta("cologne"), pkg.relative_path).unlink()
+    report = cycle(session)
+    assert not report.ok
+    assert any(pkg.name in e and "cologne/lta" in e for e in report.errors)
+    assert exists(topo.source_buffer, pkg.relative_path)
+    assert exists(topo.buffer("cologne"), pkg.relative_path)  # last non-LTA copies: both kept
+    src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
+    assert src.status == S.PRESENT and src.claimed_by is None
+    assert RULE_LTA_VERIFICATION_FAILED in src.failure_reason
+    session.expire_all()
+    assert RULE_LTA_VERIFICATION_FAILED in session.get(RawDataPackage, pkg.id).failure_reason
+    errors = session.scalars(
+        select(AuditLog).where(AuditLog.reason == RULE_LTA_VERIFICATION_FAILED)
+    ).all()
+    assert errors and all(a.evidence["level"] == "ERROR" for a in errors)
+    # The raw files were not marked DELETION_POSSIBLE: their package was not deleted.
+    for rdf in pkg.raw_data_files:
+        assert copy_of(session, topo.source, raw_data_file=rdf).status == S.PRESENT
+
+
+def test_source_copy_kept_when_lta_object_corrupted(session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+    path = f.object_path(topo.lta("cologne"), pkg.relative_path)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+    report = cycle(session)
+    assert any("checksum mismatch" in e for e in report.errors)
+    assert exists(topo.source_buffer, pkg.relative_path)
+    assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.PRESENT
+
+
+def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+
+    def endpoint_down(package, location):
+        raise TransientStorageError("connection refused", location="cologne/lta")
+
+    report = cycle(session, verify_lta_copy=endpoint_down)
+    assert any("connection refused" in e for e in report.errors)
+    assert exists(topo.source_buffer, pkg.relative_path)
+    src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
+    assert src.status == S.PRESENT
+    # Later, with the endpoint back, the same copy goes.
+    report = cycle(session, run_id="run-2")
+    assert report.ok and not exists(topo.source_buffer, pkg.relative_path)
+
+
+def test_executor_refuses_a_copy_at_a_long_term_archive(session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+    lta_copy = copy_of(session, topo.lta("cologne"), raw_data_package=pkg)
+    forged = d.DeletableCopy(
+        lta_copy.id,
+        lta_copy.type,
+        topo.lta("cologne").id,
+        pkg.id,
+        pkg.id,
+        pkg.name,
+        pkg.relative_path,
+        pkg.size,
+        S.PRESENT,
+        d.RULE_RDP_LTA_BUFFER,
+    )
+    with pytest.raises(RefusedDeletionError, match="LONG_TERM_ARCHIVE"):
+        execute_deletions(
+            session,
+            [forged],
+            storage_for=f.local_storage_for,
+            verify_lta_copy=verify,
+            run_id="evil",
+            ctx=d.rule_context(session),
+        )
+    assert exists(topo.lta("cologne"), pkg.relative_path)
+    assert copy_of(session, topo.lta("cologne"), raw_data_package=pkg).status == S.PRESENT
+
+
+def test_lta_never_deleted_by_any_number_of_cycles_even_under_pressure(session, topo):
+    pkg, _ = f.archived_package(topo)
+    f.stage(topo, [pkg], active=False)
+    for loc in topo.locations.values():
+        record_disk_usage(session, loc, used_bytes=99, total_bytes=100)
+    session.commit()
+    for i in range(3):
+        cycle(session, run_id=f"run-{i}", now=utcnow() + timedelta(days=400))
+    assert exists(topo.lta("cologne"), pkg.relative_path)
+    assert copy_of(session, topo.lta("cologne"), raw_data_package=pkg).status == S.PRESENT
+    lta_audits = session.scalars(
+        select(AuditLog).where(AuditLog.data_location_id == topo.lta("cologne").id)
+    ).all()
+    assert lta_audits == []
+
+
+# --------------------------------------------------------------------------- failures and retries
+
+
+def test_storage_error_marks_copy_failed_and_next_cycle_retries(session, topo):
+    pkg, dtp = f.archived_package(topo)
+    session.commit()
+    # A directory where the DTP file was: delete() refuses (a permanent storage error).
+    path = f.object_path(topo.source_buffer, dtp.relative_path)
+    path.unlink()
+    path.mkdir()
+    report = cycle(session)
+    failed = copy_of(session, topo.source_buffer, data_transfer_package=dtp)
+    assert failed.status == S.DELETION_FAILED and failed.retry_count == 1
+    assert "not a regular file" in failed.failure_reason
+    assert [x.copy_id for x in report.failures] == [failed.id]
+    # Nothing else lost or blocked by it.
+    assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.DELETED
+    path.rmdir()
+    report = cycle(session, run_id="run-2")
+    assert copy_of(session, topo.source_buffer, data_transfer_package=dtp).status == S.DELETED
+    assert report.deleted_by_rule[d.RULE_DTP_SOURCE_BUFFER] == 1
+
+
+def test_deletion_failing_max_retries_times_stays_failed_and_is_reported(session, topo):
+    session.add(PolicySetting(key="max_retries", value=2))
+    _, dtp = f.archived_package(topo)
+    session.commit()
+    path = f.object_path(topo.source_buffer, dtp.relative_path)
+    path.unlink()
+    path.mkdir()
+    cycle(session, run_id="a")
+    report = cycle(session, run_id="b")
+    assert any("failed 2 times" in e for e in report.errors)
+    report = cycle(session, run_id="c")  # no third attempt
+    assert report.failures == []
+    failed = copy_of(session, topo.source_buffer, data_transfer_package=dtp)
+    assert failed.status == S.DELETION_FAILED and failed.retry_count == 2
+    assert [p[0] for p in report.permanent_failures] == [failed.id]
+    assert "PERMANENT FAILURE" in plan_deletions(session).summary()
+
+
+def test_crash_between_claim_and_delete_is_reclaimed_next_cycle(session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+    ctx = d.rule_context(session)
+    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    from ccat_dagster.lifecycle.claims import claim_for_deletion, mark_in_progress
+
+    claimed = claim_for_deletion(session, rows, run_id="crashed", ctx=ctx)
+    mark_in_progress(session, claimed, run_id="crashed")
+    session.commit()  # ... and the run dies here
+    # A fresh claim is respected: the next cycle leaves it alone.
+    cycle(session, run_id="too-soon")
+    assert exists(topo.source_buffer, pkg.relative_path)
+    assert copy_of(session, topo.source_buffer, raw_data_package=pkg).claimed_by == "crashed"
+    # Once the claim is older than the stale timeout it is taken over and finished.
+    report = cycle(session, run_id="next", now=utcnow() + timedelta(hours=2))
+    src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
+    assert src.status == S.DELETED and src.claimed_by == "next"
+    assert not exists(topo.source_buffer, pkg.relative_path)
+    assert report.deleted_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
+
+
+# --------------------------------------------------------------------------- raw files, processing
+
+
+def test_two_stage_raw_file_deletion_with_retention(session, topo):
+    pkg, _ = f.archived_package(topo, n_files=3)
+    session.commit()
+    cycle(session, run_id="a")
+    keys = [r.relative_path for r in pkg.raw_data_files]
+    assert all(exists(topo.source, k) for k in keys)  # stage 1 only
+    cycle(session, run_id="b", now=utcnow() + timedelta(days=29))
+    assert all(exists(topo.source, k) for k in keys)  # retention (30 days) not over
+    report = cycle(session, run_id="c", now=utcnow() + timedelta(days=31))
+    assert not any(exists(topo.source, k) for k in keys)
+    assert report.deleted_by_rule[d.RULE_RDF_DELETION_POSSIBLE] == 3
+
+
+def test_two_stage_raw_file_deletion_under_critical_pressure(session, topo):
+    pkg, _ = f.archived_package(topo, n_files=2)
+    record_disk_usage(session, topo.source, used_bytes=96, total_bytes=100)
+    session.commit()
+    # The same cycle that marks them DELETION_POSSIBLE deletes them: no waiting for retention.
+    report = cycle(session, run_id="a")
+    assert report.marked_deletion_possible == 2
+    assert report.deleted_by_rule[d.RULE_RDF_DELETION_POSSIBLE] == 2
+    assert not any(exists(topo.source, r.relative_path) for r in pkg.raw_data_files)
+
+
+def test_processing_cleanup_active_inactive_expired(session, topo):
+    active, _ = f.archived_package(topo, "active_pkg")
+    inactive, _ = f.archived_package(topo, "inactive_pkg")
+    expired, _ = f.archived_package(topo, "expired_pkg")
+    f.stage(topo, [active], staged=False)
+    f.stage(topo, [inactive], staged=False, active=False)
+    f.stage(topo, [expired], staged=True, retention_minutes=30, created_at=f.minutes_ago(60))
+    session.commit()
+    report = cycle(session)
+    proc = topo.processing
+    assert all(exists(proc, r.relative_path) for r in active.raw_data_files)
+    assert not any(exists(proc, r.relative_path) for r in inactive.raw_data_files)
+    assert not any(exists(proc, r.relative_path) for r in expired.raw_data_files)
+    assert report.deleted_by_rule[d.RULE_RDF_PROCESSING] == 2
+    assert report.deleted_by_rule[d.RULE_RDF_STAGED] == 2
+    assert report.staged_packages_closed == 1
+    assert copy_of(session, proc, raw_data_package=expired).status == S.DELETED
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_explains_blocked_items_and_changes_nothing(session, topo):
+    archived, _ = f.archived_package(topo)
+    waiting = f.file_raw_data_package(topo, "waiting_pkg")
+    in_flight = f.file_raw_data_package(topo, "in_flight_pkg")
+    dtp = f.bundle(topo, [in_flight])
+    f.transfer(topo, dtp, to_site="cologne", status=Status.IN_PROGRESS)
+    session.commit()
+    plan = plan_deletions(session)
+    deletable = {(r.rule, r.name) for r in plan.deletable}
+    assert (d.RULE_RDP_SOURCE_BUFFER, archived.name) in deletable
+    blocked = {(b.rule, b.name): b.reason for b in plan.blocked}
+    assert "not ARCHIVED" in blocked[(d.RULE_RDP_SOURCE_BUFFER, "waiting_pkg")]
+    assert "not ARCHIVED" in blocked[(d.RULE_RDP_SOURCE_BUFFER, "in_flight_pkg")]
+    assert "no COMPLETED" in blocked[(d.RULE_DTP_SOURCE_BUFFER, dtp.name)]
+    assert plan.bytes_by_location["ccat/telescope_buffer"] > 0
+    text = plan.summary()
+    assert (
+        "blocked by can_delete_raw_data_package_from_source_buffer: 1 (package state is not "
+        "ARCHIVED: WAITING)" in text
+    )
+    assert session.scalars(select(AuditLog)).all() == []
+    assert exists(topo.source_buffer, waiting.relative_path)
