@@ -217,6 +217,7 @@ def build_raw_data_package(
             arcname=f.relative_path,
             size=f.size,
             checksum=f.checksum,
+            algorithm=f.checksum_algorithm,
             open=partial(source.open_read, f.relative_path),
         )
         for f in files

@@ -1,0 +1,213 @@
+"""End to end over real components: files filed at the telescope reach both long-term archives.
+
+Ops DB on PostgreSQL; the telescope buffer is reached over a real sshd by the LTA sites; the
+cologne LTA is the moto S3 server, the us LTA a disk. The sensors and jobs of all three code
+locations are driven until idle against a persistent Dagster instance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from sqlalchemy import select
+
+from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
+from ccat_dagster_tests.pipeline_support import (
+    drive,
+    real_topology,
+    setup_pipeline,
+    sha256,
+    tar_members,
+)
+from ccat_ops_db.models import (
+    AuditLog,
+    DataTransfer,
+    DataTransferPackage,
+    LongTermArchiveTransfer,
+    PackageState,
+    PhysicalCopyStatus,
+    RawDataFile,
+    RawDataPackage,
+    RawDataPackagePhysicalCopy,
+    Status,
+)
+from ccat_ops_db.session import session_scope
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def real_env(tmp_path, sshd_server, s3_endpoint, s3_bucket, monkeypatch, fresh_postgres_url):
+    monkeypatch.setenv("CCAT_SSH_KEY_FILE", sshd_server.key_file)
+    monkeypatch.setenv("CCAT_OPS_DB_URL", fresh_postgres_url)
+    # one RawDataPackage per bundle, so round-robin has several bundles to spread
+    topology = real_topology(
+        tmp_path,
+        sshd=sshd_server,
+        s3_endpoint=s3_endpoint,
+        bucket=s3_bucket,
+        policy={"data_transfer_package_max_bytes": 1},
+    )
+    return fresh_postgres_url, topology, tmp_path
+
+
+def _lta_bytes(s3_client, bucket: str, root: Path, package: RawDataPackage) -> dict[str, bytes]:
+    s3 = s3_client.get_object(Bucket=bucket, Key=f"raw/{package.relative_path}")["Body"].read()
+    disk = (root / "us" / "lta" / package.relative_path).read_bytes()
+    return {"cologne/lta": s3, "us/lta": disk}
+
+
+def test_filed_files_reach_both_ltas_with_matching_checksums(real_env, s3_client, s3_bucket):
+    url, topology, root = real_env
+    files = setup_pipeline(url, topology, root)
+    with instance_for_test() as instance:
+        report = drive(url, instance, include_schedules=False)
+        assert not report.failed_runs
+
+        with session_scope(url) as session:
+            assert packages_missing_from_ltas(session) == []
+            packages = session.scalars(select(RawDataPackage)).all()
+            assert packages and all(p.state == PackageState.ARCHIVED for p in packages)
+            by_path = {f.relative_path: f for f in session.scalars(select(RawDataFile))}
+            assert len(by_path) == len(files)
+            seen = set()
+            for package in packages:
+                for lta, data in _lta_bytes(s3_client, s3_bucket, root, package).items():
+                    assert sha256(data) == package.checksum, f"{package.name} in {lta}"
+                    members = tar_members(data)
+                    for name, content in members.items():
+                        if name in by_path:
+                            original = (root / "ccat" / "src" / name).read_bytes()
+                            assert content == original
+                            assert sha256(content) == by_path[name].checksum
+                            seen.add(name)
+            assert seen == set(by_path), "every filed file is inside an archived package"
+
+            # round-robin spread of primary transfers over the two LTA sites
+            primaries = session.scalars(
+                select(DataTransfer).where(DataTransfer.route_kind == "primary")
+            ).all()
+            spread = Counter(t.destination_location.site.short_name for t in primaries)
+            assert set(spread) == {"cologne", "us"}
+            assert abs(spread["cologne"] - spread["us"]) <= 1
+            # secondary routes: every bundle reached both LTA sites
+            for dtp in session.scalars(select(DataTransferPackage)):
+                sites = {t.destination_location.site.short_name for t in dtp.data_transfers}
+                assert sites == {"cologne", "us"}
+                assert all(
+                    t.status == Status.COMPLETED and t.unpack_status == Status.COMPLETED
+                    for t in dtp.data_transfers
+                )
+            # audit trail: each package went PENDING -> IN_PROGRESS -> COMPLETED, then ARCHIVED
+            for package in packages:
+                trail = [
+                    a.new_status
+                    for a in session.scalars(
+                        select(AuditLog)
+                        .where(
+                            AuditLog.entity_type == "raw_data_package",
+                            AuditLog.entity_id == package.id,
+                        )
+                        .order_by(AuditLog.id)
+                    )
+                ]
+                assert trail[:3] == ["PENDING", "IN_PROGRESS", "COMPLETED"]
+                assert "TRANSFERRING" in trail and trail[-1] == "ARCHIVED"
+            lta_copies = session.scalars(
+                select(RawDataPackagePhysicalCopy).where(
+                    RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+                    RawDataPackagePhysicalCopy.verified_at.is_not(None),
+                )
+            ).all()
+            assert len(lta_copies) >= 2 * len(packages)
+
+        # Dagster: per-partition materializations and passed lta_presence checks
+        for site in ("cologne", "us"):
+            key = AssetKey([site, "lta", "raw_data_package"])
+            assert instance.get_materialized_partitions(key) == {p.name for p in packages}
+        checks = instance.get_event_records(
+            EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        )
+        evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in checks]
+        assert len(evaluations) == 2 * len(packages)
+        assert all(e.passed for e in evaluations)
+
+
+def _flip_byte(path: Path, offset: int = 2048) -> bytes:
+    data = bytearray(path.read_bytes())
+    original = data[offset : offset + 1]
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bytes(original)
+
+
+def test_byte_corrupted_in_transit_is_retried_and_archived(real_env):
+    url, topology, root = real_env
+    setup_pipeline(url, topology, root, n_obs_units=1, files_per_unit=2)
+    with instance_for_test() as instance:
+        # the telescope site packages and bundles; nothing has moved yet
+        drive(url, instance, sites=["ccat"], include_schedules=False)
+        with session_scope(url) as session:
+            dtp = session.scalars(
+                select(DataTransferPackage).order_by(DataTransferPackage.id)
+            ).first()
+            bundle = root / "ccat" / "buffer" / dtp.relative_path
+            dtp_id = dtp.id
+        # a byte goes bad between origin and destination on the first attempt
+        original = _flip_byte(bundle)
+        drive(url, instance, sites=["cologne", "us"], max_passes=1, include_schedules=False)
+        with session_scope(url) as session:
+            first = session.scalar(
+                select(DataTransfer).where(DataTransfer.data_transfer_package_id == dtp_id)
+            )
+            assert first.retry_count == 1 and first.status == Status.PENDING
+            assert "checksum mismatch" in first.failure_reason
+        data = bytearray(bundle.read_bytes())
+        data[2048:2049] = original
+        bundle.write_bytes(bytes(data))
+
+        report = drive(url, instance, include_schedules=False)
+        assert not report.failed_runs
+        with session_scope(url) as session:
+            assert packages_missing_from_ltas(session) == []
+            retried = session.get(DataTransfer, first.id)
+            assert retried.status == Status.COMPLETED and retried.retry_count == 1
+
+
+def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):
+    url, topology, root = real_env
+    files = setup_pipeline(url, topology, root, n_obs_units=2, files_per_unit=2)
+    victim = files[0]
+    _flip_byte(victim.path, offset=min(10, victim.size - 1))
+    with instance_for_test() as instance:
+        report = drive(url, instance, include_schedules=False)
+    assert report.failed_runs, "a permanent failure is a failed run an operator sees"
+    with session_scope(url) as session:
+        rel = os.path.relpath(victim.path, root / "ccat" / "src")
+        bad = session.scalar(select(RawDataFile).where(RawDataFile.relative_path == rel))
+        package = bad.raw_data_package
+        assert package.status == Status.FAILED and package.state == PackageState.FAILED
+        assert package.retry_count == 4  # first attempt + max_retries (3)
+        assert "Check the source copy" in package.failure_reason
+        assert (
+            session.scalars(
+                select(LongTermArchiveTransfer).where(
+                    LongTermArchiveTransfer.raw_data_package_id == package.id
+                )
+            ).all()
+            == []
+        )
+        assert (
+            session.scalars(
+                select(RawDataPackagePhysicalCopy).where(
+                    RawDataPackagePhysicalCopy.raw_data_package_id == package.id
+                )
+            ).all()
+            == []
+        )
+        others = session.scalars(select(RawDataPackage).where(RawDataPackage.id != package.id))
+        assert all(p.state == PackageState.ARCHIVED for p in others)
