@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # dropped so the next call reconnects.
 DATA_TIMEOUT = 120.0
 SFTP_WRITE_REQUEST_SIZE = 240 * 1024
+RECV_ALL = 1 << 30  # larger than any channel window
 # Remote tools whose hex output equals hashlib's hexdigest for the same algorithm name.
 REMOTE_HASH_TOOLS = {
     "md5": "md5sum",
@@ -167,7 +168,8 @@ class SSHStorage(Storage):
                 return PermanentStorageError(
                     f"{where}: {reason} ({exc.strerror or exc})", location=self.name, key=key
                 )
-            if not self.connection.is_active():
+            # paramiko closes the channels before it marks a dropped transport inactive.
+            if "Socket is closed" in str(exc) or not self.connection.is_active():
                 return TransientStorageError(
                     f"{where}: SSH connection lost ({exc})", location=self.name, key=key
                 )
@@ -459,6 +461,8 @@ class _CatReader(io.RawIOBase):
         self._expected = size
         self.size = 0
         self._eof = False
+        self._pending = b""
+        self._offset = 0
 
     def readable(self) -> bool:
         return True
@@ -468,11 +472,20 @@ class _CatReader(io.RawIOBase):
             return self.readall()
         chunks: list[bytes] = []
         want = n
-        while want > 0 and not self._eof:
-            data = self._recv(want)
-            chunks.append(data)
-            want -= len(data)
-        return b"".join(chunks)
+        while want > 0:
+            if self._offset >= len(self._pending):
+                if self._eof:
+                    break
+                self._pending, self._offset = self._recv(), 0
+                continue
+            if self._offset == 0 and len(self._pending) <= want:
+                chunk = self._pending
+            else:
+                chunk = self._pending[self._offset : self._offset + want]
+            self._offset += len(chunk)
+            chunks.append(chunk)
+            want -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def readinto(self, buffer) -> int:  # noqa: ANN001 - memoryview/bytearray
         data = self.read(len(buffer))
@@ -485,9 +498,11 @@ class _CatReader(io.RawIOBase):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _recv(self, n: int) -> bytes:
+    def _recv(self) -> bytes:
+        # Take everything buffered: paramiko's BufferedPipe is an array whose partial reads
+        # move the rest of the buffer, which made 1 GiB pulls quadratic with a large window.
         with self._storage._errors(self._key, "read"):
-            data = self._channel.recv(n)
+            data = self._channel.recv(RECV_ALL)
         if data:
             self.size += len(data)
             return data
