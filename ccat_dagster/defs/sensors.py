@@ -110,7 +110,8 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
             if not _paused(session, site_db, stage):
                 stage.plan(session, site_db)
             partition_requests = _new_partitions(session, site_db.id, cursor, stage)
-            ready = [i for i in stage.ready(session, site_db) if i not in busy]
+            all_ready = stage.ready(session, site_db)
+            ready = [i for i in all_ready if i not in busy]
             free_runs = max(stage.max_runs(session, site_db) - running, 0)
         batches = [ready[i : i + stage.batch_size] for i in range(0, len(ready), stage.batch_size)][
             :free_runs
@@ -126,7 +127,12 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
                 )
             )
         if not run_requests and not partition_requests:
-            reason = "nothing to do" if not ready else f"{len(ready)} ready, waiting for runs"
+            if ready:
+                reason = f"{len(ready)} ready, waiting for a free run slot ({running} in flight)"
+            elif all_ready:
+                reason = f"{len(all_ready)} ready, all in runs already in flight"
+            else:
+                reason = "nothing to do"
             return SkipReason(reason)
         return SensorResult(
             run_requests=run_requests,

@@ -1,0 +1,101 @@
+"""Every site's code location loads as workspace.yaml loads it, and the asset graph spans sites."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster.simulate import DEFAULT_TOPOLOGY_PATH
+from ccat_ops_db.session import session_scope
+from ccat_ops_db.topology import apply_topology
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ("ccat", "cologne", "us")
+
+
+@pytest.fixture
+def default_topology_db(fresh_sqlite_url, monkeypatch):
+    monkeypatch.setenv("CCAT_OPS_DB_URL", fresh_sqlite_url)
+    with session_scope(fresh_sqlite_url) as session:
+        apply_topology(session, DEFAULT_TOPOLOGY_PATH)
+    return fresh_sqlite_url
+
+
+def _site_defs(name: str):
+    module = importlib.import_module(f"ccat_dagster.sites.{name}")
+    return importlib.reload(module).defs
+
+
+def _deps(defs) -> dict[str, set[str]]:
+    graph = defs.resolve_asset_graph()
+    return {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).is_materializable
+    }
+
+
+def test_every_site_module_loads_and_the_chain_crosses_sites(default_topology_db):
+    deps: dict[str, set[str]] = {}
+    checks = set()
+    for site in SITES:
+        defs = _site_defs(site)
+        deps.update(_deps(defs))
+        checks |= {c.to_user_string() for c in defs.resolve_asset_graph().asset_check_keys}
+
+    assert deps["ccat/telescope_buffer/raw_data_package"] == {
+        "ccat/primecam_raw_data/raw_data_files"
+    }
+    assert deps["ccat/telescope_buffer/data_transfer_package"] == {
+        "ccat/telescope_buffer/raw_data_package"
+    }
+    for lta_site in ("cologne", "us"):
+        assert deps[f"{lta_site}/buffer/data_transfer_package"] == {
+            "ccat/telescope_buffer/data_transfer_package"
+        }
+        assert deps[f"{lta_site}/buffer/raw_data_package"] == {
+            f"{lta_site}/buffer/data_transfer_package"
+        }
+        assert deps[f"{lta_site}/lta/raw_data_package"] == {f"{lta_site}/buffer/raw_data_package"}
+        assert f"{lta_site}/lta/raw_data_package:lta_presence" in checks
+
+
+def test_site_holds_only_its_own_assets_jobs_and_sensors(default_topology_db):
+    ccat = _site_defs("ccat")
+    cologne = _site_defs("cologne")
+    own = {k.path[0] for k in ccat.resolve_asset_graph().materializable_asset_keys}
+    assert own == {"ccat"}
+    repo = cologne.get_repository_def()
+    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} >= {
+        "cologne_data_transfer",
+        "cologne_data_transfer_unpacking",
+        "cologne_long_term_archive_transfer",
+    }
+    assert all(s.name.startswith("cologne_") for s in repo.sensor_defs)
+    check = cologne.resolve_asset_graph().get_check_spec(
+        next(iter(cologne.resolve_asset_graph().asset_check_keys))
+    )
+    assert check.blocking
+
+
+def test_workspace_yaml_validates_with_dagster_cli(default_topology_db):
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for site in SITES:
+        assert site in result.stdout + result.stderr
+
+
+def test_unknown_site_gives_a_clear_error(default_topology_db):
+    with pytest.raises(LookupError, match="ccat topology apply"):
+        build_site_definitions("nowhere", ops_db_url=default_topology_db)

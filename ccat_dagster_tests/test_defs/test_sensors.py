@@ -1,0 +1,81 @@
+"""Stage sensors, evaluated with Dagster's test contexts against a real instance and ops DB."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test
+from sqlalchemy import func, select
+
+from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
+from ccat_ops_db.models import RawDataPackage, Status
+from ccat_ops_db.topology import apply_topology
+
+
+@pytest.fixture
+def local_pipeline(ops_db_url, session, tmp_path):
+    apply_topology(session, real_topology(tmp_path))
+    session.commit()
+    return ops_db_url, session, tmp_path
+
+
+def _evaluate(defs, name, instance, cursor=None):
+    sensor = defs.resolve_sensor_def(name)
+    with build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+    ) as context:
+        return sensor(context)
+
+
+def test_package_sensor_skips_and_writes_nothing_when_nothing_is_filed(local_pipeline):
+    url, session, _ = local_pipeline
+    defs = build_site_definitions("ccat", ops_db_url=url)
+    with instance_for_test() as instance:
+        result = _evaluate(defs, "ccat_raw_data_package_creation_sensor", instance)
+    assert isinstance(result, SkipReason)
+    assert session.scalar(select(func.count()).select_from(RawDataPackage)) == 0
+
+
+def test_package_sensor_creates_packages_adds_partitions_and_requests_one_batched_run(
+    local_pipeline,
+):
+    url, session, root = local_pipeline
+    file_simulated_data(session, root, n_obs_units=2, files_per_unit=2, max_size=20_000)
+    defs = build_site_definitions("ccat", ops_db_url=url)
+    with instance_for_test() as instance:
+        result = _evaluate(defs, "ccat_raw_data_package_creation_sensor", instance)
+        assert isinstance(result, SensorResult)
+        packages = session.scalars(select(RawDataPackage).order_by(RawDataPackage.id)).all()
+        # grouped by obs unit x instrument module: 2 x 2
+        assert len(packages) == 4 and all(p.status == Status.PENDING for p in packages)
+        assert len(result.run_requests) == 1, "one run for the whole batch, not one per package"
+        items = result.run_requests[0].run_config["ops"]["ccat_raw_data_package_creation_batch"][
+            "config"
+        ]["items"]
+        assert items == [str(p.id) for p in packages]
+        (add,) = result.dynamic_partitions_requests
+        assert add.partitions_def_name == "raw_data_packages"
+        assert list(add.partition_keys) == [p.name for p in packages]
+        cursor = json.loads(result.cursor)
+        assert cursor["last_raw_data_package_id"] == packages[-1].id
+
+        # the batch is now in flight: the next tick requests nothing for the same packages
+        job = defs.resolve_job_def("ccat_raw_data_package_creation")
+        instance.create_run_for_job(job_def=job, run_config=result.run_requests[0].run_config)
+        again = _evaluate(defs, "ccat_raw_data_package_creation_sensor", instance, result.cursor)
+        assert isinstance(again, SkipReason)
+        assert "in flight" in again.skip_message
+
+
+def test_transfer_sensor_at_lta_site_skips_until_something_is_routed_there(local_pipeline):
+    url, _, _ = local_pipeline
+    defs = build_site_definitions("cologne", ops_db_url=url)
+    with instance_for_test() as instance:
+        for name in (
+            "cologne_data_transfer_sensor",
+            "cologne_data_transfer_unpacking_sensor",
+            "cologne_long_term_archive_transfer_sensor",
+        ):
+            assert isinstance(_evaluate(defs, name, instance), SkipReason)
