@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -931,10 +931,3 @@ def mark_raw_data_files_for_deletion(
         )
         marked.extend(r[0] for r in rows)
     return marked
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes (stored as UTC); make them comparable."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

@@ -3,10 +3,12 @@ what it deletes, what it keeps, the live LTA re-verification, failures, retries,
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from ccat_dagster.lifecycle import deletion as d
 from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
@@ -18,7 +20,7 @@ from ccat_dagster.lifecycle.cleanup import (
     plan_deletions,
     run_cleanup_cycle,
 )
-from ccat_dagster.storage.errors import TransientStorageError
+from ccat_dagster.storage.s3 import S3Storage
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,
@@ -120,6 +122,14 @@ def test_deletion_audit_carries_live_lta_evidence(session, topo):
     assert evidence["location"] == "cologne/lta" and evidence["checked_at"]
 
 
+def test_cycle_opens_its_own_session_from_a_factory(engine, session, topo):
+    pkg, _ = f.archived_package(topo)
+    session.commit()
+    report = cycle(sessionmaker(engine))
+    assert report.ok and report.deleted_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
+    assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.DELETED
+
+
 def test_nothing_deletable_before_archive(session, topo):
     pkg = f.file_raw_data_package(topo)
     dtp = f.bundle(topo, [pkg])
@@ -181,15 +191,24 @@ def test_source_copy_kept_when_lta_object_corrupted(session, topo):
     assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.PRESENT
 
 
-def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo):
+def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo, monkeypatch):
     pkg, _ = f.archived_package(topo)
     session.commit()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with socket.socket() as sock:  # a port nobody listens on: a real S3 endpoint that is down
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = S3Storage(
+        "cologne/lta", "ccat-lta", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1"
+    )
+    lta_id = topo.lta("cologne").id
 
-    def endpoint_down(package, location):
-        raise TransientStorageError("connection refused", location="cologne/lta")
+    def storage_for(location):
+        return down if location.id == lta_id else f.local_storage_for(location)
 
-    report = cycle(session, verify_lta_copy=endpoint_down)
-    assert any("connection refused" in e for e in report.errors)
+    report = cycle(session, verify_lta_copy=make_storage_lta_verifier(storage_for))
+    assert any("TransientStorageError" in e and "unreachable" in e for e in report.errors)
     assert exists(topo.source_buffer, pkg.relative_path)
     src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
     assert src.status == S.PRESENT
