@@ -215,7 +215,7 @@ def _lta_presence_check(site: str, lta: str):
         return AssetCheckResult(
             passed=evidence.ok,
             severity=AssetCheckSeverity.ERROR,
-            description=evidence.error or "present with the recorded size and checksum",
+            description=evidence.detail or "present with the recorded size and checksum",
             metadata={k: _meta(v) for k, v in evidence.as_dict().items() if v is not None},
         )
 

@@ -306,7 +306,7 @@ def lta_presence_evaluation(
         severity=AssetCheckSeverity.ERROR,
         blocking=True,
         metadata={k: _meta(v) for k, v in evidence.as_dict().items() if v is not None},
-        description=evidence.error or "present with the recorded size and checksum",
+        description=evidence.detail or "present with the recorded size and checksum",
     )
 
 
@@ -341,7 +341,7 @@ def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageR
         events.append(_materialization(lta.site.short_name, lta.name, RAW_DATA_PACKAGE, outcome))
     events.append(lta_presence_evaluation(lta, package, evidence))
     if not evidence.ok:
-        outcome = StageOutcome(package.name, ok=False, error=f"lta_presence: {evidence.error}")
+        outcome = StageOutcome(package.name, ok=False, error=f"lta_presence: {evidence.detail}")
     return StageReport(outcome, events)
 
 

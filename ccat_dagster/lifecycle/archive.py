@@ -20,7 +20,11 @@ from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.lifecycle.verification import LtaEvidence, verify_lta_copy
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.copy import copy_object
-from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
+from ccat_dagster.storage.errors import (
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
     DataLocation,
@@ -220,7 +224,18 @@ def confirm_lta_presence(
     """The ``lta_presence`` check: look at the archived object live; only if it exists with the
     recorded size and checksum, the copy becomes PRESENT and the package ARCHIVED. A failed
     check sends the archive transfer back for another attempt (or FAILED after max_retries)."""
-    evidence = verify_lta_copy(storage_for(lta), package, lta, deep=True)
+    try:
+        # the freshly written copy is read back in full: its bytes, not the metadata, are checked
+        evidence = verify_lta_copy(storage_for(lta), package, prefer_stored_checksum=False)
+    except StorageError as exc:
+        evidence = LtaEvidence(
+            ok=False,
+            exists=False,
+            location=lta.qualified_name,
+            key=package.relative_path,
+            checked_at=utcnow(),
+            detail=f"cannot verify: {exc}",
+        )
     transfer = session.scalar(
         select(LongTermArchiveTransfer).where(
             LongTermArchiveTransfer.raw_data_package_id == package.id,
@@ -229,7 +244,7 @@ def confirm_lta_presence(
     )
     if not evidence.ok:
         if transfer is not None and transfer.status == Status.COMPLETED:
-            _archive_failed(session, transfer, package, f"lta_presence: {evidence.error}", run_id)
+            _archive_failed(session, transfer, package, f"lta_presence: {evidence.detail}", run_id)
         return evidence
     upsert_copy(
         session,
@@ -239,7 +254,7 @@ def confirm_lta_presence(
         lta,
         size=evidence.size,
         checksum=evidence.checksum,
-        algorithm=evidence.algorithm,
+        algorithm=evidence.checksum_algorithm,
         verified_at=utcnow(),
         reason="lta_presence check passed",
         run_id=run_id,

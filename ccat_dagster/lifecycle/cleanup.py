@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,11 @@ from ccat_dagster.lifecycle.deletion import (
     pc_t,
     rule_context,
 )
+from ccat_dagster.lifecycle.verification import (  # noqa: F401 - re-exported
+    LtaEvidence,
+    VerifyLtaCopy,
+    make_storage_lta_verifier,
+)
 from ccat_dagster.storage.base import Storage
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
@@ -69,98 +74,6 @@ RULE_LTA_VERIFICATION_FAILED = "lta_verification_failed"
 
 class RefusedDeletionError(RuntimeError):
     """The executor was handed a copy it must never delete (a LONG_TERM_ARCHIVE copy)."""
-
-
-# --------------------------------------------------------------------------- live LTA evidence
-
-
-@dataclass(frozen=True)
-class LtaEvidence:
-    """The result of checking one archive copy live, right before a deletion relies on it."""
-
-    ok: bool
-    exists: bool
-    location: str
-    key: str
-    checked_at: datetime
-    size: int | None = None
-    expected_size: int | None = None
-    checksum: str | None = None
-    expected_checksum: str | None = None
-    checksum_algorithm: str | None = None
-    #: "computed" (streamed) or "stored" (checksum metadata kept with the object)
-    checksum_source: str | None = None
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["checked_at"] = self.checked_at.isoformat()
-        return data
-
-
-VerifyLtaCopy = Callable[[RawDataPackage, DataLocation], LtaEvidence]
-
-
-def make_storage_lta_verifier(
-    storage_for: Callable[[DataLocation], Storage], *, prefer_stored_checksum: bool = True
-) -> VerifyLtaCopy:
-    """A ``verify_lta_copy`` that asks the LTA's Storage: the object exists, has the package's
-    size, and its checksum (stored metadata when the backend keeps one and
-    ``prefer_stored_checksum``, else streamed) equals the package's. Storage errors propagate:
-    the executor treats them as "cannot prove the archive copy", keeps the data and reports."""
-
-    def verify(package: RawDataPackage, location: DataLocation) -> LtaEvidence:
-        storage = storage_for(location)
-        key = package.relative_path
-        base = {
-            "location": storage.name,
-            "key": key,
-            "expected_size": package.size,
-            "expected_checksum": package.checksum,
-            "checksum_algorithm": package.checksum_algorithm,
-        }
-        stat = storage.stat(key)
-        if not stat.exists:
-            return LtaEvidence(
-                ok=False, exists=False, checked_at=utcnow(), detail="object missing", **base
-            )
-        if package.size is not None and stat.size != package.size:
-            return LtaEvidence(
-                ok=False,
-                exists=True,
-                size=stat.size,
-                checked_at=utcnow(),
-                detail=f"size {stat.size} != recorded {package.size}",
-                **base,
-            )
-        if not package.checksum or not package.checksum_algorithm:
-            return LtaEvidence(
-                ok=False,
-                exists=True,
-                size=stat.size,
-                checked_at=utcnow(),
-                detail="the package has no recorded checksum to compare with",
-                **base,
-            )
-        stored = storage.stored_checksum(key) if prefer_stored_checksum else None
-        if stored is not None and stored[0] == package.checksum_algorithm:
-            actual, source = stored[1], "stored"
-        else:
-            actual, _ = storage.checksum(key, package.checksum_algorithm)
-            source = "computed"
-        ok = actual == package.checksum
-        return LtaEvidence(
-            ok=ok,
-            exists=True,
-            size=stat.size,
-            checksum=actual,
-            checksum_source=source,
-            checked_at=utcnow(),
-            detail="" if ok else f"{package.checksum_algorithm} checksum mismatch",
-            **base,
-        )
-
-    return verify
 
 
 # --------------------------------------------------------------------------- plan

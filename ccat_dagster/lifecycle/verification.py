@@ -1,89 +1,117 @@
 """Live verification of a RawDataPackage copy in a LONG_TERM_ARCHIVE location (``lta_presence``).
 
-Used by the archive stage (only a verified copy makes a package ARCHIVED) and by the cleanup
-right before the last copy outside an LTA is deleted. The evidence it returns is written into the
-audit log verbatim.
+The one place that looks at an archived object: the archive stage (only a verified copy makes a
+package ARCHIVED) and the cleanup right before the last copy outside an LTA is deleted both use
+it, and the evidence it returns goes into the audit log verbatim.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from ccat_dagster.storage.base import Storage
-from ccat_dagster.storage.errors import StorageError
 from ccat_ops_db.models import DataLocation, RawDataPackage, utcnow
 
 
 @dataclass(frozen=True)
 class LtaEvidence:
-    """What a live look at an archived object showed."""
+    """The result of checking one archive copy live."""
 
     ok: bool
+    exists: bool
     location: str
     key: str
-    exists: bool
+    checked_at: datetime
     size: int | None = None
     expected_size: int | None = None
     checksum: str | None = None
     expected_checksum: str | None = None
-    algorithm: str | None = None
-    method: str = "none"  # "computed" (bytes streamed) or "stored-metadata"
-    error: str | None = None
-    checked_at: str = field(default_factory=lambda: utcnow().isoformat())
+    checksum_algorithm: str | None = None
+    #: "computed" (streamed) or "stored" (checksum metadata kept with the object)
+    checksum_source: str | None = None
+    detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["checked_at"] = self.checked_at.isoformat()
+        return data
+
+
+VerifyLtaCopy = Callable[[RawDataPackage, DataLocation], LtaEvidence]
 
 
 def verify_lta_copy(
-    storage: Storage,
-    package: RawDataPackage,
-    location: DataLocation,
-    *,
-    deep: bool = True,
+    storage: Storage, package: RawDataPackage, *, prefer_stored_checksum: bool = True
 ) -> LtaEvidence:
-    """Does ``location`` hold ``package`` with its recorded size and checksum, right now?
+    """Does ``storage`` hold ``package`` with its recorded size and checksum, right now?
 
-    ``deep`` streams the object and recomputes the checksum; otherwise a checksum stored with
-    the object at write time (S3 metadata) is accepted when present. Storage errors (endpoint
-    down) give ``ok=False`` with the error: an unverifiable copy is never treated as verified.
+    With ``prefer_stored_checksum`` a checksum stored with the object at write time (S3
+    metadata, written only after the streamed bytes matched) is accepted; otherwise the object
+    is streamed and hashed. Storage errors propagate: callers treat them as "cannot prove it".
     """
-    algorithm = package.checksum_algorithm or "sha256"
+    key = package.relative_path
     base = {
-        "location": location.qualified_name,
-        "key": package.relative_path,
+        "location": storage.name,
+        "key": key,
         "expected_size": package.size,
         "expected_checksum": package.checksum,
-        "algorithm": algorithm,
+        "checksum_algorithm": package.checksum_algorithm,
     }
-    try:
-        stat = storage.stat(package.relative_path)
-        if not stat.exists:
-            return LtaEvidence(ok=False, exists=False, error="object is missing", **base)
-        if stat.size != package.size:
-            return LtaEvidence(
-                ok=False,
-                exists=True,
-                size=stat.size,
-                error=f"size {stat.size} != recorded {package.size}",
-                **base,
-            )
-        stored = None if deep else storage.stored_checksum(package.relative_path)
-        if stored is not None and stored[0] == algorithm:
-            checksum, method = stored[1], "stored-metadata"
-        else:
-            checksum, _ = storage.checksum(package.relative_path, algorithm)
-            method = "computed"
-    except StorageError as exc:
-        return LtaEvidence(ok=False, exists=False, error=f"cannot verify: {exc}", **base)
-    ok = checksum == package.checksum
+    stat = storage.stat(key)
+    if not stat.exists:
+        return LtaEvidence(
+            ok=False, exists=False, checked_at=utcnow(), detail="object missing", **base
+        )
+    if package.size is not None and stat.size != package.size:
+        return LtaEvidence(
+            ok=False,
+            exists=True,
+            size=stat.size,
+            checked_at=utcnow(),
+            detail=f"size {stat.size} != recorded {package.size}",
+            **base,
+        )
+    if not package.checksum or not package.checksum_algorithm:
+        return LtaEvidence(
+            ok=False,
+            exists=True,
+            size=stat.size,
+            checked_at=utcnow(),
+            detail="the package has no recorded checksum to compare with",
+            **base,
+        )
+    stored = storage.stored_checksum(key) if prefer_stored_checksum else None
+    if stored is not None and stored[0] == package.checksum_algorithm:
+        actual, source = stored[1], "stored"
+    else:
+        actual, _ = storage.checksum(key, package.checksum_algorithm)
+        source = "computed"
+    ok = actual == package.checksum
     return LtaEvidence(
         ok=ok,
         exists=True,
         size=stat.size,
-        checksum=checksum,
-        method=method,
-        error=None if ok else f"checksum {checksum} != recorded {package.checksum}",
+        checksum=actual,
+        checksum_source=source,
+        checked_at=utcnow(),
+        detail=""
+        if ok
+        else f"{package.checksum_algorithm} checksum mismatch: {actual} != recorded",
         **base,
     )
+
+
+def make_storage_lta_verifier(
+    storage_for: Callable[[DataLocation], Storage], *, prefer_stored_checksum: bool = True
+) -> VerifyLtaCopy:
+    """A ``verify_lta_copy(package, location)`` callable over the Storage of each location."""
+
+    def verify(package: RawDataPackage, location: DataLocation) -> LtaEvidence:
+        return verify_lta_copy(
+            storage_for(location), package, prefer_stored_checksum=prefer_stored_checksum
+        )
+
+    return verify
