@@ -27,8 +27,10 @@ PREFERRED_CIPHERS = (
     "aes128-ctr",
     "aes256-ctr",
 )
-# A large receive window lets the server stream without waiting for window adjustments.
-WINDOW_SIZE = 64 * 1024 * 1024
+# Receive window: large enough that the server streams without waiting for window
+# adjustments, small enough that paramiko's channel buffer stays in cache (1 GiB pulls over
+# loopback: 2 MiB ~300 MB/s, 8 MiB ~500 MB/s, 64 MiB ~230-490 MB/s).
+WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
 CONNECT_TIMEOUT = 30.0
 KEEPALIVE_SECONDS = 30
