@@ -89,11 +89,20 @@ def simulate_and_file(
 
 
 def verify_demo(session) -> list[str]:
-    """What is wrong at the end of the demo (empty when every package is in every LTA)."""
+    """What is wrong at the end of the demo: a package missing from an LTA, or a temporary
+    copy the rules should have removed from the telescope buffer."""
     from sqlalchemy import func, select
 
     from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
-    from ccat_ops_db.models import PackageState, RawDataPackage
+    from ccat_ops_db.models import (
+        DataLocation,
+        LocationType,
+        PackageState,
+        PhysicalCopy,
+        PhysicalCopyStatus,
+        RawDataPackage,
+        Site,
+    )
 
     problems = [
         f"{p} has no verified copy in {lta}" for p, lta in packages_missing_from_ltas(session)
@@ -103,4 +112,17 @@ def verify_demo(session) -> list[str]:
     )
     if not_archived:
         problems.append(f"{not_archived} raw data package(s) not ARCHIVED")
+    left = session.scalar(
+        select(func.count())
+        .select_from(PhysicalCopy)
+        .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
+        .join(Site, Site.id == DataLocation.site_id)
+        .where(
+            Site.short_name == "ccat",
+            DataLocation.location_type == LocationType.BUFFER,
+            PhysicalCopy.status != PhysicalCopyStatus.DELETED,
+        )
+    )
+    if left:
+        problems.append(f"{left} temporary copies left in the telescope buffer")
     return problems

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "locations",
     "files",
     "pipeline",
+    "deletion",
 )
 
 for _module in COMMAND_MODULES:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dagster import Definitions
 
 from ccat_dagster.defs.assets import build_site_assets
+from ccat_dagster.defs.cleanup import (
+    build_buffer_capacity_checks,
+    build_buffer_monitor_sensor,
+    build_cleanup_job,
+    build_cleanup_schedule,
+)
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
@@ -27,11 +33,16 @@ def build_site_definitions(
         job = build_stage_job(site, stage)
         jobs.append(job)
         sensors.append(build_stage_sensor(site, stage, job))
+    cleanup_job = build_cleanup_job(site)
+    jobs.append(cleanup_job)
+    sensors.append(build_buffer_monitor_sensor(site, cleanup_job))
+    checks += build_buffer_capacity_checks(site)
     return Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
+        schedules=[build_cleanup_schedule(site, cleanup_job)],
         resources={
             "ops_db": OpsDbResource(url=ops_db_url),
             "storage": SiteStorageResource(site=site.short_name),

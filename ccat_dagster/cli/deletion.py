@@ -1,0 +1,74 @@
+"""``ccat deletion-plan`` and ``ccat disk-monitor``: inspect deletion and buffer pressure."""
+
+from __future__ import annotations
+
+import typer
+
+from ccat_dagster.cli._common import ops_session
+
+
+def deletion_plan_command(
+    location: str = typer.Option(
+        None, "--location", "-l", help="Only this location (site/name or a unique name)."
+    ),
+) -> None:
+    """What would be deleted now and why, what is blocked and by which rule, bytes per location.
+
+    Changes nothing.
+    """
+    from ccat_dagster.lifecycle.cleanup import plan_deletions
+    from ccat_dagster.lifecycle.locations import resolve_location
+
+    with ops_session() as session:
+        loc = resolve_location(session, location) if location else None
+        plan = plan_deletions(session, location=loc)
+        typer.echo(plan.summary())
+        if not plan.deletable and not plan.blocked:
+            typer.echo("  nothing to delete and nothing waiting")
+        session.rollback()
+
+
+def disk_monitor_command(
+    all_: bool = typer.Option(False, "--all", help="Every active disk location."),
+    location_name: str = typer.Option(None, "--location-name", help="One location."),
+    site: str = typer.Option(None, "--site", help="Every active disk location of a site."),
+    local_site: str = typer.Option(
+        None, "--from-site", help="Measure as this site's code server would (local vs SSH)."
+    ),
+) -> None:
+    """Measure disk usage now (locally, or over SSH for remote hosts), record it, show levels."""
+    from sqlalchemy import select
+
+    from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
+    from ccat_dagster.lifecycle.locations import resolve_location
+    from ccat_dagster.storage.factory import StorageRegistry
+    from ccat_ops_db.models import DataLocation, DiskDataLocation, Site
+
+    if sum(bool(x) for x in (all_, location_name, site)) != 1:
+        raise typer.BadParameter("give exactly one of --all, --location-name, --site")
+    with ops_session() as session, StorageRegistry(local_site=local_site) as storages:
+        if location_name:
+            locations = [resolve_location(session, location_name)]
+        else:
+            query = select(DataLocation).where(DataLocation.active.is_(True))
+            if site:
+                query = query.join(Site).where(Site.short_name == site)
+            locations = list(session.scalars(query))
+        disks = [loc for loc in locations if isinstance(loc, DiskDataLocation)]
+        if not disks:
+            raise typer.BadParameter("no active disk location matches")
+        for loc in disks:
+            usage = storages.get(loc).disk_usage()
+            status = record_disk_usage(
+                session, loc, used_bytes=usage.used_bytes, total_bytes=usage.total_bytes
+            )
+            typer.echo(
+                f"{loc.site.short_name + '/' + loc.name:<34} {status.percent:6.1f}%  "
+                f"{status.level.name:<9} {usage.used_bytes / 1e9:,.1f} of "
+                f"{usage.total_bytes / 1e9:,.1f} GB"
+            )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deletion-plan")(deletion_plan_command)
+    app.command("disk-monitor")(disk_monitor_command)

@@ -1,0 +1,212 @@
+"""The cleanup job and the buffer monitor as Dagster runs them, on real files and both ops DBs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    DagsterEventType,
+    EventRecordsFilter,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    instance_for_test,
+)
+from sqlalchemy import select
+
+from ccat_dagster.defs.cleanup import cleanup_run_config
+from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster.defs.topology import load_topology_snapshot
+from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
+from ccat_ops_db.models import (
+    AuditLog,
+    DataLocation,
+    LocationType,
+    PhysicalCopy,
+    PhysicalCopyStatus,
+    RawDataPackage,
+    Site,
+)
+from ccat_ops_db.session import session_scope
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _copies(url, site, location_type):
+    with session_scope(url) as session:
+        return session.execute(
+            select(PhysicalCopy.type, PhysicalCopy.status)
+            .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
+            .join(Site, Site.id == DataLocation.site_id)
+            .where(Site.short_name == site, DataLocation.location_type == location_type)
+        ).all()
+
+
+@pytest.fixture
+def archived(ops_db_url, tmp_path):
+    """Files filed and archived in both LTAs, cleanup not yet run."""
+    setup_pipeline(
+        ops_db_url,
+        real_topology(tmp_path, policy={"retention_period_minutes": 0}),
+        tmp_path,
+        n_obs_units=2,
+        files_per_unit=2,
+        max_size=50_000,
+    )
+    with instance_for_test() as instance:
+        drive(ops_db_url, instance, include_schedules=False)
+        yield ops_db_url, tmp_path, instance
+
+
+def test_scheduled_cleanup_removes_telescope_copies_and_never_the_ltas(archived):
+    url, root, instance = archived
+    assert any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
+    report = drive(url, instance)  # now with the schedules: the cleanup runs
+    assert not report.failed_runs
+    assert report.by_job.get("ccat_cleanup")
+    telescope = _copies(url, "ccat", LocationType.BUFFER)
+    assert telescope and all(status == PhysicalCopyStatus.DELETED for _, status in telescope)
+    assert not any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
+    source_files = _copies(url, "ccat", LocationType.SOURCE)
+    assert all(status == PhysicalCopyStatus.DELETED for _, status in source_files)
+    for site in ("cologne", "us"):
+        lta = _copies(url, site, LocationType.LONG_TERM_ARCHIVE)
+        assert lta and all(status == PhysicalCopyStatus.PRESENT for _, status in lta)
+        assert any((root / site / "lta" / "raw_data_packages").iterdir())
+    with session_scope(url) as session:
+        deletions = session.scalars(
+            select(AuditLog).where(AuditLog.new_status == "DELETED", AuditLog.run_id.is_not(None))
+        ).all()
+        assert len(deletions) >= len(telescope)
+        assert all(a.reason for a in deletions)
+        # the deletion of the telescope's package copies carries the live LTA evidence
+        with_evidence = [a for a in deletions if a.evidence and "lta" in json.dumps(a.evidence)]
+        assert with_evidence
+
+
+def test_failed_lta_presence_blocks_deletion_and_fails_the_run(archived):
+    url, root, instance = archived
+    for site in ("cologne", "us"):
+        for obj in (root / site / "lta" / "raw_data_packages").iterdir():
+            obj.unlink()  # gone behind the catalogue's back
+    defs = build_site_definitions("ccat", ops_db_url=url)
+    snapshot = load_topology_snapshot(url)
+    result = defs.resolve_job_def("ccat_cleanup").execute_in_process(
+        run_config=cleanup_run_config(snapshot.site("ccat")),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    telescope = _copies(url, "ccat", LocationType.BUFFER)
+    packages = [s for t, s in telescope if t.value == "raw_data_package"]
+    assert packages and all(s == PhysicalCopyStatus.PRESENT for s in packages)
+    assert any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
+    evaluations = [
+        r.event_log_entry.dagster_event.event_specific_data
+        for r in instance.get_event_records(
+            EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        )
+        if r.event_log_entry.run_id == result.run_id
+    ]
+    assert evaluations and not any(e.passed for e in evaluations)
+    with session_scope(url) as session:
+        flagged = session.scalars(
+            select(RawDataPackage).where(RawDataPackage.failure_reason.is_not(None))
+        ).all()
+        assert flagged
+
+
+def test_manual_cleanup_with_dagster_cli_dry_run_then_one_location(archived, tmp_path):
+    """The same run config as the README's `dagster job launch ... --config-json` example,
+    executed synchronously (`launch` only enqueues for the daemon; the deployment test covers
+    that path)."""
+    url, root, _ = archived
+    config_file = tmp_path / "cleanup.json"
+    env = {**__import__("os").environ, "CCAT_OPS_DB_URL": url}
+    config = {
+        "ops": {
+            "ccat_cleanup_lta_presence": {
+                "config": {"location": "telescope_buffer", "dry_run": True}
+            }
+        }
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "execute",
+        "-m",
+        "ccat_dagster.sites.ccat",
+        "-j",
+        "ccat_cleanup",
+        "--config",
+        str(config_file),
+    ]
+    config_file.write_text(json.dumps(config))
+    dry = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert all(
+        s == PhysicalCopyStatus.PRESENT for _, s in _copies(url, "ccat", LocationType.BUFFER)
+    )
+
+    config["ops"]["ccat_cleanup_lta_presence"]["config"]["dry_run"] = False
+    config_file.write_text(json.dumps(config))
+    real = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert all(
+        s == PhysicalCopyStatus.DELETED for _, s in _copies(url, "ccat", LocationType.BUFFER)
+    )
+    # only the named location: the SOURCE files were not part of this manual run
+    assert any(
+        s != PhysicalCopyStatus.DELETED for _, s in _copies(url, "ccat", LocationType.SOURCE)
+    )
+
+
+def test_buffer_monitor_escalates_at_emergency_and_pauses_packaging(ops_db_url, tmp_path):
+    # thresholds below the machine's real disk usage: every disk is in EMERGENCY
+    setup_pipeline(
+        ops_db_url,
+        real_topology(
+            tmp_path,
+            policy={
+                "buffer_thresholds_percent": {
+                    "warning": 0.001,
+                    "critical": 0.002,
+                    "emergency": 0.003,
+                }
+            },
+        ),
+        tmp_path,
+        n_obs_units=1,
+        files_per_unit=1,
+        max_size=10_000,
+    )
+    defs = build_site_definitions("ccat", ops_db_url=ops_db_url)
+    with instance_for_test() as instance:
+        with build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources
+        ) as ctx:
+            result = defs.resolve_sensor_def("ccat_buffer_monitor_sensor")(ctx)
+        assert isinstance(result, SensorResult)
+        checks = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+        assert checks and not any(c.passed for c in checks)
+        assert "EMERGENCY" in checks[0].description
+        assert (
+            instance.event_log_storage.get_concurrency_info(
+                "ccat_telescope_buffer_data_transfer"
+            ).slot_count
+            == 1
+        )
+        with build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources
+        ) as ctx:
+            paused = defs.resolve_sensor_def("ccat_raw_data_package_creation_sensor")(ctx)
+    with session_scope(ops_db_url) as session:
+        assert session.scalars(select(RawDataPackage)).all() == [], "packaging paused"
+    assert not isinstance(paused, SensorResult) or not paused.run_requests
+    assert isinstance(paused, (SkipReason, SensorResult))
