@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ccat_ops_db.models import DataLocation, LocationType, Site
-from ccat_ops_db.session import make_engine, session_factory
+from ccat_ops_db.session import session_factory
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,6 @@ class TopologyUnavailableError(RuntimeError):
 def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
     """Active sites and locations from the ops DB, with a clear error when there are none."""
     try:
-        engine = make_engine(url)
         with session_factory(url)() as session:
             sites = session.scalars(select(Site).order_by(Site.short_name)).all()
             views = tuple(
@@ -95,7 +94,6 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
                 )
                 for site in sites
             )
-        engine.dispose()
     except SQLAlchemyError as exc:
         raise TopologyUnavailableError(
             f"cannot read the topology from the ops DB ({exc.__class__.__name__}: {exc}); "

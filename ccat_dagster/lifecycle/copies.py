@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_ops_db.audit import audit
-from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus, utcnow
+from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus
 
 
 def find_copy(
@@ -74,7 +74,3 @@ def upsert_copy(
             evidence=evidence,
         )
     return copy
-
-
-def mark_verified(copy: PhysicalCopy) -> None:
-    copy.verified_at = utcnow()

@@ -24,6 +24,7 @@ from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanu
 from ccat_dagster.lifecycle.policy import Policy
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcnow
+from ccat_ops_db.session import make_engine
 
 S = PhysicalCopyStatus
 
@@ -143,9 +144,13 @@ def test_stale_claim_is_claimable_again(session, topo):
     assert claim_for_deletion(session, stale, run_id="next", ctx=later) == stale
 
 
-def test_postgres_claim_skips_rows_locked_by_another_run(ops_db_url, engine, topo, session):
-    if not ops_db_url.startswith("postgresql"):
-        pytest.skip("FOR UPDATE SKIP LOCKED is the PostgreSQL path; SQLite serializes writers")
+def test_postgres_claim_skips_rows_locked_by_another_run(fresh_postgres_url, tmp_path):
+    """FOR UPDATE SKIP LOCKED is the PostgreSQL path (SQLite serializes writers), so this test
+    runs on PostgreSQL only."""
+    engine = make_engine(fresh_postgres_url)
+    session = Session(engine, expire_on_commit=False)
+    topo = f.make_topology(session, tmp_path, lta_sites=("cologne",))
+    session.commit()
     for _ in range(4):
         f.archived_package(topo)
     session.commit()
@@ -158,6 +163,8 @@ def test_postgres_claim_skips_rows_locked_by_another_run(ops_db_url, engine, top
         a.commit()
     assert {r.copy_id for r in got_a} == {r.copy_id for r in rows[:2]}
     assert {r.copy_id for r in got_b} == {r.copy_id for r in rows[2:]}
+    session.close()
+    engine.dispose()
 
 
 def test_concurrent_cleanup_cycles_delete_each_copy_exactly_once(engine, session, topo):
