@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := openssh-server
+DEBS := openssh-server chromium
 DEMO_HOME ?= $(CURDIR)/.ccat-demo
 
 .PHONY: test demo ui lint format bench debs install clean
