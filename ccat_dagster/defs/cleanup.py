@@ -11,8 +11,12 @@ operator sees it in the UI. Config: ``location`` (one location of this site) and
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
 pools lowered to max_critical_transfers and an immediate cleanup at CRITICAL, packaging paused
-and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls.
+and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. Read when
+the code location loads: ``CCAT_CLEANUP_CRON`` (cleanup schedule, default every 10 minutes) and
+``CCAT_MONITOR_INTERVAL_SECONDS`` (buffer monitor, default 60).
 """
+
+import os
 
 from dagster import (
     AssetCheckEvaluation,
@@ -64,8 +68,8 @@ from ccat_ops_db.models import (
     utcnow,
 )
 
-CLEANUP_CRON = "*/10 * * * *"
-MONITOR_INTERVAL_SECONDS = 60
+CLEANUP_CRON = os.environ.get("CCAT_CLEANUP_CRON", "*/10 * * * *")
+MONITOR_INTERVAL_SECONDS = int(os.environ.get("CCAT_MONITOR_INTERVAL_SECONDS", "60"))
 BUFFER_CAPACITY = "buffer_capacity"
 
 

@@ -4,10 +4,12 @@ A tick that finds nothing returns a SkipReason and writes nothing. Items already
 running run of the same job are left alone; the number of runs in flight is capped per stage
 (transfers: the site's transfer limit, lowered under buffer pressure). The cursor holds the
 last RawDataPackage / DataTransferPackage id whose partition was added, so a crash between
-creating packages and adding their partitions is repaired on the next tick.
+creating packages and adding their partitions is repaired on the next tick. The minimum interval
+between ticks is ``CCAT_SENSOR_INTERVAL_SECONDS`` (default 30), read when the code location loads.
 """
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 from dagster import (
@@ -38,7 +40,7 @@ IN_FLIGHT = [
     DagsterRunStatus.STARTING,
     DagsterRunStatus.STARTED,
 ]
-SENSOR_INTERVAL_SECONDS = 30
+SENSOR_INTERVAL_SECONDS = int(os.environ.get("CCAT_SENSOR_INTERVAL_SECONDS", "30"))
 
 
 @dataclass
