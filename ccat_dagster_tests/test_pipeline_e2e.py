@@ -211,3 +211,49 @@ def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):
         )
         others = session.scalars(select(RawDataPackage).where(RawDataPackage.id != package.id))
         assert all(p.state == PackageState.ARCHIVED for p in others)
+
+
+def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, tmp_path):
+    """Bundling verifies each package tar; a corrupt one is re-made from the SOURCE files."""
+    from dagster import instance_for_test
+
+    from ccat_dagster.lifecycle.raw_data_packages import (
+        build_raw_data_package,
+        create_raw_data_packages_for_location,
+    )
+    from ccat_dagster.storage.factory import StorageRegistry
+    from ccat_dagster_tests.pipeline_support import real_topology
+    from ccat_ops_db.models import DataLocation
+
+    setup_pipeline(
+        ops_db_url,
+        real_topology(tmp_path),
+        tmp_path,
+        n_obs_units=1,
+        files_per_unit=2,
+        max_size=50_000,
+    )
+    with session_scope(ops_db_url) as session, StorageRegistry(local_site="ccat") as storages:
+        source = session.scalar(
+            select(DataLocation).where(DataLocation.name == "primecam_raw_data")
+        )
+        packages = create_raw_data_packages_for_location(session, source)
+        for p in packages:
+            assert build_raw_data_package(session, p, storage_for=storages.get).ok
+        victim = packages[0].name
+        tar = tmp_path / "ccat" / "buffer" / packages[0].relative_path
+    _flip_byte(tar, offset=600)
+    with instance_for_test() as instance:
+        report = drive(ops_db_url, instance, include_schedules=False)
+    assert report.failed_runs  # the bundle with the rotten tar failed once, visibly
+    with session_scope(ops_db_url) as session:
+        assert packages_missing_from_ltas(session) == []
+        package = session.scalar(select(RawDataPackage).where(RawDataPackage.name == victim))
+        assert package.state == PackageState.ARCHIVED and package.retry_count == 1
+        reasons = [
+            a.reason
+            for a in session.scalars(
+                select(AuditLog).where(AuditLog.entity_type == "physical_copy")
+            )
+        ]
+        assert any("re-package from SOURCE" in r for r in reasons)

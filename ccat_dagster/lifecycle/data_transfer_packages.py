@@ -16,11 +16,11 @@ from functools import partial
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import upsert_copy
+from ccat_dagster.lifecycle.copies import find_copy, upsert_copy
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import Policy, get_policy
 from ccat_dagster.lifecycle.retries import handle_failure
-from ccat_dagster.packaging import PackageMember, write_package
+from ccat_dagster.packaging import PackageMember, PackageSourceChangedError, write_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError
 from ccat_ops_db.audit import audit, audit_many
@@ -138,6 +138,64 @@ def create_data_transfer_packages(
     return created
 
 
+def _rebuild_corrupt_package(
+    session: Session,
+    dtp: DataTransferPackage,
+    package: RawDataPackage,
+    storage: Storage,
+    exc: PackageSourceChangedError,
+    run_id: str | None,
+) -> StageOutcome:
+    """A RawDataPackage tar rotted in the buffer: remove the bad copy, take the package out of
+    this bundle and re-package it from the SOURCE files (counting towards its retries); the
+    bundle is retried with the others."""
+    buffer = dtp.origin_location
+    storage.delete(package.relative_path)
+    copy = find_copy(
+        session, RawDataPackagePhysicalCopy, "raw_data_package_id", package.id, buffer.id
+    )
+    if copy is not None:
+        audit(
+            session,
+            entity_type="physical_copy",
+            entity_id=copy.id,
+            old_status=copy.status,
+            new_status=PhysicalCopyStatus.DELETED,
+            reason=f"corrupt in {buffer.qualified_name}, removed to re-package from SOURCE: {exc}",
+            data_location_id=buffer.id,
+            run_id=run_id,
+        )
+        copy.status = PhysicalCopyStatus.DELETED
+        copy.deleted_at = utcnow()
+    package.data_transfer_package_id = None
+    permanent = handle_failure(
+        session,
+        package,
+        exc,
+        max_retries=get_policy(session).max_retries,
+        entity_type="raw_data_package",
+        packages=[package],
+        run_id=run_id,
+    )
+    if not permanent:
+        audit(
+            session,
+            entity_type="raw_data_package",
+            entity_id=package.id,
+            old_status=package.state,
+            new_status=PackageState.WAITING,
+            reason=f"taken out of bundle {dtp.name} to be re-packaged",
+            run_id=run_id,
+        )
+        package.state = PackageState.WAITING
+    remaining = [p for p in dtp.raw_data_packages if p.id != package.id]
+    dtp.status = Status.PENDING if remaining else Status.FAILED
+    if not remaining:
+        dtp.failure_reason = f"its only package {package.name} was corrupt in the buffer"
+    session.commit()
+    return StageOutcome(dtp.name, ok=False, error=str(exc), permanent=permanent)
+
+
 def pending_data_transfer_packages(session: Session, buffer: DataLocation):
     return list(
         session.scalars(
@@ -190,6 +248,11 @@ def build_data_transfer_package(
     try:
         with stopwatch() as watch, storage.open_write(dtp.relative_path) as out:
             result = write_package(out, members, kind="data_transfer_package", name=dtp.name)
+    except PackageSourceChangedError as exc:
+        corrupt = next((p for p in packages if f"{p.name}.tar" == exc.member), None)
+        if corrupt is None:
+            raise
+        return _rebuild_corrupt_package(session, dtp, corrupt, storage, exc, run_id)
     except PermanentStorageError as exc:
         permanent = handle_failure(
             session,
