@@ -14,16 +14,15 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from ccat_dagster.lifecycle.copies import upsert_copy
-from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.outcomes import StageOutcome, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.progress import tracked_copy
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.lifecycle.verification import LtaEvidence, verify_lta_copy
 from ccat_dagster.storage.base import Storage
-from ccat_dagster.storage.copy import copy_object
 from ccat_dagster.storage.errors import (
     PermanentStorageError,
     StorageError,
-    TransientStorageError,
 )
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
@@ -129,53 +128,24 @@ def send_data_to_long_term_archive(
     transfer = _lta_transfer(session, package, buffer, lta)
     if transfer.status == Status.COMPLETED:
         return StageOutcome(package.name, ok=True, skipped=True)
-    old = transfer.status
-    transfer.status = Status.IN_PROGRESS
-    transfer.started_at = utcnow()
-    transfer.run_id = run_id
-    audit(
-        session,
-        entity_type="long_term_archive_transfer",
-        entity_id=transfer.id,
-        old_status=old,
-        new_status=Status.IN_PROGRESS,
-        reason=f"archiving {package.name} into {lta.qualified_name}",
-        data_location_id=lta.id,
-        run_id=run_id,
-    )
-    session.commit()
     try:
-        with stopwatch() as watch:
-            result = copy_object(
-                storage_for(buffer),
-                package.relative_path,
-                storage_for(lta),
-                package.relative_path,
-                expected_checksum=package.checksum,
-                algorithm=package.checksum_algorithm or "sha256",
-                size_hint=package.size,
-            )
-    except TransientStorageError:
-        transfer.status = Status.PENDING
-        session.commit()
-        raise
+        result = tracked_copy(
+            session,
+            transfer,
+            entity_type="long_term_archive_transfer",
+            source=storage_for(buffer),
+            destination=storage_for(lta),
+            key=package.relative_path,
+            checksum=package.checksum,
+            algorithm=package.checksum_algorithm,
+            size=package.size,
+            reason=f"archiving {package.name} into {lta.qualified_name}",
+            done_reason="written; awaiting lta_presence check",
+            destination_id=lta.id,
+            run_id=run_id,
+        )
     except PermanentStorageError as exc:
         return _archive_failed(session, transfer, package, exc, run_id)
-    transfer.status = Status.COMPLETED
-    transfer.bytes_transferred = result.size
-    transfer.throughput_bytes_per_s = result.bytes_per_s
-    transfer.finished_at = utcnow()
-    transfer.failure_reason = None
-    audit(
-        session,
-        entity_type="long_term_archive_transfer",
-        entity_id=transfer.id,
-        old_status=Status.IN_PROGRESS,
-        new_status=Status.COMPLETED,
-        reason="written; awaiting lta_presence check",
-        data_location_id=lta.id,
-        run_id=run_id,
-    )
     session.commit()
     return StageOutcome(
         package.name,
@@ -187,7 +157,7 @@ def send_data_to_long_term_archive(
             algorithm=result.algorithm,
             source=buffer.qualified_name,
             destination=lta.qualified_name,
-            seconds=watch.seconds,
+            seconds=result.seconds,
             file_count=package.file_count,
         ),
     )

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.storage.base import Storage
 from ccat_ops_db.audit import audit
-from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus
+from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus, utcnow
 
 
 def find_copy(
@@ -74,3 +75,35 @@ def upsert_copy(
             evidence=evidence,
         )
     return copy
+
+
+def discard_bad_copy(
+    session: Session,
+    storage: Storage,
+    copy_cls: type[PhysicalCopy],
+    fk: str,
+    object_id: int,
+    location: DataLocation,
+    key: str,
+    *,
+    reason: str,
+    run_id: str | None = None,
+) -> None:
+    """Remove a copy that failed verification (a verified original exists elsewhere) so it is
+    made again: the object is deleted and its row marked DELETED with the reason."""
+    storage.delete(key)
+    copy = find_copy(session, copy_cls, fk, object_id, location.id)
+    if copy is None:
+        return
+    audit(
+        session,
+        entity_type="physical_copy",
+        entity_id=copy.id,
+        old_status=copy.status,
+        new_status=PhysicalCopyStatus.DELETED,
+        reason=reason,
+        data_location_id=location.id,
+        run_id=run_id,
+    )
+    copy.status = PhysicalCopyStatus.DELETED
+    copy.deleted_at = utcnow()

@@ -16,9 +16,10 @@ from functools import partial
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import find_copy, upsert_copy
+from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.progress import set_status
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import PackageMember, PackageSourceChangedError, write_package
 from ccat_dagster.storage.base import Storage
@@ -150,23 +151,17 @@ def _rebuild_corrupt_package(
     this bundle and re-package it from the SOURCE files (counting towards its retries); the
     bundle is retried with the others."""
     buffer = dtp.origin_location
-    storage.delete(package.relative_path)
-    copy = find_copy(
-        session, RawDataPackagePhysicalCopy, "raw_data_package_id", package.id, buffer.id
+    discard_bad_copy(
+        session,
+        storage,
+        RawDataPackagePhysicalCopy,
+        "raw_data_package_id",
+        package.id,
+        buffer,
+        package.relative_path,
+        reason=f"corrupt in {buffer.qualified_name}, removed to re-package from SOURCE: {exc}",
+        run_id=run_id,
     )
-    if copy is not None:
-        audit(
-            session,
-            entity_type="physical_copy",
-            entity_id=copy.id,
-            old_status=copy.status,
-            new_status=PhysicalCopyStatus.DELETED,
-            reason=f"corrupt in {buffer.qualified_name}, removed to re-package from SOURCE: {exc}",
-            data_location_id=buffer.id,
-            run_id=run_id,
-        )
-        copy.status = PhysicalCopyStatus.DELETED
-        copy.deleted_at = utcnow()
     package.data_transfer_package_id = None
     permanent = handle_failure(
         session,
@@ -233,14 +228,11 @@ def build_data_transfer_package(
         )
         for p in packages
     ]
-    old = dtp.status
-    dtp.status = Status.IN_PROGRESS
-    audit(
+    set_status(
         session,
+        dtp,
+        Status.IN_PROGRESS,
         entity_type="data_transfer_package",
-        entity_id=dtp.id,
-        old_status=old,
-        new_status=Status.IN_PROGRESS,
         reason=f"bundling {len(packages)} packages at {buffer.qualified_name}",
         run_id=run_id,
     )
@@ -268,7 +260,6 @@ def build_data_transfer_package(
     dtp.size = result.size
     dtp.checksum = result.checksum
     dtp.checksum_algorithm = result.algorithm
-    dtp.status = Status.COMPLETED
     dtp.failure_reason = None
     upsert_copy(
         session,
@@ -282,12 +273,11 @@ def build_data_transfer_package(
         reason="bundle written and checksummed in one pass",
         run_id=run_id,
     )
-    audit(
+    set_status(
         session,
+        dtp,
+        Status.COMPLETED,
         entity_type="data_transfer_package",
-        entity_id=dtp.id,
-        old_status=Status.IN_PROGRESS,
-        new_status=Status.COMPLETED,
         reason=f"bundled {len(packages)} packages",
         data_location_id=buffer.id,
         run_id=run_id,

@@ -20,6 +20,7 @@ from ccat_dagster.lifecycle.copies import upsert_copy
 from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.progress import set_status
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import PackageMember, write_package
 from ccat_dagster.storage.base import Storage
@@ -190,14 +191,11 @@ def build_raw_data_package(
             "activate one in the topology (ccat topology apply)"
         )
     policy = get_policy(session)
-    old = package.status
-    package.status = Status.IN_PROGRESS
-    audit(
+    set_status(
         session,
+        package,
+        Status.IN_PROGRESS,
         entity_type="raw_data_package",
-        entity_id=package.id,
-        old_status=old,
-        new_status=Status.IN_PROGRESS,
         reason=f"packaging into {buffer.qualified_name}",
         run_id=run_id,
     )
@@ -242,7 +240,6 @@ def build_raw_data_package(
     package.checksum = result.checksum
     package.checksum_algorithm = result.algorithm
     package.file_count = len(files)
-    package.status = Status.COMPLETED
     package.failure_reason = None
     upsert_copy(
         session,
@@ -256,12 +253,11 @@ def build_raw_data_package(
         reason="tar written and checksummed in one pass",
         run_id=run_id,
     )
-    audit(
+    set_status(
         session,
+        package,
+        Status.COMPLETED,
         entity_type="raw_data_package",
-        entity_id=package.id,
-        old_status=Status.IN_PROGRESS,
-        new_status=Status.COMPLETED,
         reason=f"packaged {len(files)} files into {buffer.qualified_name}",
         data_location_id=buffer.id,
         run_id=run_id,

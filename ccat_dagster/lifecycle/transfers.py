@@ -16,14 +16,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import find_copy, upsert_copy
+from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.locations import is_lta_site
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.progress import tracked_copy
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
-from ccat_dagster.storage.copy import copy_object
 from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
@@ -31,11 +31,9 @@ from ccat_ops_db.models import (
     DataTransfer,
     DataTransferPackagePhysicalCopy,
     DiskDataLocation,
-    PhysicalCopyStatus,
     RawDataPackagePhysicalCopy,
     Site,
     Status,
-    utcnow,
 )
 
 StorageFor = Callable[[DataLocation], Storage]
@@ -88,43 +86,24 @@ def execute_data_transfer(
     if transfer.status == Status.COMPLETED:
         return StageOutcome(dtp.name, ok=True, skipped=True)
     origin, destination = transfer.origin_location, transfer.destination_location
-    old = transfer.status
-    transfer.status = Status.IN_PROGRESS
-    transfer.started_at = utcnow()
-    transfer.run_id = run_id
-    audit(
-        session,
-        entity_type="data_transfer",
-        entity_id=transfer.id,
-        old_status=old,
-        new_status=Status.IN_PROGRESS,
-        reason=f"pulling {dtp.name} from {origin.qualified_name}",
-        data_location_id=destination.id,
-        run_id=run_id,
-    )
-    session.commit()
     try:
-        with stopwatch() as watch:
-            result = copy_object(
-                storage_for(origin),
-                dtp.relative_path,
-                storage_for(destination),
-                dtp.relative_path,
-                expected_checksum=dtp.checksum,
-                algorithm=dtp.checksum_algorithm or "sha256",
-                size_hint=dtp.size,
-            )
-    except TransientStorageError:
-        transfer.status = Status.PENDING  # Dagster's RetryPolicy tries again
-        session.commit()
-        raise
+        result = tracked_copy(
+            session,
+            transfer,
+            entity_type="data_transfer",
+            source=storage_for(origin),
+            destination=storage_for(destination),
+            key=dtp.relative_path,
+            checksum=dtp.checksum,
+            algorithm=dtp.checksum_algorithm,
+            size=dtp.size,
+            reason=f"pulling {dtp.name} from {origin.qualified_name}",
+            done_reason="bytes arrived and match the recorded checksum",
+            destination_id=destination.id,
+            run_id=run_id,
+        )
     except PermanentStorageError as exc:
         return _transfer_failed(session, transfer, exc, run_id)
-    transfer.status = Status.COMPLETED
-    transfer.bytes_transferred = result.size
-    transfer.throughput_bytes_per_s = result.bytes_per_s
-    transfer.finished_at = utcnow()
-    transfer.failure_reason = None
     upsert_copy(
         session,
         DataTransferPackagePhysicalCopy,
@@ -137,17 +116,6 @@ def execute_data_transfer(
         reason=f"{transfer.route_kind} transfer from {origin.qualified_name}, checksum verified",
         run_id=run_id,
     )
-    audit(
-        session,
-        entity_type="data_transfer",
-        entity_id=transfer.id,
-        old_status=Status.IN_PROGRESS,
-        new_status=Status.COMPLETED,
-        reason="bytes arrived and match the recorded checksum",
-        data_location_id=destination.id,
-        run_id=run_id,
-        evidence={"size": result.size, "checksum": result.checksum, "seconds": watch.seconds},
-    )
     session.commit()
     return StageOutcome(
         dtp.name,
@@ -159,7 +127,7 @@ def execute_data_transfer(
             algorithm=result.algorithm,
             source=origin.qualified_name,
             destination=destination.qualified_name,
-            seconds=watch.seconds,
+            seconds=result.seconds,
             route=transfer.route_kind,
             package_count=len(dtp.raw_data_packages),
         ),
@@ -284,23 +252,17 @@ def _unpack_failed(
     re-transfer, counting towards the transfer's retries."""
     dtp = transfer.data_transfer_package
     buffer = transfer.destination_location
-    storage.delete(dtp.relative_path)
-    copy = find_copy(
-        session, DataTransferPackagePhysicalCopy, "data_transfer_package_id", dtp.id, buffer.id
+    discard_bad_copy(
+        session,
+        storage,
+        DataTransferPackagePhysicalCopy,
+        "data_transfer_package_id",
+        dtp.id,
+        buffer,
+        dtp.relative_path,
+        reason=f"arrived copy failed verification, removed for re-transfer: {exc}",
+        run_id=run_id,
     )
-    if copy is not None:
-        audit(
-            session,
-            entity_type="physical_copy",
-            entity_id=copy.id,
-            old_status=copy.status,
-            new_status=PhysicalCopyStatus.DELETED,
-            reason=f"arrived copy failed verification, removed for re-transfer: {exc}",
-            data_location_id=buffer.id,
-            run_id=run_id,
-        )
-        copy.status = PhysicalCopyStatus.DELETED
-        copy.deleted_at = utcnow()
     transfer.unpack_status = Status.PENDING
     transfer.unpack_failure_reason = str(exc)
     transfer.unpack_retry_count += 1
