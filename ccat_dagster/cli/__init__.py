@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "files",
     "pipeline",
     "deletion",
+    "staging",
 )
 
 for _module in COMMAND_MODULES:

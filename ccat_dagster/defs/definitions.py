@@ -15,6 +15,7 @@ from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
 from ccat_dagster.defs.stages import PIPELINE_STAGES
+from ccat_dagster.defs.staging import build_site_staging
 from ccat_dagster.defs.topology import TopologySnapshot, load_topology_snapshot
 
 
@@ -33,6 +34,10 @@ def build_site_definitions(
         job = build_stage_job(site, stage)
         jobs.append(job)
         sensors.append(build_stage_sensor(site, stage, job))
+    staging_assets, staging_jobs, staging_sensors = build_site_staging(snapshot, site)
+    assets += staging_assets
+    jobs += staging_jobs
+    sensors += staging_sensors
     cleanup_job = build_cleanup_job(site)
     jobs.append(cleanup_job)
     sensors.append(build_buffer_monitor_sensor(site, cleanup_job))

@@ -1,0 +1,205 @@
+"""Staging on Dagster, at a site with PROCESSING locations: the staging stage (batched job and
+sensor built like every other stage), the ``<site>/<processing>/staged_raw_data_package`` asset
+per PROCESSING location (partitions: raw_data_packages, fed by every LTA's raw_data_package),
+and ``<site>_create_staging_job``, which creates a StagingJob through the same lifecycle function
+as ``ccat staging create`` (``dagster job launch -j <site>_create_staging_job --config-json
+...``). The sensor then picks the new job up; cleanup stays with the site's cleanup job.
+"""
+
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    AssetsDefinition,
+    Config,
+    Failure,
+    JobDefinition,
+    MaterializeResult,
+    OpExecutionContext,
+    Out,
+    SensorDefinition,
+    asset,
+    job,
+    op,
+)
+from sqlalchemy.orm import Session
+
+from ccat_dagster.defs.assets import _location, _materialize_one, _package
+from ccat_dagster.defs.jobs import build_stage_job
+from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.partitions import raw_data_packages
+from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.sensors import build_stage_sensor
+from ccat_dagster.defs.stages import Stage, StageReport, _materialization, _report
+from ccat_dagster.defs.topology import SiteView, TopologySnapshot
+from ccat_dagster.lifecycle import staging
+from ccat_dagster.lifecycle.operations import OperationType
+from ccat_ops_db.models import DataLocation, LocationType, RawDataPackage, Site
+
+
+def _ready(session: Session, site: Site) -> list[str]:
+    return [f"{pid}:{lid}" for pid, lid in staging.staging_candidates(session, site)]
+
+
+def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
+    package_id, location_id = (int(x) for x in item.split(":"))
+    package = session.get(RawDataPackage, package_id)
+    location = session.get(DataLocation, location_id)
+    outcome = staging.stage_raw_data_package(
+        session, package, location, storage_for=storage_for, run_id=run_id
+    )
+    return _report(
+        outcome,
+        _materialization(location.site.short_name, location.name, STAGED_RAW_DATA_PACKAGE, outcome),
+    )
+
+
+STAGE = Stage(
+    name="staging",
+    operation=OperationType.STAGING,
+    description=(
+        "Stage the packages of open StagingJobs to their PROCESSING location: streamed from the "
+        "nearest verified LTA copy, unpacked and verified, then STAGED; shared files are reused "
+        "and missing ones restored."
+    ),
+    applies=lambda site: bool(site.of_type(LocationType.PROCESSING)),
+    plan=lambda _session, _site: None,
+    ready=_ready,
+    execute=_execute,
+    pool_location=lambda site: site.of_type(LocationType.PROCESSING)[0].name,
+    batch_size=50,
+)
+
+
+# --------------------------------------------------------------------------- asset
+
+
+def _find_staging_item(session: Session, site: str, location: str, key: str) -> str:
+    package = _package(session, key)
+    loc = _location(session, site, location)
+    if not staging.has_active_job(session, package, loc):
+        # Files staged without a live job would be the next cleanup's first deletion.
+        raise Failure(
+            f"no active staging job to {site}/{location} includes {key}; create one with "
+            f"`ccat staging create --location {site}/{location} --package {key}`"
+        )
+    return f"{package.id}:{loc.id}"
+
+
+def build_staged_asset(
+    snapshot: TopologySnapshot, site: SiteView, location: str
+) -> AssetsDefinition:
+    s = site.short_name
+    lta_keys = [
+        asset_key(lta_site.short_name, lta.name, RAW_DATA_PACKAGE)
+        for lta_site in snapshot.lta_sites
+        for lta in lta_site.of_type(LocationType.LONG_TERM_ARCHIVE)
+    ]
+
+    @asset(
+        key=asset_key(s, location, STAGED_RAW_DATA_PACKAGE),
+        partitions_def=raw_data_packages,
+        deps=[AssetDep(k) for k in lta_keys],
+        group_name=s,
+        description=(
+            f"RawDataPackages staged (unpacked, files PRESENT, package copy STAGED) at the "
+            f"PROCESSING location {s}/{location} for active StagingJobs."
+        ),
+        pool=f"{s}_{location}_{OperationType.STAGING.value}",
+        kinds={"ccat"},
+        tags={"ccat/site": s, "ccat/location": location},
+    )
+    def _asset(
+        context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
+    ) -> MaterializeResult:
+        return _materialize_one(context, STAGE, _find_staging_item, s, location, ops_db, storage)
+
+    return _asset
+
+
+# --------------------------------------------------------------------------- create job
+
+
+class CreateStagingJobConfig(Config):
+    """A staging request: ``location`` (a PROCESSING location of this site, ``name`` or
+    ``site/name``) and ``packages`` and/or ``obs_units`` (names, or obs-unit ids)."""
+
+    location: str
+    packages: list[str] = []
+    obs_units: list[str] = []
+    retention_days: float | None = None
+    requested_by: str | None = None
+
+
+def create_staging_job_name(site: SiteView) -> str:
+    return f"{site.short_name}_create_staging_job"
+
+
+def build_create_staging_job(site: SiteView) -> JobDefinition:
+    s = site.short_name
+
+    @op(
+        name=f"{s}_create_staging_job_op",
+        out=Out(int),
+        description="Validate a staging request and create the StagingJob (as the CLI does).",
+        tags={"ccat/site": s},
+    )
+    def create_op(
+        context: OpExecutionContext, config: CreateStagingJobConfig, ops_db: OpsDbResource
+    ) -> int:
+        name = config.location if "/" in config.location else f"{s}/{config.location}"
+        with ops_db.session() as session:
+            try:
+                location = staging.resolve_processing_location(session, name)
+                if location.site.short_name != s:
+                    raise staging.StagingError(
+                        f"{name} belongs to site {location.site.short_name}; launch "
+                        f"{location.site.short_name}_create_staging_job there instead"
+                    )
+                created = staging.create_staging_job(
+                    session,
+                    location=location,
+                    packages=config.packages,
+                    obs_units=config.obs_units,
+                    retention_days=config.retention_days,
+                    requested_by=config.requested_by,
+                    run_id=context.run_id,
+                )
+            except staging.StagingError as exc:
+                raise Failure(description=str(exc), allow_retries=False) from None
+            context.log.info(
+                f"staging job {created.id}: {len(created.raw_data_packages)} package(s) to "
+                f"{location.qualified_name}; the {s}_staging_sensor stages them"
+            )
+            return created.id
+
+    @job(
+        name=create_staging_job_name(site),
+        description=(
+            f"Create a StagingJob at {s}: `dagster job launch -j {create_staging_job_name(site)} "
+            f'-w workspace.yaml -l {s} --config-json \'{{"ops": {{"{s}_create_staging_job_op"'
+            ': {"config": {"location": "...", "packages": ["..."]}}}}\''
+        ),
+        tags={"ccat/site": s, "ccat/stage": "staging"},
+    )
+    def create_job() -> None:
+        create_op()
+
+    return create_job
+
+
+def build_site_staging(
+    snapshot: TopologySnapshot, site: SiteView
+) -> tuple[list[AssetsDefinition], list[JobDefinition], list[SensorDefinition]]:
+    """(assets, jobs, sensors) of staging at ``site``; empty without a PROCESSING location."""
+    if not STAGE.applies(site):
+        return [], [], []
+    stage_job = build_stage_job(site, STAGE)
+    assets = [
+        build_staged_asset(snapshot, site, loc.name)
+        for loc in site.of_type(LocationType.PROCESSING)
+    ]
+    return (
+        assets,
+        [stage_job, build_create_staging_job(site)],
+        [build_stage_sensor(site, STAGE, stage_job)],
+    )

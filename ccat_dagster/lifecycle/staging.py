@@ -1,0 +1,840 @@
+"""Staging for processing: scientists' StagingJobs bring archived RawDataPackages to a PROCESSING
+location, unpacked, and say when they are done with them (seeds: Staging and STAGED Status,
+Processing Location Cleanup, Recovery from LTA).
+
+A job names a PROCESSING location and packages (directly or by ExecutedObsUnit); it is accepted
+only when every package has a PRESENT, verified copy in a LONG_TERM_ARCHIVE, and nothing is
+written otherwise. Staging one package at one location streams its tar from the nearest such
+archive (same site first, then any) straight into ``unpack_package`` at the location root, each
+member verified against the manifest and the ops DB; every file gets a PRESENT
+RawDataFilePhysicalCopy there and the package copy there becomes STAGED (no tar is kept: it was
+never written). A package counts as staged at a location only when its copy there is STAGED,
+every file copy there is PRESENT *and* every file is on disk with its recorded size; the check
+runs for every job that references the package, so a new job restores files deleted by mistake
+(and revives DELETED copies) instead of trusting the catalogue, and otherwise shares the files
+without fetching anything. ``complete_staging_job`` sets ``active=False``; the deletion rules
+(:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no live job (active,
+retention not over, counted from ``completed_at`` else ``created_at``) uses it. No Dagster here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle.copies import upsert_copy
+from ccat_dagster.lifecycle.locations import LocationError, resolve_location
+from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
+from ccat_dagster.storage.base import Storage
+from ccat_dagster.storage.errors import (
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from ccat_dagster.storage.local import map_os_error
+from ccat_ops_db.audit import audit, audit_many
+from ccat_ops_db.models import (
+    DataLocation,
+    DiskDataLocation,
+    ExecutedObsUnit,
+    LocationType,
+    PhysicalCopyStatus,
+    RawDataFile,
+    RawDataFilePhysicalCopy,
+    RawDataPackage,
+    RawDataPackagePhysicalCopy,
+    Site,
+    StagingJob,
+    Status,
+    as_utc,
+    staging_job_raw_data_package,
+    utcnow,
+)
+
+StorageFor = Callable[[DataLocation], Storage]
+S = PhysicalCopyStatus
+MINUTES_PER_DAY = 24 * 60
+ENTITY = "staging_job"
+#: job statuses the staging stage still works on
+OPEN = (Status.PENDING, Status.IN_PROGRESS)
+#: copy statuses of a cleanup run deleting the copy right now: staging waits for it to finish
+CLAIMED = (S.DELETION_SCHEDULED, S.DELETION_IN_PROGRESS)
+_RETRY_PREFIX = "retry "
+
+
+class StagingError(ValueError):
+    """A staging request or command that cannot be carried out; nothing was changed."""
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def resolve_processing_location(session: Session, location: str | DataLocation) -> DataLocation:
+    """The active PROCESSING disk location ``site/name`` (or a unique ``name``), else
+    StagingError naming the valid ones."""
+    if isinstance(location, str):
+        try:
+            location = resolve_location(session, location)
+        except LocationError as exc:
+            raise StagingError(f"{exc}; staging needs a PROCESSING location") from None
+    where = f"{location.site.short_name}/{location.name}"
+    if location.location_type != LocationType.PROCESSING:
+        raise StagingError(
+            f"{where} is a {location.location_type.value} location, not PROCESSING; data is "
+            f"staged only to PROCESSING locations: {_processing_names(session)}"
+        )
+    if not (location.active and location.site.active):
+        raise StagingError(
+            f"PROCESSING location {where} is inactive; active ones: "
+            f"{_processing_names(session)} (activate it with `ccat topology apply`)"
+        )
+    if not isinstance(location, DiskDataLocation):
+        raise StagingError(
+            f"PROCESSING location {where} is {location.storage_type.value} storage; packages "
+            "are unpacked only onto disk"
+        )
+    return location
+
+
+def _processing_names(session: Session) -> str:
+    rows = session.execute(
+        sa.select(Site.short_name, DataLocation.name)
+        .join(Site, Site.id == DataLocation.site_id)
+        .where(
+            DataLocation.location_type == LocationType.PROCESSING,
+            DataLocation.active.is_(True),
+            Site.active.is_(True),
+        )
+        .order_by(Site.short_name, DataLocation.name)
+    ).all()
+    return ", ".join(f"{s}/{n}" for s, n in rows) or "(none: add one to the topology)"
+
+
+def _packages_by_name(session: Session, names: Sequence[str]) -> list[RawDataPackage]:
+    found = {
+        p.name: p
+        for p in session.scalars(sa.select(RawDataPackage).where(RawDataPackage.name.in_(names)))
+    }
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise StagingError(
+            f"unknown raw data package(s): {', '.join(unknown)}; package names are shown by "
+            "`ccat status` and in the Dagster UI (partitions of raw_data_packages)"
+        )
+    return [found[n] for n in names]
+
+
+def _obs_units(session: Session, refs: Sequence[str]) -> list[ExecutedObsUnit]:
+    """Obs units by name, or by numeric id when no unit has that name."""
+    out = []
+    unknown = []
+    for ref in refs:
+        unit = session.scalar(sa.select(ExecutedObsUnit).where(ExecutedObsUnit.name == ref))
+        if unit is None and ref.isdigit():
+            unit = session.get(ExecutedObsUnit, int(ref))
+        if unit is None:
+            unknown.append(ref)
+        else:
+            out.append(unit)
+    if unknown:
+        raise StagingError(f"unknown executed obs unit(s) (name or id): {', '.join(unknown)}")
+    return out
+
+
+def _packages_of_obs_units(
+    session: Session, units: Sequence[ExecutedObsUnit]
+) -> list[RawDataPackage]:
+    packages: list[RawDataPackage] = []
+    empty = []
+    for unit in units:
+        found = list(
+            session.scalars(
+                sa.select(RawDataPackage)
+                .where(RawDataPackage.executed_obs_unit_id == unit.id)
+                .order_by(RawDataPackage.name)
+            )
+        )
+        if not found:
+            empty.append(unit.name)
+        packages += found
+    if empty:
+        raise StagingError(
+            f"executed obs unit(s) {', '.join(empty)} have no RawDataPackage yet: their files "
+            "are not packaged, so nothing of them is archived to stage"
+        )
+    return packages
+
+
+def _verified_lta_copies(package_ids: Iterable[int]) -> sa.Select:
+    """(package id, LTA location) of every PRESENT, verified copy in an active LTA."""
+    return (
+        sa.select(RawDataPackagePhysicalCopy.raw_data_package_id, DataLocation)
+        .join(DataLocation, DataLocation.id == RawDataPackagePhysicalCopy.data_location_id)
+        .join(Site, Site.id == DataLocation.site_id)
+        .where(
+            RawDataPackagePhysicalCopy.raw_data_package_id.in_(list(package_ids)),
+            RawDataPackagePhysicalCopy.status == S.PRESENT,
+            RawDataPackagePhysicalCopy.verified_at.is_not(None),
+            DataLocation.location_type == LocationType.LONG_TERM_ARCHIVE,
+            DataLocation.active.is_(True),
+            Site.active.is_(True),
+        )
+    )
+
+
+def _require_archived(session: Session, packages: Sequence[RawDataPackage]) -> None:
+    archived = {pid for pid, _ in session.execute(_verified_lta_copies(p.id for p in packages))}
+    missing = [p for p in packages if p.id not in archived]
+    if missing:
+        names = ", ".join(f"{p.name} ({p.state.value})" for p in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise StagingError(
+            f"nothing archived yet for {len(missing)} of {len(packages)} requested package(s): "
+            f"{names}{more}; only packages with a verified copy in a LONG_TERM_ARCHIVE can be "
+            "staged. Wait until they are ARCHIVED (`ccat status`), or leave them out."
+        )
+
+
+def retention_minutes(
+    session: Session, location: DataLocation, retention_days: float | None
+) -> int:
+    """Retention of a new job: the requested days, else the location's override, else the
+    policy's ``retention_period_minutes`` (seeds: default retention for processing data)."""
+    if retention_days is None:
+        return location.retention_period_minutes or get_policy(session).retention_period_minutes
+    if retention_days <= 0:
+        raise StagingError(
+            f"--retention-days must be positive (got {retention_days}); it is how long the "
+            "staged files are kept after staging finished, even if the job stays active"
+        )
+    return max(1, round(retention_days * MINUTES_PER_DAY))
+
+
+def create_staging_job(
+    session: Session,
+    *,
+    location: str | DataLocation,
+    packages: Sequence[str] = (),
+    obs_units: Sequence[str] = (),
+    retention_days: float | None = None,
+    requested_by: str | None = None,
+    run_id: str | None = None,
+) -> StagingJob:
+    """Validate the request completely, then create the StagingJob (PENDING, active) and commit.
+
+    Raises StagingError, with nothing written, for an unknown package or obs unit, a location
+    that is not an active PROCESSING disk location, or a package without a verified LTA copy.
+    """
+    location = resolve_processing_location(session, location)
+    names = list(dict.fromkeys(packages))
+    refs = list(dict.fromkeys(str(u) for u in obs_units))
+    if not names and not refs:
+        raise StagingError("name at least one package (--package) or obs unit (--obs-unit)")
+    chosen = _packages_by_name(session, names) if names else []
+    if refs:
+        chosen += _packages_of_obs_units(session, _obs_units(session, refs))
+    chosen = list({p.id: p for p in chosen}.values())
+    _require_archived(session, chosen)
+    minutes = retention_minutes(session, location, retention_days)
+    job = StagingJob(
+        active=True,
+        status=Status.PENDING,
+        destination_location_id=location.id,
+        retention_period_minutes=minutes,
+        requested_by=requested_by,
+    )
+    job.raw_data_packages.extend(chosen)
+    session.add(job)
+    session.flush()
+    audit(
+        session,
+        entity_type=ENTITY,
+        entity_id=job.id,
+        new_status=Status.PENDING,
+        reason=(
+            f"staging {len(chosen)} package(s) to {location.qualified_name} requested"
+            + (f" by {requested_by}" if requested_by else "")
+        ),
+        data_location_id=location.id,
+        run_id=run_id,
+        evidence={
+            "packages": [p.name for p in chosen][:1000],
+            "obs_units": refs,
+            "retention_period_minutes": minutes,
+        },
+    )
+    session.commit()
+    return job
+
+
+def get_staging_job(session: Session, job_id: int) -> StagingJob:
+    job = session.get(StagingJob, job_id)
+    if job is None:
+        raise StagingError(f"there is no staging job {job_id}; `ccat staging list` shows them")
+    return job
+
+
+def complete_staging_job(
+    session: Session, job_id: int, *, run_id: str | None = None
+) -> tuple[StagingJob, bool]:
+    """The scientist is done: ``active=False`` (audited) and commit. Returns (job, changed);
+    completing an inactive job again changes nothing. Its files are deleted by the next cleanup
+    of the site once no other live job uses their packages."""
+    job = get_staging_job(session, job_id)
+    if not job.active:
+        return job, False
+    job.active = False
+    audit(
+        session,
+        entity_type=ENTITY,
+        entity_id=job.id,
+        old_status="ACTIVE",
+        new_status="INACTIVE",
+        reason=(
+            f"completed (status was {job.status.value}): its staged files may be deleted once "
+            "no other live staging job uses them"
+        ),
+        data_location_id=job.destination_location_id,
+        run_id=run_id,
+    )
+    session.commit()
+    return job, True
+
+
+def list_staging_jobs(
+    session: Session, *, active_only: bool = False, location: DataLocation | None = None
+) -> list[StagingJob]:
+    query = sa.select(StagingJob).order_by(StagingJob.id)
+    if active_only:
+        query = query.where(StagingJob.active.is_(True))
+    if location is not None:
+        query = query.where(StagingJob.destination_location_id == location.id)
+    return list(session.scalars(query))
+
+
+def retention_ends_at(job: StagingJob) -> datetime | None:
+    """When the job stops protecting its files (the deletion rules' clock), None = never."""
+    if job.retention_period_minutes is None:
+        return None
+    start = as_utc(job.completed_at or job.created_at)
+    return start + timedelta(minutes=job.retention_period_minutes)
+
+
+# --------------------------------------------------------------------------- ready work
+
+
+def _claimed_at_location():
+    """EXISTS a copy of the package (its tar or one of its files) at the location that a
+    cleanup run has claimed: staging waits until that deletion has finished."""
+    pc = RawDataFilePhysicalCopy.__table__.alias("claimed_copy")
+    rdf = RawDataFile.__table__.alias("claimed_file")
+    sjp = staging_job_raw_data_package
+    sj = StagingJob.__table__
+    return (
+        sa.exists()
+        .where(
+            pc.c.data_location_id == sj.c.destination_location_id,
+            pc.c.status.in_(CLAIMED),
+            sa.or_(
+                pc.c.raw_data_package_id == sjp.c.raw_data_package_id,
+                sa.and_(
+                    pc.c.raw_data_file_id == rdf.c.id,
+                    rdf.c.raw_data_package_id == sjp.c.raw_data_package_id,
+                ),
+            ),
+        )
+        .correlate_except(pc, rdf)
+    )
+
+
+def staging_candidates(session: Session, site: Site) -> list[tuple[int, int]]:
+    """(package id, PROCESSING location id) that an open, active job at one of ``site``'s
+    PROCESSING locations wants, oldest job first; every one is checked (and restored if
+    needed) by :func:`stage_raw_data_package`, even if the catalogue says it is staged."""
+    sj = StagingJob.__table__
+    sjp = staging_job_raw_data_package
+    dl = DataLocation.__table__
+    rows = session.execute(
+        sa.select(sjp.c.raw_data_package_id, sj.c.destination_location_id, sa.func.min(sj.c.id))
+        .select_from(sj.join(sjp, sjp.c.staging_job_id == sj.c.id))
+        .join(dl, dl.c.id == sj.c.destination_location_id)
+        .where(
+            sj.c.active.is_(True),
+            sj.c.status.in_(OPEN),
+            dl.c.site_id == site.id,
+            dl.c.location_type == LocationType.PROCESSING,
+            dl.c.active.is_(True),
+            ~_claimed_at_location(),
+        )
+        .group_by(sjp.c.raw_data_package_id, sj.c.destination_location_id)
+        .order_by(sa.func.min(sj.c.id), sjp.c.raw_data_package_id)
+    ).all()
+    return [(pid, lid) for pid, lid, _ in rows]
+
+
+def open_jobs_for(session: Session, package: RawDataPackage, location: DataLocation):
+    """The active, open jobs to ``location`` that include ``package``."""
+    return list(
+        session.scalars(
+            sa.select(StagingJob)
+            .join(
+                staging_job_raw_data_package,
+                staging_job_raw_data_package.c.staging_job_id == StagingJob.id,
+            )
+            .where(
+                staging_job_raw_data_package.c.raw_data_package_id == package.id,
+                StagingJob.destination_location_id == location.id,
+                StagingJob.active.is_(True),
+                StagingJob.status.in_(OPEN),
+            )
+            .order_by(StagingJob.id)
+        )
+    )
+
+
+def has_active_job(session: Session, package: RawDataPackage, location: DataLocation) -> bool:
+    """Is there an active job (any status) to ``location`` that includes ``package``?"""
+    return (
+        session.scalar(
+            sa.select(sa.func.count())
+            .select_from(StagingJob)
+            .join(
+                staging_job_raw_data_package,
+                staging_job_raw_data_package.c.staging_job_id == StagingJob.id,
+            )
+            .where(
+                staging_job_raw_data_package.c.raw_data_package_id == package.id,
+                StagingJob.destination_location_id == location.id,
+                StagingJob.active.is_(True),
+            )
+        )
+        > 0
+    )
+
+
+# --------------------------------------------------------------------------- staging one package
+
+
+@dataclass(frozen=True)
+class StagedState:
+    """What the catalogue and the disk say about one package at one PROCESSING location."""
+
+    package_copy: PhysicalCopyStatus | None
+    file_copies: dict[int, PhysicalCopyStatus]  # raw data file id -> copy status there
+    missing_on_disk: tuple[str, ...]  # relative paths absent or of the wrong size
+
+    def intact(self, files: Sequence[RawDataFile]) -> bool:
+        return (
+            self.package_copy == S.STAGED
+            and all(self.file_copies.get(f.id) == S.PRESENT for f in files)
+            and not self.missing_on_disk
+        )
+
+    @property
+    def claimed(self) -> bool:
+        return self.package_copy in CLAIMED or any(s in CLAIMED for s in self.file_copies.values())
+
+
+def _files(session: Session, package: RawDataPackage) -> list[RawDataFile]:
+    return list(
+        session.scalars(
+            sa.select(RawDataFile)
+            .where(RawDataFile.raw_data_package_id == package.id)
+            .order_by(RawDataFile.relative_path)
+        )
+    )
+
+
+def staged_state(
+    session: Session,
+    package: RawDataPackage,
+    location: DataLocation,
+    files: Sequence[RawDataFile],
+    storage: Storage,
+) -> StagedState:
+    package_copy = session.scalar(
+        sa.select(RawDataPackagePhysicalCopy.status).where(
+            RawDataPackagePhysicalCopy.raw_data_package_id == package.id,
+            RawDataPackagePhysicalCopy.data_location_id == location.id,
+        )
+    )
+    file_copies = dict(
+        session.execute(
+            sa.select(RawDataFilePhysicalCopy.raw_data_file_id, RawDataFilePhysicalCopy.status)
+            .join(RawDataFile, RawDataFile.id == RawDataFilePhysicalCopy.raw_data_file_id)
+            .where(
+                RawDataFile.raw_data_package_id == package.id,
+                RawDataFilePhysicalCopy.data_location_id == location.id,
+            )
+        ).all()
+    )
+    missing = []
+    for f in files:
+        st = storage.stat(f.relative_path)
+        if not st.exists or st.size != f.size:
+            missing.append(f.relative_path)
+    return StagedState(package_copy, file_copies, tuple(missing))
+
+
+def lta_sources(
+    session: Session, package: RawDataPackage, location: DataLocation
+) -> list[DataLocation]:
+    """LONG_TERM_ARCHIVE locations holding a PRESENT, verified copy of ``package``: those at
+    ``location``'s site first, then the others (by site, then location priority)."""
+    rows = [lta for _, lta in session.execute(_verified_lta_copies([package.id]))]
+    return sorted(
+        rows, key=lambda lta: (lta.site_id != location.site_id, lta.site_id, lta.priority, lta.id)
+    )
+
+
+class _CountingReader:
+    """Counts the bytes read from the archive stream (for the materialization's metadata)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.size += len(data)
+        return data
+
+
+def _processing_root(location: DataLocation) -> Path:
+    if not isinstance(location, DiskDataLocation):
+        raise PermanentStorageError(
+            f"{location.qualified_name} is not a disk location; packages are staged only onto "
+            "disk PROCESSING locations"
+        )
+    return Path(location.path)
+
+
+def _set_jobs(
+    session: Session, jobs: Sequence[StagingJob], status: Status, reason: str, run_id: str | None
+) -> None:
+    for job in jobs:
+        if job.status == status:
+            continue
+        audit(
+            session,
+            entity_type=ENTITY,
+            entity_id=job.id,
+            old_status=job.status,
+            new_status=status,
+            reason=reason,
+            data_location_id=job.destination_location_id,
+            run_id=run_id,
+        )
+        job.status = status
+        if status == Status.COMPLETED:
+            job.completed_at = utcnow()
+            job.failure_reason = None
+
+
+def _unpack_from(
+    session: Session,
+    package: RawDataPackage,
+    location: DataLocation,
+    files: Sequence[RawDataFile],
+    sources: Sequence[DataLocation],
+    storage_for: StorageFor,
+) -> tuple[DataLocation, int]:
+    """Stream the package from the first source that works and unpack it; returns (source,
+    bytes read). Every source is tried; transient trouble everywhere is re-raised as transient."""
+    expected = {
+        f.relative_path: ExpectedMember(
+            size=f.size, checksum=f.checksum, algorithm=f.checksum_algorithm
+        )
+        for f in files
+    }
+    root = _processing_root(location)
+    errors: list[StorageError] = []
+    for lta in sources:
+        try:
+            with storage_for(lta).open_read(package.relative_path) as stream:
+                reader = _CountingReader(stream)
+                unpack_package(
+                    reader, root, expected=expected, kind=RAW_DATA_PACKAGE, name=package.name
+                )
+            return lta, reader.size
+        except StorageError as exc:
+            errors.append(exc)
+        except OSError as exc:  # writing at the PROCESSING location: another LTA will not help
+            raise map_os_error(
+                exc, location=location.qualified_name, key=None, reading=False
+            ) from exc
+    detail = "; ".join(f"{lta.qualified_name}: {e}" for lta, e in zip(sources, errors, strict=True))
+    if any(isinstance(e, TransientStorageError) for e in errors):
+        raise TransientStorageError(f"cannot stage {package.name} now: {detail}")
+    raise PermanentStorageError(
+        f"no long-term archive copy of {package.name} could be staged to "
+        f"{location.qualified_name}: {detail}"
+    )
+
+
+def staging_retry_count(session: Session, job: StagingJob) -> int:
+    """Failed attempts of ``job`` so far (kept in the audit log: StagingJob has no counter)."""
+    from ccat_ops_db.models import AuditLog
+
+    return session.scalar(
+        sa.select(sa.func.count())
+        .select_from(AuditLog)
+        .where(
+            AuditLog.entity_type == ENTITY,
+            AuditLog.entity_id == job.id,
+            AuditLog.reason.like(f"{_RETRY_PREFIX}%"),
+        )
+    )
+
+
+class _JobAttempts:
+    """A StagingJob as :func:`handle_failure` sees an operation, its retry count from the audit
+    log; status and reason go straight to the job row."""
+
+    def __init__(self, session: Session, job: StagingJob) -> None:
+        self._job = job
+        self.id = job.id
+        self.retry_count = staging_retry_count(session, job)
+
+    @property
+    def status(self) -> Status:
+        return self._job.status
+
+    @status.setter
+    def status(self, value: Status) -> None:
+        self._job.status = value
+
+    @property
+    def failure_reason(self) -> str | None:
+        return self._job.failure_reason
+
+    @failure_reason.setter
+    def failure_reason(self, value: str | None) -> None:
+        self._job.failure_reason = value
+
+
+def _staging_failed(
+    session: Session,
+    package: RawDataPackage,
+    location: DataLocation,
+    jobs: Sequence[StagingJob],
+    exc: BaseException,
+    run_id: str | None,
+) -> StageOutcome:
+    """Every open job wanting the package goes back to PENDING for another attempt, or FAILED
+    with the reason after the policy's max_retries."""
+    max_retries = get_policy(session).max_retries
+    permanent = True
+    reason = f"{package.name} -> {location.qualified_name}: {exc}"
+    for job in jobs:
+        permanent &= handle_failure(
+            session,
+            _JobAttempts(session, job),
+            reason,
+            max_retries=max_retries,
+            entity_type=ENTITY,
+            run_id=run_id,
+        )
+    session.commit()
+    return StageOutcome(package.name, ok=False, error=str(exc), permanent=permanent)
+
+
+def stage_raw_data_package(
+    session: Session,
+    package: RawDataPackage,
+    location: DataLocation,
+    *,
+    storage_for: StorageFor,
+    run_id: str | None = None,
+) -> StageOutcome:
+    """Make ``package`` staged and intact at the PROCESSING ``location`` for its open jobs.
+
+    Already intact (catalogue and disk): nothing is fetched (the files are shared). Otherwise
+    the package is streamed from the nearest verified LTA copy into the location root and
+    verified; files already there with identical content are kept, missing ones restored, and a
+    different file in the way stops it (nothing is overwritten). Then the copies are recorded
+    and every open job whose packages are all intact there becomes COMPLETED.
+    """
+    files = _files(session, package)
+    jobs = open_jobs_for(session, package, location)
+    target = storage_for(location)
+    state = staged_state(session, package, location, files, target)
+    if state.claimed:
+        return StageOutcome(
+            package.name,
+            ok=False,
+            error=(
+                f"a cleanup run is deleting copies of {package.name} at "
+                f"{location.qualified_name}; staging retries after it finished"
+            ),
+        )
+    if state.intact(files):
+        _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
+        session.commit()
+        return StageOutcome(
+            package.name,
+            ok=True,
+            skipped=True,
+            metadata={"note": f"already staged at {location.qualified_name}; files shared"},
+        )
+    _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
+    session.commit()
+    sources = lta_sources(session, package, location)
+    if not sources:
+        return _staging_failed(
+            session,
+            package,
+            location,
+            jobs,
+            PermanentStorageError("no PRESENT, verified copy in any LONG_TERM_ARCHIVE"),
+            run_id,
+        )
+    try:
+        with stopwatch() as watch:
+            source, bytes_read = _unpack_from(
+                session, package, location, files, sources, storage_for
+            )
+    except TransientStorageError:
+        session.commit()
+        raise
+    except PermanentStorageError as exc:
+        return _staging_failed(session, package, location, jobs, exc, run_id)
+    missing = set(state.missing_on_disk)
+    _record_staged(session, package, location, files, state, source, run_id)
+    _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
+    session.commit()
+    return StageOutcome(
+        package.name,
+        ok=True,
+        metadata=transfer_metadata(
+            name=package.name,
+            size=package.size,
+            checksum=package.checksum,
+            algorithm=package.checksum_algorithm,
+            source=source.qualified_name,
+            destination=location.qualified_name,
+            seconds=watch.seconds,
+            file_count=len(files),
+            files_bytes=sum(f.size for f in files),
+            bytes_read=bytes_read,
+            files_written=len(state.missing_on_disk),
+            files_restored=sum(
+                1 for f in files if f.relative_path in missing and f.id in state.file_copies
+            ),
+            staging_jobs=", ".join(str(j.id) for j in jobs) or "none open",
+        ),
+    )
+
+
+def _record_staged(
+    session: Session,
+    package: RawDataPackage,
+    location: DataLocation,
+    files: Sequence[RawDataFile],
+    before: StagedState,
+    source: DataLocation,
+    run_id: str | None,
+) -> None:
+    now = utcnow()
+    reason = (
+        f"staged from {source.qualified_name} for processing, verified against the manifest "
+        "and the ops DB"
+    )
+    missing = set(before.missing_on_disk)
+    # Copies the catalogue had as PRESENT whose file was gone: upsert_copy sees no status
+    # change there, so the restore is recorded separately.
+    restored = [
+        f for f in files if f.relative_path in missing and before.file_copies.get(f.id) == S.PRESENT
+    ]
+    copies = {
+        f.id: upsert_copy(
+            session,
+            RawDataFilePhysicalCopy,
+            "raw_data_file_id",
+            f.id,
+            location,
+            size=f.size,
+            checksum=f.checksum,
+            algorithm=f.checksum_algorithm,
+            reason=reason,
+            verified_at=now,
+            run_id=run_id,
+        )
+        for f in files
+    }
+    audit_many(
+        session,
+        [
+            {
+                "entity_type": "physical_copy",
+                "entity_id": copies[f.id].id,
+                "data_location_id": location.id,
+                "old_status": S.PRESENT,
+                "new_status": S.PRESENT,
+                "reason": f"restored from {source.qualified_name}: the file was missing on disk",
+                "run_id": run_id,
+                "evidence": {"key": f.relative_path},
+            }
+            for f in restored
+        ],
+    )
+    upsert_copy(
+        session,
+        RawDataPackagePhysicalCopy,
+        "raw_data_package_id",
+        package.id,
+        location,
+        size=package.size,
+        checksum=package.checksum,
+        algorithm=package.checksum_algorithm,
+        status=S.STAGED,
+        reason=(
+            f"unpacked at {location.qualified_name} from a stream of {source.qualified_name}; "
+            "no package archive is kept there"
+        ),
+        verified_at=now,
+        run_id=run_id,
+    )
+
+
+def _complete_jobs(
+    session: Session,
+    location: DataLocation,
+    jobs: Sequence[StagingJob],
+    storage: Storage,
+    *,
+    run_id: str | None,
+    just_checked: int,
+) -> None:
+    """COMPLETED for every job whose packages are all intact at ``location`` (catalogue, then
+    disk; ``just_checked`` is the package this call has just made intact)."""
+    cache: dict[int, bool] = {just_checked: True}
+    for job in jobs:
+        ok = True
+        for package in job.raw_data_packages:
+            if package.id not in cache:
+                files = _files(session, package)
+                cache[package.id] = staged_state(session, package, location, files, storage).intact(
+                    files
+                )
+            if not cache[package.id]:
+                ok = False
+                break
+        if ok:
+            _set_jobs(
+                session,
+                [job],
+                Status.COMPLETED,
+                f"all {len(job.raw_data_packages)} package(s) staged and intact at "
+                f"{location.qualified_name}",
+                run_id,
+            )
