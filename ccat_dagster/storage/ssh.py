@@ -1,9 +1,11 @@
-"""Storage on a remote disk reached over SSH (paramiko). Metadata goes through SFTP (stat,
-listdir, remove, posix_rename, mkdir); bytes go through exec channels running ``cat`` because
-paramiko's SFTP reads are pathologically slow (docs/performance.md). Writes land in a temporary
-name beside the destination, are size-checked and fsynced, then renamed into place, so a dropped
-connection never leaves a partial file under the destination name. Every remote command is built
-with ``shlex.quote`` and needs a POSIX login shell on the server.
+"""Storage on a remote disk reached over SSH. Metadata goes through paramiko's SFTP (stat,
+listdir, remove, posix_rename, mkdir) and short exec commands (checksum, df, sync); bulk bytes go
+through OpenSSH ``ssh`` subprocesses running ``cat`` on a shared master connection
+(``ssh_subprocess``), about twice paramiko's throughput, or, without an ``ssh`` client, through
+paramiko (exec-channel ``cat`` for reads, pipelined SFTP for writes); ``bulk_transport`` says
+which. Writes land in a temporary name beside the destination, are size-checked and fsynced, then
+renamed into place, so a dropped connection never leaves a partial file under the destination
+name. Every remote command is built with ``shlex.quote`` and needs a POSIX shell on the server.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import os
 import posixpath
 import re
 import shlex
@@ -42,6 +45,14 @@ from ccat_dagster.storage.ssh_connection import (
     SSHConnection,
     resolve_connection_key,
 )
+from ccat_dagster.storage.ssh_subprocess import (
+    OPENSSH,
+    OpenSSHProcess,
+    choose_bulk_transport,
+    classify_exit,
+    is_broken_pipe,
+    wait_fd,
+)
 from ccat_ops_db.checksum import DEFAULT_ALGORITHM, checksum_stream
 
 log = logging.getLogger(__name__)
@@ -51,6 +62,8 @@ log = logging.getLogger(__name__)
 DATA_TIMEOUT = 120.0
 SFTP_WRITE_REQUEST_SIZE = 240 * 1024
 RECV_ALL = 1 << 30  # larger than any channel window
+READ_BUFFER_SIZE = 1 << 20  # the pipe size of the OpenSSH path
+PIPE_CHUNK = 1 << 20
 # Remote tools whose hex output equals hashlib's hexdigest for the same algorithm name.
 REMOTE_HASH_TOOLS = {
     "md5": "md5sum",
@@ -126,6 +139,10 @@ class SSHStorage(Storage):
         self.root = posixpath.normpath(root)
         self._connection_key = resolve_connection_key(host, port, user, key_filename, known_hosts)
         self._connection: SSHConnection | None = None
+        #: how bulk bytes move: "openssh" (ssh subprocesses) or "paramiko" (no ssh client
+        #: installed, or $CCAT_SSH_BULK_TRANSPORT=paramiko); may be set before use (tests)
+        self.bulk_transport = choose_bulk_transport()
+        log.info("%s: bulk SSH transfers through %s", name, self.bulk_transport)
 
     def __repr__(self) -> str:
         k = self._connection_key
@@ -198,6 +215,13 @@ class SSHStorage(Storage):
                 location=self.name,
                 key=key,
             )
+        return self._remote_command_error(status, stderr, key, action)
+
+    def _remote_command_error(
+        self, status: int, stderr: str, key: str | None, action: str
+    ) -> StorageError:
+        """A remote command that ran and failed: its stderr says whether a retry can help."""
+        where = f"{action} on {self._connection_key.host}:{self._connection_key.port}"
         detail = stderr.strip()[-500:]
         for text, reason in _PERMANENT_STDERR:
             if text in stderr:
@@ -215,6 +239,17 @@ class SSHStorage(Storage):
             location=self.name,
             key=key,
         )
+
+    def _ssh_process_error(self, process: OpenSSHProcess, key: str | None, action: str):
+        """The error of an ``ssh`` run that exited non-zero (the process has exited)."""
+        status, stderr = process.popen.returncode, process.stderr_text()
+        where = f"{action} on {self._connection_key.host}:{self._connection_key.port}"
+        error = classify_exit(status, stderr, where=where, location=self.name, key=key)
+        if error is None:
+            return self._remote_command_error(status, stderr, key, action)
+        if isinstance(error, TransientStorageError):
+            self.connection.openssh().reset_master()  # the next transfer connects afresh
+        return error
 
     def _exec(self, command: str) -> paramiko.Channel:
         channel = self.connection.open_channel(DATA_TIMEOUT)
@@ -309,9 +344,17 @@ class SSHStorage(Storage):
             raise PermanentStorageError(
                 f"{path} not found on {self._connection_key.host}", location=self.name, key=key
             )
-        with self._errors(key, "read"):
-            channel = self._exec(f"cat -- {shlex.quote(path)}")
-        reader = _CatReader(self, channel, key, info.size or 0)
+        command = f"cat -- {shlex.quote(path)}"
+        if self.bulk_transport == OPENSSH:
+            with self._errors(key, "read"):
+                process = self.connection.openssh().start(command, write=False)
+            raw = _ProcessReader(self, process, key, info.size or 0)
+            # Fills every read(n) (as _CatReader does) straight from the pipe into the result.
+            reader: io.IOBase = io.BufferedReader(raw, buffer_size=READ_BUFFER_SIZE)
+        else:
+            with self._errors(key, "read"):
+                channel = self._exec(command)
+            reader = _CatReader(self, channel, key, info.size or 0)
         try:
             yield reader  # type: ignore[misc]
         finally:
@@ -319,12 +362,66 @@ class SSHStorage(Storage):
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
-        """Push through pipelined SFTP writes (faster than ``cat >`` on the server, see
-        docs/performance.md) into a temporary name in the destination directory; on a clean
-        exit check its size, fsync it and rename it into place."""
+        """Push into a temporary name in the destination directory; on a clean exit check its
+        size, fsync it and rename it into place."""
         path = self._path(key)
         temp = temp_path_for(path)
         self._makedirs(posixpath.dirname(path), key)
+        if self.bulk_transport == OPENSSH:
+            with self._write_openssh(key, path, temp) as writer:
+                yield writer
+            return
+        with self._write_sftp(key, path, temp) as writer:
+            yield writer
+
+    def _commit(
+        self, sftp: paramiko.SFTPClient | None, key: str, path: str, temp: str, sent: int
+    ) -> None:
+        """Size check, fsync, rename: the temporary file becomes the object. ``sftp`` is a
+        session of the caller's own, or None for the shared one."""
+
+        def call(operation):  # noqa: ANN001, ANN202
+            with self._errors(key, "write"):
+                if sftp is not None:
+                    return operation(sftp)
+                with self.connection.sftp_lock:
+                    return operation(self.connection.sftp())
+
+        size = call(lambda session: session.stat(temp).st_size)
+        if size != sent:
+            raise TransientStorageError(
+                f"remote temporary file {temp} holds {size} bytes, {sent} sent",
+                location=self.name,
+                key=key,
+            )
+        # fsync before the rename: after a crash the destination never holds a short file.
+        status, _, err = self._run(f"sync -- {shlex.quote(temp)}", key, "write")
+        if status != 0:
+            raise self._command_error(status, err, key, "write")
+        call(lambda session: session.posix_rename(temp, path))
+
+    @contextmanager
+    def _write_openssh(self, key: str, path: str, temp: str) -> Iterator[BinaryIO]:
+        """``ssh host 'cat > temp'`` fed through a pipe (the OpenSSH client encrypts)."""
+        with self._errors(key, "write"):
+            process = self.connection.openssh().start(f"cat > {shlex.quote(temp)}", write=True)
+        writer = _ProcessWriter(self, process, key)
+        committed = False
+        try:
+            yield writer  # type: ignore[misc]
+            writer.finish()  # EOF to the remote cat; raises unless it wrote everything
+            self._commit(None, key, path, temp, writer.size)
+            committed = True
+        finally:
+            if not committed:
+                # Let the remote cat end before removing its file, so that it cannot create
+                # the file after the removal.
+                writer.abort()
+                self._remove_quietly(temp)
+
+    @contextmanager
+    def _write_sftp(self, key: str, path: str, temp: str) -> Iterator[BinaryIO]:
+        """Pipelined SFTP writes through paramiko (faster than paramiko's ``cat >``)."""
         # A session of its own: a long upload must not hold the shared SFTP session, and
         # paramiko's SFTPClient is not safe to share between threads.
         with self._errors(key, "write"):
@@ -342,19 +439,7 @@ class SSHStorage(Storage):
                 yield writer  # type: ignore[misc]
                 with self._errors(key, "write"):
                     handle.close()  # waits for the acknowledgement of every write
-                    size = sftp.stat(temp).st_size
-                if size != writer.size:
-                    raise TransientStorageError(
-                        f"remote temporary file {temp} holds {size} bytes, {writer.size} sent",
-                        location=self.name,
-                        key=key,
-                    )
-                # fsync before the rename: after a crash the destination never holds a short file.
-                status, _, err = self._run(f"sync -- {shlex.quote(temp)}", key, "write")
-                if status != 0:
-                    raise self._command_error(status, err, key, "write")
-                with self._errors(key, "write"):
-                    sftp.posix_rename(temp, path)
+                self._commit(sftp, key, path, temp, writer.size)
                 committed = True
             finally:
                 if not committed:
@@ -527,6 +612,141 @@ class _CatReader(io.RawIOBase):
         if not self.closed:
             self._channel.close()
         super().close()
+
+
+class _ProcessReader(io.RawIOBase):
+    """The stdout of ``ssh host cat``; raises at EOF unless the run succeeded and every byte
+    arrived, and after DATA_TIMEOUT seconds without a byte."""
+
+    def __init__(self, storage: SSHStorage, process: OpenSSHProcess, key: str, size: int):
+        super().__init__()
+        self._storage = storage
+        self._process = process
+        self._key = key
+        self._expected = size
+        self.size = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - memoryview/bytearray
+        if self._done:
+            return 0
+        fd = self._process.fd
+        if not wait_fd(fd, write=False, timeout=DATA_TIMEOUT):
+            self._process.stop()
+            self._storage.connection.openssh().reset_master()
+            raise TransientStorageError(
+                f"read stalled: no byte for {DATA_TIMEOUT:.0f} s",
+                location=self._storage.name,
+                key=self._key,
+            )
+        n = os.readv(fd, [buffer])
+        if n:
+            self.size += n
+            return n
+        self._done = True
+        self._finish()
+        return 0
+
+    def _finish(self) -> None:
+        process = self._process
+        process.close_fd()
+        status = process.wait(DATA_TIMEOUT)
+        try:
+            if status != 0:
+                raise self._storage._ssh_process_error(process, self._key, "read")
+        finally:
+            process.finish()
+        if self.size != self._expected:
+            raise TransientStorageError(
+                f"read {self.size} bytes, the object has {self._expected} (changed while read?)",
+                location=self._storage.name,
+                key=self._key,
+            )
+
+    def close(self) -> None:
+        if not self.closed and not self._done:
+            self._done = True
+            self._process.stop()  # abandoned before EOF
+        super().close()
+
+
+class _ProcessWriter(io.RawIOBase):
+    """The stdin of ``ssh host 'cat > temp'``; ``finish`` raises unless the run succeeded."""
+
+    def __init__(self, storage: SSHStorage, process: OpenSSHProcess, key: str):
+        super().__init__()
+        self._storage = storage
+        self._process = process
+        self._key = key
+        self.size = 0
+        self._ended = False
+        os.set_blocking(process.fd, False)  # so that a stalled server times out
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        view = memoryview(data).cast("B")
+        fd, sent = self._process.fd, 0
+        while sent < len(view):
+            if not wait_fd(fd, write=True, timeout=DATA_TIMEOUT):
+                self._fail_stalled()
+            try:
+                sent += os.write(fd, view[sent : sent + PIPE_CHUNK])
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if not is_broken_pipe(exc):
+                    raise
+                raise self._ended_early() from exc
+        self.size += sent
+        return sent
+
+    def _fail_stalled(self) -> None:
+        self.abort()
+        self._storage.connection.openssh().reset_master()
+        raise TransientStorageError(
+            f"write stalled: the server took no byte for {DATA_TIMEOUT:.0f} s",
+            location=self._storage.name,
+            key=self._key,
+        )
+
+    def _ended_early(self) -> StorageError:
+        """The ssh client went away mid-stream: its exit status and stderr say why."""
+        process = self._process
+        process.close_fd()
+        self._ended = True
+        status = process.wait(DATA_TIMEOUT)
+        if status == 0:
+            return TransientStorageError(
+                "the remote cat exited before the end of the stream",
+                location=self._storage.name,
+                key=self._key,
+            )
+        return self._storage._ssh_process_error(process, self._key, "write")
+
+    def finish(self) -> None:
+        """End of data: wait for the remote cat to write everything and exit."""
+        process = self._process
+        process.close_fd()
+        self._ended = True
+        status = process.wait(DATA_TIMEOUT)
+        if status != 0:
+            raise self._storage._ssh_process_error(process, self._key, "write")
+        process.finish()
+
+    def abort(self) -> None:
+        """Give up: EOF (so the remote cat ends and its file exists before it is removed),
+        wait a little, then kill the client."""
+        process = self._process
+        if not self._ended:
+            self._ended = True
+            process.close_fd()
+            process.wait(30.0)
+        process.stop()
 
 
 class _SFTPWriter(io.RawIOBase):

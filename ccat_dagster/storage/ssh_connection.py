@@ -6,6 +6,7 @@ dropped transport replaced on the next call.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import getpass
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import paramiko
 
 from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
+from ccat_dagster.storage.ssh_subprocess import OpenSSHClient
 
 KNOWN_HOSTS_ENV = "CCAT_SSH_KNOWN_HOSTS"
 KEY_FILE_ENV = "CCAT_SSH_KEY_FILE"
@@ -78,6 +80,8 @@ class SSHConnection:
         self._sftp: paramiko.SFTPClient | None = None
         self.refcount = 0
         self.connects = 0  # how many times a transport was built (observability, tests)
+        self._openssh: OpenSSHClient | None = None
+        self._known_hosts_files: list[str] = []
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -92,6 +96,7 @@ class SSHConnection:
                     location=self.location,
                 )
             host_keys.load(path)
+            self._known_hosts_files = [path]
             return host_keys, path
         # No file configured: the system and user files, still rejecting unknown hosts.
         used = []
@@ -100,6 +105,7 @@ class SSHConnection:
             if os.path.isfile(path):
                 host_keys.load(path)
                 used.append(path)
+        self._known_hosts_files = used
         return host_keys, " or ".join(used) or f"the file named by ${KNOWN_HOSTS_ENV}"
 
     def _load_private_key(self) -> paramiko.PKey:
@@ -246,6 +252,22 @@ class SSHConnection:
         channel.settimeout(timeout)
         return channel
 
+    def openssh(self) -> OpenSSHClient:
+        """The OpenSSH client for bulk bytes, checking host keys against the same known_hosts
+        files as the paramiko transport (connecting it first if needed)."""
+        self.transport()  # loads the key and known_hosts files and verifies the server
+        with self._lock:
+            if self._openssh is None:
+                self._openssh = OpenSSHClient(
+                    self.key.host,
+                    self.key.port,
+                    self.key.user,
+                    os.path.expanduser(self.key.key_filename or ""),
+                    self._known_hosts_files,
+                    self.location,
+                )
+            return self._openssh
+
     def is_active(self) -> bool:
         transport = self._transport
         return transport is not None and transport.is_active()
@@ -267,6 +289,9 @@ class SSHConnection:
     def close(self) -> None:
         with self._lock:
             self._close_locked()
+            openssh, self._openssh = self._openssh, None
+        if openssh is not None:
+            openssh.close()
 
 
 class ConnectionPool:
@@ -303,3 +328,5 @@ class ConnectionPool:
 
 
 POOL = ConnectionPool()
+# OpenSSH masters outlive this process by ControlPersist seconds unless told to exit.
+atexit.register(POOL.close_all)

@@ -1,6 +1,6 @@
 """SSHStorage against a real OpenSSH sshd on 127.0.0.1: bytes, atomicity, listing, disk usage,
-shell-safe paths and error classes. The server is local, so remote files are inspected directly
-on disk."""
+shell-safe paths and error classes, with bulk bytes through the OpenSSH client and through the
+paramiko fallback. The server is local, so remote files are inspected directly on disk."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ccat_dagster.storage.errors import (
     PermanentStorageError,
     TransientStorageError,
 )
-from ccat_dagster.storage.ssh import SSHStorage, is_temp_name
+from ccat_dagster.storage.ssh import SSHStorage, close_all_connections, is_temp_name
+from ccat_dagster.storage.ssh_subprocess import OpenSSHClient, classify_exit
 
 MiB = 1024 * 1024
 
@@ -29,11 +30,55 @@ def remote_root(tmp_path: Path) -> Path:
     return tmp_path / "remote root"  # a space in the root too
 
 
-@pytest.fixture
-def storage(sshd_server, remote_root: Path):
+@pytest.fixture(params=["openssh", "paramiko"])
+def storage(request, sshd_server, remote_root: Path):
+    """Bulk bytes through the OpenSSH client (the default here) and through paramiko."""
     storage = sshd_server.storage(remote_root, name="test/ssh_buffer")
+    storage.bulk_transport = request.param
     yield storage
     storage.close()
+
+
+@pytest.fixture
+def paramiko_storage(sshd_server, remote_root: Path):
+    storage = sshd_server.storage(remote_root, name="test/ssh_buffer")
+    storage.bulk_transport = "paramiko"
+    yield storage
+    storage.close()
+
+
+@pytest.fixture
+def openssh_storage(sshd_server, remote_root: Path):
+    storage = sshd_server.storage(remote_root, name="test/ssh_buffer")
+    assert storage.bulk_transport == "openssh"  # ssh is installed here and in the image
+    yield storage
+    storage.close()
+
+
+def unpooled_storage(sshd_server, tmp_path: Path, name: str) -> SSHStorage:
+    """A storage with an SSH connection of its own (its own copy of known_hosts makes a
+    different pool key), so that no other test holds its connection open."""
+    known_hosts = tmp_path / f"known_hosts-{name.replace('/', '_')}"
+    shutil.copy(sshd_server.known_hosts, known_hosts)
+    return SSHStorage(
+        name,
+        sshd_server.host,
+        sshd_server.port,
+        sshd_server.user,
+        str(tmp_path / "root"),
+        key_filename=sshd_server.key_file,
+        known_hosts=str(known_hosts),
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too (the master is not our child, but be exact)
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
 
 
 def files_under(root: Path) -> list[str]:
@@ -248,7 +293,10 @@ def test_connection_dropped_mid_write_leaves_no_file_and_is_transient(
     assert files_under(remote_root) == []  # the temporary file was removed after reconnecting
 
 
-def test_transport_closed_from_another_thread_mid_write_leaves_no_file(storage, remote_root):
+def test_transport_closed_from_another_thread_mid_write_leaves_no_file(
+    paramiko_storage, remote_root
+):
+    storage = paramiko_storage
     started = threading.Event()
 
     def close_transport():
@@ -308,3 +356,205 @@ def test_dropped_connection_is_replaced_on_next_call(sshd_server, storage):
 
     assert not storage.stat("x").exists
     assert storage.connection.connects == before + 1
+
+
+def test_openssh_master_killed_mid_write_leaves_no_file(openssh_storage, remote_root):
+    storage = openssh_storage
+    with pytest.raises(TransientStorageError), storage.open_write("pkg/m.tar") as out:
+        for i in range(64):
+            out.write(os.urandom(MiB))
+            if i == 2:
+                os.kill(storage.connection.openssh().master_pid, 9)
+    assert not (remote_root / "pkg" / "m.tar").exists()
+    storage.write_stream("pkg/m.tar", io.BytesIO(b"after"))  # a new master is started
+    assert (remote_root / "pkg" / "m.tar").read_bytes() == b"after"
+    assert files_under(remote_root) == ["pkg/m.tar"]
+
+
+def test_bulk_transport_falls_back_to_paramiko_without_ssh_client(
+    sshd_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no ssh on PATH
+    storage = unpooled_storage(sshd_server, tmp_path, "test/no_ssh_client")
+    assert storage.bulk_transport == "paramiko"
+
+    storage.write_stream("a.bin", io.BytesIO(b"bytes via paramiko"))
+    with storage.open_read("a.bin") as stream:
+        assert stream.read() == b"bytes via paramiko"
+    assert storage.connection._openssh is None  # the OpenSSH client was never used
+    storage.close()
+
+
+def test_bulk_transport_can_be_chosen_and_bad_choice_is_refused(sshd_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("CCAT_SSH_BULK_TRANSPORT", "paramiko")
+    assert sshd_server.storage(tmp_path).bulk_transport == "paramiko"
+    monkeypatch.setenv("CCAT_SSH_BULK_TRANSPORT", "openssh")
+    assert sshd_server.storage(tmp_path).bulk_transport == "openssh"
+    monkeypatch.setenv("CCAT_SSH_BULK_TRANSPORT", "rsync")
+    with pytest.raises(PermanentStorageError, match="CCAT_SSH_BULK_TRANSPORT"):
+        sshd_server.storage(tmp_path)
+    monkeypatch.setenv("CCAT_SSH_BULK_TRANSPORT", "openssh")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(PermanentStorageError, match="no ssh client"):
+        sshd_server.storage(tmp_path)
+
+
+def test_openssh_transfers_share_one_master_connection(sshd_server, tmp_path):
+    storage = unpooled_storage(sshd_server, tmp_path, "test/one_master")
+    storage.write_stream("a.bin", io.BytesIO(b"first"))
+    client = storage.connection.openssh()
+    master = client.master_pid
+    connections = len(sshd_server.connection_pids())
+    for i in range(5):
+        storage.write_stream(f"b{i}.bin", io.BytesIO(b"x" * i))
+        with storage.open_read(f"b{i}.bin") as stream:
+            assert stream.read() == b"x" * i
+
+    assert client.master_pid == master and client.masters_started == 1
+    assert len(sshd_server.connection_pids()) == connections  # no new SSH connection
+    storage.close()
+
+
+def test_closing_the_last_storage_leaves_no_ssh_process(sshd_server, tmp_path):
+    storage = unpooled_storage(sshd_server, tmp_path, "test/close")
+    storage.write_stream("a.bin", io.BytesIO(b"a"))
+    client = storage.connection.openssh()
+    master, control_dir = client.master_pid, client._control_dir
+    assert master is not None and pid_alive(master)
+
+    storage.close()
+
+    assert not pid_alive(master)
+    assert not os.path.exists(control_dir)
+
+
+def test_close_all_connections_stops_openssh_masters(sshd_server, tmp_path):
+    storage = unpooled_storage(sshd_server, tmp_path, "test/close_all")
+    storage.write_stream("a.bin", io.BytesIO(b"a"))
+    master = storage.connection.openssh().master_pid
+
+    close_all_connections()
+
+    assert not pid_alive(master)
+    storage._connection = None  # the pool forgot it; the storage reconnects on next use
+    assert storage.stat("a.bin").size == 1
+    storage.close()
+
+
+def test_abandoned_read_stops_the_transfer(storage, remote_root):
+    remote_root.mkdir()
+    (remote_root / "big.bin").write_bytes(os.urandom(16 * MiB))
+
+    with storage.open_read("big.bin") as stream:
+        assert len(stream.read(MiB)) == MiB
+
+    with storage.open_read("big.bin") as stream:
+        assert stream.read() == (remote_root / "big.bin").read_bytes()
+
+
+def test_object_vanished_between_stat_and_read_is_permanent(storage, monkeypatch):
+    from ccat_dagster.storage.base import ObjectStat
+
+    monkeypatch.setattr(storage, "stat", lambda key: ObjectStat(exists=True, size=5))
+    with (
+        pytest.raises(PermanentStorageError, match="not found") as caught,
+        storage.open_read("gone.tar") as stream,
+    ):
+        stream.read()
+    assert "gone.tar" in str(caught.value) and "test/ssh_buffer" in str(caught.value)
+
+
+def test_short_read_is_detected_as_transient(storage, remote_root, monkeypatch):
+    from ccat_dagster.storage.base import ObjectStat
+
+    remote_root.mkdir()
+    (remote_root / "short.bin").write_bytes(b"12345")
+    monkeypatch.setattr(storage, "stat", lambda key: ObjectStat(exists=True, size=10))
+    with (
+        pytest.raises(TransientStorageError, match="read 5 bytes, the object has 10"),
+        storage.open_read("short.bin") as stream,
+    ):
+        stream.read()
+
+
+def test_write_into_unwritable_place_is_permanent(storage, remote_root):
+    remote_root.mkdir()
+    (remote_root / "pkg").write_text("a file where a directory should be")
+    with pytest.raises(PermanentStorageError, match="not a directory"):
+        storage.write_stream("pkg/x.tar", io.BytesIO(b"x"))
+    assert (remote_root / "pkg").read_text() == "a file where a directory should be"
+
+
+def test_openssh_client_refuses_a_changed_host_key_and_never_adds_it(sshd_server, tmp_path):
+    known_hosts = sshd_server.write_wrong_known_hosts(tmp_path / "known_hosts")
+    before = Path(known_hosts).read_text()
+    client = OpenSSHClient(
+        sshd_server.host,
+        sshd_server.port,
+        sshd_server.user,
+        sshd_server.key_file,
+        [known_hosts],
+        "test/changed_key",
+    )
+    try:
+        process = client.start("echo should-not-run", write=False)
+        output = os.read(process.fd, 100)
+        status = process.wait(60)
+        error = classify_exit(
+            status, process.stderr_text(), where="read", location="test/changed_key", key=None
+        )
+        process.stop()
+    finally:
+        client.close()
+
+    assert output == b""
+    assert isinstance(error, PermanentStorageError)
+    assert "host key" in str(error)
+    assert Path(known_hosts).read_text() == before  # nothing was added or updated
+    assert client.master_pid is None
+
+
+def test_openssh_client_refuses_an_unknown_host(sshd_server, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    client = OpenSSHClient(
+        sshd_server.host,
+        sshd_server.port,
+        sshd_server.user,
+        sshd_server.key_file,
+        [str(empty)],
+        "t",
+    )
+    try:
+        process = client.start("echo should-not-run", write=False)
+        assert os.read(process.fd, 100) == b""
+        status = process.wait(60)
+        error = classify_exit(status, process.stderr_text(), where="read", location="t", key=None)
+        process.stop()
+    finally:
+        client.close()
+    assert isinstance(error, PermanentStorageError) and "host key" in str(error)
+    assert empty.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("status", "stderr", "expected"),
+    [
+        (255, "ssh: connect to host h port 22: Connection refused", TransientStorageError),
+        (255, "Connection reset by peer", TransientStorageError),
+        (255, "ssh: connect to host h port 22: Connection timed out", TransientStorageError),
+        (255, "Connection to h closed by remote host.", TransientStorageError),
+        (255, "", TransientStorageError),
+        (-9, "", TransientStorageError),
+        (255, "Host key verification failed.", PermanentStorageError),
+        (255, "root@h: Permission denied (publickey).", PermanentStorageError),
+        (255, "Unable to negotiate with h port 22: no matching cipher", PermanentStorageError),
+        (1, "cat: x: No such file or directory", None),  # the remote command's own failure
+    ],
+)
+def test_ssh_client_failures_are_classified(status, stderr, expected):
+    error = classify_exit(status, stderr, where="read on h:22", location="loc", key="k")
+    if expected is None:
+        assert error is None
+    else:
+        assert type(error) is expected and "loc" in str(error) and "k" in str(error)
