@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
 from sqlalchemy.orm import Session
 
 from ccat_dagster.storage.factory import StorageRegistry
 from ccat_ops_db.config import ops_db_url
+from ccat_ops_db.models import S3DataLocation
 from ccat_ops_db.session import session_factory
 
 
@@ -41,8 +43,18 @@ class SiteStorageResource(ConfigurableResource):
     """
 
     site: str
+    s3_max_attempts: int = 5
+
+    def s3_client(self, location: S3DataLocation):
+        """The boto3 client of an S3 location, built by dagster-aws's ``S3Resource`` with the
+        location's endpoint and region; credentials from the environment only."""
+        return S3Resource(
+            endpoint_url=location.endpoint_url,
+            region_name=location.region,
+            max_attempts=self.s3_max_attempts,
+        ).get_client()
 
     @contextmanager
     def registry(self) -> Iterator[StorageRegistry]:
-        with StorageRegistry(local_site=self.site) as storages:
+        with StorageRegistry(local_site=self.site, s3_client_factory=self.s3_client) as storages:
             yield storages
