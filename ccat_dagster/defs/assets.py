@@ -210,7 +210,7 @@ def _lta_presence_check(site: str, lta: str):
                 package,
                 _location(session, site, lta),
                 storage_for=storages.get,
-                run_id=context.run_id,
+                run_id=context.run.run_id,  # an asset check context has no run_id
             )
         return AssetCheckResult(
             passed=evidence.ok,
