@@ -52,7 +52,7 @@ MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * 1024 * MIB
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 * MIB  # boto3's TransferConfig default
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 10  # boto3 TransferConfig default; 11 parts of memory at most
 #: user-metadata names (sent as x-amz-meta-checksum / x-amz-meta-checksum-algorithm)
 META_CHECKSUM = "checksum"
 META_CHECKSUM_ALGORITHM = "checksum-algorithm"
@@ -99,6 +99,10 @@ def make_s3_client(
         config=Config(
             retries={"max_attempts": max_attempts, "mode": "standard"},
             max_pool_connections=max_pool_connections,
+            # Each part carries a CRC32 request checksum and the whole object is verified against
+            # its sha256; a further SHA-256 of every part for SigV4 (which botocore does only on
+            # plain-http endpoints; over https it already skips it) would cost CPU, not safety.
+            s3={"payload_signing_enabled": False},
         ),
     )
 
@@ -177,6 +181,39 @@ def read_exact(stream: BinaryIO, n: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
+
+
+class _PartBody:
+    """A part's bytes as the seekable stream botocore wants, handing out memoryview slices: the
+    HTTP layer reads the body in small blocks, and bytes blocks would copy every part once more
+    (measurable CPU at 100+ MiB/s on a 2-core host)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> memoryview:
+        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._pos + n)
+        chunk = self._view[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 class _S3Reader:
@@ -303,7 +340,7 @@ class _S3ObjectWriter:
             Key=self._obj,
             UploadId=self._upload_id,
             PartNumber=number,
-            Body=data,
+            Body=_PartBody(data),
             ChecksumAlgorithm="CRC32",
         )
         part = {"PartNumber": number, "ETag": response["ETag"]}
