@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, instance_for_test, materialize
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -123,10 +123,8 @@ def _copy_states(url, package: str) -> tuple[S | None, set[S]]:
 
 
 def _materializations(instance) -> list:
-    records = instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_MATERIALIZATION, asset_key=STAGED_KEY)
-    )
-    return [r.event_log_entry.dagster_event.event_specific_data.materialization for r in records]
+    result = instance.fetch_materializations(STAGED_KEY, limit=10_000, ascending=True)
+    return [r.asset_materialization for r in result.records]
 
 
 def _fetches(instance, package: str) -> list[str]:
@@ -310,7 +308,24 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
     assert listing.exit_code == 0 and "PENDING" in listing.output
     assert len([line for line in listing.output.splitlines() if "cologne/processing" in line]) == 2
 
+    # one partition of the staged asset, as from the UI: the same stage function
+    first, other_unit = units[unit][0], units[sorted(units)[1]][0]
+    staged_asset = defs.resolve_assets_def(STAGED_KEY)
+    one = materialize([staged_asset], partition_key=first, instance=instance)
+    assert one.success
+    assert _staged_intact(url, archived_env[2], first)
+    assert _fetches(instance, first) == ["cologne_lta"]
+    refused = materialize(
+        [staged_asset],
+        partition_key=other_unit,
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not refused.success, "no active staging job wants it: nothing is staged"
+    assert _none_on_disk(url, archived_env[2], other_unit)
+
     drive(url, instance, sites=["cologne"], include_schedules=False)
+    assert _fetches(instance, first) == ["cologne_lta"], "the sensor's run shares it"
     listing = runner.invoke(app, ["staging", "list", "--active"])
     assert listing.output.count("COMPLETED") == 2
 
