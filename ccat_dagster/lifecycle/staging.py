@@ -332,28 +332,33 @@ def retention_ends_at(job: StagingJob) -> datetime | None:
 # --------------------------------------------------------------------------- ready work
 
 
-def _claimed_at_location():
-    """EXISTS a copy of the package (its tar or one of its files) at the location that a
-    cleanup run has claimed: staging waits until that deletion has finished."""
-    pc = RawDataFilePhysicalCopy.__table__.alias("claimed_copy")
+def _claimed_at_location() -> sa.ColumnElement[bool]:
+    """A copy of the package (its tar or one of its files) at the job's location that a cleanup
+    run has claimed: staging waits until that deletion has finished."""
+    sj, sjp = StagingJob.__table__, staging_job_raw_data_package
+    package_copy = RawDataPackagePhysicalCopy.__table__.alias("claimed_package_copy")
+    file_copy = RawDataFilePhysicalCopy.__table__.alias("claimed_file_copy")
     rdf = RawDataFile.__table__.alias("claimed_file")
-    sjp = staging_job_raw_data_package
-    sj = StagingJob.__table__
-    return (
+    claimed_package = (
         sa.exists()
         .where(
-            pc.c.data_location_id == sj.c.destination_location_id,
-            pc.c.status.in_(CLAIMED),
-            sa.or_(
-                pc.c.raw_data_package_id == sjp.c.raw_data_package_id,
-                sa.and_(
-                    pc.c.raw_data_file_id == rdf.c.id,
-                    rdf.c.raw_data_package_id == sjp.c.raw_data_package_id,
-                ),
-            ),
+            package_copy.c.raw_data_package_id == sjp.c.raw_data_package_id,
+            package_copy.c.data_location_id == sj.c.destination_location_id,
+            package_copy.c.status.in_(CLAIMED),
         )
-        .correlate_except(pc, rdf)
+        .correlate_except(package_copy)
     )
+    claimed_file = (
+        sa.exists()
+        .where(
+            rdf.c.raw_data_package_id == sjp.c.raw_data_package_id,
+            file_copy.c.raw_data_file_id == rdf.c.id,
+            file_copy.c.data_location_id == sj.c.destination_location_id,
+            file_copy.c.status.in_(CLAIMED),
+        )
+        .correlate_except(file_copy, rdf)
+    )
+    return sa.or_(claimed_package, claimed_file)
 
 
 def staging_candidates(session: Session, site: Site) -> list[tuple[int, int]]:

@@ -423,3 +423,24 @@ def test_new_job_after_cleanup_revives_the_same_copy_rows(session, topo):
     assert package_copy(session, topo, pkg).status == S.STAGED
     session.refresh(again)
     assert again.status == Status.COMPLETED
+
+
+def test_staging_waits_while_a_cleanup_run_is_deleting_the_files(session, topo):
+    pkg = archived(topo)
+    job = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    stage_all(session, topo)
+    st.complete_staging_job(session, job.id)
+    claimed = file_copy(session, topo, pkg.raw_data_files[0])
+    claimed.status, claimed.claimed_by = S.DELETION_IN_PROGRESS, "a-cleanup-run"
+    session.commit()
+
+    st.create_staging_job(session, location="processing", packages=[pkg.name])
+    assert st.staging_candidates(session, topo.sites["cologne"]) == []
+    outcome = st.stage_raw_data_package(
+        session, pkg, topo.processing, storage_for=RecordingStorages()
+    )
+    assert not outcome.ok and not outcome.permanent and "cleanup run" in outcome.error
+
+    claimed.status, claimed.claimed_by = S.DELETED, None  # that cleanup finished
+    session.commit()
+    assert st.staging_candidates(session, topo.sites["cologne"]) == [(pkg.id, topo.processing.id)]
