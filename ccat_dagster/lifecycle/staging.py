@@ -1,18 +1,16 @@
 """Staging for processing: scientists' StagingJobs bring archived RawDataPackages to a PROCESSING
 location, unpacked, and say when they are done with them (seeds: Staging and STAGED Status,
-Processing Location Cleanup, Recovery from LTA).
-
-A job names a PROCESSING location and packages (directly or by ExecutedObsUnit); it is accepted
-only when every package has a PRESENT, verified copy in a LONG_TERM_ARCHIVE, and nothing is
-written otherwise. Staging one package at one location streams its tar from the nearest such
-archive (same site first, then any) straight into ``unpack_package`` at the location root, each
-member verified against the manifest and the ops DB; every file gets a PRESENT
-RawDataFilePhysicalCopy there and the package copy there becomes STAGED (no tar is kept: it was
-never written). A package counts as staged at a location only when its copy there is STAGED,
-every file copy there is PRESENT *and* every file is on disk with its recorded size; the check
-runs for every job that references the package, so a new job restores files deleted by mistake
-(and revives DELETED copies) instead of trusting the catalogue, and otherwise shares the files
-without fetching anything. ``complete_staging_job`` sets ``active=False``; the deletion rules
+Processing Location Cleanup, Recovery from LTA). A job names a PROCESSING location and packages
+(directly or by ExecutedObsUnit); it is accepted only when every package has a PRESENT, verified
+copy in a LONG_TERM_ARCHIVE, and nothing is written otherwise. Staging one package at one location
+streams its tar from the nearest such archive (same site first, then any) straight into
+``unpack_package`` at the location root, each member verified against the manifest and the ops DB;
+every file gets a PRESENT RawDataFilePhysicalCopy there and the package copy there becomes STAGED
+(no tar is kept: it was never written). A package counts as staged at a location only when its copy
+there is STAGED, every file copy there is PRESENT *and* every file is on disk with its recorded
+size; the check runs for every job that references the package, so a new job restores files deleted
+by mistake (and revives DELETED copies) instead of trusting the catalogue, and otherwise shares the
+files without fetching anything. ``complete_staging_job`` sets ``active=False``; the deletion rules
 (:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no live job (active,
 retention not over, counted from ``completed_at`` else ``created_at``) uses it. No Dagster here.
 """
@@ -546,7 +544,6 @@ def _set_jobs(
 
 
 def _unpack_from(
-    session: Session,
     package: RawDataPackage,
     location: DataLocation,
     files: Sequence[RawDataFile],
@@ -705,9 +702,7 @@ def stage_raw_data_package(
         )
     try:
         with stopwatch() as watch:
-            source, bytes_read = _unpack_from(
-                session, package, location, files, sources, storage_for
-            )
+            source, bytes_read = _unpack_from(package, location, files, sources, storage_for)
     except TransientStorageError:
         session.commit()
         raise
