@@ -64,6 +64,7 @@ SFTP_WRITE_REQUEST_SIZE = 240 * 1024
 RECV_ALL = 1 << 30  # larger than any channel window
 READ_BUFFER_SIZE = 1 << 20  # the pipe size of the OpenSSH path
 PIPE_CHUNK = 1 << 20
+FSYNC_TIMEOUT = 3600.0  # a remote fsync of many GiB on a slow disk may take minutes
 # Remote tools whose hex output equals hashlib's hexdigest for the same algorithm name.
 REMOTE_HASH_TOOLS = {
     "md5": "md5sum",
@@ -240,16 +241,18 @@ class SSHStorage(Storage):
             key=key,
         )
 
-    def _ssh_process_error(self, process: OpenSSHProcess, key: str | None, action: str):
+    def _ssh_process_error(
+        self, process: OpenSSHProcess, key: str | None, action: str
+    ) -> StorageError:
         """The error of an ``ssh`` run that exited non-zero (the process has exited)."""
         status, stderr = process.popen.returncode, process.stderr_text()
         where = f"{action} on {self._connection_key.host}:{self._connection_key.port}"
         error = classify_exit(status, stderr, where=where, location=self.name, key=key)
-        if error is None:
-            return self._remote_command_error(status, stderr, key, action)
-        if isinstance(error, TransientStorageError):
-            self.connection.openssh().reset_master()  # the next transfer connects afresh
-        return error
+        # A master that lost its connection exits by itself and the next transfer starts a new
+        # one; stopping it here would also end other transfers sharing it.
+        return (
+            error if error is not None else self._remote_command_error(status, stderr, key, action)
+        )
 
     def _exec(self, command: str) -> paramiko.Channel:
         channel = self.connection.open_channel(DATA_TIMEOUT)
@@ -375,10 +378,17 @@ class SSHStorage(Storage):
             yield writer
 
     def _commit(
-        self, sftp: paramiko.SFTPClient | None, key: str, path: str, temp: str, sent: int
+        self,
+        sftp: paramiko.SFTPClient | None,
+        key: str,
+        path: str,
+        temp: str,
+        sent: int,
+        *,
+        synced: bool = False,
     ) -> None:
-        """Size check, fsync, rename: the temporary file becomes the object. ``sftp`` is a
-        session of the caller's own, or None for the shared one."""
+        """Size check, fsync (unless ``synced``), rename: the temporary file becomes the object.
+        ``sftp`` is a session of the caller's own, or None for the shared one."""
 
         def call(operation):  # noqa: ANN001, ANN202
             with self._errors(key, "write"):
@@ -395,28 +405,39 @@ class SSHStorage(Storage):
                 key=key,
             )
         # fsync before the rename: after a crash the destination never holds a short file.
-        status, _, err = self._run(f"sync -- {shlex.quote(temp)}", key, "write")
-        if status != 0:
-            raise self._command_error(status, err, key, "write")
+        if not synced:
+            status, _, err = self._run(f"sync -- {shlex.quote(temp)}", key, "write")
+            if status != 0:
+                raise self._command_error(status, err, key, "write")
         call(lambda session: session.posix_rename(temp, path))
 
     @contextmanager
     def _write_openssh(self, key: str, path: str, temp: str) -> Iterator[BinaryIO]:
-        """``ssh host 'cat > temp'`` fed through a pipe (the OpenSSH client encrypts)."""
-        with self._errors(key, "write"):
-            process = self.connection.openssh().start(f"cat > {shlex.quote(temp)}", write=True)
+        """``ssh host dd of=temp`` fed through a pipe (the OpenSSH client encrypts). The
+        temporary file is created over SFTP first and ``dd`` may not create it: after a dropped
+        connection the remote shell can still start late, and must then fail instead of
+        re-creating the file that the cleanup below has already removed."""
+        with self._errors(key, "write"), self.connection.sftp_lock:
+            self.connection.sftp().open(temp, "w").close()
+        quoted = shlex.quote(temp)
+        # conv=fsync: synced in the same remote command, one shell start fewer per object
+        command = f"dd of={quoted} bs=1M conv=nocreat,notrunc,fsync status=none"
+        try:
+            with self._errors(key, "write"):
+                process = self.connection.openssh().start(command, write=True)
+        except BaseException:
+            self._remove_quietly(temp)
+            raise
         writer = _ProcessWriter(self, process, key)
         committed = False
         try:
             yield writer  # type: ignore[misc]
-            writer.finish()  # EOF to the remote cat; raises unless it wrote everything
-            self._commit(None, key, path, temp, writer.size)
+            writer.finish()  # EOF to the remote dd; raises unless it wrote and synced all
+            self._commit(None, key, path, temp, writer.size, synced=True)
             committed = True
         finally:
             if not committed:
-                # Let the remote cat end before removing its file, so that it cannot create
-                # the file after the removal.
-                writer.abort()
+                writer.abort()  # EOF first: the remote dd ends before its file is removed
                 self._remove_quietly(temp)
 
     @contextmanager
@@ -636,7 +657,6 @@ class _ProcessReader(io.RawIOBase):
         fd = self._process.fd
         if not wait_fd(fd, write=False, timeout=DATA_TIMEOUT):
             self._process.stop()
-            self._storage.connection.openssh().reset_master()
             raise TransientStorageError(
                 f"read stalled: no byte for {DATA_TIMEOUT:.0f} s",
                 location=self._storage.name,
@@ -674,7 +694,7 @@ class _ProcessReader(io.RawIOBase):
 
 
 class _ProcessWriter(io.RawIOBase):
-    """The stdin of ``ssh host 'cat > temp'``; ``finish`` raises unless the run succeeded."""
+    """The stdin of ``ssh host dd of=temp``; ``finish`` raises unless the run succeeded."""
 
     def __init__(self, storage: SSHStorage, process: OpenSSHProcess, key: str):
         super().__init__()
@@ -707,7 +727,6 @@ class _ProcessWriter(io.RawIOBase):
 
     def _fail_stalled(self) -> None:
         self.abort()
-        self._storage.connection.openssh().reset_master()
         raise TransientStorageError(
             f"write stalled: the server took no byte for {DATA_TIMEOUT:.0f} s",
             location=self._storage.name,
@@ -722,24 +741,25 @@ class _ProcessWriter(io.RawIOBase):
         status = process.wait(DATA_TIMEOUT)
         if status == 0:
             return TransientStorageError(
-                "the remote cat exited before the end of the stream",
+                "the remote dd exited before the end of the stream",
                 location=self._storage.name,
                 key=self._key,
             )
         return self._storage._ssh_process_error(process, self._key, "write")
 
     def finish(self) -> None:
-        """End of data: wait for the remote cat to write everything and exit."""
+        """End of data: wait for the remote dd to write everything, fsync and exit (a lost
+        connection ends the client sooner through its keepalives)."""
         process = self._process
         process.close_fd()
         self._ended = True
-        status = process.wait(DATA_TIMEOUT)
+        status = process.wait(FSYNC_TIMEOUT)
         if status != 0:
             raise self._storage._ssh_process_error(process, self._key, "write")
         process.finish()
 
     def abort(self) -> None:
-        """Give up: EOF (so the remote cat ends and its file exists before it is removed),
+        """Give up: EOF (so the remote dd ends before its file is removed),
         wait a little, then kill the client."""
         process = self._process
         if not self._ended:

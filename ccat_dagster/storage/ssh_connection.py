@@ -1,7 +1,8 @@
 """SSH connections for the SSH storage backend: one tuned paramiko Transport per
 (host, port, user, key file, known_hosts) shared by every SSHStorage of the process, host keys
 checked strictly against a known_hosts file (never auto-added), public-key auth only, and a
-dropped transport replaced on the next call.
+dropped transport replaced on the next call; beside it, the OpenSSH client for bulk bytes
+(same key and known_hosts files), whose master connection closes with the pooled connection.
 """
 
 from __future__ import annotations

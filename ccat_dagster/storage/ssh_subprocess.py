@@ -356,11 +356,6 @@ class OpenSSHClient:
             for entry in os.listdir(self._control_dir):
                 os.unlink(os.path.join(self._control_dir, entry))
 
-    def reset_master(self) -> None:
-        """Stop the master (after a transfer failed on it); the next transfer starts one."""
-        with self._lock:
-            self._stop_master_locked()
-
     def close(self) -> None:
         """Stop the master and remove the control directory: no ssh process is left."""
         with self._lock:
