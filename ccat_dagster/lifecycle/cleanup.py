@@ -50,6 +50,7 @@ from ccat_dagster.lifecycle.deletion import (
     mark_raw_data_files_for_deletion,
     pc_t,
     rule_context,
+    still_allowed,
 )
 from ccat_dagster.lifecycle.verification import (  # noqa: F401 - re-exported
     LtaEvidence,
@@ -523,10 +524,29 @@ def execute_deletions(
     return report
 
 
+def _recheck_after_claim(
+    cycle: _Cycle, loc: DataLocation, claimed: Sequence[DeletableCopy]
+) -> list[DeletableCopy]:
+    """Release the claimed copies whose rule no longer allows deletion (changed meanwhile)."""
+    allowed = still_allowed(cycle.session, claimed, ctx=cycle.ctx)
+    changed = [c for c in claimed if c.copy_id not in allowed]
+    for copy_type in {c.copy_type for c in changed}:
+        release_claims(
+            cycle.session,
+            [c for c in changed if c.copy_type == copy_type],
+            run_id=cycle.run_id,
+            to_status=status_before_claim(copy_type, loc.location_type),
+            reason="no longer allowed by its rule when re-checked after the claim",
+        )
+    cycle.session.commit()
+    return [c for c in claimed if c.copy_id in allowed]
+
+
 def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCopy]) -> None:
     session, run_id, report = cycle.session, cycle.run_id, cycle.report
     claimed = claim_for_deletion(session, batch, run_id=run_id, ctx=cycle.ctx)
     session.commit()
+    claimed = _recheck_after_claim(cycle, loc, claimed)
     if not claimed:
         return
     proceed, evidence = _verify_archives(cycle, claimed)

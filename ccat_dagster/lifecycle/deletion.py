@@ -540,6 +540,8 @@ _RULES: dict[str, Callable[[RuleContext], _Rule]] = {
 }
 #: The order of one cleanup cycle (seeds: delete_data_packages).
 RULE_ORDER: tuple[str, ...] = tuple(_RULES)
+#: Rules whose condition a concurrent user action can make false again (see still_allowed).
+RECHECKED_AFTER_CLAIM = frozenset({RULE_RDF_PROCESSING, RULE_RDF_STAGED})
 
 
 def _location_id(location: DataLocation | int | None) -> int | None:
@@ -574,6 +576,36 @@ def find_deletable(
         .order_by(pc.c.data_location_id, pc.c.id)
     )
     return [DeletableCopy(*row, rule=rule.name) for row in session.execute(stmt)]
+
+
+def still_allowed(
+    session: Session, copies: Sequence[DeletableCopy], *, ctx: RuleContext
+) -> set[int]:
+    """Of ``copies`` (already claimed), the ids whose rule still allows deletion now.
+
+    Between finding a processing file and claiming it a scientist may create a StagingJob that
+    needs it; the processing rules' condition (no live StagingJob) is therefore evaluated again
+    after the claim is committed, in one SELECT per rule. The other rules' conditions only grow
+    true (a package does not leave the archive, a completed transfer stays completed) or depend
+    on the copy's own status and clock, which the claim itself changed, so they pass through.
+    """
+    allowed: set[int] = {c.copy_id for c in copies if c.rule not in RECHECKED_AFTER_CLAIM}
+    by_rule: dict[str, list[int]] = {}
+    for c in copies:
+        if c.rule in RECHECKED_AFTER_CLAIM:
+            by_rule.setdefault(c.rule, []).append(c.copy_id)
+    for rule_name, ids in by_rule.items():
+        rule = _RULES[rule_name](ctx)
+        pc = rule.select_from.left.left
+        for chunk in chunks(ids):
+            allowed.update(
+                session.scalars(
+                    sa.select(pc.c.id)
+                    .select_from(rule.select_from)
+                    .where(pc.c.id.in_(chunk), rule.allow)
+                )
+            )
+    return allowed
 
 
 def explain_blocked(

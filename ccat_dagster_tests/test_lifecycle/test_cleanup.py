@@ -396,3 +396,32 @@ def test_plan_explains_blocked_items_and_changes_nothing(session, topo):
     )
     assert session.scalars(select(AuditLog)).all() == []
     assert exists(topo.source_buffer, waiting.relative_path)
+
+
+def test_staging_job_created_between_finding_and_claiming_keeps_its_files(session, topo):
+    """The claim is re-checked against the rule: a StagingJob committed after the cleanup found
+    the files but before it claimed them protects them."""
+    from ccat_dagster.lifecycle.cleanup import execute_deletions
+
+    package, _ = f.archived_package(topo, "raced_pkg")
+    f.stage(topo, [package], staged=False, active=False)
+    session.commit()
+    ctx = d.rule_context(session)
+    found = d.find_deletable_processing_raw_data_files(session, ctx=ctx)
+    assert found, "the files are deletable before the new job exists"
+    f.stage(topo, [package], staged=False, active=True)  # a scientist stages it again
+    session.commit()
+    execute_deletions(
+        session,
+        found,
+        storage_for=f.local_storage_for,
+        verify_lta_copy=verify,
+        run_id="racer",
+        ctx=ctx,
+    )
+    session.commit()
+    proc = topo.processing
+    assert all(exists(proc, r.relative_path) for r in package.raw_data_files)
+    assert all(
+        copy_of(session, proc, raw_data_file=r).status == S.PRESENT for r in package.raw_data_files
+    )
