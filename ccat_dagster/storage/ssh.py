@@ -10,6 +10,7 @@ name. Every remote command is built with ``shlex.quote`` and needs a POSIX shell
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -62,7 +63,9 @@ log = logging.getLogger(__name__)
 DATA_TIMEOUT = 120.0
 SFTP_WRITE_REQUEST_SIZE = 240 * 1024
 RECV_ALL = 1 << 30  # larger than any channel window
-READ_BUFFER_SIZE = 1 << 20  # the pipe size of the OpenSSH path
+# Small: reads larger than this go straight from the pipe into the caller's bytes, and only
+# the tail of each passes through (is copied out of) the buffer.
+READ_BUFFER_SIZE = 64 * 1024
 PIPE_CHUNK = 1 << 20
 FSYNC_TIMEOUT = 3600.0  # a remote fsync of many GiB on a slow disk may take minutes
 # Remote tools whose hex output equals hashlib's hexdigest for the same algorithm name.
@@ -631,7 +634,10 @@ class _CatReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._channel.close()
+            # On a dropped transport paramiko raises EOFError here, which would hide the
+            # transient error that ended the read.
+            with contextlib.suppress(Exception):
+                self._channel.close()
         super().close()
 
 
