@@ -46,7 +46,7 @@ from ccat_dagster.defs.stages import (
     UNPACK,
     Stage,
     StageReport,
-    _meta,
+    metadata_value,
     package_copy_location,
     site_row,
 )
@@ -65,7 +65,7 @@ from ccat_ops_db.models import (
 ItemFinder = Callable[[Session, str, str, str], str]
 
 
-def _location(session: Session, site: str, name: str) -> DataLocation:
+def location_named(session: Session, site: str, name: str) -> DataLocation:
     site_db = site_row(session, site)
     for loc in site_db.locations:
         if loc.name == name:
@@ -73,7 +73,7 @@ def _location(session: Session, site: str, name: str) -> DataLocation:
     raise Failure(f"location {site}/{name} is not in the ops DB")
 
 
-def _package(session: Session, name: str) -> RawDataPackage:
+def package_named(session: Session, name: str) -> RawDataPackage:
     package = session.scalar(select(RawDataPackage).where(RawDataPackage.name == name))
     if package is None:
         raise Failure(f"raw data package {name!r} is not in the ops DB")
@@ -103,7 +103,7 @@ def _transfer_to(session: Session, dtp_id: int, location: DataLocation) -> DataT
 
 
 def _find_package_item(session, site, location, key) -> str:
-    return str(_package(session, key).id)
+    return str(package_named(session, key).id)
 
 
 def _find_bundle_item(session, site, location, key) -> str:
@@ -112,31 +112,31 @@ def _find_bundle_item(session, site, location, key) -> str:
 
 def _find_transfer_item(session, site, location, key) -> str:
     return str(
-        _transfer_to(session, _bundle(session, key).id, _location(session, site, location)).id
+        _transfer_to(session, _bundle(session, key).id, location_named(session, site, location)).id
     )
 
 
 def _find_unpack_item(session, site, location, key) -> str:
-    package = _package(session, key)
+    package = package_named(session, key)
     if package.data_transfer_package_id is None:
         raise Failure(f"package {key} is in no data transfer package yet")
     return str(
         _transfer_to(
-            session, package.data_transfer_package_id, _location(session, site, location)
+            session, package.data_transfer_package_id, location_named(session, site, location)
         ).id
     )
 
 
 def _find_archive_item(session, site, location, key) -> str:
-    package = _package(session, key)
-    lta = _location(session, site, location)
+    package = package_named(session, key)
+    lta = location_named(session, site, location)
     buffer = package_copy_location(session, package, lta.site)
     if buffer is None:
         raise Failure(f"package {key} has no copy in a buffer of site {site} to archive from")
     return f"{package.id}:{buffer.id}:{lta.id}"
 
 
-def _materialize_one(
+def materialize_one(
     context: AssetExecutionContext,
     stage: Stage,
     finder: ItemFinder,
@@ -154,7 +154,7 @@ def _materialize_one(
     metadata = dict(outcome.metadata)
     if outcome.skipped:
         metadata["note"] = "already done; nothing changed"
-    return MaterializeResult(metadata={k: _meta(v) for k, v in metadata.items()})
+    return MaterializeResult(metadata={k: metadata_value(v) for k, v in metadata.items()})
 
 
 def _pool(site: str, location: str, operation: OperationType) -> str:
@@ -184,7 +184,7 @@ def _partitioned_asset(
     def _asset(
         context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ) -> MaterializeResult:
-        return _materialize_one(context, stage, finder, site, location, ops_db, storage)
+        return materialize_one(context, stage, finder, site, location, ops_db, storage)
 
     return _asset
 
@@ -204,11 +204,11 @@ def _lta_presence_check(site: str, lta: str):
         context: AssetCheckExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ) -> AssetCheckResult:
         with ops_db.session() as session, storage.registry() as storages:
-            package = _package(session, context.partition_key)
+            package = package_named(session, context.partition_key)
             evidence = confirm_lta_presence(
                 session,
                 package,
-                _location(session, site, lta),
+                location_named(session, site, lta),
                 storage_for=storages.get,
                 run_id=context.run.run_id,  # an asset check context has no run_id
             )
@@ -216,7 +216,7 @@ def _lta_presence_check(site: str, lta: str):
             passed=evidence.ok,
             severity=AssetCheckSeverity.ERROR,
             description=evidence.detail or "present with the recorded size and checksum",
-            metadata={k: _meta(v) for k, v in evidence.as_dict().items() if v is not None},
+            metadata={k: metadata_value(v) for k, v in evidence.as_dict().items() if v is not None},
         )
 
     return _check

@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import _meta, site_buffer_action, site_row
+from ccat_dagster.defs.stages import metadata_value, site_buffer_action, site_row
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
 from ccat_dagster.lifecycle.cleanup import plan_deletions, run_cleanup_cycle
@@ -127,7 +127,7 @@ def _check_event(lta: DataLocation, package: RawDataPackage, ev: LtaEvidence):
         severity=AssetCheckSeverity.ERROR,
         blocking=True,
         description=ev.detail or "present with the recorded size and checksum",
-        metadata={k: _meta(v) for k, v in ev.as_dict().items() if v not in (None, "")},
+        metadata={k: metadata_value(v) for k, v in ev.as_dict().items() if v not in (None, "")},
     )
 
 

@@ -85,18 +85,18 @@ class Stage:
     max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
 
 
-def _materialization(
+def materialization(
     site: str, location: str, kind: str, outcome: StageOutcome, **extra
 ) -> AssetMaterialization:
     metadata = {**outcome.metadata, **extra}
     return AssetMaterialization(
         asset_key=asset_key(site, location, kind),
         partition=outcome.partition,
-        metadata={k: _meta(v) for k, v in metadata.items()},
+        metadata={k: metadata_value(v) for k, v in metadata.items()},
     )
 
 
-def _meta(value):
+def metadata_value(value):
     if isinstance(value, float):
         return MetadataValue.float(value)
     if isinstance(value, int):
@@ -104,7 +104,7 @@ def _meta(value):
     return MetadataValue.text(str(value))
 
 
-def _report(outcome: StageOutcome, *events: DagsterEvent) -> StageReport:
+def stage_report(outcome: StageOutcome, *events: DagsterEvent) -> StageReport:
     return StageReport(outcome, list(events) if outcome.ok and not outcome.skipped else [])
 
 
@@ -126,7 +126,7 @@ def _execute_package(session: Session, item: str, storage_for, run_id) -> StageR
     outcome = build_raw_data_package(session, package, storage_for=storage_for, run_id=run_id)
     buffer = get_primary_buffer_for_site(session, package.source_location.site)
     site = package.source_location.site.short_name
-    return _report(outcome, _materialization(site, buffer.name, RAW_DATA_PACKAGE, outcome))
+    return stage_report(outcome, materialization(site, buffer.name, RAW_DATA_PACKAGE, outcome))
 
 
 PACKAGE = Stage(
@@ -168,9 +168,9 @@ def _execute_bundle(session: Session, item: str, storage_for, run_id) -> StageRe
     if outcome.ok:
         routing.plan_primary_transfers(session, dtp.origin_location.site, run_id=run_id)
     origin = dtp.origin_location
-    return _report(
+    return stage_report(
         outcome,
-        _materialization(origin.site.short_name, origin.name, DATA_TRANSFER_PACKAGE, outcome),
+        materialization(origin.site.short_name, origin.name, DATA_TRANSFER_PACKAGE, outcome),
     )
 
 
@@ -208,8 +208,8 @@ def _execute_transfer(session: Session, item: str, storage_for, run_id) -> Stage
         session, transfer, storage_for=storage_for, run_id=run_id
     )
     dest = transfer.destination_location
-    return _report(
-        outcome, _materialization(dest.site.short_name, dest.name, DATA_TRANSFER_PACKAGE, outcome)
+    return stage_report(
+        outcome, materialization(dest.site.short_name, dest.name, DATA_TRANSFER_PACKAGE, outcome)
     )
 
 
@@ -252,7 +252,7 @@ def _execute_unpack(session: Session, item: str, storage_for, run_id) -> StageRe
     buffer = transfer.destination_location
     site = buffer.site.short_name
     events = [
-        _materialization(
+        materialization(
             site,
             buffer.name,
             RAW_DATA_PACKAGE,
@@ -272,7 +272,7 @@ def _execute_unpack(session: Session, item: str, storage_for, run_id) -> StageRe
         )
         for p in transfer.data_transfer_package.raw_data_packages
     ]
-    return _report(outcome, *events)
+    return stage_report(outcome, *events)
 
 
 UNPACK = Stage(
@@ -305,7 +305,7 @@ def lta_presence_evaluation(
         partition=package.name,
         severity=AssetCheckSeverity.ERROR,
         blocking=True,
-        metadata={k: _meta(v) for k, v in evidence.as_dict().items() if v is not None},
+        metadata={k: metadata_value(v) for k, v in evidence.as_dict().items() if v is not None},
         description=evidence.detail or "present with the recorded size and checksum",
     )
 
@@ -338,7 +338,7 @@ def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageR
     )
     events: list[DagsterEvent] = []
     if not outcome.skipped:
-        events.append(_materialization(lta.site.short_name, lta.name, RAW_DATA_PACKAGE, outcome))
+        events.append(materialization(lta.site.short_name, lta.name, RAW_DATA_PACKAGE, outcome))
     events.append(lta_presence_evaluation(lta, package, evidence))
     if not evidence.ok:
         outcome = StageOutcome(package.name, ok=False, error=f"lta_presence: {evidence.detail}")

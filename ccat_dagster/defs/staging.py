@@ -23,13 +23,13 @@ from dagster import (
 )
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.assets import _location, _materialize_one, _package
+from ccat_dagster.defs.assets import location_named, materialize_one, package_named
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.partitions import raw_data_packages
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
-from ccat_dagster.defs.stages import Stage, StageReport, _materialization, _report
+from ccat_dagster.defs.stages import Stage, StageReport, materialization, stage_report
 from ccat_dagster.defs.topology import SiteView, TopologySnapshot
 from ccat_dagster.lifecycle import staging
 from ccat_dagster.lifecycle.operations import OperationType
@@ -47,9 +47,9 @@ def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
     outcome = staging.stage_raw_data_package(
         session, package, location, storage_for=storage_for, run_id=run_id
     )
-    return _report(
+    return stage_report(
         outcome,
-        _materialization(location.site.short_name, location.name, STAGED_RAW_DATA_PACKAGE, outcome),
+        materialization(location.site.short_name, location.name, STAGED_RAW_DATA_PACKAGE, outcome),
     )
 
 
@@ -74,8 +74,8 @@ STAGE = Stage(
 
 
 def _find_staging_item(session: Session, site: str, location: str, key: str) -> str:
-    package = _package(session, key)
-    loc = _location(session, site, location)
+    package = package_named(session, key)
+    loc = location_named(session, site, location)
     if not staging.has_active_job(session, package, loc):
         # Files staged without a live job would be the next cleanup's first deletion.
         raise Failure(
@@ -111,7 +111,7 @@ def build_staged_asset(
     def _asset(
         context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ) -> MaterializeResult:
-        return _materialize_one(context, STAGE, _find_staging_item, s, location, ops_db, storage)
+        return materialize_one(context, STAGE, _find_staging_item, s, location, ops_db, storage)
 
     return _asset
 
