@@ -25,7 +25,8 @@ def postgres_url_from_env() -> str | None:
     auth = f"{user}:{quote(password)}" if password else user
     port = os.environ.get("DAGSTER_PG_PORT", "5432")
     db = os.environ.get("DAGSTER_PG_DB", "dagster")
-    url = f"postgresql://{auth}@{host}:{port}/{db}"
+    # The driver is named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3.
+    url = f"postgresql+psycopg2://{auth}@{host}:{port}/{db}"
     os.environ["DAGSTER_PG_URL"] = url
     return url
 

@@ -35,6 +35,7 @@ class RunnerReport:
     passes: int = 0
     runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
+    failed_ticks: list[str] = field(default_factory=list)
     by_job: dict[str, int] = field(default_factory=dict)
 
 
@@ -96,20 +97,32 @@ def _execute(
         log(f"run {job_name} {result.run_id} FAILED (see the run in the UI / `dagster` logs)")
 
 
+def _tick_failed(report: RunnerReport, name: str, exc: Exception, log) -> None:
+    cause = exc.__cause__ or exc
+    message = f"{name}: {type(cause).__name__}: {cause}"
+    if message not in report.failed_ticks:
+        report.failed_ticks.append(message)
+        log(f"tick of {message}")
+
+
 def _tick_sensors(instance: DagsterInstance, defs: Definitions, report: RunnerReport, log) -> int:
     repo = defs.get_repository_def()
     launched = 0
     for sensor_def in repo.sensor_defs:
         key = _cursor_key(sensor_def.name)
         cursor = instance.run_storage.get_cursor_values({key}).get(key)
-        with build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            definitions=defs,
-            sensor_name=sensor_def.name,
-            resources=defs.resources,
-        ) as context:
-            data = sensor_def.evaluate_tick(context)
+        try:
+            with build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                definitions=defs,
+                sensor_name=sensor_def.name,
+                resources=defs.resources,
+            ) as context:
+                data = sensor_def.evaluate_tick(context)
+        except Exception as exc:  # noqa: BLE001 - like the daemon: record the tick, go on
+            _tick_failed(report, sensor_def.name, exc, log)
+            continue
         _apply_partition_requests(instance, data.dynamic_partitions_requests)
         if data.cursor is not None and data.cursor != cursor:
             instance.run_storage.set_cursor_values({key: data.cursor})
@@ -124,10 +137,14 @@ def _tick_schedules(instance: DagsterInstance, defs: Definitions, report: Runner
     repo = defs.get_repository_def()
     launched = 0
     for schedule_def in repo.schedule_defs:
-        with build_schedule_context(
-            instance=instance, repository_def=repo, resources=defs.resources
-        ) as context:
-            data = schedule_def.evaluate_tick(context)
+        try:
+            with build_schedule_context(
+                instance=instance, repository_def=repo, resources=defs.resources
+            ) as context:
+                data = schedule_def.evaluate_tick(context)
+        except Exception as exc:  # noqa: BLE001 - like the daemon: record the tick, go on
+            _tick_failed(report, schedule_def.name, exc, log)
+            continue
         for request in data.run_requests or []:
             _execute(
                 instance, defs, request.job_name or schedule_def.job_name, request, report, log

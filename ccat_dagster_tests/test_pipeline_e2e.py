@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from ccat_dagster.cli import app
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster_tests.pipeline_support import (
     drive,
@@ -211,6 +213,20 @@ def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):
         )
         others = session.scalars(select(RawDataPackage).where(RawDataPackage.id != package.id))
         assert all(p.state == PackageState.ARCHIVED for p in others)
+        failed_name = package.name
+
+    # the operator restores the file from the instrument's own copy and retries
+    _flip_byte(victim.path, offset=min(10, victim.size - 1))
+    result = CliRunner().invoke(app, ["retry", "--package", failed_name])
+    assert result.exit_code == 0, result.output
+    assert "packages reset: 1" in result.output
+    with instance_for_test() as instance:
+        report = drive(url, instance, include_schedules=False)
+    assert not report.failed_runs
+    with session_scope(url) as session:
+        assert packages_missing_from_ltas(session) == []
+        retried = session.scalar(select(RawDataPackage).where(RawDataPackage.name == failed_name))
+        assert retried.state == PackageState.ARCHIVED
 
 
 def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, tmp_path):

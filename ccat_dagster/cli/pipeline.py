@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
-from ccat_dagster.cli._common import ops_session
+from ccat_dagster.cli._common import ops_session, register_operator_error
+from ccat_dagster.lifecycle.recovery import RetryError
+
+register_operator_error(RetryError)
 
 
 def _instance():
@@ -45,8 +48,11 @@ def run_until_idle_command(
     typer.echo(f"idle after {report.passes} passes, {report.runs} runs")
     for job, n in sorted(report.by_job.items()):
         typer.echo(f"  {job}: {n}")
+    for tick in report.failed_ticks:
+        typer.echo(f"failed tick: {tick}", err=True)
     if report.failed_runs:
         typer.echo(f"{len(report.failed_runs)} run(s) failed: " + ", ".join(report.failed_runs))
+    if report.failed_runs or report.failed_ticks:
         raise typer.Exit(1)
 
 
@@ -93,14 +99,33 @@ def demo_command(
     with ops_session() as session:
         typer.echo(pipeline_summary(session).render())
         problems = verify_demo(session)
-    if problems or report.failed_runs:
-        for p in problems + report.failed_runs:
+    if problems or report.failed_runs or report.failed_ticks:
+        for p in problems + report.failed_runs + report.failed_ticks:
             typer.echo(f"PROBLEM: {p}", err=True)
         raise typer.Exit(1)
     typer.echo("demo OK: every package ARCHIVED in every long-term archive. `make ui` shows it.")
 
 
+def retry_command(
+    package: list[str] = typer.Option(
+        None, "--package", "-p", help="Only these raw data packages (default: every FAILED one)."
+    ),
+) -> None:
+    """Reset FAILED packages and their failed operations to PENDING after the cause is fixed.
+
+    Retry counts start again from zero; every change is audited; nothing is deleted. The
+    sensors (or `ccat run-until-idle`) then pick the work up again.
+    """
+    from ccat_dagster.lifecycle.recovery import retry_failed
+
+    with ops_session() as session:
+        summary = retry_failed(session, package_names=package or ())
+    for line in summary.lines():
+        typer.echo(line)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("retry")(retry_command)
     app.command("run-until-idle")(run_until_idle_command)
     app.command("status")(status_command)
     app.command("demo")(demo_command)
