@@ -99,11 +99,14 @@ def run_doc(doc: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, lis
     return result, runnable
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+# Documents whose every block is marked not-run (each with its reason, checked below) have
+# nothing to execute here.
+RUNNABLE_DOCS = [d for d in DOCS if any(b.not_run is None for b in bash_blocks(d))]
+
+
+@pytest.mark.parametrize("doc", RUNNABLE_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shell_examples_run(doc: Path, tmp_path: Path):
     result, runnable = run_doc(doc, tmp_path)
-    if not runnable:
-        pytest.skip(f"{doc.name} has no block that can run here")
     if result.returncode != 0 or "::all blocks ran" not in result.stderr:
         started = re.findall(r"::block (\d+)", result.stderr)
         block = runnable[int(started[-1])] if started else runnable[0]
