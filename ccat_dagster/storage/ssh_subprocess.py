@@ -228,7 +228,11 @@ class OpenSSHClient:
         if self._control_dir is None or self._owner_pid != os.getpid():
             # A forked child makes masters of its own and never touches its parent's.
             self._owner_pid = os.getpid()
-            self._control_dir = tempfile.mkdtemp(prefix="ccat-ssh-")
+            # A unix socket path must stay under ~104 bytes; %C adds 40.
+            base = tempfile.gettempdir()
+            self._control_dir = tempfile.mkdtemp(
+                prefix="ccat-ssh-", dir=base if len(base) <= 40 else "/tmp"
+            )
             self.master_pid = None
         # %C: a hash of host, port, user; short enough for a unix socket path.
         return os.path.join(self._control_dir, "%C")
