@@ -77,9 +77,9 @@ def test_site_holds_only_its_own_assets_jobs_and_sensors(default_topology_db):
         "cologne_long_term_archive_transfer",
     }
     assert all(s.name.startswith("cologne_") for s in repo.sensor_defs)
-    check = cologne.resolve_asset_graph().get_check_spec(
-        next(iter(cologne.resolve_asset_graph().asset_check_keys))
-    )
+    graph = cologne.resolve_asset_graph()
+    (lta_presence,) = [k for k in graph.asset_check_keys if k.name == "lta_presence"]
+    check = graph.get_check_spec(lta_presence)
     assert check.blocking
 
 
