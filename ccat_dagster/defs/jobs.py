@@ -42,8 +42,13 @@ def stage_op_name(site: SiteView, stage: Stage) -> str:
     return f"{site.short_name}_{stage.name}_batch"
 
 
+def stage_pool(site: SiteView, stage: Stage) -> str:
+    """The concurrency pool of a stage's op: ``{site}_{location}_{operation}``."""
+    return f"{site.short_name}_{stage.pool_location(site)}_{stage.operation.value}"
+
+
 def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
-    pool = f"{site.short_name}_{stage.pool_location(site)}_{stage.operation.value}"
+    pool = stage_pool(site, stage)
 
     @op(
         name=stage_op_name(site, stage),

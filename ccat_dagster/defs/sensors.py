@@ -27,7 +27,7 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.jobs import stage_op_name
+from ccat_dagster.defs.jobs import stage_op_name, stage_pool
 from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
 from ccat_dagster.defs.resources import OpsDbResource
 from ccat_dagster.defs.stages import BUNDLE, PACKAGE, Stage, site_buffer_action, site_row
@@ -114,7 +114,15 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
             partition_requests = _new_partitions(session, site_db.id, cursor, stage)
             all_ready = stage.ready(session, site_db)
             ready = [i for i in all_ready if i not in busy]
-            free_runs = max(stage.max_runs(session, site_db) - running, 0)
+            limit = stage.max_runs(session, site_db)
+            free_runs = max(limit - running, 0)
+        if stage.pool_follows_max_runs:
+            # The op pool follows the same limit (policy max_normal_transfers, lowered under
+            # buffer pressure), so runs launched by hand are throttled too.
+            pool = stage_pool(site, stage)
+            info = context.instance.event_log_storage.get_concurrency_info(pool)
+            if info.slot_count != limit:
+                context.instance.event_log_storage.set_concurrency_slots(pool, limit)
         batches = [ready[i : i + stage.batch_size] for i in range(0, len(ready), stage.batch_size)][
             :free_runs
         ]

@@ -83,6 +83,8 @@ class Stage:
     batch_size: int = 200
     #: how many runs of this stage may be in flight at once at a site
     max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
+    #: the sensor keeps the op pool's limit equal to ``max_runs`` (transfers)
+    pool_follows_max_runs: bool = False
 
 
 def materialization(
@@ -234,6 +236,7 @@ TRANSFER = Stage(
     pool_location=_first_buffer,
     batch_size=20,
     max_runs=_transfer_limit,
+    pool_follows_max_runs=True,
 )
 
 

@@ -79,3 +79,16 @@ def test_transfer_sensor_at_lta_site_skips_until_something_is_routed_there(local
             "cologne_long_term_archive_transfer_sensor",
         ):
             assert isinstance(_evaluate(defs, name, instance), SkipReason)
+
+
+def test_transfer_sensor_sets_the_transfer_pool_to_the_policy_limit(local_pipeline):
+    url, session, _ = local_pipeline
+    from ccat_ops_db.models import PolicySetting
+
+    session.merge(PolicySetting(key="max_normal_transfers", value=3))
+    session.commit()
+    defs = build_site_definitions("cologne", ops_db_url=url)
+    with instance_for_test() as instance:
+        _evaluate(defs, "cologne_data_transfer_sensor", instance)
+        info = instance.event_log_storage.get_concurrency_info("cologne_buffer_data_transfer")
+        assert info.slot_count == 3
