@@ -20,12 +20,11 @@ from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.locations import is_lta_site
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import tracked_copy
+from ccat_dagster.lifecycle.progress import set_status, tracked_copy
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
-from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
@@ -181,7 +180,16 @@ def unpack_data_transfer(
         )
         for p in packages
     }
-    transfer.unpack_status = Status.IN_PROGRESS
+    set_status(
+        session,
+        transfer,
+        Status.IN_PROGRESS,
+        entity_type="data_transfer",
+        reason=f"unpacking {dtp.name} at {buffer.qualified_name}",
+        data_location_id=buffer.id,
+        run_id=run_id,
+        attr="unpack_status",
+    )
     session.commit()
     storage = storage_for(buffer)
     try:
@@ -212,17 +220,16 @@ def unpack_data_transfer(
             reason=f"unpacked from {dtp.name}, verified against manifest and ops DB",
             run_id=run_id,
         )
-    transfer.unpack_status = Status.COMPLETED
     transfer.unpack_failure_reason = None
-    audit(
+    set_status(
         session,
+        transfer,
+        Status.COMPLETED,
         entity_type="data_transfer",
-        entity_id=transfer.id,
-        old_status=Status.IN_PROGRESS,
-        new_status=Status.COMPLETED,
         reason=f"unpacked {len(packages)} packages at {buffer.qualified_name}",
         data_location_id=buffer.id,
         run_id=run_id,
+        attr="unpack_status",
     )
     session.commit()
     return StageOutcome(
