@@ -109,6 +109,16 @@ class PhysicalCopyStatus(enum.Enum):
     DELETION_POSSIBLE = "DELETION_POSSIBLE"
     DELETED = "DELETED"
     DELETION_FAILED = "DELETION_FAILED"
+    #: a live check found the object with other bytes (size or checksum) than the catalogue
+    #: records; never deleted automatically, repaired from a good copy
+    BAD = "BAD"
+    #: the object is gone although no rule deleted it (found missing by a live check, or declared
+    #: lost by an operator); repaired from a good copy where one exists
+    LOST = "LOST"
+
+
+#: Copies that no longer hold their data and wait for a repair: never evidence of anything.
+UNUSABLE_COPY_STATUSES = (PhysicalCopyStatus.BAD, PhysicalCopyStatus.LOST)
 
 
 class RouteType(enum.Enum):
@@ -249,6 +259,10 @@ class RawDataFile(Base):
         ForeignKey("raw_data_package.id"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Declared lost by an operator (the file vanished before it was packaged): it is left out of
+    # its package so the rest of the obs unit is archived; the reason is audited too.
+    lost_at: Mapped[datetime | None] = mapped_column()
+    lost_reason: Mapped[str | None] = mapped_column(Text)
 
     source_location: Mapped[DataLocation] = relationship()
     executed_obs_unit: Mapped[ExecutedObsUnit] = relationship()
@@ -534,6 +548,41 @@ class PolicySetting(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+class LocationAvailability(Base):
+    """Whether a location answers. Errors that belong to a location (root missing, mount gone,
+    disk full, endpoint down, host unreachable) make it unavailable instead of failing packages;
+    it is probed with backoff (``next_probe_at``) and work resumes when a probe succeeds. A
+    location without a row has never failed and counts as available."""
+
+    __tablename__ = "location_availability"
+
+    data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), primary_key=True)
+    available: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: when the current state (available or not) began
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    #: the location error that made it unavailable (kept after it recovers, for the record)
+    reason: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_probe_at: Mapped[datetime | None] = mapped_column()
+    next_probe_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    data_location: Mapped[DataLocation] = relationship()
+
+
+class PlannerLock(Base):
+    """One row per planner scope (e.g. ``packaging:<location id>``). A planner takes it with an
+    UPDATE as the first statement of its transaction, which holds a row lock on PostgreSQL and
+    the write lock on SQLite until commit: two planners of the same scope (the daemon and a
+    manual run, two daemons after a failover) run one after the other, never interleaved."""
+
+    __tablename__ = "planner_lock"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    acquired_at: Mapped[datetime | None] = mapped_column()
 
 
 class DiskUsageSample(Base):

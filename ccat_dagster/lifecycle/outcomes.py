@@ -26,6 +26,9 @@ class StageOutcome:
     permanent: bool = False
     #: True when there was nothing to do (already done by an earlier run).
     skipped: bool = False
+    #: True when the work waits for a location (unavailable, or without the free space the
+    #: work needs): not a failure of the package, nothing counted against its retries.
+    deferred: bool = False
 
 
 @dataclass

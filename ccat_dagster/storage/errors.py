@@ -21,6 +21,14 @@ class TransientStorageError(StorageError):
     """Connection dropped, timeout, S3 5xx/throttling: retrying later may succeed."""
 
 
+class LocationUnavailableError(TransientStorageError):
+    """The *location* does not answer, not one object: its root is missing or not a directory,
+    the mount is gone, the disk is full, the S3 endpoint is down or answering 5xx, the SSH host
+    is unreachable. Nothing is wrong with the package being moved: the location is marked
+    unavailable and probed with backoff, and work that needs it waits without counting against
+    any package's retries."""
+
+
 class PermanentStorageError(StorageError):
     """Missing source, permission denied, disk full, bad configuration: retrying will not help."""
 
