@@ -551,14 +551,18 @@ class PolicySetting(Base):
 
 
 class LocationAvailability(Base):
-    """Whether a location answers. Errors that belong to a location (root missing, mount gone,
-    disk full, endpoint down, host unreachable) make it unavailable instead of failing packages;
-    it is probed with backoff (``next_probe_at``) and work resumes when a probe succeeds. A
-    location without a row has never failed and counts as available."""
+    """Whether a location answers, as seen from one site (``observer``: the site whose code
+    reached it; a link between two sites can be down while the location works locally). Errors
+    that belong to a location (root missing, mount gone, disk full, endpoint down, host
+    unreachable) make it unavailable instead of failing packages; the observer probes it with
+    backoff (``next_probe_at``) and work resumes when a probe succeeds. No row: it never failed
+    from there, so it counts as available."""
 
     __tablename__ = "location_availability"
 
     data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), primary_key=True)
+    #: short name of the observing site ("" when not known, e.g. a command run by hand)
+    observer: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     #: when the current state (available or not) began
     since: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,8 +1,8 @@
-"""wave 2 safety: copy repair states, lost files, location availability, planner locks
+"""wave 2 safety: BAD/LOST copy states, lost raw files, location availability, planner locks
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-30 13:05:55.993012
+Create Date: 2026-11-30 13:07:15.795163
 """
 
 from collections.abc import Sequence
@@ -28,6 +28,7 @@ def upgrade() -> None:
     op.create_table(
         "location_availability",
         sa.Column("data_location_id", sa.Integer(), nullable=False),
+        sa.Column("observer", sa.String(length=64), nullable=False),
         sa.Column("available", sa.Boolean(), nullable=False),
         sa.Column("since", sa.DateTime(timezone=True), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
@@ -40,7 +41,9 @@ def upgrade() -> None:
             ["data_location.id"],
             name=op.f("fk_location_availability_data_location_id_data_location"),
         ),
-        sa.PrimaryKeyConstraint("data_location_id", name=op.f("pk_location_availability")),
+        sa.PrimaryKeyConstraint(
+            "data_location_id", "observer", name=op.f("pk_location_availability")
+        ),
     )
     with op.batch_alter_table("raw_data_file", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lost_at", sa.DateTime(timezone=True), nullable=True))
