@@ -28,7 +28,7 @@ from ccat_dagster.defs.keys import (
     asset_key,
 )
 from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import archive, routing, transfers
+from ccat_dagster.lifecycle import archive, repair, routing, transfers
 from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
 from ccat_dagster.lifecycle.data_transfer_packages import (
     build_data_transfer_package,
@@ -99,6 +99,8 @@ def materialization(
 
 
 def metadata_value(value):
+    if isinstance(value, bool):
+        return MetadataValue.bool(value)
     if isinstance(value, float):
         return MetadataValue.float(value)
     if isinstance(value, int):
@@ -114,9 +116,16 @@ def stage_report(outcome: StageOutcome, *events: DagsterEvent) -> StageReport:
 
 
 def _plan_packages(session: Session, site: Site) -> None:
-    for location in site.locations:
-        if location.active and location.location_type == LocationType.SOURCE:
-            create_raw_data_packages_for_location(session, location)
+    sources = [
+        loc for loc in site.locations if loc.active and loc.location_type == LocationType.SOURCE
+    ]
+    for location in sources:
+        create_raw_data_packages_for_location(session, location)
+    # archive copies found bad with no tar left anywhere: re-made from the raw files
+    if repair.mark_for_repackaging(
+        session, repair.packages_to_repackage(session, [loc.id for loc in sources])
+    ):
+        session.commit()
 
 
 def _ready_packages(session: Session, site: Site) -> list[str]:
@@ -308,31 +317,35 @@ def lta_presence_evaluation(
         partition=package.name,
         severity=AssetCheckSeverity.ERROR,
         blocking=True,
-        metadata={k: metadata_value(v) for k, v in evidence.as_dict().items() if v is not None},
+        metadata={
+            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
+        },
         description=evidence.detail or "present with the recorded size and checksum",
     )
 
 
 def _archive_item(session: Session, item: str):
-    package_id, buffer_id, lta_id = (int(x) for x in item.split(":"))
+    """``package:source:lta`` ids: the source is a buffer of the site, or for a repair any
+    location holding a good copy."""
+    package_id, source_id, lta_id = (int(x) for x in item.split(":"))
     package = session.get(RawDataPackage, package_id)
-    return package, session.get(DataLocation, buffer_id), session.get(DataLocation, lta_id)
+    return package, session.get(DataLocation, source_id), session.get(DataLocation, lta_id)
 
 
 def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> StageReport:
     """Only the copy; the single-partition asset leaves the check to its blocking asset check."""
-    package, buffer, lta = _archive_item(session, item)
+    package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
-        session, package, buffer, lta, storage_for=storage_for, run_id=run_id
+        session, package, source, lta, storage_for=storage_for, run_id=run_id
     )
     return StageReport(outcome)
 
 
 def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageReport:
     """Copy, then the lta_presence check, recorded as a check evaluation of the partition."""
-    package, buffer, lta = _archive_item(session, item)
+    package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
-        session, package, buffer, lta, storage_for=storage_for, run_id=run_id
+        session, package, source, lta, storage_for=storage_for, run_id=run_id
     )
     if not outcome.ok:
         return StageReport(outcome)

@@ -236,6 +236,20 @@ def build_raw_data_package(
         session.commit()
         return StageOutcome(package.name, ok=False, error=str(exc), permanent=permanent)
 
+    if package.checksum is not None and package.checksum != result.checksum:
+        # Only a re-package (no tar of the package left anywhere) can get here: the raw files
+        # were verified member by member, so their new tar is the package from now on.
+        audit(
+            session,
+            entity_type="raw_data_package",
+            entity_id=package.id,
+            old_status=package.status,
+            new_status=package.status,
+            reason=f"re-packaged tar differs from the recorded one: {package.checksum} -> "
+            f"{result.checksum} ({result.algorithm}); the raw files matched their checksums",
+            data_location_id=buffer.id,
+            run_id=run_id,
+        )
     package.size = result.size
     package.checksum = result.checksum
     package.checksum_algorithm = result.algorithm
