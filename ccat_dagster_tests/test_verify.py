@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, instance_for_test
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.lifecycle.deletion import RULE_RDP_SOURCE_BUFFER
+from ccat_dagster.lifecycle.deletion import RULE_RDF_DELETION_POSSIBLE, RULE_RDP_SOURCE_BUFFER
 from ccat_dagster.lifecycle.filing import register_raw_data_files
 from ccat_dagster.lifecycle.integrity import verify_catalogue
 from ccat_dagster.simulate import simulate_instrument
@@ -248,9 +248,45 @@ def test_planted_violations_are_reported_with_their_kind(pipeline):
             select(RawDataFile).where(RawDataFile.raw_data_package_id == p2)
         ).first()
         victim_id, victim_path = victim.id, victim.relative_path
-    set_copy_status(url, "ccat/primecam_raw_data", S.DELETED, raw_data_file_id=victim_id)
-    assert_found({("deletion_without_audit", raw(victim_path), "ccat/primecam_raw_data")})
-    set_copy_status(url, "ccat/primecam_raw_data", S.DELETION_POSSIBLE, raw_data_file_id=victim_id)
+    source = "ccat/primecam_raw_data"
+    set_copy_status(url, source, S.DELETED, raw_data_file_id=victim_id)
+    assert_found({("deletion_without_audit", raw(victim_path), source)})
+    # recorded by the DELETION_POSSIBLE rule, in the old form (no last_copy_outside_lta):
+    # that rule always removed the last copy outside the archives, so it needs the check
+    with session_scope(url) as session:
+        copy_id = session.scalar(
+            select(PhysicalCopy.id).where(PhysicalCopy.raw_data_file_id == victim_id)
+        )
+        record = AuditLog(
+            entity_type="physical_copy",
+            entity_id=copy_id,
+            data_location_id=location_id(session, source),
+            old_status=S.DELETION_IN_PROGRESS.value,
+            new_status=S.DELETED.value,
+            reason=RULE_RDF_DELETION_POSSIBLE,
+            evidence={"rule": RULE_RDF_DELETION_POSSIBLE, "key": victim_path},
+        )
+        session.add(record)
+        session.flush()
+        planted = record.id
+    assert_found({("deletion_without_lta_evidence", raw(victim_path), source)})
+    check = {"ok": True, "location": "us/lta", "key": key2, "checked_at": "2026-01-01T00:00:00"}
+    with session_scope(url) as session:
+        session.execute(
+            update(AuditLog)
+            .where(AuditLog.id == planted)
+            .values(
+                evidence={
+                    "rule": RULE_RDF_DELETION_POSSIBLE,
+                    "last_copy_outside_lta": True,
+                    "lta_verification": [check],
+                }
+            )
+        )
+    assert_clean()
+    with session_scope(url) as session:
+        session.execute(delete(AuditLog).where(AuditLog.id == planted))
+    set_copy_status(url, source, S.DELETION_POSSIBLE, raw_data_file_id=victim_id)
     assert_clean()
 
     # a source-buffer package deletion whose evidence lacks the live archive check
@@ -372,6 +408,10 @@ def test_sample_and_scope_limit_what_is_read(pipeline):
     # one site: the SOURCE files (and empty buffer), no archive
     c = assert_clean("--site", "ccat")["counters"]
     assert c["locations"] == 2 and c["copies_checked"] == 8 and c["lta_copies_expected"] == 0
+    assert c["files_checked"] == c["files_proven"] == 8
+    # a location that holds nothing of theirs judges no file
+    c = assert_clean("--location", "us/buffer")["counters"]
+    assert c["copies_checked"] == c["files_checked"] == 0
 
     # a sample: every copy stat'ed, a deterministic subset read, at least one per location
     _, first = verify("--sample", "0.3", "--seed", "5")

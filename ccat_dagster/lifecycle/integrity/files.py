@@ -72,6 +72,8 @@ class FileCheck:
             if package_id is None:
                 continue  # unpackaged files are looked at one by one below
             state = self.states.packages.get(package_id)
+            if state is None and self.scope.limited and not in_scope:
+                continue  # neither its SOURCE nor a copy of its package is in the scope
             if state == GOOD:
                 c.files_checked += n
                 c.files_proven += n
@@ -80,7 +82,7 @@ class FileCheck:
                 c.files_unproven += n
                 if package_id in good_file_packages:
                     unproven_packages.add(package_id)
-            elif state is not None or not self.scope.limited or in_scope:
+            else:
                 candidates[package_id] = candidates.get(package_id, 0) + n
         # files counted unproven although a copy of their own was read good
         for package_id in self.states.good_files.values():
