@@ -84,16 +84,17 @@ class FileCheck:
                     unproven_packages.add(package_id)
             else:
                 candidates[package_id] = candidates.get(package_id, 0) + n
-        # files counted unproven although a copy of their own was read good
-        for package_id in self.states.good_files.values():
-            if package_id in unproven_packages:
-                c.files_unproven -= 1
-                c.files_proven += 1
-
         at_risk, still_held = self._without_a_usable_package_copy(sorted(candidates))
         for package_id in still_held:
             c.files_checked += candidates[package_id]
             c.files_unproven += candidates[package_id]
+            if package_id in good_file_packages:
+                unproven_packages.add(package_id)
+        # files counted unproven with their package although a copy of their own was read good
+        for package_id in self.states.good_files.values():
+            if package_id in unproven_packages:
+                c.files_unproven -= 1
+                c.files_proven += 1
         for chunk in _chunks(at_risk):
             self._look_at_files(rdf_t.c.raw_data_package_id.in_(chunk))
         unpackaged = rdf_t.c.raw_data_package_id.is_(None)
