@@ -254,3 +254,7 @@ def test_bad_and_lost_archive_copies_are_repaired_before_the_source_goes(archive
             assert all(c["ok"] for c in checks)
             # the raw files are where the data came from: always checked, last copy or not
             assert isinstance(a.evidence["last_copy_outside_lta"], bool)
+
+    # and the invariant, read from the storage itself
+    result = CliRunner().invoke(app, ["verify"], env={"CCAT_OPS_DB_URL": url})
+    assert result.exit_code == 0, result.output

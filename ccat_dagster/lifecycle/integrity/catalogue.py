@@ -9,10 +9,10 @@ and every audit record).
 (d) every DELETED copy has an audit record with the rule (a non-empty reason), and every
 deletion whose evidence says it removed the last copy outside the archives
 (``"last_copy_outside_lta": true``) carries a passing live archive check
-(``"lta_verification": [{"ok": true, ...}, ...]``). Deletions recorded before that field
-existed are judged by their rule: the source-buffer package rule and the DELETION_POSSIBLE
-raw-file rule always removed such a copy, so they need the check too; other rules only the
-record.
+(``"lta_verification": [{"ok": true, ...}, ...]``, every entry passed), and so does every
+deletion by a rule whose copies are always checked (the source-buffer package rule and the
+DELETION_POSSIBLE raw-file rule, ``last_copy.ALWAYS_VERIFIED``), with or without the field.
+Other rules need only the record.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.deletion import RULE_RDF_DELETION_POSSIBLE, RULE_RDP_SOURCE_BUFFER
 from ccat_dagster.lifecycle.integrity.report import (
     DELETION_WITHOUT_AUDIT,
     DELETION_WITHOUT_LTA_EVIDENCE,
@@ -32,6 +31,7 @@ from ccat_dagster.lifecycle.integrity.report import (
     Violation,
 )
 from ccat_dagster.lifecycle.integrity.scope import Scope
+from ccat_dagster.lifecycle.last_copy import ALWAYS_VERIFIED
 from ccat_ops_db.models import (
     AuditLog,
     CopyType,
@@ -62,8 +62,6 @@ DELETION_STATUSES = (
     S.DELETION_FAILED,
     S.DELETED,
 )
-#: rules that, before deletions recorded ``last_copy_outside_lta``, removed such a copy
-LEGACY_LAST_COPY_RULES = (RULE_RDP_SOURCE_BUFFER, RULE_RDF_DELETION_POSSIBLE)
 _STATUS_DETAIL = {
     None: "no copy there: the package was never archived to this location",
     S.BAD: "the copy there is BAD (other bytes than recorded): repair pending",
@@ -230,26 +228,28 @@ def _has_reason() -> sa.ColumnElement[bool]:
     return sa.func.length(sa.func.trim(sa.func.coalesce(audit_t.c.reason, ""))) > 0
 
 
-def _passing_lta_check(entries: int) -> sa.ColumnElement[bool]:
-    """Any of the first ``entries`` ``lta_verification`` entries has ``"ok": true`` (JSON
-    paths work the same on SQLite and PostgreSQL)."""
+def _passing_lta_check() -> sa.ColumnElement[bool]:
+    """A live archive check is recorded and every recorded check passed (the gate deletes
+    only then): the first ``lta_verification`` entry has ``"ok": true`` and no entry has
+    ``"ok": false`` (a text match, so it sees every entry of an array of any length; both
+    backends store the JSON as Python's ``json.dumps`` writes it)."""
     evidence = audit_t.c.evidence
-    # coalesce: a missing entry is NULL, and NOT (NULL OR ...) would hide the record
-    return sa.or_(
-        *(
-            sa.func.coalesce(evidence[("lta_verification", i, "ok")].as_boolean(), sa.false())
-            == sa.true()
-            for i in range(entries)
-        )
+    first_ok = (
+        sa.func.coalesce(evidence[("lta_verification", 0, "ok")].as_boolean(), sa.false())
+        == sa.true()
     )
+    failed_entry = sa.cast(evidence, sa.Text).like('%"ok": false%')
+    return sa.and_(first_ok, ~failed_entry)
 
 
 def _needs_lta_check() -> sa.ColumnElement[bool]:
+    """The copy was the last one outside the archives, or its rule is one whose copies are
+    always checked (where the data came from), whatever the record says about the rest."""
     evidence = audit_t.c.evidence
     last = evidence["last_copy_outside_lta"].as_boolean()
     rule = evidence["rule"].as_string()
-    legacy = sa.or_(audit_t.c.reason.in_(LEGACY_LAST_COPY_RULES), rule.in_(LEGACY_LAST_COPY_RULES))
-    return sa.or_(last == sa.true(), sa.and_(last.is_(None), legacy))
+    always = sa.or_(audit_t.c.reason.in_(ALWAYS_VERIFIED), rule.in_(ALWAYS_VERIFIED))
+    return sa.or_(last == sa.true(), always)
 
 
 def check_deletion_records(session: Session, scope: Scope, report: VerifyReport) -> None:
@@ -298,7 +298,6 @@ def check_deletion_records(session: Session, scope: Scope, report: VerifyReport)
             )
         )
     # An entry per archive location at most; a margin in case a check is recorded twice.
-    entries = 2 * len(scope.lta_ids) + 2
     unproven = session.execute(
         sa.select(
             pc_t.c.id,
@@ -312,7 +311,7 @@ def check_deletion_records(session: Session, scope: Scope, report: VerifyReport)
             audit_t.c.evidence,
         )
         .select_from(joined.join(audit_t, audit_t.c.entity_id == pc_t.c.id))
-        .where(*where, deleted_record, _needs_lta_check(), ~_passing_lta_check(entries))
+        .where(*where, deleted_record, _needs_lta_check(), ~_passing_lta_check())
         .order_by(audit_t.c.id)
     )
     for copy_id, copy_type, loc_id, obj, obj_key, audit_id, reason, run, evidence in unproven:
