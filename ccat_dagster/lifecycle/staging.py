@@ -572,7 +572,11 @@ def _unpack_from(
             errors.append(exc)
         except OSError as exc:  # writing at the PROCESSING location: another LTA will not help
             raise map_os_error(
-                exc, location=location.qualified_name, key=None, reading=False
+                exc,
+                location=f"{location.site.short_name}/{location.name}",
+                key=None,
+                reading=False,
+                root=root,
             ) from exc
     detail = "; ".join(f"{lta.qualified_name}: {e}" for lta, e in zip(sources, errors, strict=True))
     if any(isinstance(e, TransientStorageError) for e in errors):
