@@ -162,6 +162,9 @@ def run_until_idle(
     log: Callable[[str], None] = print,
 ) -> RunnerReport:
     """Tick every sensor (then, when they are quiet, every schedule) until nothing is requested."""
+    from ccat_dagster.defs.availability import make_all_probes_due
+
+    make_all_probes_due(definitions)  # unavailable locations are probed again in the first pass
     report = RunnerReport()
     while report.passes < max_passes:
         report.passes += 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.availability import UnavailableLocation, unavailable_locations
 from ccat_ops_db.models import (
     CopyType,
     DataLocation,
@@ -30,6 +31,8 @@ class PipelineSummary:
     archive_transfers: dict[str, int] = field(default_factory=dict)
     # (location, copy type, status) -> (count, bytes)
     copies: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    #: locations that do not answer from some site: work needing them waits (not FAILED)
+    unavailable: list[UnavailableLocation] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [
@@ -46,6 +49,8 @@ class PipelineSummary:
         lines.append("physical copies (location, kind, status: count, bytes):")
         for (loc, kind, status), (n, size) in sorted(self.copies.items()):
             lines.append(f"  {loc:<34} {kind:<22} {status:<20} {n:>6}  {_bytes(size)}")
+        lines.append(f"locations unavailable: {len(self.unavailable) or 'none'}")
+        lines += [f"  {u.location:<24} {u.describe()}" for u in self.unavailable]
         return "\n".join(lines)
 
 
@@ -64,7 +69,7 @@ def _bytes(n: int | None) -> str:
 
 def pipeline_summary(session: Session) -> PipelineSummary:
     """Counts per stage, set-based (a handful of GROUP BY queries)."""
-    s = PipelineSummary()
+    s = PipelineSummary(unavailable=unavailable_locations(session))
     s.files = tuple(
         session.execute(select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))).one()
     )
