@@ -162,9 +162,9 @@ def run_until_idle(
     log: Callable[[str], None] = print,
 ) -> RunnerReport:
     """Tick every sensor (then, when they are quiet, every schedule) until nothing is requested."""
-    from ccat_dagster.defs.availability import make_all_probes_due
+    from ccat_dagster.defs.availability import probe_unavailable_now
 
-    make_all_probes_due(definitions)  # unavailable locations are probed again in the first pass
+    probe_unavailable_now(definitions, instance)  # what answers again is worked on at once
     report = RunnerReport()
     while report.passes < max_passes:
         report.passes += 1

@@ -7,12 +7,12 @@ buffer it writes into has no room for it (``lifecycle.admission``). A location e
 running marks the location unavailable from this site and records a ``location_available``
 check evaluation (and an observation) on the location's asset. ``{site}_location_probe_sensor``
 probes, with backoff, the locations this site recorded as unavailable and records the result the
-same way. Read when the code location loads: ``CCAT_PROBE_INTERVAL_SECONDS`` (default 15).
+same way, ticking every ``PROBE_BACKOFF_BASE_SECONDS``; ``ccat run-until-idle`` probes them all
+when it starts (``probe_unavailable_now``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +22,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     AssetObservation,
+    DagsterInstance,
     DefaultSensorStatus,
     Definitions,
     MetadataValue,
@@ -40,7 +41,9 @@ from ccat_dagster.defs.stages import Stage, site_row
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.admission import Admission, plan_admission
 from ccat_dagster.lifecycle.availability import (
+    PROBE_BACKOFF_BASE_SECONDS,
     Needs,
+    ProbeResult,
     Unavailability,
     UnavailableLocation,
     describe_waits,
@@ -53,9 +56,9 @@ from ccat_dagster.lifecycle.availability import (
 from ccat_dagster.storage.base import DiskUsage, Storage
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import DataLocation, LocationType, Site
-from ccat_ops_db.session import session_scope
 
-PROBE_INTERVAL_SECONDS = int(os.environ.get("CCAT_PROBE_INTERVAL_SECONDS", "15"))
+#: the probe sensor ticks as often as the shortest backoff delay
+PROBE_INTERVAL_SECONDS = PROBE_BACKOFF_BASE_SECONDS
 LOCATION_AVAILABLE = "location_available"
 
 StorageFor = Callable[[DataLocation], Storage]
@@ -140,7 +143,8 @@ class StageGate:
         gate = cls(session, stage, site, observer, storage_for, unavailability(session, observer))
         items = list(items)
         if items:
-            gate.needs = stage.needs(session, site, items)
+            if gate.unavailable:  # else computed only for the items of a batch that meets one
+                gate.needs = stage.needs(session, site, items)
             if stage.admission_targets is not None:
                 gate.targets = stage.admission_targets(session, site, items)
                 gate._admit(run_id)
@@ -161,8 +165,10 @@ class StageGate:
 
     def waits(self, item: str) -> str | None:
         """Why ``item`` cannot run now (None: it may run)."""
-        needs = self.needs.get(item)
-        if needs is not None and self.unavailable:
+        if self.unavailable:
+            needs = self.needs.get(item)
+            if needs is None:
+                needs = self.needs[item] = self.stage.needs(self.session, self.site, [item])[item]
             blocking = self.unavailable.waiting_for(needs)
             if blocking:
                 return f"waiting for {describe_waits(blocking)}"
@@ -278,16 +284,28 @@ def build_location_checks(site: SiteView, asset_keys: set[AssetKey]) -> list:
 # --------------------------------------------------------------------------- run-until-idle
 
 
-def make_all_probes_due(definitions: Sequence[Definitions]) -> int:
-    """Make every recorded probe due now (the start of ``ccat run-until-idle``), once per ops
-    database the definitions use; returns how many."""
-    urls = {
-        defs.resources["ops_db"].resolved_url()
-        for defs in definitions
-        if isinstance(defs.resources.get("ops_db"), OpsDbResource)
-    }
-    count = 0
-    for url in urls:
-        with session_scope(url) as session:
-            count += make_probes_due(session)
-    return count
+def probe_unavailable_now(
+    definitions: Sequence[Definitions], instance: DagsterInstance | None = None
+) -> list[ProbeResult]:
+    """Probe now every location that a site of ``definitions`` recorded as unavailable, as that
+    site reaches it (the start of ``ccat run-until-idle``: the first pass then sees what answers
+    again, whatever order the sensors tick in). The UI events go to ``instance``."""
+    results = []
+    for defs in definitions:
+        ops_db, storage = defs.resources.get("ops_db"), defs.resources.get("storage")
+        if not isinstance(ops_db, OpsDbResource) or not isinstance(storage, SiteStorageResource):
+            continue
+        with ops_db.session() as session, storage.registry() as storages:
+            make_probes_due(session, observer=storage.site)
+            for location, result in probe_due_locations(
+                session, storages.get, observer=storage.site
+            ):
+                results.append(result)
+                if instance is None:
+                    continue
+                events = location_events(
+                    location, ok=result.ok, detail=result.detail, observer=storage.site
+                )
+                for event in events:
+                    instance.report_runless_asset_event(event)
+    return results

@@ -35,8 +35,6 @@ def build_site_definitions(
     snapshot = snapshot or load_topology_snapshot(ops_db_url)
     site = snapshot.site(site_short_name)
     assets, checks = build_site_assets(snapshot, site)
-    # The probe sensor comes first: a location that answers again is available before the
-    # stage sensors of the same tick (and pass of run-until-idle) look at it.
     jobs, sensors = [], [build_location_probe_sensor(site)]
     for stage in PIPELINE_STAGES:
         if not stage.applies(site):

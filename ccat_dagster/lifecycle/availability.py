@@ -250,7 +250,13 @@ def mark_unavailable(
     now = now or utcnow()
     row = _row(session, location, observer)
     was_available = row.available is not False
-    failures = (0 if was_available else row.consecutive_failures or 0) + 1
+    previous = row.consecutive_failures or 0
+    if was_available and previous:
+        # Back only briefly (a probe passed, the next write failed again, e.g. a disk with
+        # room for the probe but not for the work): the backoff goes on growing.
+        flapping = now - as_utc(row.since) < 2 * probe_delay(previous)
+        previous = previous if flapping else 0
+    failures = previous + 1
     text = f"{FULL_PREFIX}{reason}" if full and not reason.startswith(FULL_PREFIX) else reason
     if was_available:
         row.since = now
@@ -275,7 +281,8 @@ def mark_available(
     run_id: str | None = None,
 ) -> bool:
     """Record that ``location`` answers again from ``observer``; True when that is a change
-    (audited). The last reason stays on the row for the record. The caller commits."""
+    (audited). The last reason and failure count stay on the row for the record (a failure
+    soon after continues the backoff instead of starting it again). The caller commits."""
     now = now or utcnow()
     row = session.get(LocationAvailability, (location.id, observer), populate_existing=True)
     if row is None:
@@ -285,7 +292,6 @@ def mark_available(
         _audit(session, location, UNAVAILABLE, AVAILABLE, detail, observer, 0, run_id)
         row.since = now
     row.available = True
-    row.consecutive_failures = 0
     row.last_probe_at = now
     row.next_probe_at = None
     session.flush()

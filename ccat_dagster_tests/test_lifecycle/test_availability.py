@@ -66,7 +66,25 @@ def test_marking_counts_failures_backs_off_and_audits_only_changes(session, topo
     assert av.unavailable_locations(session) == []
     assert _trail(session, lta) == [("AVAILABLE", "UNAVAILABLE"), ("UNAVAILABLE", "AVAILABLE")]
     stored = session.get(LocationAvailability, (lta.id, "cologne"))
-    assert stored.available and stored.consecutive_failures == 0 and stored.reason == "still"
+    assert stored.available and stored.reason == "still"
+
+
+def test_failing_again_soon_after_a_recovery_keeps_backing_off(session, topo):
+    """A disk with room for the probe but not for the work must not be retried every 15 s."""
+    lta = topo.lta("cologne")
+    t0 = utcnow()
+    av.mark_unavailable(session, lta, observer="cologne", reason="full", now=t0)
+    av.mark_unavailable(session, lta, observer="cologne", reason="full", now=t0)
+    t1 = t0 + timedelta(seconds=40)
+    av.mark_available(session, lta, observer="cologne", now=t1)
+    again = av.mark_unavailable(session, lta, observer="cologne", reason="full", now=t1)
+    assert again.consecutive_failures == 3
+    assert again.next_probe_at == t1 + timedelta(seconds=60)
+    t2 = t1 + timedelta(hours=1)
+    av.mark_available(session, lta, observer="cologne", now=t2)
+    t3 = t2 + timedelta(hours=1)
+    later = av.mark_unavailable(session, lta, observer="cologne", reason="x", now=t3)
+    assert later.consecutive_failures == 1, "a new outage starts the backoff again"
 
 
 def test_due_probes_and_making_every_probe_due_now(session, topo):
