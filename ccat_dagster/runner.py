@@ -162,6 +162,9 @@ def run_until_idle(
     log: Callable[[str], None] = print,
 ) -> RunnerReport:
     """Tick every sensor (then, when they are quiet, every schedule) until nothing is requested."""
+    from ccat_dagster.defs.availability import probe_unavailable_now
+
+    probe_unavailable_now(definitions, instance)  # what answers again is worked on at once
     report = RunnerReport()
     while report.passes < max_passes:
         report.passes += 1

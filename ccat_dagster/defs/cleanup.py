@@ -48,6 +48,7 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.defs.availability import location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
@@ -56,6 +57,7 @@ from ccat_dagster.defs.stages import (
     site_row,
 )
 from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle.availability import record_location_error, unavailability
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
 from ccat_dagster.lifecycle.cleanup import plan_deletions, run_cleanup_cycle
 from ccat_dagster.lifecycle.deletion import (
@@ -66,7 +68,7 @@ from ccat_dagster.lifecycle.deletion import (
 from ccat_dagster.lifecycle.operations import OperationType, pool_name
 from ccat_dagster.lifecycle.repair import record_lta_check
 from ccat_dagster.lifecycle.verification import LtaEvidence, make_storage_lta_verifier
-from ccat_dagster.storage.errors import StorageError
+from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import (
     DataLocation,
     DiskDataLocation,
@@ -181,6 +183,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
                 try:
                     evidence = verify(package, lta)
                 except StorageError as exc:
+                    if isinstance(exc, LocationUnavailableError):
+                        _location_unavailable(context, session, exc, s)
                     evidence = LtaEvidence.cannot_verify(
                         lta.qualified_name, package.relative_path, exc
                     )
@@ -254,6 +258,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
                         lta_presence_evaluation(check.lta, check.package, check.evidence)
                     )
                 errors += report.errors
+                for exc in report.unavailable:
+                    _location_unavailable(context, session, exc, s)
         if errors:
             raise Failure(
                 description=f"cleanup at {s}: {len(errors)} problem(s); data was kept",
@@ -287,10 +293,28 @@ def cleanup_run_config(site: SiteView, *, location: str | None = None, dry_run: 
 
 
 def _has_deletable(session: Session, site: Site) -> bool:
+    """Anything deletable at a location of ``site`` that answers from here (a full one does:
+    deleting is what frees it); a location that does not answer waits for its probe."""
+    down = unavailability(session, site.short_name)
     return any(
         plan_deletions(session, location=loc).deletable
         for loc in _site_locations(session, site, None)
+        if not down.blocks(loc.id, write=False)
     )
+
+
+def _location_unavailable(
+    context: OpExecutionContext, session: Session, exc: LocationUnavailableError, site: str
+) -> None:
+    """Record a location error met by the cleanup (the location is unavailable from ``site``)
+    and show it on the location's asset."""
+    row = record_location_error(session, exc, observer=site, run_id=context.run_id)
+    if row is None:
+        return
+    context.log.warning(f"{row.location} {row.describe()}")
+    location = session.get(DataLocation, row.location_id)
+    for event in location_events(location, ok=False, detail=row.reason, observer=site):
+        context.log_event(event)
 
 
 def build_cleanup_schedule(site: SiteView, cleanup_job: JobDefinition) -> ScheduleDefinition:

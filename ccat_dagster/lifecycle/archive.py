@@ -24,6 +24,7 @@ from ccat_dagster.lifecycle.verification import LtaEvidence, verify_lta_copy
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
+    LocationUnavailableError,
     PermanentStorageError,
     StorageError,
 )
@@ -278,6 +279,8 @@ def confirm_lta_presence(
     try:
         # the freshly written copy is read back in full: its bytes, not the metadata, are checked
         evidence = verify_lta_copy(storage_for(lta), package, prefer_stored_checksum=False)
+    except LocationUnavailableError:
+        raise  # the archive does not answer: nothing is known about the copy, nothing counted
     except StorageError as exc:
         evidence = LtaEvidence.cannot_verify(lta.qualified_name, package.relative_path, exc)
     transfer = session.scalar(

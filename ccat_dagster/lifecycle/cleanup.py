@@ -64,6 +64,7 @@ from ccat_dagster.lifecycle.verification import (  # noqa: F401 - re-exported
     make_storage_lta_verifier,
 )
 from ccat_dagster.storage.base import Storage
+from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
     CopyType,
@@ -203,6 +204,9 @@ class CleanupReport:
     plan: DeletionPlan | None = None
     #: every live check of an archive copy this cycle made (for the lta_presence evaluations)
     lta_checks: list[LtaCheck] = field(default_factory=list)
+    #: location errors met while deleting (the copies were given back, nothing counted); the
+    #: Dagster step marks these locations unavailable from its site
+    unavailable: list[LocationUnavailableError] = field(default_factory=list)
 
     @property
     def deleted(self) -> int:
@@ -451,9 +455,14 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
         failures = [(c, f"cannot open storage of {cycle.names[loc.id]}: {exc}") for c in started]
         storage = None
     if storage is not None:
-        for c in started:
+        for i, c in enumerate(started):
             try:
                 result = storage.delete(c.key)
+            except LocationUnavailableError as exc:
+                # The location does not answer: not this copy's fault. Its claim and the rest
+                # of the batch are given back uncounted; the location is marked unavailable.
+                _release_uncounted(cycle, loc, started[i:], exc)
+                break
             except Exception as exc:  # noqa: BLE001 - the copy goes DELETION_FAILED, retried
                 failures.append((c, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -490,6 +499,20 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
         report.deleted_by_rule[c.rule] += 1
         report.bytes_by_location[cycle.names[loc.id]] += c.size or 0
         report.deleted_copy_ids.append(c.copy_id)
+
+
+def _release_uncounted(
+    cycle: _Cycle, loc: DataLocation, copies: Sequence[DeletableCopy], exc: LocationUnavailableError
+) -> None:
+    for copy_type in {c.copy_type for c in copies}:
+        release_claims(
+            cycle.session,
+            [c for c in copies if c.copy_type == copy_type],
+            run_id=cycle.run_id,
+            to_status=status_before_claim(copy_type, loc.location_type),
+            reason=f"not deleted, the location does not answer (not counted): {exc}",
+        )
+    cycle.report.unavailable.append(exc)
 
 
 def close_staged_packages(

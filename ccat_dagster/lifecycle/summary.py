@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.availability import UnavailableLocation, unavailable_locations
 from ccat_dagster.lifecycle.repair import unusable_lta_copies
 from ccat_ops_db.models import (
     CopyType,
@@ -33,6 +34,8 @@ class PipelineSummary:
     copies: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
     # (package, archive location, BAD|LOST, reason): archive copies that failed a live check
     unusable_lta_copies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    #: locations that do not answer from some site: work needing them waits (not FAILED)
+    unavailable: list[UnavailableLocation] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [
@@ -61,6 +64,8 @@ class PipelineSummary:
             ]
             if len(self.unusable_lta_copies) > 50:
                 lines.append(f"  ... and {len(self.unusable_lta_copies) - 50} more")
+        lines.append(f"locations unavailable: {len(self.unavailable) or 'none'}")
+        lines += [f"  {u.location:<24} {u.describe()}" for u in self.unavailable]
         return "\n".join(lines)
 
 
@@ -79,7 +84,7 @@ def _bytes(n: int | None) -> str:
 
 def pipeline_summary(session: Session) -> PipelineSummary:
     """Counts per stage, set-based (a handful of GROUP BY queries)."""
-    s = PipelineSummary()
+    s = PipelineSummary(unavailable=unavailable_locations(session))
     s.files = tuple(
         session.execute(select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))).one()
     )
