@@ -11,8 +11,10 @@ there is STAGED, every file copy there is PRESENT *and* every file is on disk wi
 size; the check runs for every job that references the package, so a new job restores files deleted
 by mistake (and revives DELETED copies) instead of trusting the catalogue, and otherwise shares the
 files without fetching anything. ``complete_staging_job`` sets ``active=False``; the deletion rules
-(:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no live job (active,
-retention not over, counted from ``completed_at`` else ``created_at``) uses it. No Dagster here.
+(:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no active job uses it.
+A job's retention is the date its requester expects to be done by, for the operator (``ccat
+staging list`` flags active jobs past it): it never releases the files of an active job.
+No Dagster here.
 """
 
 from __future__ import annotations
@@ -211,8 +213,8 @@ def retention_minutes(
         return location.retention_period_minutes or get_policy(session).retention_period_minutes
     if retention_days <= 0:
         raise StagingError(
-            f"--retention-days must be positive (got {retention_days}); it is how long the "
-            "staged files are kept after staging finished, even if the job stays active"
+            f"--retention-days must be positive (got {retention_days}); it is how long you "
+            "expect to need the staged files (they stay until the job is completed)"
         )
     return max(1, round(retention_days * MINUTES_PER_DAY))
 
@@ -320,7 +322,10 @@ def list_staging_jobs(
 
 
 def retention_ends_at(job: StagingJob) -> datetime | None:
-    """When the job stops protecting its files (the deletion rules' clock), None = never."""
+    """When the job's retention ends (counted from when staging finished, else from its
+    creation), None = no retention. Information only: the files stay while the job is active,
+    whatever this says (seeds: only ``active=False`` on every job releases them); ``ccat staging
+    list`` flags active jobs past it so someone asks the requester to complete them."""
     if job.retention_period_minutes is None:
         return None
     start = as_utc(job.completed_at or job.created_at)
