@@ -10,7 +10,9 @@ every file gets a PRESENT RawDataFilePhysicalCopy there and the package copy the
 there is STAGED, every file copy there is PRESENT *and* every file is on disk with its recorded
 size; the check runs for every job that references the package, so a new job restores files deleted
 by mistake (and revives DELETED copies) instead of trusting the catalogue, and otherwise shares the
-files without fetching anything. ``complete_staging_job`` sets ``active=False``; the deletion rules
+files without fetching anything; two runs staging one package at once record it once (the
+catalogue writes take turns per location under a planner lock, and an identical file a twin
+unpacked meanwhile is accepted). ``complete_staging_job`` sets ``active=False``; the deletion rules
 (:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no active job uses it.
 A job's retention is the date its requester expects to be done by, for the operator (``ccat
 staging list`` flags active jobs past it): it never releases the files of an active job.
@@ -30,8 +32,10 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.copies import upsert_copy
 from ccat_dagster.lifecycle.locations import LocationError, resolve_location
+from ccat_dagster.lifecycle.locks import STAGING, planner_lock, scope
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.raw_data_packages import package_files
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
@@ -453,13 +457,8 @@ class StagedState:
 
 
 def _files(session: Session, package: RawDataPackage) -> list[RawDataFile]:
-    return list(
-        session.scalars(
-            sa.select(RawDataFile)
-            .where(RawDataFile.raw_data_package_id == package.id)
-            .order_by(RawDataFile.relative_path)
-        )
-    )
+    """The files in the package's tar (files declared lost before packaging are not)."""
+    return package_files(session, package)
 
 
 def staged_state(
@@ -672,29 +671,32 @@ def stage_raw_data_package(
     and every open job whose packages are all intact there becomes COMPLETED.
     """
     files = _files(session, package)
-    jobs = open_jobs_for(session, package, location)
     target = storage_for(location)
-    state = staged_state(session, package, location, files, target)
-    if state.claimed:
-        return StageOutcome(
-            package.name,
-            ok=False,
-            error=(
-                f"a cleanup run is deleting copies of {package.name} at "
-                f"{location.qualified_name}; staging retries after it finished"
-            ),
-        )
-    if state.intact(files):
-        _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
-        session.commit()
-        return StageOutcome(
-            package.name,
-            ok=True,
-            skipped=True,
-            metadata={"note": f"already staged at {location.qualified_name}; files shared"},
-        )
-    _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
-    session.commit()
+    # The catalogue writes of staging take turns per location: a twin run staging the same
+    # package at once (a sensor run and a partition materialized by hand) reads what this one
+    # recorded instead of recording the copies and completing the jobs a second time.
+    lock = scope(STAGING, location.id)
+    with planner_lock(session, lock, run_id=run_id):
+        jobs = open_jobs_for(session, package, location)
+        state = staged_state(session, package, location, files, target)
+        if state.claimed:
+            return StageOutcome(
+                package.name,
+                ok=False,
+                error=(
+                    f"a cleanup run is deleting copies of {package.name} at "
+                    f"{location.qualified_name}; staging retries after it finished"
+                ),
+            )
+        if state.intact(files):
+            _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
+            return StageOutcome(
+                package.name,
+                ok=True,
+                skipped=True,
+                metadata={"note": f"already staged at {location.qualified_name}; files shared"},
+            )
+        _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
     sources = lta_sources(session, package, location)
     if not sources:
         return _staging_failed(
@@ -714,9 +716,10 @@ def stage_raw_data_package(
     except PermanentStorageError as exc:
         return _staging_failed(session, package, location, jobs, exc, run_id)
     missing = set(state.missing_on_disk)
-    _record_staged(session, package, location, files, state, source, run_id)
-    _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
-    session.commit()
+    with planner_lock(session, lock, run_id=run_id):
+        jobs = open_jobs_for(session, package, location)  # a twin may have completed them
+        _record_staged(session, package, location, files, state, source, run_id)
+        _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
     return StageOutcome(
         package.name,
         ok=True,
