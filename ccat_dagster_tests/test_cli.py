@@ -32,6 +32,7 @@ COMMANDS = [
     ["list-locations"],
     ["files"],
     ["files", "register"],
+    ["files", "declare-lost"],
 ]
 
 

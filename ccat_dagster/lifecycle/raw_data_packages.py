@@ -183,6 +183,13 @@ def package_files(session: Session, package: RawDataPackage) -> list[RawDataFile
     )
 
 
+def has_files_to_package():
+    """SQL condition: the RawDataPackage has at least one file not declared lost."""
+    return exists().where(
+        RawDataFile.raw_data_package_id == RawDataPackage.id, RawDataFile.lost_at.is_(None)
+    )
+
+
 def close_package_without_files(
     session: Session, package: RawDataPackage, *, run_id: str | None = None
 ) -> str:
