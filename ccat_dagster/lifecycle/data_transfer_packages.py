@@ -63,6 +63,7 @@ def bundle_candidates(session: Session, buffer: DataLocation) -> list[RawDataPac
                 present,
             )
             .order_by(RawDataPackage.created_at, RawDataPackage.id)
+            .execution_options(populate_existing=True)
         )
     )
 

@@ -58,9 +58,10 @@ def _ensure_row(session: Session, name: str) -> None:
 def planner_lock(session: Session, name: str, *, run_id: str | None = None) -> Iterator[None]:
     """Hold the planner lock ``name`` for the block (see the module docstring).
 
-    Commits the caller's open transaction first. Inside the block the session's objects are
-    expired, so what the planner reads is what the database holds now. Leaving the block
-    normally commits; an exception rolls back; either releases the lock.
+    Commits the caller's open transaction first. Queries inside the block see what the
+    database holds now; ORM objects the session loaded before keep their old attributes unless
+    re-read (``populate_existing``), so planners decide on what they query inside. Leaving the
+    block normally commits; an exception rolls back; either releases the lock.
     """
     session.commit()
     _ensure_row(session, name)
@@ -70,8 +71,6 @@ def planner_lock(session: Session, name: str, *, run_id: str | None = None) -> I
         .values(holder=_holder(run_id), acquired_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    # Objects loaded before the lock may hold what the twin has changed since.
-    session.expire_all()
     try:
         yield
     except BaseException:

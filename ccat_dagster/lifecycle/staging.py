@@ -409,6 +409,8 @@ def open_jobs_for(session: Session, package: RawDataPackage, location: DataLocat
                 StagingJob.status.in_(OPEN),
             )
             .order_by(StagingJob.id)
+            # their status is what a twin run may have changed: read it, not the session's copy
+            .execution_options(populate_existing=True)
         )
     )
 

@@ -476,3 +476,60 @@ def test_two_staging_runs_of_one_package_record_it_once(ops_db_url, session, tmp
         )
     )
     assert completed == 1
+
+
+# --------------------------------------------------------------------------- executors' copies
+
+
+def test_two_runs_recording_the_same_copy_share_one_row(filed, monkeypatch):
+    """Two Dagster instances over one ops DB may execute the same item (neither sees the other's
+    run in flight): recording its copy twice is one row, not an IntegrityError."""
+    from ccat_dagster.lifecycle import copies
+
+    _package_all(filed)
+    with session_scope(filed) as session:
+        package_id = session.scalars(select(RawDataPackage.id)).first()
+    rendezvous = Rendezvous()
+    original = copies.find_copy
+
+    def find_then_wait(*args: Any, **kwargs: Any):
+        found = original(*args, **kwargs)
+        if found is None:  # both have looked and found no row yet
+            rendezvous()
+        return found
+
+    monkeypatch.setattr(copies, "find_copy", find_then_wait)
+
+    def record(session: Session):
+        package = session.get(RawDataPackage, package_id)
+        copy = copies.upsert_copy(
+            session,
+            RawDataPackagePhysicalCopy,
+            "raw_data_package_id",
+            package.id,
+            _location(session, "us", "buffer"),
+            size=package.size,
+            checksum=package.checksum,
+            algorithm=package.checksum_algorithm,
+            reason="test: recorded by a twin run",
+        )
+        session.commit()
+        return copy.id
+
+    ids = race(filed, record, record)
+
+    assert ids[0] == ids[1]
+    with session_scope(filed) as session:
+        us = _location(session, "us", "buffer")
+        rows = session.scalars(
+            select(RawDataPackagePhysicalCopy).where(
+                RawDataPackagePhysicalCopy.data_location_id == us.id
+            )
+        ).all()
+        assert [c.status for c in rows] == [PhysicalCopyStatus.PRESENT]
+        created = session.scalar(
+            select(func.count())
+            .select_from(AuditLog)
+            .where(AuditLog.entity_type == "physical_copy", AuditLog.entity_id == rows[0].id)
+        )
+        assert created == 1, "the copy's creation is audited once"
