@@ -32,6 +32,7 @@ COMMANDS = [
     ["list-locations"],
     ["files"],
     ["files", "register"],
+    ["files", "declare-lost"],
 ]
 
 
@@ -161,6 +162,64 @@ def test_files_register_bad_location_exits_1(ops_db_url, topology_file, tmp_path
     assert result.exit_code == 1
     assert "Error: location name 'buffer' is ambiguous" in result.stderr
     assert "Traceback" not in result.output
+
+
+def _bytes_named_files(root: Path) -> tuple[Path, str]:
+    """obs_0001/good.dat and obs_0001/bad<0xff>.dat (a name that is not valid UTF-8) under
+    ``root``; returns the directory and the bad file's path as the shell would hand it over."""
+    directory = root / "obs_0001"
+    directory.mkdir(parents=True)
+    (directory / "good.dat").write_bytes(b"good data")
+    bad = os.path.join(os.fsencode(directory), b"bad\xff.dat")
+    with open(bad, "wb") as fh:
+        fh.write(b"data under a latin-1 name")
+    return directory, os.fsdecode(bad)
+
+
+def test_files_register_refuses_a_name_that_is_not_utf8(ops_db_url, topology_file, tmp_path):
+    """Bug: a SOURCE file whose name is not valid UTF-8 made `ccat files register` die with a
+    traceback. It is refused with one line naming the file (undecodable bytes escaped), exit 1,
+    and nothing of the call is registered."""
+    runner.invoke(app, ["topology", "apply", str(topology_file)])
+    directory, bad = _bytes_named_files(tmp_path / "home" / "ccat" / "primecam_raw_data")
+    args = ["files", "register", "-l", "primecam_raw_data", "--obs-unit", "obs_0001"]
+    args += ["--instrument-module", "pcam_280"]
+    for given in (str(directory), bad):
+        result = runner.invoke(app, [*args, given])
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output
+        problem = [line for line in result.stderr.splitlines() if "not valid UTF-8" in line]
+        assert len(problem) == 1 and "obs_0001/bad\\xff.dat" in problem[0], result.stderr
+        assert "nothing was registered" in result.stderr
+    engine = make_engine(ops_db_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(RawDataFile)) == 0
+    engine.dispose()
+
+
+def test_installed_ccat_refuses_a_name_that_is_not_utf8(tmp_path, topology_file):
+    """The same through the installed command, the bytes name passed as a shell passes it."""
+    env = {**os.environ, "CCAT_OPS_DB_URL": f"sqlite:///{tmp_path / 'ops.db'}"}
+    env.pop("CCAT_DEBUG", None)
+    ccat = Path(sys.executable).parent / "ccat"
+    command = [str(ccat)] if ccat.exists() else [sys.executable, "-m", "ccat_dagster.cli"]
+    apply = subprocess.run(
+        [*command, "topology", "apply", str(topology_file)], env=env, timeout=120
+    )
+    assert apply.returncode == 0
+    directory, bad = _bytes_named_files(tmp_path / "home" / "ccat" / "primecam_raw_data")
+    proc = subprocess.run(
+        [*command, "files", "register", "-l", "primecam_raw_data", "--obs-unit", "o"]
+        + ["--instrument-module", "m", os.fsencode(bad), os.fsencode(directory / "good.dat")],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    stderr = proc.stderr.decode("utf-8")  # the message itself is valid UTF-8
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert "bad\\xff.dat" in stderr and "not valid UTF-8" in stderr
 
 
 def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):

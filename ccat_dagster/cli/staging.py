@@ -37,8 +37,9 @@ def create_command(
     retention_days: float = typer.Option(
         None,
         "--retention-days",
-        help="Keep the files this long after staging even while the job is active "
-        "(default: the location's or the policy's retention period).",
+        help="How long you expect to need the files (default: the location's or the policy's "
+        "retention period). The files stay until the job is completed, whatever the "
+        "retention; `ccat staging list` flags active jobs past it.",
     ),
 ) -> None:
     """Create a StagingJob; the staging sensor of the location's site then stages the data."""
@@ -70,9 +71,13 @@ def list_command(
     active: bool = typer.Option(False, "--active", help="Only active jobs."),
     location: str = typer.Option(None, "--location", "-l", help="Only jobs to this location."),
 ) -> None:
-    """Every StagingJob: id, active, status, destination, packages, retention end, failure."""
+    """Every StagingJob: id, active, status, destination, packages, retention end, failure.
+
+    An active job past its retention keeps its files; it is flagged so its requester is asked
+    to complete it."""
     from ccat_dagster.lifecycle.locations import resolve_location
     from ccat_dagster.lifecycle.staging import list_staging_jobs, retention_ends_at
+    from ccat_ops_db.models import utcnow
 
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None
@@ -82,17 +87,21 @@ def list_command(
             return
         typer.echo(
             f"{'id':>5}  {'active':<6}  {'status':<11}  {'location':<28}  {'pkgs':>4}  "
-            f"{'kept until':<19}  requested by / failure"
+            f"{'retention ends':<19}  requested by / failure"
         )
+        now = utcnow()
         for job in jobs:
             dest = job.destination_location
             ends = retention_ends_at(job)
             extra = job.failure_reason or job.requested_by or ""
+            if job.active and ends is not None and ends <= now:
+                # Active past its retention: the files stay; the requester should complete it.
+                extra = f"retention over, still active: complete it when done. {extra}".strip()
             typer.echo(
                 f"{job.id:>5}  {'yes' if job.active else 'no':<6}  {job.status.value:<11}  "
                 f"{dest.site.short_name + '/' + dest.name:<28}  "
                 f"{len(job.raw_data_packages):>4}  "
-                f"{ends.strftime('%Y-%m-%d %H:%M') if ends else 'completion':<19}  {extra}"
+                f"{ends.strftime('%Y-%m-%d %H:%M') if ends else '-':<19}  {extra}"
             )
 
 

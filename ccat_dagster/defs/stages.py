@@ -134,11 +134,8 @@ def _plan_packages(session: Session, site: Site) -> None:
     ]
     for location in sources:
         create_raw_data_packages_for_location(session, location)
-    # archive copies found bad with no tar left anywhere: re-made from the raw files
-    if repair.mark_for_repackaging(
-        session, repair.packages_to_repackage(session, [loc.id for loc in sources])
-    ):
-        session.commit()
+        # archive copies found bad with no tar left anywhere: re-made from the raw files
+        repair.plan_repackaging(session, location)
 
 
 def _ready_packages(session: Session, site: Site) -> list[str]:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, case, exists, literal, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
@@ -141,14 +143,25 @@ def _lta_transfer(
         )
     )
     if transfer is None:
-        transfer = LongTermArchiveTransfer(
-            raw_data_package_id=package.id,
-            origin_location_id=buffer.id,
-            destination_location_id=lta.id,
-            status=Status.PENDING,
+        # ON CONFLICT DO NOTHING: a twin run (another Dagster instance) may create it now.
+        dialect = session.get_bind().dialect.name
+        dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(
+            dialect_insert(LongTermArchiveTransfer)
+            .values(
+                raw_data_package_id=package.id,
+                origin_location_id=buffer.id,
+                destination_location_id=lta.id,
+                status=Status.PENDING,
+            )
+            .on_conflict_do_nothing()
         )
-        session.add(transfer)
-        session.flush()
+        transfer = session.scalar(
+            select(LongTermArchiveTransfer).where(
+                LongTermArchiveTransfer.raw_data_package_id == package.id,
+                LongTermArchiveTransfer.destination_location_id == lta.id,
+            )
+        )
     transfer.origin_location_id = buffer.id
     return transfer
 

@@ -1,7 +1,8 @@
 """PhysicalCopy bookkeeping shared by every stage: one row per (object, location), never deleted.
 
 A copy that reappears at a location (re-transfer, recovery by staging) reuses its row and goes
-back to PRESENT; its history is in the audit log.
+back to PRESENT; its history is in the audit log. Two runs recording the same copy at once share
+the one row (INSERT ... ON CONFLICT DO NOTHING), never fail on it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ccat_dagster.storage.base import Storage
@@ -47,8 +50,9 @@ def upsert_copy(
     copy = find_copy(session, copy_cls, fk, object_id, location.id)
     old = None
     if copy is None:
-        copy = copy_cls(data_location_id=location.id, **{fk: object_id})
-        session.add(copy)
+        created = _insert_if_absent(session, copy_cls, fk, object_id, location.id)
+        copy = find_copy(session, copy_cls, fk, object_id, location.id)
+        old = None if created else copy.status
     else:
         old = copy.status
     copy.status = status
@@ -75,6 +79,26 @@ def upsert_copy(
             evidence=evidence,
         )
     return copy
+
+
+def _insert_if_absent(
+    session: Session, copy_cls: type[PhysicalCopy], fk: str, object_id: int, location_id: int
+) -> bool:
+    """INSERT the copy's row unless it exists; True if this call made it. A twin run recording
+    the same copy at the same moment (two Dagster instances over one ops DB) is not an error:
+    on PostgreSQL this waits for the twin's commit and then does nothing."""
+    dialect = session.get_bind().dialect.name
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    result = session.execute(
+        dialect_insert(PhysicalCopy.__table__)
+        .values(
+            type=copy_cls.__mapper__.polymorphic_identity,
+            data_location_id=location_id,
+            **{fk: object_id},
+        )
+        .on_conflict_do_nothing()
+    )
+    return result.rowcount == 1
 
 
 def discard_bad_copy(

@@ -17,6 +17,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
+from ccat_dagster.lifecycle.locks import BUNDLING, planner_lock, scope
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import Policy, get_policy
 from ccat_dagster.lifecycle.progress import pending_on_transient, set_status
@@ -62,6 +63,7 @@ def bundle_candidates(session: Session, buffer: DataLocation) -> list[RawDataPac
                 present,
             )
             .order_by(RawDataPackage.created_at, RawDataPackage.id)
+            .execution_options(populate_existing=True)
         )
     )
 
@@ -97,46 +99,73 @@ def create_data_transfer_packages(
     now: datetime | None = None,
     run_id: str | None = None,
 ) -> list[DataTransferPackage]:
-    """Create DataTransferPackage rows for the bundles that are ready; packages -> TRANSFERRING."""
-    policy = get_policy(session)
-    bundles = plan_bundles(bundle_candidates(session, buffer), policy, now or utcnow())
-    created = []
-    for bundle in bundles:
-        name = f"{buffer.site.short_name}.{utcnow():%Y%m%dT%H%M%S}.{uuid.uuid4().hex[:8]}"
-        dtp = DataTransferPackage(
-            name=name,
-            relative_path=data_transfer_package_key(name),
-            status=Status.PENDING,
-            origin_location_id=buffer.id,
-        )
-        session.add(dtp)
-        session.flush()
-        ids = [p.id for p in bundle]
-        session.execute(
-            update(RawDataPackage)
-            .where(RawDataPackage.id.in_(ids))
-            .values(data_transfer_package_id=dtp.id, state=PackageState.TRANSFERRING)
-            .execution_options(synchronize_session=False)
-        )
-        audit_many(
-            session,
-            [
-                {
-                    "entity_type": "raw_data_package",
-                    "entity_id": pid,
-                    "old_status": PackageState.WAITING,
-                    "new_status": PackageState.TRANSFERRING,
-                    "reason": f"bundled into data transfer package {name}",
-                    "run_id": run_id,
-                }
-                for pid in ids
-            ],
-        )
-        created.append(dtp)
-    session.commit()
+    """Create DataTransferPackage rows for the bundles that are ready; packages -> TRANSFERRING.
+
+    Runs under the ``bundling:<buffer id>`` planner lock, so a concurrent twin reads only after
+    this one committed. Should one slip through anyway, a package is bundled only while it is in
+    no bundle, and a bundle that did not get every package it was planned with is not made.
+    """
+    with planner_lock(session, scope(BUNDLING, buffer.id), run_id=run_id):
+        policy = get_policy(session)
+        bundles = plan_bundles(bundle_candidates(session, buffer), policy, now or utcnow())
+        created = [
+            dtp for bundle in bundles if (dtp := _create_bundle(session, buffer, bundle, run_id))
+        ]
+        session.commit()
     for p in (p for b in bundles for p in b):
         session.refresh(p)
     return created
+
+
+def _create_bundle(
+    session: Session, buffer: DataLocation, bundle: list[RawDataPackage], run_id: str | None
+) -> DataTransferPackage | None:
+    name = f"{buffer.site.short_name}.{utcnow():%Y%m%dT%H%M%S}.{uuid.uuid4().hex[:8]}"
+    dtp = DataTransferPackage(
+        name=name,
+        relative_path=data_transfer_package_key(name),
+        status=Status.PENDING,
+        origin_location_id=buffer.id,
+    )
+    session.add(dtp)
+    session.flush()
+    ids = [p.id for p in bundle]
+    bundled = session.execute(
+        update(RawDataPackage)
+        .where(
+            RawDataPackage.id.in_(ids),
+            RawDataPackage.data_transfer_package_id.is_(None),
+            RawDataPackage.state == PackageState.WAITING,
+        )
+        .values(data_transfer_package_id=dtp.id, state=PackageState.TRANSFERRING)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if bundled != len(ids):
+        # A twin bundled some of them first: undo this bundle, its packages stay where they were.
+        session.execute(
+            update(RawDataPackage)
+            .where(RawDataPackage.data_transfer_package_id == dtp.id)
+            .values(data_transfer_package_id=None, state=PackageState.WAITING)
+            .execution_options(synchronize_session=False)
+        )
+        session.delete(dtp)
+        session.flush()
+        return None
+    audit_many(
+        session,
+        [
+            {
+                "entity_type": "raw_data_package",
+                "entity_id": pid,
+                "old_status": PackageState.WAITING,
+                "new_status": PackageState.TRANSFERRING,
+                "reason": f"bundled into data transfer package {name}",
+                "run_id": run_id,
+            }
+            for pid in ids
+        ],
+    )
+    return dtp
 
 
 def _rebuild_corrupt_package(

@@ -247,10 +247,11 @@ def _completed_transfer(dtp_id: Any, *conditions: Any) -> sa.Exists:
     )
 
 
-def _live_staging_job(package_id: Any, location_id: Any, ctx: RuleContext) -> sa.Exists:
-    """EXISTS an active StagingJob to ``location_id`` for ``package_id`` whose retention is not
-    over (retention counted from completion, else creation; no retention = until inactive)."""
-    start = sa.func.coalesce(sj_t.c.completed_at, sj_t.c.created_at)
+def _live_staging_job(package_id: Any, location_id: Any) -> sa.Exists:
+    """EXISTS an active StagingJob to ``location_id`` for ``package_id``. Staged files stay
+    while any job using them is active, whatever its retention (seeds: PROCESSING files go once
+    every StagingJob using them has ``active=False``); a job's retention is only the date its
+    requester expects to be done by (:func:`ccat_dagster.lifecycle.staging.retention_ends_at`)."""
     return (
         sa.exists()
         .where(
@@ -258,10 +259,6 @@ def _live_staging_job(package_id: Any, location_id: Any, ctx: RuleContext) -> sa
             sjp_t.c.raw_data_package_id == package_id,
             sj_t.c.destination_location_id == location_id,
             sj_t.c.active == sa.true(),
-            sa.or_(
-                sj_t.c.retention_period_minutes.is_(None),
-                minutes_after(start, sj_t.c.retention_period_minutes) > ctx.now,
-            ),
         )
         .correlate_except(sj_t, sjp_t)
     )
@@ -553,8 +550,8 @@ def _rule_rdf_processing(ctx: RuleContext, *, staged: bool) -> _Rule:
             # Files of a STAGED package belong to the staged rule, the rest to this one.
             staged_here if staged else ~staged_here,
         ],
-        allow=~_live_staging_job(rdf.c.raw_data_package_id, pc.c.data_location_id, ctx),
-        reason=sa.literal("an active StagingJob whose retention is not over still uses it"),
+        allow=~_live_staging_job(rdf.c.raw_data_package_id, pc.c.data_location_id),
+        reason=sa.literal("an active StagingJob still uses it (`ccat staging complete` frees it)"),
     )
 
 
@@ -851,8 +848,8 @@ def find_deletable_processing_raw_data_files(
     """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
 
     A PRESENT file copy at a PROCESSING location (not part of a STAGED package there) is
-    deletable when no active StagingJob to that location, whose retention period has not run
-    out, references the file's RawDataPackage.
+    deletable when no active StagingJob to that location references the file's RawDataPackage
+    (a job's retention does not matter: an active job keeps its files).
     """
     return find_deletable(session, RULE_RDF_PROCESSING, location=location, ctx=ctx)
 
@@ -866,7 +863,7 @@ def find_deletable_staged_raw_data_files_by_location(
     """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
 
     The STAGED variant: file copies at a PROCESSING location whose RawDataPackage copy there is
-    STAGED and whose staging jobs are all inactive (or their retention is over). After they are
+    STAGED and whose staging jobs are all inactive (whatever their retention). After they are
     deleted the STAGED package copy is marked DELETED
     (:func:`find_closable_staged_raw_data_packages`).
     Rows carry ``data_location_id``; :func:`group_by_location` groups them.
@@ -882,8 +879,8 @@ def find_closable_staged_raw_data_packages(
 ) -> list[DeletableCopy]:
     """STAGED RawDataPackage copies at PROCESSING locations to mark DELETED: no live staging job
     uses them and none of the package's file copies there is left undeleted (the tar itself was
-    removed when it was staged, so nothing is deleted from storage)."""
-    ctx = ctx or rule_context(session)
+    removed when it was staged, so nothing is deleted from storage). ``ctx`` is accepted like
+    every finder's, but no clock matters here: only whether a job is active."""
     pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
     files, rdf = pc_t.alias("file_copy"), rdf_t.alias("rdf")
     undeleted_file = (
@@ -901,7 +898,7 @@ def find_closable_staged_raw_data_packages(
         pc.c.type == CopyType.RAW_DATA_PACKAGE,
         pc.c.status == S.STAGED,
         dl.c.location_type == LocationType.PROCESSING,
-        ~_live_staging_job(rdp.c.id, pc.c.data_location_id, ctx),
+        ~_live_staging_job(rdp.c.id, pc.c.data_location_id),
         ~undeleted_file,
     ]
     loc_id = _location_id(location)

@@ -6,7 +6,9 @@ paths are checked and checksummed before anything is written, so a bad path reje
 call and leaves the database untouched. Work is set-based: existing rows are looked up and new
 rows inserted per chunk of thousands of files, never one statement per file. Registering a file
 again is a no-op; the same path with other content is refused, because the first bytes may
-already be packaged and archived.
+already be packaged and archived. Names must be valid UTF-8 (the ops database and the package
+manifests hold them as text): a file whose name is not is refused, named with its undecodable
+bytes escaped, and nothing of the call is registered.
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ class _Candidate:
     size: int
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` for a message: bytes that are not UTF-8 (kept by Python as surrogate escapes)
+    shown as ``\\xNN``, so the message names the file and can itself be printed."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _qualified(location: DataLocation) -> str:
     return f"{location.site.short_name}/{location.name}"
 
@@ -127,9 +143,10 @@ class _FileCollector:
         return path == root or path.startswith(root.rstrip("/") + "/")
 
     def add(self, given: str | Path) -> None:
+        shown = shown_path(given)
         if ".." in Path(given).parts:
             self.problems.append(
-                f"{given}: contains '..'; give the path without '..' (absolute, or relative to "
+                f"{shown}: contains '..'; give the path without '..' (absolute, or relative to "
                 f"the location root {self.root_lexical})"
             )
             return
@@ -137,12 +154,12 @@ class _FileCollector:
         path = os.path.normpath(os.path.join(self.root_lexical, given))
         if not (self._under(path, self.root_lexical) or self._under(path, self.root_real)):
             self.problems.append(
-                f"{given}: outside the location root {self.root_lexical}; move or copy the file "
+                f"{shown}: outside the location root {self.root_lexical}; move or copy the file "
                 "under the root (or register it at the SOURCE location that holds it)"
             )
             return
         if not os.path.lexists(path):
-            self.problems.append(f"{given}: does not exist ({path}); check the path")
+            self.problems.append(f"{shown}: does not exist ({shown_path(path)}); check the path")
             return
         real = self._real_inside(path, given)
         if real is None:
@@ -156,8 +173,9 @@ class _FileCollector:
         real = os.path.realpath(path)
         if not self._under(real, self.root_real):
             self.problems.append(
-                f"{given}: is a symlink leading out of the location root {self.root_real} (to "
-                f"{real}); copy the data under the root instead of linking to it"
+                f"{shown_path(given)}: is a symlink leading out of the location root "
+                f"{self.root_real} (to {shown_path(real)}); copy the data under the root instead "
+                "of linking to it"
             )
             return None
         return real
@@ -173,7 +191,9 @@ class _FileCollector:
                 with os.scandir(current) as it:
                     entries = sorted(it, key=lambda e: e.name, reverse=True)
             except OSError as exc:
-                self.problems.append(f"{current}: cannot list directory: {exc.strerror or exc}")
+                self.problems.append(
+                    f"{shown_path(current)}: cannot list directory: {exc.strerror or exc}"
+                )
                 continue
             for entry in entries:
                 real = f"{current}/{entry.name}"
@@ -190,16 +210,23 @@ class _FileCollector:
         try:
             st = os.stat(real)
         except OSError as exc:
-            self.problems.append(f"{given}: cannot be read: {exc.strerror or exc}")
+            self.problems.append(f"{shown_path(given)}: cannot be read: {exc.strerror or exc}")
             return
         if not stat.S_ISREG(st.st_mode):
             self.problems.append(
-                f"{given}: is not a regular file (a device, socket or pipe); only regular files "
-                "can be registered, so remove it from the given paths"
+                f"{shown_path(given)}: is not a regular file (a device, socket or pipe); only "
+                "regular files can be registered, so remove it from the given paths"
             )
             return
         # The canonical (symlink-free) path, so a file named two ways is registered once.
         relative = real[len(self.root_real) :].lstrip("/")
+        if not _is_utf8(relative):
+            self.problems.append(
+                f"{shown_path(real)}: the file name is not valid UTF-8 (undecodable bytes shown "
+                "as \\xNN); names are stored as UTF-8 text in the ops database and the package "
+                "manifests: rename the file to a UTF-8 name and register it again"
+            )
+            return
         self.files[relative] = _Candidate(relative, real, st.st_size)
 
 
@@ -213,6 +240,10 @@ def _check_names(obs_unit: str, instrument_module: str) -> list[str]:
     for what, value in (("obs unit", obs_unit), ("instrument module", instrument_module)):
         if not isinstance(value, str) or not value.strip():
             problems.append(f"the {what} name is empty; give the name the instrument uses")
+        elif not _is_utf8(value):
+            problems.append(
+                f"the {what} name {shown_path(value)!r} is not valid UTF-8; give it in UTF-8"
+            )
         elif len(value) > 200 or any(c in value for c in "|,[]\n"):
             problems.append(
                 f"the {what} name {value!r} is too long or contains '|', ',', '[', ']' or a "

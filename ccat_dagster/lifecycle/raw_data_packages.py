@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.copies import upsert_copy
 from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
+from ccat_dagster.lifecycle.locks import PACKAGING, planner_lock, scope
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
 from ccat_dagster.lifecycle.progress import pending_on_transient, set_status
@@ -91,10 +92,21 @@ def create_raw_data_packages_for_location(
     """Group the unpackaged files by ExecutedObsUnit x InstrumentModule into new PENDING packages.
 
     Set-based: one GROUP BY, then per group one INSERT and one UPDATE that claims exactly the
-    files still unpackaged (a file filed meanwhile joins the next package, never two).
+    files still unpackaged (a file filed meanwhile joins the next package, never two). Runs under
+    the ``packaging:<location id>`` planner lock, so a concurrent twin (the daemon and a manual
+    run) reads only after this one committed; and should one slip through anyway, a package
+    whose claim got no file is not created: a package never exists without files.
     """
     if source_location.location_type != LocationType.SOURCE:
         raise ValueError(f"{source_location!r} is not a SOURCE location")
+    with planner_lock(session, scope(PACKAGING, source_location.id), run_id=run_id):
+        packages = _create_packages(session, source_location, run_id)
+    return packages
+
+
+def _create_packages(
+    session: Session, source_location: DataLocation, run_id: str | None
+) -> list[RawDataPackage]:
     groups = session.execute(
         select(
             RawDataFile.executed_obs_unit_id,
@@ -128,6 +140,8 @@ def create_raw_data_packages_for_location(
         )
         session.add(package)
         session.flush()
+        # Only files still in no package: on PostgreSQL a twin's claim of the same rows waits
+        # for this one and then matches none of them.
         claimed = session.execute(
             update(RawDataFile)
             .where(
@@ -138,6 +152,11 @@ def create_raw_data_packages_for_location(
             .values(raw_data_package_id=package.id)
             .execution_options(synchronize_session=False)
         ).rowcount
+        if claimed == 0:
+            # A twin packaged them first: this package is not created (never an empty one).
+            session.delete(package)
+            session.flush()
+            continue
         package.file_count = claimed
         audit(
             session,
@@ -151,6 +170,68 @@ def create_raw_data_packages_for_location(
         packages.append(package)
     session.commit()
     return packages
+
+
+def package_files(session: Session, package: RawDataPackage) -> list[RawDataFile]:
+    """The files that go into ``package``'s tar: its files, less those declared lost."""
+    return list(
+        session.scalars(
+            select(RawDataFile)
+            .where(RawDataFile.raw_data_package_id == package.id, RawDataFile.lost_at.is_(None))
+            .order_by(RawDataFile.relative_path)
+        )
+    )
+
+
+def has_files_to_package():
+    """SQL condition: the RawDataPackage has at least one file not declared lost."""
+    return exists().where(
+        RawDataFile.raw_data_package_id == RawDataPackage.id, RawDataFile.lost_at.is_(None)
+    )
+
+
+def close_package_without_files(
+    session: Session, package: RawDataPackage, *, run_id: str | None = None
+) -> str:
+    """A package with no file left to package is closed, never written as an empty tar:
+    status and state FAILED (both audited), ``file_count`` 0 and a ``failure_reason`` that
+    starts with "nothing to archive". Returns that reason; the caller commits."""
+    lost = session.scalar(
+        select(func.count(RawDataFile.id)).where(
+            RawDataFile.raw_data_package_id == package.id, RawDataFile.lost_at.is_not(None)
+        )
+    )
+    if lost:
+        reason = (
+            f"nothing to archive: all {lost} file(s) of {package.name} were declared lost "
+            "(`ccat status` lists them with the reason); no tar is written"
+        )
+    else:
+        reason = (
+            f"nothing to archive: {package.name} has no files (an empty package, e.g. left by "
+            "two planners racing before planner locks); it is never written or archived"
+        )
+    package.file_count = 0
+    package.failure_reason = reason
+    set_status(
+        session,
+        package,
+        Status.FAILED,
+        entity_type="raw_data_package",
+        reason=reason,
+        run_id=run_id,
+    )
+    if package.state != PackageState.FAILED:
+        set_status(
+            session,
+            package,
+            PackageState.FAILED,
+            entity_type="raw_data_package",
+            reason=reason,
+            run_id=run_id,
+            attr="state",
+        )
+    return reason
 
 
 def pending_raw_data_packages(session: Session, site: Site) -> list[RawDataPackage]:
@@ -180,9 +261,17 @@ def build_raw_data_package(
     Each file is read once; its checksum is compared with the one recorded at filing while the
     tar is written. A mismatch (the file changed or rotted at the SOURCE) is retried up to
     ``max_retries`` and then marks the package FAILED; nothing is written under the final name.
+    Files declared lost (``ccat files declare-lost``) are left out. A package with no file left
+    is never written: it is closed as FAILED with nothing to archive (see
+    :func:`close_package_without_files`).
     """
     if package.status == Status.COMPLETED:
         return StageOutcome(package.name, ok=True, skipped=True)
+    files = package_files(session, package)
+    if not files:
+        reason = close_package_without_files(session, package, run_id=run_id)
+        session.commit()
+        return StageOutcome(package.name, ok=False, error=reason, permanent=True)
     site = package.source_location.site
     buffer = get_primary_buffer_for_site(session, site)
     if buffer is None:
@@ -201,13 +290,6 @@ def build_raw_data_package(
     )
     session.commit()
 
-    files = list(
-        session.scalars(
-            select(RawDataFile)
-            .where(RawDataFile.raw_data_package_id == package.id)
-            .order_by(RawDataFile.relative_path)
-        )
-    )
     source = storage_for(package.source_location)
     target = storage_for(buffer)
     members = [

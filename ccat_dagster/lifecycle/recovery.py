@@ -15,6 +15,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.progress import set_status
+from ccat_dagster.lifecycle.raw_data_packages import has_files_to_package
 from ccat_ops_db.models import (
     DataTransferPackage,
     LongTermArchiveTransfer,
@@ -57,7 +58,9 @@ def _packages(session: Session, names: Sequence[str]) -> list[RawDataPackage]:
                 or_(
                     RawDataPackage.state == PackageState.FAILED,
                     RawDataPackage.status == Status.FAILED,
-                )
+                ),
+                # closed with nothing to archive (every file declared lost): no retry can help
+                has_files_to_package(),
             )
         )
     )

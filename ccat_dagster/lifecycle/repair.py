@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.locks import PACKAGING, planner_lock, scope
 from ccat_dagster.lifecycle.progress import set_status
 from ccat_dagster.lifecycle.verification import LtaEvidence
 from ccat_ops_db.audit import audit
@@ -190,6 +191,17 @@ def packages_to_repackage(session: Session, source_location_ids: Sequence[int]) 
             .order_by(rdp.c.id)
         )
     )
+
+
+def plan_repackaging(
+    session: Session, source_location: DataLocation, *, run_id: str | None = None
+) -> int:
+    """The packaging planner's repair part for one SOURCE: under its packaging lock, send the
+    packages of :func:`packages_to_repackage` back to packaging. Commits."""
+    with planner_lock(session, scope(PACKAGING, source_location.id), run_id=run_id):
+        return mark_for_repackaging(
+            session, packages_to_repackage(session, [source_location.id]), run_id=run_id
+        )
 
 
 def mark_for_repackaging(

@@ -1,8 +1,10 @@
 """Stage 3 decisions: which site each DataTransferPackage goes to.
 
 Primary routes (SOURCE site -> LTA sites) are chosen round-robin per source site, with the
-position kept durably in ``round_robin_state`` (the seeds kept it in Redis) and taken under a
-row lock so two sensors never hand out the same slot. Secondary routes (LTA site -> every other
+position kept durably in ``round_robin_state`` (the seeds kept it in Redis) and advanced by one
+atomic UPDATE so two callers never get the same slot. Every planner here runs under a planner
+lock (:mod:`ccat_dagster.lifecycle.locks`): a bundle is routed once even when the bundle sensor
+and a bundle run plan at the same time. Secondary routes (LTA site -> every other
 LTA site) make sure each package reaches every archive. Active DataTransferRoute rows override
 the automatic choice: DIRECT (to that site's buffer), CUSTOM (to an explicit location), RELAY
 (first to the relay site's buffer, then onwards).
@@ -10,10 +12,13 @@ the automatic choice: DIRECT (to that site's buffer), CUSTOM (to an explicit loc
 
 from __future__ import annotations
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site, lta_sites
+from ccat_dagster.lifecycle.locks import ROUTING, planner_lock, scope
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
     DataLocation,
@@ -26,15 +31,22 @@ from ccat_ops_db.models import (
     RouteType,
     Site,
     Status,
+    utcnow,
 )
 
 PRIMARY = "primary"
 SECONDARY = "secondary"
 RELAY = "relay"
+#: the planner lock of secondary and relay-onward routes (both may target the same buffer)
+SECONDARY_SCOPE = scope(ROUTING, SECONDARY)
 
 
 def next_lta_site(session: Session, source_site: Site) -> Site:
-    """The next LTA site for ``source_site`` in round-robin order (durable, locked)."""
+    """The next LTA site for ``source_site`` in round-robin order (durable, atomic).
+
+    One UPDATE ... RETURNING advances the position, so two callers at once (on PostgreSQL and
+    on SQLite, inside a planner lock or not) never get the same slot.
+    """
     sites = lta_sites(session)
     if not sites:
         raise LookupError(
@@ -42,15 +54,21 @@ def next_lta_site(session: Session, source_site: Site) -> Site:
             "add one and run `ccat topology apply`"
         )
     key = f"primary:{source_site.short_name}"
-    state = session.scalar(
-        select(RoundRobinState).where(RoundRobinState.key == key).with_for_update()
+    dialect = session.get_bind().dialect.name
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        dialect_insert(RoundRobinState)
+        .values(key=key, last_index=-1, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["key"])
     )
-    if state is None:
-        state = RoundRobinState(key=key, last_index=-1)
-        session.add(state)
-    state.last_index = (state.last_index + 1) % len(sites)
-    session.flush()
-    return sites[state.last_index]
+    index = session.scalar(
+        update(RoundRobinState)
+        .where(RoundRobinState.key == key)
+        .values(last_index=(RoundRobinState.last_index + 1) % len(sites), updated_at=utcnow())
+        .returning(RoundRobinState.last_index)
+        .execution_options(synchronize_session=False)
+    )
+    return sites[index]
 
 
 def _custom_route(session: Session, site: Site) -> DataTransferRoute | None:
@@ -94,29 +112,49 @@ def _has_copy_at(location_id_col):
 def plan_primary_transfers(
     session: Session, source_site: Site, *, run_id: str | None = None
 ) -> list[DataTransfer]:
-    """A DataTransfer for every completed bundle at this site's buffers that has none yet."""
-    buffers = select(DataLocation.id).where(DataLocation.site_id == source_site.id)
-    any_transfer = exists().where(DataTransfer.data_transfer_package_id == DataTransferPackage.id)
-    ready = session.scalars(
-        select(DataTransferPackage)
-        .where(
-            DataTransferPackage.status == Status.COMPLETED,
-            DataTransferPackage.origin_location_id.in_(buffers),
-            _has_copy_at(DataTransferPackage.origin_location_id),
-            ~any_transfer,
+    """A DataTransfer for every completed bundle at this site's buffers that has none yet.
+
+    Called by the bundle sensor's plan and by every bundle run right after its bundle is built;
+    the ``routing:<site id>`` planner lock makes them take turns, and "has none yet" is read
+    inside it, so a bundle gets exactly one primary route.
+    """
+    with planner_lock(session, scope(ROUTING, source_site.id), run_id=run_id):
+        buffers = select(DataLocation.id).where(DataLocation.site_id == source_site.id)
+        any_transfer = exists().where(
+            DataTransfer.data_transfer_package_id == DataTransferPackage.id
         )
-        .order_by(DataTransferPackage.id)
-    ).all()
-    created = []
-    for dtp in ready:
-        destination, kind = primary_destination(session, source_site)
-        created.append(_new_transfer(session, dtp, dtp.origin_location, destination, kind, run_id))
-    session.commit()
+        ready = session.scalars(
+            select(DataTransferPackage)
+            .where(
+                DataTransferPackage.status == Status.COMPLETED,
+                DataTransferPackage.origin_location_id.in_(buffers),
+                _has_copy_at(DataTransferPackage.origin_location_id),
+                ~any_transfer,
+            )
+            .order_by(DataTransferPackage.id)
+        ).all()
+        created = []
+        for dtp in ready:
+            destination, kind = primary_destination(session, source_site)
+            created.append(
+                _new_transfer(session, dtp, dtp.origin_location, destination, kind, run_id)
+            )
+        session.commit()
     return created
 
 
 def plan_secondary_transfers(session: Session, *, run_id: str | None = None) -> list[DataTransfer]:
-    """LTA -> LTA: once a bundle is unpacked at one LTA site, send it to every other LTA site."""
+    """LTA -> LTA: once a bundle is unpacked at one LTA site, send it to every other LTA site.
+
+    Every site's transfer sensor runs this; they take turns on the ``routing:secondary``
+    planner lock (shared with relay routes, which may target the same buffer), and the
+    (bundle, destination) unique constraint backs it up.
+    """
+    with planner_lock(session, SECONDARY_SCOPE, run_id=run_id):
+        return _plan_secondary_transfers(session, run_id)
+
+
+def _plan_secondary_transfers(session: Session, run_id: str | None) -> list[DataTransfer]:
     sites = lta_sites(session)
     created = []
     arrived = aliased(DataTransfer)
@@ -155,7 +193,14 @@ def plan_secondary_transfers(session: Session, *, run_id: str | None = None) -> 
 def plan_relay_onward_transfers(
     session: Session, *, run_id: str | None = None
 ) -> list[DataTransfer]:
-    """RELAY routes: a bundle that arrived at the relay site goes on to the route's destination."""
+    """RELAY routes: a bundle that arrived at the relay site goes on to the route's destination.
+
+    Under the ``routing:secondary`` planner lock, like secondary routes (see there)."""
+    with planner_lock(session, SECONDARY_SCOPE, run_id=run_id):
+        return _plan_relay_onward_transfers(session, run_id)
+
+
+def _plan_relay_onward_transfers(session: Session, run_id: str | None) -> list[DataTransfer]:
     created = []
     relayed = session.scalars(
         select(DataTransfer).where(

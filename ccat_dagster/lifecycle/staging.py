@@ -10,9 +10,13 @@ every file gets a PRESENT RawDataFilePhysicalCopy there and the package copy the
 there is STAGED, every file copy there is PRESENT *and* every file is on disk with its recorded
 size; the check runs for every job that references the package, so a new job restores files deleted
 by mistake (and revives DELETED copies) instead of trusting the catalogue, and otherwise shares the
-files without fetching anything. ``complete_staging_job`` sets ``active=False``; the deletion rules
-(:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no live job (active,
-retention not over, counted from ``completed_at`` else ``created_at``) uses it. No Dagster here.
+files without fetching anything; two runs staging one package at once record it once (the
+catalogue writes take turns per location under a planner lock, and an identical file a twin
+unpacked meanwhile is accepted). ``complete_staging_job`` sets ``active=False``; the deletion rules
+(:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no active job uses it.
+A job's retention is the date its requester expects to be done by, for the operator (``ccat
+staging list`` flags active jobs past it): it never releases the files of an active job.
+No Dagster here.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.copies import upsert_copy
 from ccat_dagster.lifecycle.locations import LocationError, resolve_location
+from ccat_dagster.lifecycle.locks import STAGING, planner_lock, scope
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
 from ccat_dagster.lifecycle.progress import pending_on_transient
+from ccat_dagster.lifecycle.raw_data_packages import package_files
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
@@ -213,8 +219,8 @@ def retention_minutes(
         return location.retention_period_minutes or get_policy(session).retention_period_minutes
     if retention_days <= 0:
         raise StagingError(
-            f"--retention-days must be positive (got {retention_days}); it is how long the "
-            "staged files are kept after staging finished, even if the job stays active"
+            f"--retention-days must be positive (got {retention_days}); it is how long you "
+            "expect to need the staged files (they stay until the job is completed)"
         )
     return max(1, round(retention_days * MINUTES_PER_DAY))
 
@@ -322,7 +328,10 @@ def list_staging_jobs(
 
 
 def retention_ends_at(job: StagingJob) -> datetime | None:
-    """When the job stops protecting its files (the deletion rules' clock), None = never."""
+    """When the job's retention ends (counted from when staging finished, else from its
+    creation), None = no retention. Information only: the files stay while the job is active,
+    whatever this says (seeds: only ``active=False`` on every job releases them); ``ccat staging
+    list`` flags active jobs past it so someone asks the requester to complete them."""
     if job.retention_period_minutes is None:
         return None
     start = as_utc(job.completed_at or job.created_at)
@@ -402,6 +411,8 @@ def open_jobs_for(session: Session, package: RawDataPackage, location: DataLocat
                 StagingJob.status.in_(OPEN),
             )
             .order_by(StagingJob.id)
+            # their status is what a twin run may have changed: read it, not the session's copy
+            .execution_options(populate_existing=True)
         )
     )
 
@@ -450,13 +461,8 @@ class StagedState:
 
 
 def _files(session: Session, package: RawDataPackage) -> list[RawDataFile]:
-    return list(
-        session.scalars(
-            sa.select(RawDataFile)
-            .where(RawDataFile.raw_data_package_id == package.id)
-            .order_by(RawDataFile.relative_path)
-        )
-    )
+    """The files in the package's tar (files declared lost before packaging are not)."""
+    return package_files(session, package)
 
 
 def staged_state(
@@ -675,29 +681,32 @@ def stage_raw_data_package(
     and every open job whose packages are all intact there becomes COMPLETED.
     """
     files = _files(session, package)
-    jobs = open_jobs_for(session, package, location)
     target = storage_for(location)
-    state = staged_state(session, package, location, files, target)
-    if state.claimed:
-        return StageOutcome(
-            package.name,
-            ok=False,
-            error=(
-                f"a cleanup run is deleting copies of {package.name} at "
-                f"{location.qualified_name}; staging retries after it finished"
-            ),
-        )
-    if state.intact(files):
-        _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
-        session.commit()
-        return StageOutcome(
-            package.name,
-            ok=True,
-            skipped=True,
-            metadata={"note": f"already staged at {location.qualified_name}; files shared"},
-        )
-    _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
-    session.commit()
+    # The catalogue writes of staging take turns per location: a twin run staging the same
+    # package at once (a sensor run and a partition materialized by hand) reads what this one
+    # recorded instead of recording the copies and completing the jobs a second time.
+    lock = scope(STAGING, location.id)
+    with planner_lock(session, lock, run_id=run_id):
+        jobs = open_jobs_for(session, package, location)
+        state = staged_state(session, package, location, files, target)
+        if state.claimed:
+            return StageOutcome(
+                package.name,
+                ok=False,
+                error=(
+                    f"a cleanup run is deleting copies of {package.name} at "
+                    f"{location.qualified_name}; staging retries after it finished"
+                ),
+            )
+        if state.intact(files):
+            _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
+            return StageOutcome(
+                package.name,
+                ok=True,
+                skipped=True,
+                metadata={"note": f"already staged at {location.qualified_name}; files shared"},
+            )
+        _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
     sources = lta_sources(session, package, location)
     if not sources:
         return _staging_failed(
@@ -719,9 +728,10 @@ def stage_raw_data_package(
     except PermanentStorageError as exc:
         return _staging_failed(session, package, location, jobs, exc, run_id)
     missing = set(state.missing_on_disk)
-    _record_staged(session, package, location, files, state, source, run_id)
-    _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
-    session.commit()
+    with planner_lock(session, lock, run_id=run_id):
+        jobs = open_jobs_for(session, package, location)  # a twin may have completed them
+        _record_staged(session, package, location, files, state, source, run_id)
+        _complete_jobs(session, location, jobs, target, run_id=run_id, just_checked=package.id)
     return StageOutcome(
         package.name,
         ok=True,

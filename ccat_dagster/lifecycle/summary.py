@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.availability import UnavailableLocation, unavailable_locations
+from ccat_dagster.lifecycle.lost_files import lost_files_by_package
 from ccat_dagster.lifecycle.repair import unusable_lta_copies
 from ccat_ops_db.models import (
     CopyType,
@@ -36,6 +37,8 @@ class PipelineSummary:
     unusable_lta_copies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     #: locations that do not answer from some site: work needing them waits (not FAILED)
     unavailable: list[UnavailableLocation] = field(default_factory=list)
+    # (package, obs unit x module, files lost, files in all, what became of it + reasons)
+    lost_files: list[tuple[str, str, int, int, str]] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [
@@ -66,6 +69,12 @@ class PipelineSummary:
                 lines.append(f"  ... and {len(self.unusable_lta_copies) - 50} more")
         lines.append(f"locations unavailable: {len(self.unavailable) or 'none'}")
         lines += [f"  {u.location:<24} {u.describe()}" for u in self.unavailable]
+        if self.lost_files:
+            lines.append("packages with raw data files declared lost (`ccat files declare-lost`):")
+            lines += [
+                f"  {package} ({unit_module}): {lost} of {total} files lost, {detail}"
+                for package, unit_module, lost, total, detail in self.lost_files
+            ]
         return "\n".join(lines)
 
 
@@ -134,6 +143,7 @@ def pipeline_summary(session: Session) -> PipelineSummary:
         )
     }
     s.unusable_lta_copies = unusable_lta_copies(session)
+    s.lost_files = lost_files_by_package(session)
     loc = (Site.short_name + "/" + DataLocation.name).label("loc")
     for name, kind, status, n, size in session.execute(
         select(

@@ -68,8 +68,9 @@ def unpack_package(
     ``expected`` (from the ops DB: member path -> size, checksum, algorithm) must match the
     manifest exactly; ``kind`` and ``name``, when given, must match too. Members land in
     ``dest_dir`` only when every one of them verified. A file already at a member's destination
-    is accepted if its content is identical (re-unpacking is idempotent) and is an error
-    otherwise: nothing is ever overwritten.
+    is accepted if its content is identical (re-unpacking is idempotent, also when a twin run
+    unpacking the same package puts it there meanwhile) and is an error otherwise: nothing
+    different is ever overwritten.
     """
     dest_dir = Path(dest_dir)
     created_dest = not dest_dir.exists()
@@ -313,6 +314,10 @@ def _move_into_place(manifest: Manifest, identical: set[str], tmp: Path, dest_di
             target = dest_dir / entry.path
             _make_parents(dest_dir, target.parent, created_dirs)
             if os.path.lexists(target):
+                if _holds(target, entry):
+                    # A twin unpacking the same package (two runs of one stage) was faster:
+                    # the same verified bytes are there, which is what this unpack wanted.
+                    continue
                 raise PackageVerificationError(
                     f"destination {target} appeared while unpacking; nothing was overwritten: "
                     "check what else writes there, then unpack again",
@@ -332,6 +337,19 @@ def _move_into_place(manifest: Manifest, identical: set[str], tmp: Path, dest_di
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
+
+
+def _holds(target: Path, entry: ManifestEntry) -> bool:
+    """Is ``target`` a regular file with exactly the member's size and checksum?"""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == entry.size
+        and checksum_file(target, entry.algorithm)[0] == entry.checksum
+    )
 
 
 def _make_parents(dest_dir: Path, parent: Path, created: list[Path]) -> None:

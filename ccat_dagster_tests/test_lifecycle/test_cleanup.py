@@ -356,19 +356,24 @@ def test_processing_cleanup_active_inactive_expired(session, topo):
     active, _ = f.archived_package(topo, "active_pkg")
     inactive, _ = f.archived_package(topo, "inactive_pkg")
     expired, _ = f.archived_package(topo, "expired_pkg")
+    done, _ = f.archived_package(topo, "done_pkg")
     f.stage(topo, [active], staged=False)
     f.stage(topo, [inactive], staged=False, active=False)
+    # active past its retention: kept (retention never releases the files of an active job)
     f.stage(topo, [expired], staged=True, retention_minutes=30, created_at=f.minutes_ago(60))
+    f.stage(topo, [done], staged=True, active=False, retention_minutes=600)
     session.commit()
     report = cycle(session)
     proc = topo.processing
     assert all(exists(proc, r.relative_path) for r in active.raw_data_files)
     assert not any(exists(proc, r.relative_path) for r in inactive.raw_data_files)
-    assert not any(exists(proc, r.relative_path) for r in expired.raw_data_files)
+    assert all(exists(proc, r.relative_path) for r in expired.raw_data_files)
+    assert not any(exists(proc, r.relative_path) for r in done.raw_data_files)
     assert report.deleted_by_rule[d.RULE_RDF_PROCESSING] == 2
     assert report.deleted_by_rule[d.RULE_RDF_STAGED] == 2
     assert report.staged_packages_closed == 1
-    assert copy_of(session, proc, raw_data_package=expired).status == S.DELETED
+    assert copy_of(session, proc, raw_data_package=expired).status == S.STAGED
+    assert copy_of(session, proc, raw_data_package=done).status == S.DELETED
 
 
 # --------------------------------------------------------------------------- plan

@@ -359,9 +359,12 @@ def test_processing_files_kept_while_active_staging_job_uses_them(session, topo)
     assert len(rows) == 2 and {r.data_location_id for r in rows} == {topo.processing.id}
 
 
-def test_processing_files_deletable_when_active_job_retention_expired(session, topo):
+def test_processing_files_kept_by_an_active_job_past_its_retention(session, topo):
     pkg, _ = f.archived_package(topo)
-    f.stage(topo, [pkg], staged=False, retention_minutes=60, created_at=f.minutes_ago(120))
+    job = f.stage(topo, [pkg], staged=False, retention_minutes=60, created_at=f.minutes_ago(120))
+    session.commit()
+    assert d.find_deletable_processing_raw_data_files(session) == []
+    job.active = False
     session.commit()
     assert len(d.find_deletable_processing_raw_data_files(session)) == 2
 

@@ -362,18 +362,33 @@ def test_files_stay_while_any_job_is_active_and_go_when_all_are_complete(session
     assert (Path(topo.lta("cologne").path) / pkg.relative_path).exists()
 
 
-def test_expired_retention_releases_the_files_of_an_active_job(session, topo):
+def test_an_active_job_keeps_its_files_after_its_retention_and_complete_releases_them(
+    session, topo
+):
+    """Bug: the files of an active job were deleted once its retention had passed. The rule is
+    that staged files stay while any job using them is active, whatever the retention."""
     pkg = archived(topo)
     job = st.create_staging_job(
         session, location="processing", packages=[pkg.name], retention_days=1
     )
     stage_all(session, topo)
-    cleanup(session)
+    after_retention = st.retention_ends_at(job) + timedelta(days=30)
+
+    report = cleanup(session, now=after_retention)
+
+    assert report.ok, report.errors
     assert all(processing_file(topo, r).exists() for r in pkg.raw_data_files)
+    session.expire_all()
+    assert all(file_copy(session, topo, r).status == S.PRESENT for r in pkg.raw_data_files)
+    assert package_copy(session, topo, pkg).status == S.STAGED
 
-    cleanup(session, now=st.retention_ends_at(job) + timedelta(minutes=1))
+    st.complete_staging_job(session, job.id)
+    report = cleanup(session, now=after_retention)
 
+    assert report.ok, report.errors
     assert all(not processing_file(topo, r).exists() for r in pkg.raw_data_files)
+    session.expire_all()
+    assert package_copy(session, topo, pkg).status == S.DELETED
 
 
 def test_new_job_restores_files_deleted_by_hand(session, topo):
