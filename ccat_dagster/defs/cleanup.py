@@ -168,7 +168,7 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
             site_db = site_row(session, s)
             package_ids: set[int] = set()
             for location in _site_locations(session, site_db, config.location):
-                plan = plan_deletions(session, location=location)
+                plan = plan_deletions(session, location=location, observer=s)
                 package_ids |= {
                     c.raw_data_package_id
                     for c in plan.deletable
@@ -250,6 +250,7 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
                     run_id=context.run_id,
                     location=location,
                     dry_run=checked["dry_run"],
+                    observer=s,
                 )
                 text = report.plan.summary() if report.dry_run else report.summary()
                 context.log.info(f"{location.qualified_name}: {text}")
@@ -297,7 +298,7 @@ def _has_deletable(session: Session, site: Site) -> bool:
     deleting is what frees it); a location that does not answer waits for its probe."""
     down = unavailability(session, site.short_name)
     return any(
-        plan_deletions(session, location=loc).deletable
+        plan_deletions(session, location=loc, observer=site.short_name).deletable
         for loc in _site_locations(session, site, None)
         if not down.blocks(loc.id, write=False)
     )

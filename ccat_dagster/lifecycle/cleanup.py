@@ -149,9 +149,11 @@ def plan_deletions(
     location: DataLocation | None = None,
     now: datetime | None = None,
     ctx: RuleContext | None = None,
+    observer: str | None = None,
 ) -> DeletionPlan:
-    """Every rule's deletable and blocked copies (two SELECTs per rule, whatever the row count)."""
-    ctx = ctx or rule_context(session, now=now)
+    """Every rule's deletable and blocked copies (two SELECTs per rule, whatever the row count);
+    ``observer``: the site that would run the cleanup (what it cannot reach waits)."""
+    ctx = ctx or rule_context(session, now=now, observer=observer)
     deletable: list[DeletableCopy] = []
     blocked: list[BlockedCopy] = []
     for rule in RULE_ORDER:
@@ -352,6 +354,8 @@ def _keep_refused(cycle: _Cycle, gate: GateResult) -> None:
         ],
     )
     for c in copies:
+        if all(p in gate.waiting for p in _held(gate, c)):
+            continue  # an archive that does not answer: the location is marked, the copy waits
         why = "; ".join(gate.kept[p] for p in _held(gate, c))
         cycle.report.errors.append(
             f"kept {_KIND[c.copy_type]} {c.name} at {cycle.names[c.data_location_id]}: {why}. "
@@ -442,6 +446,7 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
     )
     _keep_refused(cycle, gate)
     cycle.report.lta_checks += gate.checks
+    cycle.report.unavailable += gate.unavailable
     proceed, evidence = gate.proceed, gate.evidence
     session.commit()
     started = mark_in_progress(session, proceed, run_id=run_id)
@@ -567,6 +572,7 @@ def run_cleanup_cycle(
     now: datetime | None = None,
     stale_claim_after: Any = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    observer: str | None = None,
 ) -> CleanupReport:
     """One cleanup cycle over every rule (or only ``location``'s copies).
 
@@ -577,7 +583,7 @@ def run_cleanup_cycle(
     session = session_factory_or_session() if own else session_factory_or_session
     try:
         kwargs = {"stale_claim_after": stale_claim_after} if stale_claim_after else {}
-        ctx = rule_context(session, now=now, **kwargs)
+        ctx = rule_context(session, now=now, observer=observer, **kwargs)
         report = CleanupReport(run_id=run_id, dry_run=dry_run)
         if location is not None:
             location = session.get(DataLocation, location.id)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
+from ccat_dagster.lifecycle.availability import unavailable_locations
 from ccat_dagster.lifecycle.buffer_policy import (
     latest_buffer_statuses,
     should_delete_based_on_buffer_status,
@@ -58,6 +59,9 @@ RULE_RDF_STAGED = "find_deletable_staged_raw_data_files_by_location"
 RULE_RDP_STAGED_CLOSE = "staged_raw_data_package_cleanup"
 RULE_MARK_DELETION_POSSIBLE = "mark_raw_data_files_for_deletion"
 
+REASON_ARCHIVE_UNREACHABLE = (
+    "an archive holding the package does not answer from this site; waiting for it"
+)
 REASON_REPAIR_PENDING = (
     "an archive copy of the package failed a live check (BAD or LOST) and waits for its repair"
 )
@@ -121,6 +125,9 @@ class RuleContext:
     stale_claim_after: timedelta = DEFAULT_STALE_CLAIM_AFTER
     #: locations whose latest buffer status is CRITICAL or worse (delete DELETION_POSSIBLE now)
     pressured_location_ids: frozenset[int] = field(default_factory=frozenset)
+    #: locations that do not answer from the site running the cycle: a deletion that must
+    #: first check an archive there waits instead of failing every cycle
+    unreachable_location_ids: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def stale_cutoff(self) -> datetime:
@@ -133,8 +140,11 @@ def rule_context(
     now: datetime | None = None,
     policy: Policy | None = None,
     stale_claim_after: timedelta = DEFAULT_STALE_CLAIM_AFTER,
+    observer: str | None = None,
 ) -> RuleContext:
-    """The context of one cycle: policy from the ops DB, latest buffer status per location."""
+    """The context of one cycle: policy from the ops DB, latest buffer status per location,
+    and (with ``observer``, the site running the cycle) the locations that do not answer from
+    there."""
     policy = policy or get_policy(session)
     now = now or utcnow()
     statuses = latest_buffer_statuses(session, policy=policy)
@@ -144,11 +154,21 @@ def rule_context(
         for loc_id, loc_type in locations
         if should_delete_based_on_buffer_status(loc_type, statuses.get(loc_id))
     )
+    unreachable = (
+        frozenset(
+            row.location_id
+            for row in unavailable_locations(session, observer=observer)
+            if not row.full  # a full disk still answers reads
+        )
+        if observer is not None
+        else frozenset()
+    )
     return RuleContext(
         now=now,
         policy=policy,
         stale_claim_after=stale_claim_after,
         pressured_location_ids=pressured,
+        unreachable_location_ids=unreachable,
     )
 
 
@@ -230,6 +250,20 @@ def _present_copy_of_package(
         sa.exists()
         .where(dl2.c.id == pc2.c.data_location_id, *conditions)
         .correlate_except(pc2, dl2)
+    )
+
+
+def _archive_unreachable(package_id: Any, ctx: RuleContext) -> ColumnElement[bool]:
+    """A PRESENT archive copy of the package sits where this site cannot reach now: the live
+    check before the deletion would fail, so the rule waits (no failing cycle after cycle)."""
+    if not ctx.unreachable_location_ids:
+        return sa.false()
+    return _present_copy_of_package(
+        package_id,
+        at=lambda d: sa.and_(
+            d.c.location_type == _LTA, d.c.id.in_(sorted(ctx.unreachable_location_ids))
+        ),
+        verified=False,
     )
 
 
@@ -321,6 +355,7 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
     )
     archived = rdp.c.state == PackageState.ARCHIVED
     repair_pending = unusable_lta_copy(rdp.c.id)
+    unreachable = _archive_unreachable(rdp.c.id, ctx)
     return _Rule(
         name=RULE_RDP_SOURCE_BUFFER,
         copy_type=CopyType.RAW_DATA_PACKAGE,
@@ -340,11 +375,13 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
             # A site that is SOURCE and LTA at once: its buffer also waits for its own LTA.
             sa.or_(dl.c.site_id.not_in(lta_site_ids()), same_site_lta),
             ~repair_pending,
+            ~unreachable,
         ),
         reason=sa.case(
             (~archived, _text("package state is not ARCHIVED: ", rdp.c.state)),
             (~in_lta, sa.literal("no PRESENT, verified copy in any LONG_TERM_ARCHIVE location")),
             (repair_pending, sa.literal(REASON_REPAIR_PENDING)),
+            (unreachable, sa.literal(REASON_ARCHIVE_UNREACHABLE)),
             else_=sa.literal("not yet PRESENT, verified in this site's LONG_TERM_ARCHIVE"),
         ),
     )
@@ -358,6 +395,7 @@ def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
         verified=True,
     )
     repair_pending = unusable_lta_copy(rdp.c.id)
+    unreachable = _archive_unreachable(rdp.c.id, ctx)
     return _Rule(
         name=RULE_RDP_LTA_BUFFER,
         copy_type=CopyType.RAW_DATA_PACKAGE,
@@ -372,9 +410,10 @@ def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
             dl.c.site_id.not_in(source_site_ids()),
             _candidate(pc, ctx, S.PRESENT),
         ],
-        allow=sa.and_(same_site_lta, ~repair_pending),
+        allow=sa.and_(same_site_lta, ~repair_pending, ~unreachable),
         reason=sa.case(
             (repair_pending, sa.literal(REASON_REPAIR_PENDING)),
+            (unreachable, sa.literal(REASON_ARCHIVE_UNREACHABLE)),
             else_=sa.literal(
                 "not yet PRESENT, verified in the LONG_TERM_ARCHIVE location of the same site"
             ),
@@ -490,6 +529,7 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
         package, at=lambda d: d.c.location_type == _LTA, verified=True
     )
     repair_pending = unusable_lta_copy(package)
+    unreachable = _archive_unreachable(package, ctx)
     return _Rule(
         name=RULE_RDF_DELETION_POSSIBLE,
         copy_type=CopyType.RAW_DATA_FILE,
@@ -505,6 +545,7 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
         allow=sa.and_(
             in_lta,
             ~repair_pending,
+            ~unreachable,
             sa.or_(
                 retry_or_stale(pc, ctx),
                 sa.and_(pc.c.status == S.DELETION_POSSIBLE, sa.or_(retention_over, pressured)),
@@ -513,6 +554,7 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
         reason=sa.case(
             (~in_lta, sa.literal("no PRESENT, verified copy of its package in any LTA")),
             (repair_pending, sa.literal(REASON_REPAIR_PENDING)),
+            (unreachable, sa.literal(REASON_ARCHIVE_UNREACHABLE)),
             else_=_text("retention period not over (minutes: ", retention)
             + sa.literal(") and buffer pressure below CRITICAL"),
         ),

@@ -33,6 +33,7 @@ from ccat_dagster.lifecycle.deletion import (
 )
 from ccat_dagster.lifecycle.repair import record_lta_check
 from ccat_dagster.lifecycle.verification import LtaEvidence, VerifyLtaCopy
+from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.models import (
     CopyType,
     DataLocation,
@@ -65,6 +66,10 @@ class GateResult:
     proceed: list[DeletableCopy]
     evidence: dict[int, dict[str, Any]]
     held: dict[int, list[int]] = field(default_factory=dict)  # copy id -> package ids
+    #: packages kept only because an archive did not answer (a wait, not an incident)
+    waiting: set[int] = field(default_factory=set)
+    #: the location errors behind those waits (the caller marks the locations unavailable)
+    unavailable: list[LocationUnavailableError] = field(default_factory=list)
     kept: dict[int, str] = field(default_factory=dict)  # package id -> reason
     refused: list[DeletableCopy] = field(default_factory=list)
     checks: list[LtaCheck] = field(default_factory=list)
@@ -170,8 +175,10 @@ def _check_package(
     ltas: Sequence[DataLocation],
     verify: VerifyLtaCopy,
     names: dict[int, str],
+    unavailable: list[LocationUnavailableError],
 ) -> tuple[list[LtaCheck], str | None]:
-    """Check every archive copy of one package; the reason it must be kept, if any."""
+    """Check every archive copy of one package; the reason it must be kept, if any. Location
+    errors are appended to ``unavailable``."""
     if not ltas:
         return [], "the catalogue has no PRESENT copy in an active LONG_TERM_ARCHIVE any more"
     checks: list[LtaCheck] = []
@@ -180,6 +187,8 @@ def _check_package(
         try:
             evidence = verify(package, lta)
         except Exception as exc:  # noqa: BLE001 - an archive that does not answer keeps data
+            if isinstance(exc, LocationUnavailableError):
+                unavailable.append(exc)
             evidence = LtaEvidence.cannot_verify(names[lta.id], package.relative_path, exc)
         checks.append(LtaCheck(package, lta, evidence))
         if not evidence.ok:
@@ -228,8 +237,17 @@ def gate_deletions(
     checks_of: dict[int, list[dict[str, Any]]] = {}
     for package_id in need:
         ltas = [location(loc_id) for loc_id in lta_of.get(package_id, [])]
-        checks, problem = _check_package(packages[package_id], ltas, verify, names)
+        before = len(result.unavailable)
+        checks, problem = _check_package(
+            packages[package_id], ltas, verify, names, result.unavailable
+        )
         result.checks += checks
+        if (
+            problem
+            and len(result.unavailable) > before
+            and all(c.evidence.ok or not c.evidence.examined for c in checks)
+        ):
+            result.waiting.add(package_id)
         checks_of[package_id] = [c.evidence.as_dict() for c in checks]
         for check in checks:
             record_lta_check(session, check.package, check.lta, check.evidence, run_id=run_id)

@@ -208,10 +208,27 @@ def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo,
         return down if location.id == lta_id else f.local_storage_for(location)
 
     report = cycle(session, verify_lta_copy=make_storage_lta_verifier(storage_for))
-    assert any("LocationUnavailableError" in e and "unreachable" in e for e in report.errors)
+    # an archive that does not answer is a wait, not an incident: reported for the location
+    assert report.ok and d.RULE_RDP_SOURCE_BUFFER not in report.deleted_by_rule
+    assert {e.location for e in report.unavailable} == {"cologne/lta"}
+    assert "unreachable" in str(report.unavailable[0])
     assert exists(topo.source_buffer, pkg.relative_path)
     src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
     assert src.status == S.PRESENT
+    # the copy in the archive is not judged: nothing was examined
+    assert copy_of(session, topo.lta("cologne"), raw_data_package=pkg).status == S.PRESENT
+    # marked unavailable from the cleanup's site, the rule waits instead of failing each cycle
+    from ccat_dagster.lifecycle.availability import record_location_error
+
+    record_location_error(session, report.unavailable[0], observer="ccat")
+    waiting = d.explain_blocked(
+        session, d.RULE_RDP_SOURCE_BUFFER, ctx=d.rule_context(session, observer="ccat")
+    )
+    assert [b.reason for b in waiting] == [d.REASON_ARCHIVE_UNREACHABLE]
+    from ccat_dagster.lifecycle.availability import mark_available
+
+    mark_available(session, topo.lta("cologne"), observer="ccat")
+    session.commit()
     # Later, with the endpoint back, the same copy goes.
     report = cycle(session, run_id="run-2")
     assert report.ok and not exists(topo.source_buffer, pkg.relative_path)
