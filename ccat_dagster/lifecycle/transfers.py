@@ -25,6 +25,7 @@ from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
+from ccat_dagster.storage.local import partial_dir
 from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
@@ -200,6 +201,7 @@ def unpack_data_transfer(
                 expected=expected,
                 kind="data_transfer_package",
                 name=dtp.name,
+                tmp_parent=partial_dir(local_root(buffer)),
             )
     except TransientStorageError:
         transfer.unpack_status = Status.PENDING
