@@ -7,6 +7,8 @@ passed on as blocked. ``..._delete`` then runs one bulk cleanup cycle per locati
 (lifecycle.cleanup), which re-verifies the LTA copy once more right before deleting the last copy
 outside an LTA and keeps anything blocked. Any error fails the run with the reasons, so an
 operator sees it in the UI. Config: ``location`` (one location of this site) and ``dry_run``.
+A third, independent step ``..._temporaries`` removes what killed runs left behind
+(defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
@@ -50,6 +52,7 @@ from sqlalchemy.orm import Session
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import metadata_value, site_buffer_action, site_row
+from ccat_dagster.defs.temporaries import build_temporaries_op
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
 from ccat_dagster.lifecycle.cleanup import plan_deletions, run_cleanup_cycle
@@ -233,6 +236,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
                 allow_retries=False,
             )
 
+    temporaries_step = build_temporaries_op(s)
+
     @job(
         name=cleanup_job_name(site),
         description=(
@@ -244,6 +249,7 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
     )
     def cleanup_job() -> None:
         delete_step(lta_presence_step())
+        temporaries_step()
 
     return cleanup_job
 
