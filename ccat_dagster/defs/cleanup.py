@@ -7,8 +7,8 @@ passed on as blocked. ``..._delete`` then runs one bulk cleanup cycle per locati
 (lifecycle.cleanup), which re-verifies the LTA copy once more right before deleting the last copy
 outside an LTA and keeps anything blocked. Any error fails the run with the reasons, so an
 operator sees it in the UI. Config: ``location`` (one location of this site) and ``dry_run``.
-A third, independent step ``..._temporaries`` removes what killed runs left behind
-(defs.temporaries).
+A third step ``..._temporaries`` (same ``location`` and ``dry_run``) removes what killed runs
+left behind (defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
@@ -248,8 +248,9 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
         tags={"ccat/site": s, "ccat/stage": "deletion"},
     )
     def cleanup_job() -> None:
-        delete_step(lta_presence_step())
-        temporaries_step()
+        checked = lta_presence_step()
+        delete_step(checked)
+        temporaries_step(checked)
 
     return cleanup_job
 

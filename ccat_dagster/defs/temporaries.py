@@ -10,7 +10,7 @@ temporary is never a copy).
 import os
 from datetime import UTC, datetime
 
-from dagster import Config, DagsterInstance, OpDefinition, OpExecutionContext, op
+from dagster import DagsterInstance, In, OpDefinition, OpExecutionContext, op
 
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import site_row
@@ -30,12 +30,18 @@ def sweep_site_temporaries(
     ops_db: OpsDbResource,
     storage: SiteStorageResource,
     *,
+    location: str | None = None,
     dry_run: bool = False,
 ) -> TemporariesReport:
-    """Remove the temporaries at the site of ``storage`` that no run in flight can own."""
+    """Remove the temporaries at the site of ``storage`` (or at its ``location``) that no run
+    in flight can own; ``dry_run`` only lists them."""
     cutoff = temporaries_cutoff(instance, margin_seconds=sweep_margin_seconds())
     with ops_db.session() as session, storage.registry() as storages:
-        locations = [loc for loc in site_row(session, storage.site).locations if loc.active]
+        locations = [
+            loc
+            for loc in site_row(session, storage.site).locations
+            if loc.active and location in (None, loc.name)
+        ]
         return sweep_temporaries(
             locations,
             storages.get,
@@ -44,15 +50,13 @@ def sweep_site_temporaries(
         )
 
 
-class TemporariesConfig(Config):
-    """``dry_run``: only list what would be removed."""
-
-    dry_run: bool = False
-
-
 def build_temporaries_op(site_short_name: str) -> OpDefinition:
+    """The cleanup job's third step; it takes the run's ``location`` and ``dry_run`` from the
+    first step's output (``{"location": ..., "dry_run": ...}``)."""
+
     @op(
         name=f"{site_short_name}_cleanup_temporaries",
+        ins={"checked": In(dict)},
         description=(
             "Remove partial files and unfinished uploads left by killed runs (older than the "
             "oldest run in flight)."
@@ -61,11 +65,17 @@ def build_temporaries_op(site_short_name: str) -> OpDefinition:
     )
     def temporaries_step(
         context: OpExecutionContext,
-        config: TemporariesConfig,
+        checked: dict,
         ops_db: OpsDbResource,
         storage: SiteStorageResource,
     ) -> None:
-        report = sweep_site_temporaries(context.instance, ops_db, storage, dry_run=config.dry_run)
+        report = sweep_site_temporaries(
+            context.instance,
+            ops_db,
+            storage,
+            location=checked.get("location"),
+            dry_run=bool(checked.get("dry_run")),
+        )
         context.log.info(report.summary())
         for error in report.errors:
             # not a failure of the cleanup: the next sweep tries again

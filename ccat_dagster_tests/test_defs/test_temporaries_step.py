@@ -71,7 +71,12 @@ def test_cleanup_removes_temporaries_older_than_the_oldest_run_in_flight(
             during = leftover(buffer, "maybe-still-written.tar", started + 1)
             defs = build_site_definitions("us", ops_db_url=ops_db_url)
             site = load_topology_snapshot(ops_db_url).site("us")
-            result = defs.resolve_job_def("us_cleanup").execute_in_process(
+            cleanup = defs.resolve_job_def("us_cleanup")
+            dry = cleanup.execute_in_process(
+                run_config=cleanup_run_config(site, dry_run=True), instance=instance
+            )
+            assert dry.success and before.exists(), "a dry run only lists them"
+            result = cleanup.execute_in_process(
                 run_config=cleanup_run_config(site), instance=instance
             )
             assert result.success
