@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ccat_dagster.storage.base import Storage, TemporaryObject
-from ccat_dagster.storage.errors import StorageError
 from ccat_ops_db.models import DataLocation
 
 StorageFor = Callable[[DataLocation], Storage]
@@ -70,7 +69,7 @@ def stale_temporaries(
                     report.stale.append(StaleTemporary(_label(location), temporary))
                 else:
                     report.younger += 1
-        except (StorageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - an unreachable location must not stop the rest
             report.errors.append(f"cannot list the temporaries of {_label(location)}: {exc}")
     return report
 
@@ -93,6 +92,6 @@ def sweep_temporaries(
         try:
             if storage_for(by_name[stale.location]).remove_temporary(stale.temporary):
                 report.removed.append(stale)
-        except (StorageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported; the next sweep tries again
             report.errors.append(f"cannot remove the temporary {stale.describe()}: {exc}")
     return report
