@@ -17,12 +17,10 @@ blocked, with the failure reason from its last run.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -33,30 +31,17 @@ from dagster import (
     build_sensor_context,
 )
 
+from ccat_dagster.run_failures import (
+    DEFAULT_MAX_REQUEST_FAILURES,
+    FAILURES_BEYOND_RETRY_BUDGET,
+    BlockedRequest,
+    FailureStreaks,
+    failure_reason,
+)
 from ccat_dagster.run_health import fail_dead_runs, owner_tags
 from ccat_ops_db.config import ccat_home
 
 CURSOR_PREFIX = "ccat_run_until_idle"
-#: failures in a row beyond the ops-DB retry budget (first attempt + max_retries) of an item
-FAILURES_BEYOND_RETRY_BUDGET = 1
-DEFAULT_MAX_REQUEST_FAILURES = 5  # without an ops DB to read the policy from
-
-
-@dataclass(frozen=True)
-class BlockedRequest:
-    """A request not launched again in this invocation: it kept failing."""
-
-    job_name: str
-    run_config: dict[str, Any]
-    failures: int
-    last_run_id: str
-    reason: str
-
-    def describe(self) -> str:
-        return (
-            f"{self.job_name} {_config_summary(self.run_config)}: failed {self.failures} times "
-            f"in a row (last run {self.last_run_id}): {self.reason}"
-        )
 
 
 @dataclass
@@ -79,65 +64,6 @@ class RunnerReport:
     def idle(self) -> bool:
         """True when the pipeline ran out of work, not out of passes or into blocked work."""
         return not self.blocked and self.stopped is None
-
-
-def _config_summary(run_config: dict[str, Any]) -> str:
-    text = json.dumps(run_config, sort_keys=True, default=str)
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _failure_reason(result) -> str:  # noqa: ANN001 - ExecuteInProcessResult
-    """Why a run failed, from its step failures (a Failure's description and metadata, else the
-    innermost error), or from the run failure event."""
-    parts: list[str] = []
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        user = data.user_failure_data
-        if user is not None and user.description:
-            details = [
-                f"{key}: {getattr(value, 'value', value)}"
-                for key, value in list((user.metadata or {}).items())[:10]
-            ]
-            parts.append("; ".join([user.description, *details]))
-        elif data.error is not None:
-            error = data.error
-            while error.cause is not None:
-                error = error.cause
-            parts.append(error.message.strip())
-    if not parts:
-        try:
-            parts.append(result.get_run_failure_event().message or "run failed")
-        except Exception:  # noqa: BLE001 - no failure event: say so
-            parts.append("run failed (no failure event; see the run in the UI)")
-    return " | ".join(parts)
-
-
-class _FailureStreaks:
-    """Failures in a row per (job, run config) in this invocation; a success of the job resets
-    every streak of that job."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._streaks: dict[tuple[str, str], list[str]] = {}
-        self._blocked: set[tuple[str, str]] = set()
-
-    @staticmethod
-    def key(job_name: str, run_config: dict[str, Any]) -> tuple[str, str]:
-        return job_name, json.dumps(run_config, sort_keys=True, default=str)
-
-    def is_blocked(self, key: tuple[str, str]) -> bool:
-        return key in self._blocked
-
-    def failed(self, key: tuple[str, str], run_id: str) -> int:
-        runs = self._streaks.setdefault(key, [])
-        runs.append(run_id)
-        if len(runs) >= self.limit:
-            self._blocked.add(key)
-        return len(runs)
-
-    def succeeded(self, job_name: str) -> None:
-        for key in [k for k in self._streaks if k[0] == job_name]:
-            del self._streaks[key]
 
 
 def default_dagster_home() -> Path:
@@ -180,7 +106,7 @@ class _Loop:
 
     instance: DagsterInstance
     report: RunnerReport
-    streaks: _FailureStreaks
+    streaks: FailureStreaks
     log: Callable[[str], None]
     owner: dict[str, str]
 
@@ -211,7 +137,7 @@ def _execute(loop: _Loop, defs: Definitions, job_name: str, request) -> bool:  #
     failures = loop.streaks.failed(key, result.run_id)
     if loop.streaks.is_blocked(key):
         blocked = BlockedRequest(
-            job_name, requested, failures, result.run_id, _failure_reason(result)
+            job_name, requested, failures, result.run_id, failure_reason(result)
         )
         report.blocked.append(blocked)
         log(f"not retried again in this invocation: {blocked.describe()}")
@@ -364,7 +290,7 @@ def run_until_idle(
     ``max_retries`` + 2) is not launched again (``report.blocked``)."""
     report = RunnerReport()
     limit = max_request_failures or _max_request_failures(definitions)
-    loop = _Loop(instance, report, _FailureStreaks(limit), log, owner_tags())
+    loop = _Loop(instance, report, FailureStreaks(limit), log, owner_tags())
     report.dead_runs += recover_dead_runs(instance, definitions, log=log)
     report.temporaries += sweep_temporaries_of_sites(instance, definitions, log=log)
     while report.passes < max_passes:
