@@ -3,16 +3,11 @@
 Evaluates the sensors (and the schedules) of every site's Definitions against a real, persistent
 Dagster instance, applies their partition requests and cursors, and executes the runs they
 request in-process, pass after pass, until a whole pass requests nothing. The definitions,
-sensors and jobs are exactly the ones the daemon uses; only the loop is ours. Meant for the
-demo, tests and small sites without a daemon.
-
-Every run it executes is tagged with this process's identity (``run_health``). At the start and
-at every pass, runs whose owner process is gone (a killed ``run-until-idle``) are marked failed
-and their deletion claims released, so their work is picked up again; at the start, temporaries
-no live run can own are removed. A request (job + run config) that failed more times in a row
-than any item's retry budget allows (first attempt + policy ``max_retries``), with no successful
-run of its job in between, is not launched again in this invocation: the report lists it as
-blocked, with the failure reason from its last run.
+sensors and jobs are exactly the ones the daemon uses; only the loop is ours. Every run is
+tagged with this process's identity (``run_health``): runs of a killed invocation are found,
+failed and their deletion claims released (at the start and every pass), temporaries no live
+run can own are removed at the start, and a request that keeps failing is blocked for the rest
+of the invocation (``run_failures``). Meant for the demo, tests and small sites without a daemon.
 """
 
 from __future__ import annotations
