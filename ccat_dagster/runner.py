@@ -283,6 +283,9 @@ def run_until_idle(
     Dead runs are failed (and their claims released) first and at every pass, temporaries swept
     at the start; a request failing ``max_request_failures`` times in a row (default: policy
     ``max_retries`` + 2) is not launched again (``report.blocked``)."""
+    from ccat_dagster.defs.availability import probe_unavailable_now
+
+    probe_unavailable_now(definitions, instance)  # what answers again is worked on at once
     report = RunnerReport()
     limit = max_request_failures or _max_request_failures(definitions)
     loop = _Loop(instance, report, FailureStreaks(limit), log, owner_tags())

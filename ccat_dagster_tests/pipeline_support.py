@@ -9,17 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
 import tarfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dagster import DagsterInstance
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.filing import register_raw_data_files
 from ccat_dagster.runner import RunnerReport, load_site_definitions, run_until_idle
 from ccat_dagster.simulate import SimulatedFile, simulate_instrument
+from ccat_ops_db.models import (
+    DataLocation,
+    DataTransfer,
+    DataTransferPackage,
+    LocationAvailability,
+    LongTermArchiveTransfer,
+    PackageState,
+    RawDataPackage,
+    Site,
+    Status,
+)
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
@@ -158,3 +175,55 @@ def tar_members(data: bytes) -> dict[str, bytes]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "30m") mounted at the existing directory ``mount_point`` and
+    unmounted afterwards. Needs root: fails under CI=true when it cannot mount, skips elsewhere."""
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        message = f"cannot mount a {size} tmpfs at {mount_point}: {done.stderr.strip()}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (tests run as root under CI)")
+        pytest.skip(message)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+def resize_tmpfs(mount_point: Path, size: str) -> None:
+    """Give a tmpfs mounted by :func:`tmpfs` a new size (free space appears at once)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
+
+
+def assert_nothing_failed_or_counted(url: str) -> None:
+    """No operation FAILED and no retry counted anywhere: an outage is not the packages' fault."""
+    with session_scope(url) as session:
+        for model in (RawDataPackage, DataTransferPackage, DataTransfer, LongTermArchiveTransfer):
+            rows = session.scalars(select(model)).all()
+            assert all(r.status != Status.FAILED for r in rows), model.__name__
+            assert all((r.retry_count or 0) == 0 for r in rows), [
+                (model.__name__, r.id, r.retry_count, r.failure_reason) for r in rows
+            ]
+        assert all(
+            t.unpack_status != Status.FAILED and (t.unpack_retry_count or 0) == 0
+            for t in session.scalars(select(DataTransfer))
+        )
+        assert all(p.state != PackageState.FAILED for p in session.scalars(select(RawDataPackage)))
+
+
+def availability(url: str) -> dict[tuple[str, str], bool]:
+    """(location ``site/name``, observer) -> available, for every recorded row."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Site.short_name, DataLocation.name, LocationAvailability)
+            .join(DataLocation, DataLocation.id == LocationAvailability.data_location_id)
+            .join(Site, Site.id == DataLocation.site_id)
+        ).all()
+        return {(f"{s}/{n}", row.observer): row.available for s, n, row in rows}

@@ -7,6 +7,7 @@ locations are driven until idle against a persistent Dagster instance.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -137,6 +138,14 @@ def test_filed_files_reach_both_ltas_with_matching_checksums(real_env, s3_client
         evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in checks]
         assert len(evaluations) == 2 * len(packages)
         assert all(e.passed for e in evaluations)
+
+    # the invariant, read back from the storage: S3, the disk archive, the SSH-reached buffer
+    result = CliRunner().invoke(app, ["verify", "--json"])
+    assert result.exit_code == 0, result.output
+    verified = json.loads(result.stdout)
+    assert verified["violations"] == []
+    assert verified["counters"]["files_proven"] == len(files)
+    assert verified["counters"]["lta_copies_expected"] == 2 * len(packages)
 
 
 def _flip_byte(path: Path, offset: int = 2048) -> bytes:

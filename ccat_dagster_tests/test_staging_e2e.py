@@ -221,6 +221,11 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     assert len(_fetches(instance, p1)) == 3
     assert _job(url, job_d).active and _job(url, job_e).status == Status.COMPLETED
 
+    # staged, shared, cleaned up, restored: the invariant holds, read back from the storage
+    verified = CliRunner().invoke(app, ["verify", "--json"])
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["violations"] == []
+
     # the same-site S3 object is gone: staging falls back to the us disk archive
     with session_scope(url) as session:
         key = session.scalar(select(RawDataPackage.relative_path).where(RawDataPackage.name == q1))
@@ -231,6 +236,16 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     assert _fetches(instance, q1) == ["us_lta"]
     assert _staged_intact(url, processing, q1)
     assert _job(url, job_f).status == Status.COMPLETED
+    # ...and `ccat verify` reports that archive copy, and nothing else
+    verified = CliRunner().invoke(app, ["verify", "--json"])
+    assert verified.exit_code == 1, verified.output
+    violations = json.loads(verified.stdout)["violations"]
+    assert violations and all(
+        v["object"] == f"RawDataPackage {q1}"
+        and v["location"] == "cologne/lta"
+        and v["kind"] in ("object_missing", "lta_copy_not_present")
+        for v in violations
+    ), violations
 
 
 def test_bad_requests_are_clear_errors_and_create_no_job(archived_env, monkeypatch):

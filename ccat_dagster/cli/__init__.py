@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "pipeline",
     "deletion",
     "staging",
+    "verify",
 )
 
 for _module in COMMAND_MODULES:

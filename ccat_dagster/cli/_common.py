@@ -49,6 +49,19 @@ def shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def operator_error_message(exc: BaseException) -> str | None:
+    """The one-line message of an operator error (or an unusable ops database), else None."""
+    if isinstance(exc, tuple(OPERATOR_ERRORS)):
+        return str(exc)
+    if isinstance(exc, OperationalError):
+        return (
+            f"cannot use the ops database at {shown_url(ops_db_url())}: "
+            f"{str(exc.orig).strip()}; "
+            "check CCAT_OPS_DB_URL and that the database server is running"
+        )
+    return None
+
+
 class CcatGroup(TyperGroup):
     """The top-level group: turns operator errors into a message and exit code 1."""
 
@@ -60,15 +73,8 @@ class CcatGroup(TyperGroup):
         except Exception as exc:
             if os.environ.get("CCAT_DEBUG"):
                 raise
-            if isinstance(exc, tuple(OPERATOR_ERRORS)):
-                message = str(exc)
-            elif isinstance(exc, OperationalError):
-                message = (
-                    f"cannot use the ops database at {shown_url(ops_db_url())}: "
-                    f"{str(exc.orig).strip()}; "
-                    "check CCAT_OPS_DB_URL and that the database server is running"
-                )
-            else:
+            message = operator_error_message(exc)
+            if message is None:
                 raise
             click.echo(f"Error: {message}", err=True)
             ctx.exit(1)

@@ -1,4 +1,5 @@
-"""``ccat list-locations``: every site and location, with its operations and their pool names."""
+"""``ccat list-locations``: every site and location, with its operations and their pool names,
+and the sites it is unavailable from (since when, why)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def format_locations_table(rows: list[LocationInfo]) -> str:
     out = [line(_COLUMNS)]
     for row, cell in zip(rows, cells, strict=True):
         out.append(line(cell))
+        for observer, since, reason in row.unavailable:
+            out.append(f"    UNAVAILABLE: unavailable from {observer} since {since}: {reason}")
         op_width = max(len(op) for op, _ in row.pools)
         for op, pool in row.pools:
             out.append(f"    {op.ljust(op_width)}  pool {pool}")
@@ -44,7 +47,8 @@ def list_locations_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List every site and location (type, storage, priority, active) and, below each, the
-    operations valid there with their concurrency pool names."""
+    sites it is unavailable from (work needing it waits) and the operations valid there with
+    their concurrency pool names."""
     with ops_session() as session:
         rows = describe_locations(session)
     if as_json:

@@ -52,7 +52,9 @@ from ccat_dagster.defs.stages import (
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
 from ccat_dagster.lifecycle.archive import confirm_lta_presence
+from ccat_dagster.lifecycle.availability import record_location_error
 from ccat_dagster.lifecycle.operations import OperationType
+from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
@@ -147,7 +149,16 @@ def materialize_one(
 ) -> MaterializeResult:
     with ops_db.session() as session, storage.registry() as storages:
         item = finder(session, site, location, context.partition_key)
-        report: StageReport = stage.execute(session, item, storages.get, context.run_id)
+        try:
+            report: StageReport = stage.execute(session, item, storages.get, context.run_id)
+        except LocationUnavailableError as exc:
+            # Recorded like in the batched runs (the sensors then wait for a probe); nothing
+            # was counted against the package.
+            session.rollback()
+            record_location_error(session, exc, observer=storage.site, run_id=context.run_id)
+            raise Failure(
+                f"{context.partition_key} waits, nothing counted: {exc}", allow_retries=False
+            ) from exc
     outcome = report.outcome
     if not outcome.ok:
         raise Failure(f"{outcome.partition}: {outcome.error}", allow_retries=False)

@@ -19,6 +19,7 @@ the code location loads: ``CCAT_CLEANUP_CRON`` (cleanup schedule, default every 
 """
 
 import os
+from datetime import timedelta
 
 from dagster import (
     AssetCheckEvaluation,
@@ -49,17 +50,28 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.defs.availability import location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import metadata_value, site_buffer_action, site_row
+from ccat_dagster.defs.stages import (
+    lta_presence_evaluation,
+    site_buffer_action,
+    site_row,
+)
 from ccat_dagster.defs.temporaries import build_temporaries_op
 from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle.availability import record_location_error, unavailability
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
 from ccat_dagster.lifecycle.cleanup import plan_deletions, run_cleanup_cycle
-from ccat_dagster.lifecycle.deletion import RULE_RDP_LTA_BUFFER, RULE_RDP_SOURCE_BUFFER
+from ccat_dagster.lifecycle.deletion import (
+    RULE_RDF_DELETION_POSSIBLE,
+    RULE_RDP_LTA_BUFFER,
+    RULE_RDP_SOURCE_BUFFER,
+)
 from ccat_dagster.lifecycle.operations import OperationType, pool_name
+from ccat_dagster.lifecycle.repair import record_lta_check
 from ccat_dagster.lifecycle.verification import LtaEvidence, make_storage_lta_verifier
-from ccat_dagster.storage.errors import StorageError
+from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import (
     DataLocation,
     DiskDataLocation,
@@ -74,6 +86,10 @@ from ccat_ops_db.models import (
 CLEANUP_CRON = os.environ.get("CCAT_CLEANUP_CRON", "*/10 * * * *")
 MONITOR_INTERVAL_SECONDS = int(os.environ.get("CCAT_MONITOR_INTERVAL_SECONDS", "60"))
 BUFFER_CAPACITY = "buffer_capacity"
+#: a live check of the check step is reused by the delete step of the same run for this long
+CHECK_FRESH_FOR = timedelta(minutes=10)
+#: the rules whose deletions rely on the archive copies (checked first, per partition)
+_RELIES_ON_ARCHIVE = (RULE_RDP_SOURCE_BUFFER, RULE_RDP_LTA_BUFFER, RULE_RDF_DELETION_POSSIBLE)
 
 
 class CleanupConfig(Config):
@@ -121,17 +137,18 @@ def _lta_copies_relied_on(
     return [(pid, loc) for pid, loc in rows]
 
 
-def _check_event(lta: DataLocation, package: RawDataPackage, ev: LtaEvidence):
-    return AssetCheckEvaluation(
-        asset_key=asset_key(lta.site.short_name, lta.name, RAW_DATA_PACKAGE),
-        check_name="lta_presence",
-        passed=ev.ok,
-        partition=package.name,
-        severity=AssetCheckSeverity.ERROR,
-        blocking=True,
-        description=ev.detail or "present with the recorded size and checksum",
-        metadata={k: metadata_value(v) for k, v in ev.as_dict().items() if v not in (None, "")},
-    )
+def _fresh_checks(passed: list[dict]) -> dict[tuple[int, int], LtaEvidence]:
+    """The check step's passed live checks that are recent enough to count as "right before
+    the deletion" (read again otherwise): one full read of each archive copy per run."""
+    now = utcnow()
+    out: dict[tuple[int, int], LtaEvidence] = {}
+    for row in passed:
+        data = dict(row)
+        key = (data.pop("package"), data.pop("lta"))
+        evidence = LtaEvidence.from_dict(data)
+        if now - evidence.checked_at <= CHECK_FRESH_FOR:
+            out[key] = evidence
+    return out
 
 
 def build_cleanup_job(site: SiteView) -> JobDefinition:
@@ -156,35 +173,47 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
             for location in _site_locations(session, site_db, config.location):
                 plan = plan_deletions(session, location=location)
                 package_ids |= {
-                    c.entity_id
+                    c.raw_data_package_id
                     for c in plan.deletable
-                    if c.rule in (RULE_RDP_SOURCE_BUFFER, RULE_RDP_LTA_BUFFER)
+                    if c.rule in _RELIES_ON_ARCHIVE and c.raw_data_package_id is not None
                 }
-            verify = make_storage_lta_verifier(storages.get)
+            verify = make_storage_lta_verifier(storages.get, prefer_stored_checksum=False)
             failed: set[int] = set()
+            problems: list[str] = []
+            passed: list[dict] = []
             for package_id, lta in _lta_copies_relied_on(session, package_ids):
                 package = session.get(RawDataPackage, package_id)
                 try:
                     evidence = verify(package, lta)
                 except StorageError as exc:
-                    evidence = LtaEvidence(
-                        ok=False,
-                        exists=False,
-                        location=lta.qualified_name,
-                        key=package.relative_path,
-                        checked_at=utcnow(),
-                        detail=f"cannot verify: {exc}",
+                    if isinstance(exc, LocationUnavailableError):
+                        _location_unavailable(context, session, exc, s)
+                    evidence = LtaEvidence.cannot_verify(
+                        lta.qualified_name, package.relative_path, exc
                     )
-                context.log_event(_check_event(lta, package, evidence))
-                if not evidence.ok:
+                if not config.dry_run:
+                    record_lta_check(session, package, lta, evidence, run_id=context.run_id)
+                    session.commit()
+                context.log_event(lta_presence_evaluation(lta, package, evidence))
+                if evidence.ok:
+                    passed.append({"package": package_id, "lta": lta.id, **evidence.as_dict()})
+                else:
                     failed.add(package_id)
-                    context.log.error(
+                    problems.append(
                         f"lta_presence FAILED for {package.name} in {lta.qualified_name}: "
                         f"{evidence.detail}; its copies at {s} are kept"
+                        + (" and the archive copy is re-archived" if evidence.examined else "")
                     )
+                    context.log.error(problems[-1])
             blocked = sorted(failed)
         context.log.info(f"{len(package_ids)} packages checked, {len(blocked)} blocked")
-        return {"location": config.location, "dry_run": config.dry_run, "blocked": blocked}
+        return {
+            "location": config.location,
+            "dry_run": config.dry_run,
+            "blocked": blocked,
+            "problems": problems,
+            "passed": passed,
+        }
 
     @op(
         name=f"{s}_cleanup_delete",
@@ -200,21 +229,20 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
         storage: SiteStorageResource,
     ) -> None:
         blocked = set(checked["blocked"])
-        errors: list[str] = []
+        # a failed check is an incident even when the rules no longer offer the package
+        errors: list[str] = list(checked.get("problems", []))
+        fresh = _fresh_checks(checked.get("passed", []))
         with ops_db.session() as session, storage.registry() as storages:
-            live = make_storage_lta_verifier(storages.get)
+            live = make_storage_lta_verifier(storages.get, prefer_stored_checksum=False)
 
             def verify(package: RawDataPackage, lta: DataLocation) -> LtaEvidence:
-                if package.id in blocked:
-                    return LtaEvidence(
-                        ok=False,
-                        exists=False,
-                        location=lta.qualified_name,
-                        key=package.relative_path,
-                        checked_at=utcnow(),
-                        detail="blocked: its lta_presence check failed in this run",
+                if package.id in blocked:  # already recorded by the check step
+                    return LtaEvidence.cannot_verify(
+                        lta.qualified_name,
+                        package.relative_path,
+                        "blocked: its lta_presence check failed in this run",
                     )
-                return live(package, lta)
+                return fresh.get((package.id, lta.id)) or live(package, lta)
 
             site_db = site_row(session, s)
             for location in _site_locations(session, site_db, checked["location"]):
@@ -228,7 +256,13 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
                 )
                 text = report.plan.summary() if report.dry_run else report.summary()
                 context.log.info(f"{location.qualified_name}: {text}")
+                for check in report.lta_checks:
+                    context.log_event(
+                        lta_presence_evaluation(check.lta, check.package, check.evidence)
+                    )
                 errors += report.errors
+                for exc in report.unavailable:
+                    _location_unavailable(context, session, exc, s)
         if errors:
             raise Failure(
                 description=f"cleanup at {s}: {len(errors)} problem(s); data was kept",
@@ -266,10 +300,28 @@ def cleanup_run_config(site: SiteView, *, location: str | None = None, dry_run: 
 
 
 def _has_deletable(session: Session, site: Site) -> bool:
+    """Anything deletable at a location of ``site`` that answers from here (a full one does:
+    deleting is what frees it); a location that does not answer waits for its probe."""
+    down = unavailability(session, site.short_name)
     return any(
         plan_deletions(session, location=loc).deletable
         for loc in _site_locations(session, site, None)
+        if not down.blocks(loc.id, write=False)
     )
+
+
+def _location_unavailable(
+    context: OpExecutionContext, session: Session, exc: LocationUnavailableError, site: str
+) -> None:
+    """Record a location error met by the cleanup (the location is unavailable from ``site``)
+    and show it on the location's asset."""
+    row = record_location_error(session, exc, observer=site, run_id=context.run_id)
+    if row is None:
+        return
+    context.log.warning(f"{row.location} {row.describe()}")
+    location = session.get(DataLocation, row.location_id)
+    for event in location_events(location, ok=False, detail=row.reason, observer=site):
+        context.log_event(event)
 
 
 def build_cleanup_schedule(site: SiteView, cleanup_job: JobDefinition) -> ScheduleDefinition:

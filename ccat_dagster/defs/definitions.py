@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor
 
 from ccat_dagster.defs.assets import build_site_assets
+from ccat_dagster.defs.availability import build_location_checks, build_location_probe_sensor
 from ccat_dagster.defs.cleanup import (
     build_buffer_capacity_checks,
     build_buffer_monitor_sensor,
@@ -20,6 +21,13 @@ from ccat_dagster.defs.staging import build_site_staging
 from ccat_dagster.defs.topology import TopologySnapshot, load_topology_snapshot
 
 
+def _asset_keys(assets: list) -> set:
+    keys = set()
+    for a in assets:
+        keys |= set(a.keys) if hasattr(a, "keys") else {a.key}
+    return keys
+
+
 def build_site_definitions(
     site_short_name: str, *, ops_db_url: str | None = None, snapshot: TopologySnapshot | None = None
 ) -> Definitions:
@@ -28,7 +36,7 @@ def build_site_definitions(
     snapshot = snapshot or load_topology_snapshot(ops_db_url)
     site = snapshot.site(site_short_name)
     assets, checks = build_site_assets(snapshot, site)
-    jobs, sensors = [], []
+    jobs, sensors = [], [build_location_probe_sensor(site)]
     for stage in PIPELINE_STAGES:
         if not stage.applies(site):
             continue
@@ -44,6 +52,7 @@ def build_site_definitions(
     sensors.append(build_buffer_monitor_sensor(site, cleanup_job))
     sensors.append(build_release_claims_sensor(site.short_name, cleanup_job))
     checks += build_buffer_capacity_checks(site)
+    checks += build_location_checks(site, _asset_keys(assets))
     return Definitions(
         # Every run is one batched op (or one asset step): running it in the run's own process
         # saves the multiprocess executor's per-step process start (seconds per run).

@@ -3,7 +3,11 @@
 The op throttles through a concurrency pool named ``{site}_{location}_{operation}``, retries
 transient storage faults with exponential backoff (Dagster RetryPolicy; every stage is idempotent
 per package, so a retried op skips what is done), and fails the run, with the reasons, when a
-package failed, so an operator sees it in the UI.
+package failed, so an operator sees it in the UI. Work that waits for a location (unavailable
+from this site, or a buffer without room for it) is *deferred*: it stays PENDING, nothing is
+counted against it, the rest of the batch that needs that location is skipped, the run does not
+fail and does not burn the retry policy; the deferred items and why are in the log and the op's
+output metadata.
 """
 
 from dagster import (
@@ -14,14 +18,18 @@ from dagster import (
     JobDefinition,
     MetadataValue,
     OpExecutionContext,
+    Out,
+    Output,
     RetryPolicy,
     job,
     op,
 )
 
+from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import Stage
+from ccat_dagster.defs.stages import Stage, site_row
 from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.storage.errors import LocationUnavailableError
 
 TRANSIENT_RETRY = RetryPolicy(
     max_retries=3, delay=2.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
@@ -55,6 +63,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
         description=stage.description,
         pool=pool,
         retry_policy=TRANSIENT_RETRY,
+        out=Out(dict),
         tags={"ccat/stage": stage.name, "ccat/site": site.short_name},
     )
     def stage_batch(
@@ -62,15 +71,41 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
         config: StageConfig,
         ops_db: OpsDbResource,
         storage: SiteStorageResource,
-    ) -> None:
+    ):
         failed: dict[str, str] = {}
+        deferred: dict[str, str] = {}
         done = skipped = 0
         with ops_db.session() as session, storage.registry() as storages:
+            gate = StageGate.open(
+                session,
+                stage,
+                site_row(session, site.short_name),
+                storage.site,
+                storages.get,
+                config.items,
+                run_id=context.run_id,
+            )
             for item in config.items:
-                report = stage.execute(session, item, storages.get, context.run_id)
+                for event in gate.take_events():
+                    context.log_event(event)
+                why = gate.waits(item)
+                if why is not None:
+                    deferred[item] = why
+                    continue
+                try:
+                    report = stage.execute(session, item, storages.get, context.run_id)
+                except LocationUnavailableError as exc:
+                    # The location's fault, not the item's: recorded once, the item and the
+                    # rest of the batch that needs the location wait; no retry is burnt.
+                    if gate.location_error(exc, run_id=context.run_id) is None:
+                        raise
+                    deferred[item] = f"waiting: {exc}"
+                    continue
                 for event in report.events:
                     context.log_event(event)
-                if not report.outcome.ok:
+                if report.outcome.deferred:
+                    deferred[report.outcome.partition] = report.outcome.error or "waiting"
+                elif not report.outcome.ok:
                     state = "FAILED" if report.outcome.permanent else "will retry"
                     failed[report.outcome.partition] = f"{state}: {report.outcome.error}"
                     context.log.error(
@@ -80,13 +115,34 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                     skipped += 1
                 else:
                     done += 1
-        context.log.info(f"{stage.name}: {done} done, {skipped} already done, {len(failed)} failed")
+            for event in gate.take_events():
+                context.log_event(event)
+        for item, why in deferred.items():
+            context.log.warning(f"{item}: deferred, {why}")
+        context.log.info(
+            f"{stage.name}: {done} done, {skipped} already done, {len(deferred)} deferred "
+            f"(waiting for a location), {len(failed)} failed"
+        )
+        counts = {
+            "done": done,
+            "skipped": skipped,
+            "deferred": len(deferred),
+            "failed": len(failed),
+        }
         if failed:
             raise Failure(
                 description=f"{len(failed)} of {len(config.items)} packages failed in {stage.name}",
-                metadata={k: MetadataValue.text(v) for k, v in list(failed.items())[:100]},
+                metadata={
+                    **{k: MetadataValue.text(v) for k, v in list(failed.items())[:100]},
+                    "deferred": MetadataValue.int(len(deferred)),
+                },
                 allow_retries=False,
             )
+        metadata = {k: MetadataValue.int(v) for k, v in counts.items()}
+        metadata.update(
+            {f"deferred {k}": MetadataValue.text(v) for k, v in list(deferred.items())[:50]}
+        )
+        return Output(counts, metadata=metadata)
 
     @job(
         name=stage_job_name(site, stage),

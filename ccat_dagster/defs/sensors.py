@@ -1,8 +1,11 @@
 """One sensor per pipeline stage and site: plan new work, add partitions in batches, request runs.
 
 A tick that finds nothing returns a SkipReason and writes nothing. Items already in a queued or
-running run of the same job are left alone; the number of runs in flight is capped per stage
-(transfers: the site's transfer limit, lowered under buffer pressure). The cursor holds the
+running run of the same job are left alone, and so are items that wait for a location
+(unavailable from this site, or a buffer without room for them: ``defs.availability.StageGate``),
+so a stage whose remaining work all waits skips instead of launching runs that would only defer.
+The number of runs in flight is capped per stage (transfers: the site's transfer limit, lowered
+under buffer pressure). The cursor holds the
 last RawDataPackage / DataTransferPackage id whose partition was added, so a crash between
 creating packages and adding their partitions is repaired on the next tick. The minimum interval
 between ticks is ``CCAT_SENSOR_INTERVAL_SECONDS`` (default 30), read when the code location loads.
@@ -27,9 +30,10 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.jobs import stage_op_name, stage_pool
 from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
-from ccat_dagster.defs.resources import OpsDbResource
+from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import BUNDLE, PACKAGE, Stage, site_buffer_action, site_row
 from ccat_dagster.defs.topology import SiteView
 from ccat_ops_db.models import DataLocation, DataTransferPackage, RawDataPackage
@@ -104,18 +108,24 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
         default_status=DefaultSensorStatus.STOPPED,
         description=f"{stage.description} (site {site.short_name})",
     )
-    def stage_sensor(context: SensorEvaluationContext, ops_db: OpsDbResource):
+    def stage_sensor(
+        context: SensorEvaluationContext, ops_db: OpsDbResource, storage: SiteStorageResource
+    ):
         cursor = StageCursor.parse(context.cursor)
         running, busy = items_in_flight(context, stage_job.name, op_name)
-        with ops_db.session() as session:
+        with ops_db.session() as session, storage.registry() as storages:
             site_db = site_row(session, site.short_name)
             if not _paused(session, site_db, stage):
                 stage.plan(session, site_db)
             partition_requests = _new_partitions(session, site_db.id, cursor, stage)
             all_ready = stage.ready(session, site_db)
-            ready = [i for i in all_ready if i not in busy]
+            candidates = [i for i in all_ready if i not in busy]
+            gate = StageGate.open(session, stage, site_db, storage.site, storages.get, candidates)
+            waiting = {i: why for i in candidates if (why := gate.waits(i)) is not None}
+            ready = [i for i in candidates if i not in waiting]
             limit = stage.max_runs(session, site_db)
             free_runs = max(limit - running, 0)
+            asset_events = gate.take_events()
         if stage.pool_follows_max_runs:
             # The op pool follows the same limit (policy max_normal_transfers, lowered under
             # buffer pressure), so runs launched by hand are throttled too.
@@ -136,18 +146,24 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
                     tags={"ccat/site": site.short_name, "ccat/stage": stage.name},
                 )
             )
-        if not run_requests and not partition_requests:
+        if not run_requests and not partition_requests and not asset_events:
             if ready:
                 reason = f"{len(ready)} ready, waiting for a free run slot ({running} in flight)"
+            elif waiting:
+                first = next(iter(waiting.values()))
+                reason = f"{len(waiting)} ready, all waiting for a location: {first}"
             elif all_ready:
                 reason = f"{len(all_ready)} ready, all in runs already in flight"
             else:
                 reason = "nothing to do"
             return SkipReason(reason)
+        for item, why in list(waiting.items())[:20]:
+            context.log.info(f"{item} waits: {why}")
         return SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=partition_requests,
             cursor=cursor.dump(),
+            asset_events=asset_events,
         )
 
     return stage_sensor

@@ -28,7 +28,9 @@ from ccat_dagster.defs.keys import (
     asset_key,
 )
 from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import archive, routing, transfers
+from ccat_dagster.lifecycle import archive, repair, routing, transfers
+from ccat_dagster.lifecycle.admission import bundle_key, package_key, transfer_key, unpack_key
+from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
 from ccat_dagster.lifecycle.data_transfer_packages import (
     build_data_transfer_package,
@@ -57,6 +59,13 @@ from ccat_ops_db.models import (
 
 StorageFor = Callable[[DataLocation], Storage]
 DagsterEvent = AssetMaterialization | AssetCheckEvaluation
+#: (session, site, items) -> item -> what it needs / (location it writes into, admission key)
+NeedsOf = Callable[[Session, Site, list[str]], dict[str, Needs]]
+TargetsOf = Callable[[Session, Site, list[str]], dict[str, tuple[DataLocation, str]]]
+
+
+def _needs_nothing(_session: Session, _site: Site, _items: list[str]) -> dict[str, Needs]:
+    return {}
 
 
 @dataclass
@@ -85,6 +94,10 @@ class Stage:
     max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
     #: the sensor keeps the op pool's limit equal to ``max_runs`` (transfers)
     pool_follows_max_runs: bool = False
+    #: the locations each item reads and writes: it waits while one is unavailable from here
+    needs: NeedsOf = _needs_nothing
+    #: where each item writes into a buffer, for admission (None: no admission check)
+    admission_targets: TargetsOf | None = None
 
 
 def materialization(
@@ -99,6 +112,8 @@ def materialization(
 
 
 def metadata_value(value):
+    if isinstance(value, bool):
+        return MetadataValue.bool(value)
     if isinstance(value, float):
         return MetadataValue.float(value)
     if isinstance(value, int):
@@ -114,9 +129,16 @@ def stage_report(outcome: StageOutcome, *events: DagsterEvent) -> StageReport:
 
 
 def _plan_packages(session: Session, site: Site) -> None:
-    for location in site.locations:
-        if location.active and location.location_type == LocationType.SOURCE:
-            create_raw_data_packages_for_location(session, location)
+    sources = [
+        loc for loc in site.locations if loc.active and loc.location_type == LocationType.SOURCE
+    ]
+    for location in sources:
+        create_raw_data_packages_for_location(session, location)
+    # archive copies found bad with no tar left anywhere: re-made from the raw files
+    if repair.mark_for_repackaging(
+        session, repair.packages_to_repackage(session, [loc.id for loc in sources])
+    ):
+        session.commit()
 
 
 def _ready_packages(session: Session, site: Site) -> list[str]:
@@ -131,6 +153,20 @@ def _execute_package(session: Session, item: str, storage_for, run_id) -> StageR
     return stage_report(outcome, materialization(site, buffer.name, RAW_DATA_PACKAGE, outcome))
 
 
+def _package_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
+    buffer = get_primary_buffer_for_site(session, site)
+    writes = (buffer.id,) if buffer is not None else ()
+    return {
+        i: Needs(reads=(session.get(RawDataPackage, int(i)).source_location_id,), writes=writes)
+        for i in items
+    }
+
+
+def _package_targets(session: Session, site: Site, items: list[str]):
+    buffer = get_primary_buffer_for_site(session, site)
+    return {} if buffer is None else {i: (buffer, package_key(i)) for i in items}
+
+
 PACKAGE = Stage(
     name="raw_data_package_creation",
     operation=OperationType.RAW_DATA_PACKAGE_CREATION,
@@ -140,6 +176,8 @@ PACKAGE = Stage(
     ready=_ready_packages,
     execute=_execute_package,
     pool_location=lambda site: site.of_type(LocationType.SOURCE)[0].name,
+    needs=_package_needs,
+    admission_targets=_package_targets,
 )
 
 
@@ -180,6 +218,20 @@ def _first_buffer(site: SiteView) -> str:
     return site.of_type(LocationType.BUFFER)[0].name
 
 
+def _bundle_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
+    out = {}
+    for i in items:
+        origin = session.get(DataTransferPackage, int(i)).origin_location_id
+        out[i] = Needs(reads=(origin,), writes=(origin,))
+    return out
+
+
+def _bundle_targets(session: Session, site: Site, items: list[str]):
+    return {
+        i: (session.get(DataTransferPackage, int(i)).origin_location, bundle_key(i)) for i in items
+    }
+
+
 BUNDLE = Stage(
     name="data_transfer_package_creation",
     operation=OperationType.DATA_TRANSFER_PACKAGE_CREATION,
@@ -189,6 +241,8 @@ BUNDLE = Stage(
     ready=_ready_bundles,
     execute=_execute_bundle,
     pool_location=_first_buffer,
+    needs=_bundle_needs,
+    admission_targets=_bundle_targets,
 )
 
 
@@ -225,6 +279,20 @@ def _transfer_limit(session: Session, site: Site) -> int:
     return action.max_parallel_transfers if action else get_policy(session).max_normal_transfers
 
 
+def _transfer_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
+    out = {}
+    for i in items:
+        t = session.get(DataTransfer, int(i))
+        out[i] = Needs(reads=(t.origin_location_id,), writes=(t.destination_location_id,))
+    return out
+
+
+def _transfer_targets(session: Session, site: Site, items: list[str]):
+    return {
+        i: (session.get(DataTransfer, int(i)).destination_location, transfer_key(i)) for i in items
+    }
+
+
 TRANSFER = Stage(
     name="data_transfer",
     operation=OperationType.DATA_TRANSFER,
@@ -237,6 +305,8 @@ TRANSFER = Stage(
     batch_size=20,
     max_runs=_transfer_limit,
     pool_follows_max_runs=True,
+    needs=_transfer_needs,
+    admission_targets=_transfer_targets,
 )
 
 
@@ -278,6 +348,20 @@ def _execute_unpack(session: Session, item: str, storage_for, run_id) -> StageRe
     return stage_report(outcome, *events)
 
 
+def _unpack_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
+    out = {}
+    for i in items:
+        buffer = session.get(DataTransfer, int(i)).destination_location_id
+        out[i] = Needs(reads=(buffer,), writes=(buffer,))
+    return out
+
+
+def _unpack_targets(session: Session, site: Site, items: list[str]):
+    return {
+        i: (session.get(DataTransfer, int(i)).destination_location, unpack_key(i)) for i in items
+    }
+
+
 UNPACK = Stage(
     name="data_transfer_unpacking",
     operation=OperationType.DATA_TRANSFER_UNPACKING,
@@ -288,6 +372,8 @@ UNPACK = Stage(
     execute=_execute_unpack,
     pool_location=_first_buffer,
     batch_size=50,
+    needs=_unpack_needs,
+    admission_targets=_unpack_targets,
 )
 
 
@@ -308,31 +394,35 @@ def lta_presence_evaluation(
         partition=package.name,
         severity=AssetCheckSeverity.ERROR,
         blocking=True,
-        metadata={k: metadata_value(v) for k, v in evidence.as_dict().items() if v is not None},
+        metadata={
+            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
+        },
         description=evidence.detail or "present with the recorded size and checksum",
     )
 
 
 def _archive_item(session: Session, item: str):
-    package_id, buffer_id, lta_id = (int(x) for x in item.split(":"))
+    """``package:source:lta`` ids: the source is a buffer of the site, or for a repair any
+    location holding a good copy."""
+    package_id, source_id, lta_id = (int(x) for x in item.split(":"))
     package = session.get(RawDataPackage, package_id)
-    return package, session.get(DataLocation, buffer_id), session.get(DataLocation, lta_id)
+    return package, session.get(DataLocation, source_id), session.get(DataLocation, lta_id)
 
 
 def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> StageReport:
     """Only the copy; the single-partition asset leaves the check to its blocking asset check."""
-    package, buffer, lta = _archive_item(session, item)
+    package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
-        session, package, buffer, lta, storage_for=storage_for, run_id=run_id
+        session, package, source, lta, storage_for=storage_for, run_id=run_id
     )
     return StageReport(outcome)
 
 
 def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageReport:
     """Copy, then the lta_presence check, recorded as a check evaluation of the partition."""
-    package, buffer, lta = _archive_item(session, item)
+    package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
-        session, package, buffer, lta, storage_for=storage_for, run_id=run_id
+        session, package, source, lta, storage_for=storage_for, run_id=run_id
     )
     if not outcome.ok:
         return StageReport(outcome)
@@ -348,6 +438,14 @@ def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageR
     return StageReport(outcome, events)
 
 
+def _archive_needs(_session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
+    out = {}
+    for i in items:
+        _package, buffer, lta = (int(x) for x in i.split(":"))
+        out[i] = Needs(reads=(buffer,), writes=(lta,))
+    return out
+
+
 ARCHIVE = Stage(
     name="long_term_archive_transfer",
     operation=OperationType.LONG_TERM_ARCHIVE_TRANSFER,
@@ -357,6 +455,7 @@ ARCHIVE = Stage(
     ready=_ready_archive,
     execute=_execute_archive,
     pool_location=lambda site: site.of_type(LocationType.LONG_TERM_ARCHIVE)[0].name,
+    needs=_archive_needs,
 )
 
 ARCHIVE_COPY = replace(ARCHIVE, execute=_execute_archive_copy)

@@ -32,6 +32,7 @@ from ccat_dagster.defs.sensors import build_stage_sensor
 from ccat_dagster.defs.stages import Stage, StageReport, materialization, stage_report
 from ccat_dagster.defs.topology import SiteView, TopologySnapshot
 from ccat_dagster.lifecycle import staging
+from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.operations import OperationType
 from ccat_ops_db.models import DataLocation, LocationType, RawDataPackage, Site
 
@@ -53,6 +54,19 @@ def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
     )
 
 
+def _needs(session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
+    """The PROCESSING location it writes, and the verified archive copies it may read from
+    (any one of them is enough)."""
+    out = {}
+    for item in items:
+        package_id, location_id = (int(x) for x in item.split(":"))
+        package = session.get(RawDataPackage, package_id)
+        location = session.get(DataLocation, location_id)
+        sources = tuple(lta.id for lta in staging.lta_sources(session, package, location))
+        out[item] = Needs(writes=(location_id,), any_of_reads=sources)
+    return out
+
+
 STAGE = Stage(
     name="staging",
     operation=OperationType.STAGING,
@@ -67,6 +81,7 @@ STAGE = Stage(
     execute=_execute,
     pool_location=lambda site: site.of_type(LocationType.PROCESSING)[0].name,
     batch_size=50,
+    needs=_needs,
 )
 
 

@@ -9,23 +9,28 @@ only a confirmed copy becomes PRESENT and makes the package ARCHIVED.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, case, exists, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from ccat_dagster.lifecycle.copies import upsert_copy
+from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.outcomes import StageOutcome, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
 from ccat_dagster.lifecycle.progress import tracked_copy
+from ccat_dagster.lifecycle.repair import record_lta_check
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.lifecycle.verification import LtaEvidence, verify_lta_copy
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
+    ChecksumMismatchError,
+    LocationUnavailableError,
     PermanentStorageError,
     StorageError,
 )
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
+    UNUSABLE_COPY_STATUSES,
     DataLocation,
     LocationType,
     LongTermArchiveTransfer,
@@ -41,14 +46,7 @@ from ccat_ops_db.models import (
 StorageFor = Callable[[DataLocation], Storage]
 
 
-def archive_candidates(
-    session: Session, site: Site
-) -> list[tuple[RawDataPackage, DataLocation, DataLocation]]:
-    """(package, buffer, lta) for every package PRESENT at a buffer of this site that is not
-    yet PRESENT in one of the site's active LONG_TERM_ARCHIVE locations (and whose archive
-    transfer has not failed for good)."""
-    buffer = aliased(DataLocation)
-    lta = aliased(DataLocation)
+def _not_in_lta_and_not_failed(lta: Any):
     held = aliased(RawDataPackagePhysicalCopy)
     in_lta = exists().where(
         held.raw_data_package_id == RawDataPackage.id,
@@ -60,36 +58,76 @@ def archive_candidates(
         LongTermArchiveTransfer.destination_location_id == lta.id,
         LongTermArchiveTransfer.status == Status.FAILED,
     )
-    rows = session.execute(
-        select(RawDataPackage, buffer, lta)
-        .join(
-            RawDataPackagePhysicalCopy,
-            RawDataPackagePhysicalCopy.raw_data_package_id == RawDataPackage.id,
-        )
-        .join(buffer, buffer.id == RawDataPackagePhysicalCopy.data_location_id)
-        .join(
-            lta,
-            and_(
-                lta.site_id == buffer.site_id,
-                lta.location_type == LocationType.LONG_TERM_ARCHIVE,
-                lta.active.is_(True),
-            ),
-        )
+    return [~in_lta, ~failed]
+
+
+def _site_ltas(site: Site):
+    lta = aliased(DataLocation)
+    return lta, and_(
+        lta.site_id == site.id,
+        lta.location_type == LocationType.LONG_TERM_ARCHIVE,
+        lta.active.is_(True),
+    )
+
+
+def archive_candidates(
+    session: Session, site: Site
+) -> list[tuple[RawDataPackage, DataLocation, DataLocation]]:
+    """(package, source, lta) for every package one of this site's active LONG_TERM_ARCHIVE
+    locations should hold but does not (and whose archive transfer there has not failed for
+    good): packages PRESENT at a buffer of this site, and packages whose copy in the archive
+    failed a live check (BAD/LOST), repaired from the best PRESENT tar left anywhere (this
+    site's buffer, a verified copy in another archive, another site's buffer)."""
+    source = aliased(DataLocation)
+    lta, is_site_lta = _site_ltas(site)
+    copy = RawDataPackagePhysicalCopy
+    first_archive = (
+        select(RawDataPackage, source, lta, literal(0).label("rank"))
+        .join(copy, copy.raw_data_package_id == RawDataPackage.id)
+        .join(source, source.id == copy.data_location_id)
+        .join(lta, and_(is_site_lta, lta.site_id == source.site_id))
         .where(
-            buffer.site_id == site.id,
-            buffer.location_type == LocationType.BUFFER,
-            RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
-            ~in_lta,
-            ~failed,
+            source.site_id == site.id,
+            source.location_type == LocationType.BUFFER,
+            copy.status == PhysicalCopyStatus.PRESENT,
+            *_not_in_lta_and_not_failed(lta),
         )
-        .order_by(RawDataPackage.id, lta.priority)
-    ).all()
+    )
+    unusable = aliased(RawDataPackagePhysicalCopy)
+    rank = case(
+        (source.site_id == site.id, 1),
+        (source.location_type == LocationType.LONG_TERM_ARCHIVE, 2),
+        else_=3,
+    )
+    repair = (
+        select(RawDataPackage, source, lta, rank.label("rank"))
+        .join(unusable, unusable.raw_data_package_id == RawDataPackage.id)
+        .join(lta, and_(is_site_lta, lta.id == unusable.data_location_id))
+        .join(copy, copy.raw_data_package_id == RawDataPackage.id)
+        .join(source, source.id == copy.data_location_id)
+        .where(
+            unusable.status.in_(UNUSABLE_COPY_STATUSES),
+            copy.status == PhysicalCopyStatus.PRESENT,
+            source.id != lta.id,
+            source.active.is_(True),
+            source.location_type.in_([LocationType.BUFFER, LocationType.LONG_TERM_ARCHIVE]),
+            # an archive copy is a source only once verified there
+            or_(source.location_type == LocationType.BUFFER, copy.verified_at.is_not(None)),
+            *_not_in_lta_and_not_failed(lta),
+        )
+    )
+    rows = [
+        (package, src, archive, rank)
+        for query in (first_archive, repair)
+        for package, src, archive, rank in session.execute(query).all()
+    ]
+    rows.sort(key=lambda r: (r[0].id, r[2].priority, r[2].id, r[3], r[1].id))
     seen: set[tuple[int, int]] = set()
     result = []
-    for package, buf, archive in rows:
-        if (package.id, archive.id) not in seen:  # one source buffer per (package, lta)
+    for package, src, archive, _ in rows:
+        if (package.id, archive.id) not in seen:  # the best source per (package, lta)
             seen.add((package.id, archive.id))
-            result.append((package, buf, archive))
+            result.append((package, src, archive))
     return result
 
 
@@ -118,14 +156,15 @@ def _lta_transfer(
 def send_data_to_long_term_archive(
     session: Session,
     package: RawDataPackage,
-    buffer: DataLocation,
+    source: DataLocation,
     lta: DataLocation,
     *,
     storage_for: StorageFor,
     run_id: str | None = None,
 ) -> StageOutcome:
-    """Copy the package tar from the buffer into the LTA (verified write); not yet PRESENT."""
-    transfer = _lta_transfer(session, package, buffer, lta)
+    """Copy the package tar from ``source`` (a buffer of the archive's site; for a repair any good
+    copy) into the LTA, verified while written; not yet PRESENT."""
+    transfer = _lta_transfer(session, package, source, lta)
     if transfer.status == Status.COMPLETED:
         return StageOutcome(package.name, ok=True, skipped=True)
     try:
@@ -133,7 +172,7 @@ def send_data_to_long_term_archive(
             session,
             transfer,
             entity_type="long_term_archive_transfer",
-            source=storage_for(buffer),
+            source=storage_for(source),
             destination=storage_for(lta),
             key=package.relative_path,
             checksum=package.checksum,
@@ -144,6 +183,14 @@ def send_data_to_long_term_archive(
             destination_id=lta.id,
             run_id=run_id,
         )
+    except ChecksumMismatchError as exc:
+        if _source_bad_at_rest(session, package, source, storage_for, run_id):
+            # not the archive's fault: the next attempt takes another source, uncounted
+            transfer.status = Status.PENDING
+            transfer.failure_reason = f"source copy at {source.qualified_name} is bad: {exc}"
+            session.commit()
+            return StageOutcome(package.name, ok=False, error=transfer.failure_reason)
+        return _archive_failed(session, transfer, package, exc, run_id)
     except PermanentStorageError as exc:
         return _archive_failed(session, transfer, package, exc, run_id)
     session.commit()
@@ -155,12 +202,47 @@ def send_data_to_long_term_archive(
             size=result.size,
             checksum=result.checksum,
             algorithm=result.algorithm,
-            source=buffer.qualified_name,
+            source=source.qualified_name,
             destination=lta.qualified_name,
             seconds=result.seconds,
             file_count=package.file_count,
         ),
     )
+
+
+def _source_bad_at_rest(
+    session: Session,
+    package: RawDataPackage,
+    source: DataLocation,
+    storage_for: StorageFor,
+    run_id: str | None,
+) -> bool:
+    """After a checksum mismatch while copying: is the source copy itself bad (rather than the
+    bytes damaged on the way)? A bad archive copy is marked BAD for repair; a bad buffer copy is
+    removed (the buffer is re-filled from a good copy when one is needed)."""
+    storage = storage_for(source)
+    try:
+        evidence = verify_lta_copy(storage, package, prefer_stored_checksum=False)
+    except StorageError:
+        return False
+    if not evidence.definite_failure:
+        return False
+    if source.location_type == LocationType.LONG_TERM_ARCHIVE:
+        record_lta_check(session, package, source, evidence, run_id=run_id)
+    else:
+        discard_bad_copy(
+            session,
+            storage,
+            RawDataPackagePhysicalCopy,
+            "raw_data_package_id",
+            package.id,
+            source,
+            package.relative_path,
+            reason=f"corrupt at {source.qualified_name}, removed: {evidence.detail}",
+            run_id=run_id,
+        )
+    session.commit()
+    return True
 
 
 def _archive_failed(
@@ -197,15 +279,10 @@ def confirm_lta_presence(
     try:
         # the freshly written copy is read back in full: its bytes, not the metadata, are checked
         evidence = verify_lta_copy(storage_for(lta), package, prefer_stored_checksum=False)
+    except LocationUnavailableError:
+        raise  # the archive does not answer: nothing is known about the copy, nothing counted
     except StorageError as exc:
-        evidence = LtaEvidence(
-            ok=False,
-            exists=False,
-            location=lta.qualified_name,
-            key=package.relative_path,
-            checked_at=utcnow(),
-            detail=f"cannot verify: {exc}",
-        )
+        evidence = LtaEvidence.cannot_verify(lta.qualified_name, package.relative_path, exc)
     transfer = session.scalar(
         select(LongTermArchiveTransfer).where(
             LongTermArchiveTransfer.raw_data_package_id == package.id,

@@ -4,13 +4,13 @@ delete through the Storage interface, and record every step.
 ``plan_deletions`` only reads: what would be deleted now and by which rule, bytes per location,
 and what is blocked and why. ``run_cleanup_cycle`` runs the rules in the seeds' order (transfer
 packages, raw data packages, processing files, staged files, DELETION_POSSIBLE files) and
-handles all deletable copies of a location in bulk. Right before the last copy of a
-RawDataPackage outside the long-term archives goes (always for a source-buffer copy), the LTA
-copy is re-verified live through ``verify_lta_copy`` and that evidence is written to the audit
-log with the deletion; if the archive copy is missing, wrong or unreachable nothing of that
-package is deleted, the copy returns to PRESENT, the package is flagged and the report carries
-an error for the operator. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules
-never return one and the executor raises if handed one.
+handles all deletable copies of a location in bulk: claim, re-check, pass the gate of
+:mod:`ccat_dagster.lifecycle.last_copy` (the archive copies re-verified live before the last copy
+outside the archives goes, the evidence written to the audit log with the deletion), delete
+through the Storage interface, record. Copies the gate keeps go back to their status, the report
+carries an error for the operator, and archive copies found missing or different are marked LOST
+or BAD for repair. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules never
+return one and the executor raises if handed one.
 """
 
 from __future__ import annotations
@@ -52,12 +52,19 @@ from ccat_dagster.lifecycle.deletion import (
     rule_context,
     still_allowed,
 )
+from ccat_dagster.lifecycle.last_copy import (
+    RULE_LTA_VERIFICATION_FAILED,
+    GateResult,
+    LtaCheck,
+    gate_deletions,
+)
 from ccat_dagster.lifecycle.verification import (  # noqa: F401 - re-exported
     LtaEvidence,
     VerifyLtaCopy,
     make_storage_lta_verifier,
 )
 from ccat_dagster.storage.base import Storage
+from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
     CopyType,
@@ -65,12 +72,10 @@ from ccat_ops_db.models import (
     LocationType,
     PhysicalCopyStatus,
     RawDataPackage,
-    utcnow,
 )
 
 S = PhysicalCopyStatus
 DEFAULT_BATCH_SIZE = 1000
-RULE_LTA_VERIFICATION_FAILED = "lta_verification_failed"
 
 
 class RefusedDeletionError(RuntimeError):
@@ -197,6 +202,11 @@ class CleanupReport:
         default_factory=list
     )
     plan: DeletionPlan | None = None
+    #: every live check of an archive copy this cycle made (for the lta_presence evaluations)
+    lta_checks: list[LtaCheck] = field(default_factory=list)
+    #: location errors met while deleting (the copies were given back, nothing counted); the
+    #: Dagster step marks these locations unavailable from its site
+    unavailable: list[LocationUnavailableError] = field(default_factory=list)
 
     @property
     def deleted(self) -> int:
@@ -284,172 +294,33 @@ def _refuse_lta(cycle: _Cycle, copies: Sequence[DeletableCopy]) -> None:
             )
 
 
-def _lta_copies_of(session: Session, package_ids: Sequence[int]) -> dict[int, list[int]]:
-    """package id -> ids of LTA locations holding a PRESENT copy (one query per 5000)."""
-    out: dict[int, list[int]] = {}
-    for chunk in chunks(list(package_ids)):
-        rows = session.execute(
-            sa.select(pc_t.c.raw_data_package_id, pc_t.c.data_location_id)
-            .join(dl_t, dl_t.c.id == pc_t.c.data_location_id)
-            .where(
-                pc_t.c.type == CopyType.RAW_DATA_PACKAGE,
-                pc_t.c.raw_data_package_id.in_(chunk),
-                pc_t.c.status == S.PRESENT,
-                dl_t.c.location_type == LocationType.LONG_TERM_ARCHIVE,
-            )
-            .order_by(pc_t.c.data_location_id)
-        )
-        for pkg, loc in rows:
-            out.setdefault(pkg, []).append(loc)
-    return out
-
-
-def _packages_with_other_copies(session: Session, package_ids: Sequence[int]) -> set[int]:
-    """Packages that keep a PRESENT copy outside the LTAs besides the ones being deleted
-    (claimed copies are DELETION_SCHEDULED by now, so they do not count)."""
-    keep: set[int] = set()
-    for chunk in chunks(list(package_ids)):
-        keep.update(
-            session.scalars(
-                sa.select(pc_t.c.raw_data_package_id)
-                .join(dl_t, dl_t.c.id == pc_t.c.data_location_id)
-                .where(
-                    pc_t.c.type == CopyType.RAW_DATA_PACKAGE,
-                    pc_t.c.raw_data_package_id.in_(chunk),
-                    pc_t.c.status == S.PRESENT,
-                    dl_t.c.location_type != LocationType.LONG_TERM_ARCHIVE,
-                )
-                .distinct()
-            )
-        )
-    return keep
-
-
-def _flagged_packages(session: Session, package_ids: Sequence[int]) -> set[int]:
-    rdp_t = RawDataPackage.__table__
-    flagged: set[int] = set()
-    for chunk in chunks(list(package_ids)):
-        flagged.update(
-            session.scalars(
-                sa.select(rdp_t.c.id).where(
-                    rdp_t.c.id.in_(chunk),
-                    rdp_t.c.failure_reason.like(f"{RULE_LTA_VERIFICATION_FAILED}%"),
-                )
-            )
-        )
-    return flagged
-
-
-def _clear_flags(session: Session, package_ids: Sequence[int]) -> None:
-    """A live check passed again: the package is no longer flagged."""
-    rdp_t = RawDataPackage.__table__
-    for chunk in chunks(list(package_ids)):
-        session.execute(sa.update(rdp_t).where(rdp_t.c.id.in_(chunk)).values(failure_reason=None))
-
-
-def _verify_archives(
-    cycle: _Cycle, claimed: Sequence[DeletableCopy]
-) -> tuple[list[DeletableCopy], dict[int, dict[str, Any]]]:
-    """Live re-verification before the last non-LTA copy of a package goes. Returns the copies
-    that may proceed and the evidence per copy id; failed packages are released and flagged."""
+def _keep_refused(cycle: _Cycle, gate: GateResult) -> None:
+    """Give back the claims of copies whose archive copies failed their live check, flag their
+    packages and tell the operator; nothing of them was deleted."""
     session = cycle.session
-    packages = [c for c in claimed if c.copy_type == CopyType.RAW_DATA_PACKAGE]
-    if not packages:
-        return list(claimed), {}
-    pkg_ids = sorted({c.entity_id for c in packages})
-    others = _packages_with_other_copies(session, pkg_ids)
-    # A package whose archive copy failed a live check before is checked again before ANY of
-    # its copies goes, until a check passes (the catalogue's PRESENT is not trusted meanwhile).
-    flagged = _flagged_packages(session, pkg_ids)
-    need = sorted(
-        {
-            c.entity_id
-            for c in packages
-            if c.rule == RULE_RDP_SOURCE_BUFFER
-            or c.entity_id not in others
-            or c.entity_id in flagged
-        }
-    )
-    if not need:
-        return list(claimed), {}
-    lta = _lta_copies_of(session, need)
-    rdps = {
-        p.id: p
-        for chunk in chunks(need)
-        for p in session.scalars(sa.select(RawDataPackage).where(RawDataPackage.id.in_(chunk)))
-    }
-    evidence: dict[int, list[dict[str, Any]]] = {}
-    failed: dict[int, str] = {}
-    for pkg_id in need:
-        pkg = rdps[pkg_id]
-        evidence[pkg_id] = []
-        if not lta.get(pkg_id):
-            failed[pkg_id] = "the catalogue has no PRESENT LONG_TERM_ARCHIVE copy any more"
-            continue
-        for loc_id in lta[pkg_id]:
-            loc = cycle.location(loc_id)
-            try:
-                ev = cycle.verify_lta_copy(pkg, loc)
-            except Exception as exc:  # noqa: BLE001 - unreachable archive: keep the data
-                evidence[pkg_id].append(
-                    {
-                        "ok": False,
-                        "location": cycle.names[loc_id],
-                        "key": pkg.relative_path,
-                        "checked_at": utcnow().isoformat(),
-                        "detail": f"verification error: {type(exc).__name__}: {exc}",
-                    }
-                )
-                failed[pkg_id] = (
-                    f"live check of the LTA copy at {cycle.names[loc_id]} failed: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                continue
-            evidence[pkg_id].append(ev.as_dict())
-            if not ev.ok:
-                failed[pkg_id] = (
-                    f"the LTA copy at {cycle.names[loc_id]} is not what the catalogue says: "
-                    f"{ev.detail or 'missing'}"
-                )
-    per_copy = {
-        c.copy_id: {"lta_verification": evidence[c.entity_id]}
-        for c in packages
-        if c.entity_id in evidence
-    }
-    if failed:
-        _flag_unverified(cycle, [c for c in packages if c.entity_id in failed], failed, per_copy)
-    _clear_flags(session, sorted(flagged - set(failed)))
-    keep = [
-        c
-        for c in claimed
-        if not (c.copy_type == CopyType.RAW_DATA_PACKAGE and c.entity_id in failed)
-    ]
-    return keep, per_copy
-
-
-def _flag_unverified(
-    cycle: _Cycle,
-    copies: Sequence[DeletableCopy],
-    failed: dict[int, str],
-    per_copy: dict[int, dict[str, Any]],
-) -> None:
-    session = cycle.session
+    copies = gate.refused
+    if not copies:
+        return
     error_evidence = {
-        c.copy_id: {"level": "ERROR", **per_copy.get(c.copy_id, {}), "error": failed[c.entity_id]}
+        c.copy_id: {
+            "level": "ERROR",
+            **gate.evidence.get(c.copy_id, {}),
+            "error": "; ".join(gate.kept[p] for p in _held(gate, c)),
+        }
         for c in copies
     }
     for loc_id, group in group_by_location(copies).items():
         loc_type = cycle.location(loc_id).location_type
-        release_claims(
-            session,
-            group,
-            run_id=cycle.run_id,
-            to_status=status_before_claim(CopyType.RAW_DATA_PACKAGE, loc_type),
-            reason=RULE_LTA_VERIFICATION_FAILED,
-            evidence=error_evidence,
-        )
+        for copy_type in {c.copy_type for c in group}:
+            release_claims(
+                session,
+                [c for c in group if c.copy_type == copy_type],
+                run_id=cycle.run_id,
+                to_status=status_before_claim(copy_type, loc_type),
+                reason=RULE_LTA_VERIFICATION_FAILED,
+                evidence=error_evidence,
+            )
     rdp_t = RawDataPackage.__table__
-    pkg_reasons = {c.entity_id: failed[c.entity_id] for c in copies}
     session.execute(
         sa.update(rdp_t)
         .where(rdp_t.c.id == sa.bindparam("b_id"))
@@ -457,36 +328,48 @@ def _flag_unverified(
         .execution_options(synchronize_session=False),
         [
             {"b_id": pkg, "b_reason": f"{RULE_LTA_VERIFICATION_FAILED}: {reason}"}
-            for pkg, reason in pkg_reasons.items()
+            for pkg, reason in gate.kept.items()
         ],
     )
     states = dict(
-        session.execute(
-            sa.select(rdp_t.c.id, rdp_t.c.state).where(rdp_t.c.id.in_(list(pkg_reasons)))
-        ).all()
+        session.execute(sa.select(rdp_t.c.id, rdp_t.c.state).where(rdp_t.c.id.in_(list(gate.kept))))
+        .tuples()
+        .all()
     )
     audit_many(
         session,
         [
             {
                 "entity_type": "raw_data_package",
-                "entity_id": c.entity_id,
-                "data_location_id": c.data_location_id,
-                "old_status": states.get(c.entity_id),
-                "new_status": states.get(c.entity_id),
+                "entity_id": pkg,
+                "old_status": states.get(pkg),
+                "new_status": states.get(pkg),
                 "reason": RULE_LTA_VERIFICATION_FAILED,
                 "run_id": cycle.run_id,
-                "evidence": error_evidence[c.copy_id],
+                "evidence": {"level": "ERROR", "error": reason},
             }
-            for c in copies
+            for pkg, reason in gate.kept.items()
         ],
     )
     for c in copies:
+        why = "; ".join(gate.kept[p] for p in _held(gate, c))
         cycle.report.errors.append(
-            f"kept RawDataPackage {c.name} at {cycle.names[c.data_location_id]}: "
-            f"{failed[c.entity_id]}. Check the archive object and re-archive it from this copy; "
-            "nothing was deleted."
+            f"kept {_KIND[c.copy_type]} {c.name} at {cycle.names[c.data_location_id]}: {why}. "
+            "A copy found BAD or LOST is re-archived from a good copy by the archive stage "
+            "(`ccat status` lists them); an archive that did not answer is checked again next "
+            "cycle. Nothing was deleted."
         )
+
+
+_KIND = {
+    CopyType.RAW_DATA_PACKAGE: "RawDataPackage",
+    CopyType.RAW_DATA_FILE: "RawDataFile",
+    CopyType.DATA_TRANSFER_PACKAGE: "DataTransferPackage",
+}
+
+
+def _held(gate: GateResult, copy: DeletableCopy) -> list[int]:
+    return [p for p in gate.held.get(copy.copy_id, []) if p in gate.kept]
 
 
 def execute_deletions(
@@ -549,7 +432,17 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
     claimed = _recheck_after_claim(cycle, loc, claimed)
     if not claimed:
         return
-    proceed, evidence = _verify_archives(cycle, claimed)
+    gate = gate_deletions(
+        session,
+        claimed,
+        verify=cycle.verify_lta_copy,
+        location=cycle.location,
+        names=cycle.names,
+        run_id=run_id,
+    )
+    _keep_refused(cycle, gate)
+    cycle.report.lta_checks += gate.checks
+    proceed, evidence = gate.proceed, gate.evidence
     session.commit()
     started = mark_in_progress(session, proceed, run_id=run_id)
     session.commit()
@@ -562,9 +455,14 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
         failures = [(c, f"cannot open storage of {cycle.names[loc.id]}: {exc}") for c in started]
         storage = None
     if storage is not None:
-        for c in started:
+        for i, c in enumerate(started):
             try:
                 result = storage.delete(c.key)
+            except LocationUnavailableError as exc:
+                # The location does not answer: not this copy's fault. Its claim and the rest
+                # of the batch are given back uncounted; the location is marked unavailable.
+                _release_uncounted(cycle, loc, started[i:], exc)
+                break
             except Exception as exc:  # noqa: BLE001 - the copy goes DELETION_FAILED, retried
                 failures.append((c, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -603,6 +501,20 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
         report.deleted_copy_ids.append(c.copy_id)
 
 
+def _release_uncounted(
+    cycle: _Cycle, loc: DataLocation, copies: Sequence[DeletableCopy], exc: LocationUnavailableError
+) -> None:
+    for copy_type in {c.copy_type for c in copies}:
+        release_claims(
+            cycle.session,
+            [c for c in copies if c.copy_type == copy_type],
+            run_id=cycle.run_id,
+            to_status=status_before_claim(copy_type, loc.location_type),
+            reason=f"not deleted, the location does not answer (not counted): {exc}",
+        )
+    cycle.report.unavailable.append(exc)
+
+
 def close_staged_packages(
     session: Session, *, run_id: str, ctx: RuleContext, location: DataLocation | None = None
 ) -> int:
@@ -630,7 +542,12 @@ def close_staged_packages(
                 "new_status": S.DELETED,
                 "reason": RULE_RDP_STAGED_CLOSE,
                 "run_id": run_id,
-                "evidence": {"rule": RULE_RDP_STAGED_CLOSE, "files": "all deleted"},
+                # the tar was removed when it was staged: this row holds no bytes
+                "evidence": {
+                    "rule": RULE_RDP_STAGED_CLOSE,
+                    "files": "all deleted",
+                    "last_copy_outside_lta": False,
+                },
             }
             for c in closed
         ],

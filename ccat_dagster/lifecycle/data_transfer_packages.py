@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import Policy, get_policy
-from ccat_dagster.lifecycle.progress import set_status
+from ccat_dagster.lifecycle.progress import pending_on_transient, set_status
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import PackageMember, PackageSourceChangedError, write_package
 from ccat_dagster.storage.base import Storage
@@ -238,7 +238,11 @@ def build_data_transfer_package(
     )
     session.commit()
     try:
-        with stopwatch() as watch, storage.open_write(dtp.relative_path) as out:
+        with (
+            pending_on_transient(session, dtp, entity_type="data_transfer_package", run_id=run_id),
+            stopwatch() as watch,
+            storage.open_write(dtp.relative_path) as out,
+        ):
             result = write_package(out, members, kind="data_transfer_package", name=dtp.name)
     except PackageSourceChangedError as exc:
         corrupt = next((p for p in packages if f"{p.name}.tar" == exc.member), None)

@@ -27,6 +27,7 @@ from ccat_dagster.lifecycle.buffer_policy import (
     should_delete_based_on_buffer_status,
 )
 from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.repair import unusable_lta_copy
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
     CopyType,
@@ -56,6 +57,10 @@ RULE_RDF_PROCESSING = "find_deletable_processing_raw_data_files"
 RULE_RDF_STAGED = "find_deletable_staged_raw_data_files_by_location"
 RULE_RDP_STAGED_CLOSE = "staged_raw_data_package_cleanup"
 RULE_MARK_DELETION_POSSIBLE = "mark_raw_data_files_for_deletion"
+
+REASON_REPAIR_PENDING = (
+    "an archive copy of the package failed a live check (BAD or LOST) and waits for its repair"
+)
 
 #: A claim older than this is treated as abandoned by a crashed run and may be taken over.
 DEFAULT_STALE_CLAIM_AFTER = timedelta(minutes=60)
@@ -320,6 +325,7 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
         verified=True,
     )
     archived = rdp.c.state == PackageState.ARCHIVED
+    repair_pending = unusable_lta_copy(rdp.c.id)
     return _Rule(
         name=RULE_RDP_SOURCE_BUFFER,
         copy_type=CopyType.RAW_DATA_PACKAGE,
@@ -338,10 +344,12 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
             in_lta,
             # A site that is SOURCE and LTA at once: its buffer also waits for its own LTA.
             sa.or_(dl.c.site_id.not_in(lta_site_ids()), same_site_lta),
+            ~repair_pending,
         ),
         reason=sa.case(
             (~archived, _text("package state is not ARCHIVED: ", rdp.c.state)),
             (~in_lta, sa.literal("no PRESENT, verified copy in any LONG_TERM_ARCHIVE location")),
+            (repair_pending, sa.literal(REASON_REPAIR_PENDING)),
             else_=sa.literal("not yet PRESENT, verified in this site's LONG_TERM_ARCHIVE"),
         ),
     )
@@ -349,6 +357,12 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
 
 def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
     pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
+    same_site_lta = _present_copy_of_package(
+        rdp.c.id,
+        at=lambda d: sa.and_(d.c.location_type == _LTA, d.c.site_id == dl.c.site_id),
+        verified=True,
+    )
+    repair_pending = unusable_lta_copy(rdp.c.id)
     return _Rule(
         name=RULE_RDP_LTA_BUFFER,
         copy_type=CopyType.RAW_DATA_PACKAGE,
@@ -363,13 +377,12 @@ def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
             dl.c.site_id.not_in(source_site_ids()),
             _candidate(pc, ctx, S.PRESENT),
         ],
-        allow=_present_copy_of_package(
-            rdp.c.id,
-            at=lambda d: sa.and_(d.c.location_type == _LTA, d.c.site_id == dl.c.site_id),
-            verified=True,
-        ),
-        reason=sa.literal(
-            "not yet PRESENT, verified in the LONG_TERM_ARCHIVE location of the same site"
+        allow=sa.and_(same_site_lta, ~repair_pending),
+        reason=sa.case(
+            (repair_pending, sa.literal(REASON_REPAIR_PENDING)),
+            else_=sa.literal(
+                "not yet PRESENT, verified in the LONG_TERM_ARCHIVE location of the same site"
+            ),
         ),
     )
 
@@ -474,6 +487,14 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
     # which mark_raw_data_files_for_deletion sets and nothing else touches in that status.
     retention_over = minutes_after(pc.c.updated_at, retention) <= ctx.now
     pressured = dl.c.id.in_(sorted(ctx.pressured_location_ids))
+    package = rdf.c.raw_data_package_id
+    # The raw file is the origin of everything: it goes only while the catalogue holds a
+    # verified archive copy of its package and no archive copy of it waits for a repair (the
+    # executor then re-verifies the archive copies live before deleting).
+    in_lta = _present_copy_of_package(
+        package, at=lambda d: d.c.location_type == _LTA, verified=True
+    )
+    repair_pending = unusable_lta_copy(package)
     return _Rule(
         name=RULE_RDF_DELETION_POSSIBLE,
         copy_type=CopyType.RAW_DATA_FILE,
@@ -486,12 +507,20 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
             *_copies(pc, dl, CopyType.RAW_DATA_FILE, [LocationType.SOURCE, LocationType.BUFFER]),
             _candidate(pc, ctx, S.DELETION_POSSIBLE),
         ],
-        allow=sa.or_(
-            retry_or_stale(pc, ctx),
-            sa.and_(pc.c.status == S.DELETION_POSSIBLE, sa.or_(retention_over, pressured)),
+        allow=sa.and_(
+            in_lta,
+            ~repair_pending,
+            sa.or_(
+                retry_or_stale(pc, ctx),
+                sa.and_(pc.c.status == S.DELETION_POSSIBLE, sa.or_(retention_over, pressured)),
+            ),
         ),
-        reason=_text("retention period not over (minutes: ", retention)
-        + sa.literal(") and buffer pressure below CRITICAL"),
+        reason=sa.case(
+            (~in_lta, sa.literal("no PRESENT, verified copy of its package in any LTA")),
+            (repair_pending, sa.literal(REASON_REPAIR_PENDING)),
+            else_=_text("retention period not over (minutes: ", retention)
+            + sa.literal(") and buffer pressure below CRITICAL"),
+        ),
     )
 
 
@@ -670,7 +699,8 @@ def find_deletable_raw_data_packages_at_source_buffers(
 
     A copy at a BUFFER of a SOURCE site is deletable when the package state is ARCHIVED and a
     PRESENT (verified) copy exists in at least one LONG_TERM_ARCHIVE location -- an LTA-site
-    buffer does not count. Side effect at deletion time: mark_raw_data_files_for_deletion.
+    buffer does not count -- and no archive copy of the package is BAD or LOST (a repair is
+    pending). Side effect at deletion time: mark_raw_data_files_for_deletion.
     """
     return find_deletable(session, RULE_RDP_SOURCE_BUFFER, location=location, ctx=ctx)
 
@@ -699,7 +729,8 @@ def find_deletable_raw_data_packages_at_lta_buffers(
     DataLocation copy with PRESENT status.
 
     A copy at a BUFFER of an LTA site is deletable when a PRESENT (verified) copy exists in the
-    LONG_TERM_ARCHIVE location of the same site.
+    LONG_TERM_ARCHIVE location of the same site and no archive copy of the package is BAD or
+    LOST.
     """
     return find_deletable(session, RULE_RDP_LTA_BUFFER, location=location, ctx=ctx)
 
@@ -806,7 +837,9 @@ def process_deletion_possible_raw_data_files(
     Stage 2 of the two-stage deletion: a DELETION_POSSIBLE copy is deletable once the retention
     period (the location's override, else the policy's retention_period_minutes) has passed since
     it became DELETION_POSSIBLE (its ``updated_at``), or at once while the location's latest buffer
-    status is CRITICAL or worse (``should_delete_based_on_buffer_status``).
+    status is CRITICAL or worse (``should_delete_based_on_buffer_status``) -- and only while its
+    package has a PRESENT, verified copy in a LONG_TERM_ARCHIVE and none that is BAD or LOST.
+    The executor re-verifies those archive copies live before each deletion.
     """
     return find_deletable(session, RULE_RDF_DELETION_POSSIBLE, location=location, ctx=ctx)
 

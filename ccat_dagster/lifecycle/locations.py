@@ -147,6 +147,8 @@ class LocationInfo:
     priority: int
     active: bool
     pools: tuple[tuple[str, str], ...]  # (operation, pool name), in matrix order
+    #: (observer site, since (ISO), reason) for each site it is unavailable from
+    unavailable: tuple[tuple[str, str, str], ...] = ()
 
 
 _TYPE_ORDER = list(LocationType)  # SOURCE, BUFFER, LONG_TERM_ARCHIVE, PROCESSING: the data flow
@@ -157,7 +159,13 @@ def _pipeline_order(location: DataLocation) -> tuple[int, int, int]:
 
 
 def describe_locations(session: Session) -> list[LocationInfo]:
-    """Every site and location (active or not) with the operations and pool names valid there."""
+    """Every site and location (active or not) with the operations and pool names valid
+    there, and the sites it is unavailable from."""
+    from ccat_dagster.lifecycle.availability import unavailable_locations
+
+    down: dict[int, list[tuple[str, str, str]]] = {}
+    for u in unavailable_locations(session):
+        down.setdefault(u.location_id, []).append((u.observer, u.since.isoformat(), u.reason))
     sites: Sequence[Site] = session.scalars(
         select(Site).options(selectinload(Site.locations)).order_by(Site.id)
     ).all()
@@ -174,6 +182,7 @@ def describe_locations(session: Session) -> list[LocationInfo]:
                     priority=loc.priority,
                     active=loc.active and site.active,
                     pools=tuple((op.value, pool_name(loc, op)) for op in ops),
+                    unavailable=tuple(down.get(loc.id, ())),
                 )
             )
     return rows

@@ -20,7 +20,7 @@ from ccat_dagster.lifecycle.copies import upsert_copy
 from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import set_status
+from ccat_dagster.lifecycle.progress import pending_on_transient, set_status
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import PackageMember, write_package
 from ccat_dagster.storage.base import Storage
@@ -221,7 +221,11 @@ def build_raw_data_package(
         for f in files
     ]
     try:
-        with stopwatch() as watch, target.open_write(package.relative_path) as out:
+        with (
+            pending_on_transient(session, package, entity_type="raw_data_package", run_id=run_id),
+            stopwatch() as watch,
+            target.open_write(package.relative_path) as out,
+        ):
             result = write_package(out, members, kind="raw_data_package", name=package.name)
     except PermanentStorageError as exc:
         permanent = handle_failure(
@@ -236,6 +240,20 @@ def build_raw_data_package(
         session.commit()
         return StageOutcome(package.name, ok=False, error=str(exc), permanent=permanent)
 
+    if package.checksum is not None and package.checksum != result.checksum:
+        # Only a re-package (no tar of the package left anywhere) can get here: the raw files
+        # were verified member by member, so their new tar is the package from now on.
+        audit(
+            session,
+            entity_type="raw_data_package",
+            entity_id=package.id,
+            old_status=package.status,
+            new_status=package.status,
+            reason=f"re-packaged tar differs from the recorded one: {package.checksum} -> "
+            f"{result.checksum} ({result.algorithm}); the raw files matched their checksums",
+            data_location_id=buffer.id,
+            run_id=run_id,
+        )
     package.size = result.size
     package.checksum = result.checksum
     package.checksum_algorithm = result.algorithm

@@ -30,10 +30,12 @@ from ccat_dagster.lifecycle.copies import upsert_copy
 from ccat_dagster.lifecycle.locations import LocationError, resolve_location
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
+from ccat_dagster.lifecycle.progress import pending_on_transient
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
+    LocationUnavailableError,
     PermanentStorageError,
     StorageError,
     TransientStorageError,
@@ -577,9 +579,15 @@ def _unpack_from(
             errors.append(exc)
         except OSError as exc:  # writing at the PROCESSING location: another LTA will not help
             raise map_os_error(
-                exc, location=location.qualified_name, key=None, reading=False
+                exc,
+                location=f"{location.site.short_name}/{location.name}",
+                key=None,
+                reading=False,
+                root=root,
             ) from exc
     detail = "; ".join(f"{lta.qualified_name}: {e}" for lta, e in zip(sources, errors, strict=True))
+    if all(isinstance(e, LocationUnavailableError) for e in errors):
+        raise errors[-1]  # no archive answers: the (last) one is marked, the package waits
     if any(isinstance(e, TransientStorageError) for e in errors):
         raise TransientStorageError(f"cannot stage {package.name} now: {detail}")
     raise PermanentStorageError(
@@ -706,11 +714,13 @@ def stage_raw_data_package(
             run_id,
         )
     try:
-        with stopwatch() as watch:
+        with (
+            pending_on_transient(
+                session, jobs, entity_type=ENTITY, run_id=run_id, data_location_id=location.id
+            ),
+            stopwatch() as watch,
+        ):
             source, bytes_read = _unpack_from(package, location, files, sources, storage_for)
-    except TransientStorageError:
-        session.commit()
-        raise
     except PermanentStorageError as exc:
         return _staging_failed(session, package, location, jobs, exc, run_id)
     missing = set(state.missing_on_disk)

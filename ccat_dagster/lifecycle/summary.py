@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.availability import UnavailableLocation, unavailable_locations
+from ccat_dagster.lifecycle.repair import unusable_lta_copies
 from ccat_ops_db.models import (
     CopyType,
     DataLocation,
@@ -30,6 +32,10 @@ class PipelineSummary:
     archive_transfers: dict[str, int] = field(default_factory=dict)
     # (location, copy type, status) -> (count, bytes)
     copies: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    # (package, archive location, BAD|LOST, reason): archive copies that failed a live check
+    unusable_lta_copies: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    #: locations that do not answer from some site: work needing them waits (not FAILED)
+    unavailable: list[UnavailableLocation] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [
@@ -46,6 +52,20 @@ class PipelineSummary:
         lines.append("physical copies (location, kind, status: count, bytes):")
         for (loc, kind, status), (n, size) in sorted(self.copies.items()):
             lines.append(f"  {loc:<34} {kind:<22} {status:<20} {n:>6}  {_bytes(size)}")
+        if self.unusable_lta_copies:
+            lines.append(
+                f"ARCHIVE COPIES FAILED A LIVE CHECK: {len(self.unusable_lta_copies)} (kept out "
+                "of every decision; re-archived from a good copy by the archive stage, repair "
+                "pending):"
+            )
+            lines += [
+                f"  {package} at {loc}: {status} - {reason or 'no detail'}"
+                for package, loc, status, reason in self.unusable_lta_copies[:50]
+            ]
+            if len(self.unusable_lta_copies) > 50:
+                lines.append(f"  ... and {len(self.unusable_lta_copies) - 50} more")
+        lines.append(f"locations unavailable: {len(self.unavailable) or 'none'}")
+        lines += [f"  {u.location:<24} {u.describe()}" for u in self.unavailable]
         return "\n".join(lines)
 
 
@@ -64,7 +84,7 @@ def _bytes(n: int | None) -> str:
 
 def pipeline_summary(session: Session) -> PipelineSummary:
     """Counts per stage, set-based (a handful of GROUP BY queries)."""
-    s = PipelineSummary()
+    s = PipelineSummary(unavailable=unavailable_locations(session))
     s.files = tuple(
         session.execute(select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))).one()
     )
@@ -113,6 +133,7 @@ def pipeline_summary(session: Session) -> PipelineSummary:
             )
         )
     }
+    s.unusable_lta_copies = unusable_lta_copies(session)
     loc = (Site.short_name + "/" + DataLocation.name).label("loc")
     for name, kind, status, n, size in session.execute(
         select(

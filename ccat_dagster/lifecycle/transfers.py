@@ -20,12 +20,12 @@ from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.locations import is_lta_site
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import set_status, tracked_copy
+from ccat_dagster.lifecycle.progress import pending_on_transient, set_status, tracked_copy
 from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
-from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
-from ccat_dagster.storage.local import partial_dir
+from ccat_dagster.storage.errors import PermanentStorageError
+from ccat_dagster.storage.local import map_os_error, partial_dir
 from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
@@ -194,19 +194,19 @@ def unpack_data_transfer(
     session.commit()
     storage = storage_for(buffer)
     try:
-        with stopwatch() as watch, storage.open_read(dtp.relative_path) as stream:
-            unpack_package(
-                stream,
-                local_root(buffer) / "raw_data_packages",
-                expected=expected,
-                kind="data_transfer_package",
-                name=dtp.name,
-                tmp_parent=partial_dir(local_root(buffer)),
-            )
-    except TransientStorageError:
-        transfer.unpack_status = Status.PENDING
-        session.commit()
-        raise
+        with (
+            pending_on_transient(
+                session,
+                transfer,
+                entity_type="data_transfer",
+                attr="unpack_status",
+                run_id=run_id,
+                data_location_id=buffer.id,
+            ),
+            stopwatch() as watch,
+            storage.open_read(dtp.relative_path) as stream,
+        ):
+            _unpack_into(stream, buffer, expected, dtp.name, storage.name, dtp.relative_path)
     except PermanentStorageError as exc:
         return _unpack_failed(session, transfer, storage, exc, run_id)
     for p in packages:
@@ -248,6 +248,25 @@ def unpack_data_transfer(
             package_count=len(packages),
         ),
     )
+
+
+def _unpack_into(
+    stream, buffer: DataLocation, expected: dict, name: str, storage_name: str, key: str
+) -> None:
+    """Unpack into the buffer's directory; an OS error writing there (disk full, root gone) is
+    that location's storage error, not a crash."""
+    root = local_root(buffer)
+    try:
+        unpack_package(
+            stream,
+            root / "raw_data_packages",
+            expected=expected,
+            kind="data_transfer_package",
+            name=name,
+            tmp_parent=partial_dir(root),
+        )
+    except OSError as exc:
+        raise map_os_error(exc, location=storage_name, key=key, reading=False, root=root) from exc
 
 
 def _unpack_failed(

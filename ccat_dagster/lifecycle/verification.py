@@ -33,11 +33,38 @@ class LtaEvidence:
     #: "computed" (streamed) or "stored" (checksum metadata kept with the object)
     checksum_source: str | None = None
     detail: str = ""
+    #: False when the object could not be examined (the archive did not answer): such a result
+    #: proves nothing either way, so it keeps data but never marks the copy bad
+    examined: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["checked_at"] = self.checked_at.isoformat()
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LtaEvidence:
+        """The inverse of :meth:`as_dict` (evidence handed from one step of a run to the next)."""
+        return cls(**{**data, "checked_at": datetime.fromisoformat(data["checked_at"])})
+
+    @property
+    def definite_failure(self) -> bool:
+        """The object was examined and is not what the catalogue says (missing or other bytes)."""
+        return not self.ok and self.examined
+
+    @classmethod
+    def cannot_verify(cls, location: str, key: str, error: BaseException | str) -> LtaEvidence:
+        """The evidence of a check that could not look at the object."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return cls(
+            ok=False,
+            exists=False,
+            location=location,
+            key=key,
+            checked_at=utcnow(),
+            detail=f"cannot verify: {text}",
+            examined=False,
+        )
 
 
 VerifyLtaCopy = Callable[[RawDataPackage, DataLocation], LtaEvidence]

@@ -29,6 +29,12 @@ class LocationUnavailableError(TransientStorageError):
     any package's retries."""
 
 
+class LocationFullError(LocationUnavailableError):
+    """The location answers but has no room for writes (disk full, quota exceeded). Reads and
+    deletions there still work, and deleting is what frees it, so only work that writes there
+    waits."""
+
+
 class PermanentStorageError(StorageError):
     """Missing source, permission denied, disk full, bad configuration: retrying will not help."""
 

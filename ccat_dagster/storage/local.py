@@ -3,7 +3,10 @@ code runs. Writes go to a temporary file in ``<root>/.ccat-partial/``, are fsync
 into place only when complete, so a reader never sees a partial file under its final name (where
 the target directory is on another filesystem mounted under the root, the temporary is a hidden
 ``.<name>.part-<uuid>`` beside the target instead, so the rename stays atomic). OS errors are
-mapped to transient or permanent storage errors naming location and key.
+mapped to transient or permanent storage errors naming location and key, or to
+LocationUnavailableError when they belong to the location rather than to one object (root
+missing or not a directory, mount gone, disk full, read-only). The root is never created by a
+write: a missing root is a missing mount, not a directory to make on the disk beneath it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat as stat_mode
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +33,8 @@ from ccat_dagster.storage.base import (
     check_prefix,
 )
 from ccat_dagster.storage.errors import (
+    LocationFullError,
+    LocationUnavailableError,
     PermanentStorageError,
     StorageError,
     TransientStorageError,
@@ -44,11 +50,19 @@ _TRANSIENT_ERRNOS = {
     errno.EINTR,
     errno.EBUSY,
     errno.ETIMEDOUT,
-    errno.ESTALE,
     errno.EIO,
+    errno.ECONNRESET,
+}
+# Errors of a mount or network filesystem that is gone: the whole location does not answer.
+_MOUNT_GONE_ERRNOS = {
+    errno.ESTALE,
+    errno.ENOTCONN,
+    errno.ENODEV,
+    errno.ENXIO,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
     errno.ENETDOWN,
     errno.ENETUNREACH,
-    errno.ECONNRESET,
 }
 
 
@@ -63,23 +77,103 @@ def partial_dir(root: str | os.PathLike[str]) -> Path:
     return Path(root) / PARTIAL_DIR
 
 
-def map_os_error(exc: OSError, *, location: str, key: str | None, reading: bool) -> StorageError:
-    """The storage error an operator can act on for an OSError at ``location``/``key``."""
+def root_problem(root: Path | None, *, empty_counts: bool = False) -> str | None:
+    """Why the location root cannot hold objects (missing, not a directory, unreadable, or,
+    with ``empty_counts``, empty: an unmounted mount point is an empty directory); None if fine."""
+    if root is None:
+        return None
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return f"the location root {root} is missing (not mounted?)"
+    except OSError as exc:
+        return f"the location root {root} cannot be examined: {exc}"
+    if not stat_mode.S_ISDIR(st.st_mode):
+        return f"the location root {root} is not a directory"
+    if empty_counts:
+        try:
+            with os.scandir(root) as entries:
+                if next(entries, None) is None:
+                    return f"the location root {root} is empty (mount gone?)"
+        except OSError as exc:
+            return f"the location root {root} cannot be listed: {exc}"
+    return None
+
+
+def _root_denied(root: Path | None, *, writing: bool) -> bool:
+    """True when this process may not use the root itself (so no object there is usable)."""
+    if root is None:
+        return False
+    mode = os.R_OK | os.X_OK | (os.W_OK if writing else 0)
+    return not os.access(root, mode)
+
+
+def map_os_error(
+    exc: OSError,
+    *,
+    location: str,
+    key: str | None,
+    reading: bool,
+    root: Path | None = None,
+) -> StorageError:
+    """The storage error an operator can act on for an OSError at ``location``/``key``.
+
+    With ``root`` (the location root) an error that is really the location's (its root missing,
+    not a directory, empty when an object is missing, not accessible) becomes a
+    LocationUnavailableError; so do a full disk (LocationFullError), a read-only filesystem and
+    the errors of a mount that is gone. A missing object under a healthy root stays a permanent
+    "missing source" error of that object."""
     code = exc.errno
     if code == errno.ENOENT:
         if reading:
+            problem = root_problem(root, empty_counts=True)
+            if problem is not None:
+                return LocationUnavailableError(
+                    f"location unavailable: {problem}; mount it or restore the directory, work "
+                    "waits and resumes by itself",
+                    location=location,
+                    key=key,
+                )
             return PermanentStorageError(
                 "missing source: the object does not exist; check the recorded path or copy it "
                 "again from another copy",
                 location=location,
                 key=key,
             )
-        return PermanentStorageError(
-            f"directory missing: {exc}; check that the location root exists and is mounted",
+        problem = root_problem(root) or str(exc)
+        return LocationUnavailableError(
+            f"directory missing: {problem}; check that the location root exists and is mounted "
+            "(work waits and resumes by itself)",
             location=location,
             key=key,
         )
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if code == errno.ENOTDIR:
+        problem = root_problem(root)
+        if root is None or problem is not None:
+            return LocationUnavailableError(
+                f"not a directory: {problem or exc}; the location root must be a directory",
+                location=location,
+                key=key,
+            )
+        return PermanentStorageError(
+            f"not a directory: {exc}; a path component of the object is a file",
+            location=location,
+            key=key,
+        )
+    if code == errno.EROFS:
+        return LocationUnavailableError(
+            f"read-only file system: {exc}; remount the location read-write",
+            location=location,
+            key=key,
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        if _root_denied(root, writing=not reading):
+            return LocationUnavailableError(
+                f"permission denied on the location root {root}: {exc}; fix its ownership or "
+                "permissions for the user running this code",
+                location=location,
+                key=key,
+            )
         return PermanentStorageError(
             f"permission denied: {exc}; fix ownership/permissions of the location for the "
             "user running this code",
@@ -87,10 +181,15 @@ def map_os_error(exc: OSError, *, location: str, key: str | None, reading: bool)
             key=key,
         )
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return PermanentStorageError(
-            f"disk full: {exc}; free space at the location (or lower its buffer thresholds)",
+        return LocationFullError(
+            f"disk full: {exc}; free space at the location (or lower its buffer thresholds); "
+            "writes there wait until it has room",
             location=location,
             key=key,
+        )
+    if code in _MOUNT_GONE_ERRNOS:
+        return LocationUnavailableError(
+            f"mount or network filesystem not answering: {exc}", location=location, key=key
         )
     if code in _TRANSIENT_ERRNOS:
         return TransientStorageError(
@@ -142,13 +241,26 @@ class LocalDiskStorage(Storage):
         return self.root / check_key(key, location=self.name)
 
     def _map(self, exc: OSError, key: str | None, *, reading: bool) -> StorageError:
-        return map_os_error(exc, location=self.name, key=key, reading=reading)
+        return map_os_error(exc, location=self.name, key=key, reading=reading, root=self.root)
+
+    def _require_root(self, key: str | None) -> None:
+        """Raise LocationUnavailableError when the root is missing or not a directory: a
+        missing object must not be reported (or deleted, or written) under a missing mount."""
+        problem = root_problem(self.root)
+        if problem is not None:
+            raise LocationUnavailableError(
+                f"location unavailable: {problem}; mount it or restore the directory, work "
+                "waits and resumes by itself",
+                location=self.name,
+                key=key,
+            )
 
     def stat(self, key: str) -> ObjectStat:
         path = self.path_of(key)
         try:
             st = path.stat()
         except FileNotFoundError:
+            self._require_root(key)
             return ObjectStat(exists=False)
         except OSError as exc:
             raise self._map(exc, key, reading=True) from exc
@@ -183,6 +295,7 @@ class LocalDiskStorage(Storage):
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         path = self.path_of(key)
+        self._require_root(key)  # never create the root itself: it is a mount point
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._temporary_for(path)
@@ -214,6 +327,7 @@ class LocalDiskStorage(Storage):
         try:
             path.unlink()
         except FileNotFoundError:
+            self._require_root(key)
             return DeleteResult(key=key, existed=False)
         except IsADirectoryError as exc:
             raise PermanentStorageError(
@@ -231,6 +345,7 @@ class LocalDiskStorage(Storage):
         start_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / start_dir if start_dir else self.root
         if not start.is_dir():
+            self._require_root(prefix or None)
             return
         for dirpath, dirnames, filenames in os.walk(start, onerror=self._raise_walk_error):
             dirnames.sort()

@@ -40,6 +40,7 @@ from ccat_dagster.storage.base import (
 )
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
+    LocationUnavailableError,
     NotImplementedStorageError,
     PermanentStorageError,
     StorageError,
@@ -82,6 +83,9 @@ _DENIED_CODES = {
     "AllAccessDisabled",
 }
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+# Codes that say the endpoint itself is failing (after botocore's own retries): the location
+# does not answer, whatever the object.
+_ENDPOINT_DOWN_CODES = {"InternalError", "ServiceUnavailable", "SlowDown"}
 
 
 def make_s3_client(
@@ -120,7 +124,14 @@ def map_s3_error(
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         detail = f"S3 {code or status}: {error.get('Message') or exc}"
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        if code in _ENDPOINT_DOWN_CODES or status >= 500:
+            return LocationUnavailableError(
+                f"{detail}; the endpoint is failing (botocore already retried), work waits and "
+                "resumes when it answers again",
+                location=location,
+                key=key,
+            )
+        if code in _TRANSIENT_CODES or status == 429:
             return TransientStorageError(
                 f"{detail}; the endpoint is busy or failing, retry later",
                 location=location,
@@ -134,11 +145,7 @@ def map_s3_error(
                 key=key,
             )
         if code == "NoSuchBucket":
-            return PermanentStorageError(
-                f"bucket {bucket!r} does not exist; create it or fix the location's bucket",
-                location=location,
-                key=key,
-            )
+            return missing_bucket_error(location=location, bucket=bucket, key=key)
         if code in _MISSING_CODES or status == 404:
             what = "missing source: the object does not exist" if reading else "not found"
             return PermanentStorageError(f"{what} ({detail})", location=location, key=key)
@@ -150,15 +157,32 @@ def map_s3_error(
             location=location,
             key=key,
         )
-    if isinstance(exc, BotoConnectionError | HTTPClientError | OSError):
+    if isinstance(exc, BotoConnectionError | ConnectionRefusedError):
+        # No connection could be made at all (refused, unreachable, connect timeout, TLS).
+        return LocationUnavailableError(
+            f"S3 endpoint unreachable ({exc}); work waits and resumes when it answers again",
+            location=location,
+            key=key,
+        )
+    if isinstance(exc, HTTPClientError | OSError):
         return TransientStorageError(
-            f"S3 endpoint unreachable or connection dropped ({exc}); retry later",
+            f"S3 connection dropped ({exc}); retry later",
             location=location,
             key=key,
         )
     if isinstance(exc, BotoCoreError):
         return PermanentStorageError(f"S3 client error: {exc}", location=location, key=key)
     return PermanentStorageError(f"unexpected S3 error: {exc!r}", location=location, key=key)
+
+
+def missing_bucket_error(*, location: str, bucket: str, key: str | None) -> StorageError:
+    """A bucket that does not exist: the location as configured does not answer."""
+    return LocationUnavailableError(
+        f"bucket {bucket!r} does not exist; create it or fix the location's bucket (work waits "
+        "and resumes when it exists)",
+        location=location,
+        key=key,
+    )
 
 
 def part_size_for(size_hint: int | None, base: int = DEFAULT_PART_SIZE) -> int:
@@ -480,12 +504,7 @@ class S3Storage(Storage):
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING_CODES or code == "NoSuchBucket":
-                raise PermanentStorageError(
-                    f"bucket {self.bucket!r} does not exist; create it or fix the location's "
-                    "bucket",
-                    location=self.name,
-                    key=key,
-                ) from exc
+                raise missing_bucket_error(location=self.name, bucket=self.bucket, key=key) from exc
             raise self._map(exc, key) from exc
         except Exception as exc:
             raise self._map(exc, key) from exc

@@ -41,6 +41,8 @@ from ccat_dagster.storage.base import (
     check_prefix,
 )
 from ccat_dagster.storage.errors import (
+    LocationFullError,
+    LocationUnavailableError,
     PermanentStorageError,
     StorageError,
     TransientStorageError,
@@ -104,6 +106,13 @@ _PERMANENT_STDERR = (
     ("Read-only file system", "read-only file system"),
     ("Is a directory", "is a directory"),
     ("Not a directory", "not a directory"),
+)
+# Errors that belong to the location, not to one object: (errno or stderr text, reason, class).
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_LOCATION_STDERR = (
+    ("No space left on device", "no space left on device", LocationFullError),
+    ("Disk quota exceeded", "disk quota exceeded", LocationFullError),
+    ("Read-only file system", "read-only file system", LocationUnavailableError),
 )
 
 
@@ -191,6 +200,11 @@ class SSHStorage(Storage):
             )
         if isinstance(exc, OSError):
             reason = _PERMANENT_ERRNOS.get(exc.errno) if exc.errno is not None else None
+            if exc.errno in _FULL_ERRNOS or exc.errno == errno.EROFS:
+                cls = LocationFullError if exc.errno in _FULL_ERRNOS else LocationUnavailableError
+                return cls(
+                    f"{where}: {reason} ({exc.strerror or exc})", location=self.name, key=key
+                )
             if reason is not None:
                 return PermanentStorageError(
                     f"{where}: {reason} ({exc.strerror or exc})", location=self.name, key=key
@@ -210,6 +224,12 @@ class SSHStorage(Storage):
     def _errors(self, key: str | None, action: str) -> Iterator[None]:
         try:
             yield
+        except LocationUnavailableError as exc:
+            if exc.location == self.name:
+                raise
+            # The pooled connection names the first location that used it; the error belongs
+            # to this one (same host) as far as the caller is concerned.
+            raise type(exc)(str(exc), location=self.name, key=key) from exc
         except StorageError:
             raise
         except Exception as exc:
@@ -233,6 +253,9 @@ class SSHStorage(Storage):
         """A remote command that ran and failed: its stderr says whether a retry can help."""
         where = f"{action} on {self._connection_key.host}:{self._connection_key.port}"
         detail = stderr.strip()[-500:]
+        for text, reason, cls in _LOCATION_STDERR:
+            if text in stderr:
+                return cls(f"{where}: {reason} ({detail})", location=self.name, key=key)
         for text, reason in _PERMANENT_STDERR:
             if text in stderr:
                 return PermanentStorageError(
@@ -284,12 +307,44 @@ class SSHStorage(Storage):
                 channel.close()
         return status, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
+    def _root_problem(self, *, empty_counts: bool = False) -> str | None:
+        """Why the root cannot hold objects (missing, not a directory, or with
+        ``empty_counts`` empty: an unmounted mount point); None when it looks fine."""
+        host = self._connection_key.host
+        with self.connection.sftp_lock:
+            sftp = self.connection.sftp()
+            try:
+                mode = sftp.stat(self.root).st_mode or 0
+            except FileNotFoundError:
+                return f"the location root {self.root} on {host} is missing (not mounted?)"
+            if not stat_mode.S_ISDIR(mode):
+                return f"the location root {self.root} on {host} is not a directory"
+            if empty_counts and not sftp.listdir(self.root):
+                return f"the location root {self.root} on {host} is empty (mount gone?)"
+        return None
+
+    def _require_root(self, key: str | None, *, empty_counts: bool = False) -> None:
+        with self._errors(key, "check the location root"):
+            problem = self._root_problem(empty_counts=empty_counts)
+        if problem is not None:
+            raise LocationUnavailableError(
+                f"location unavailable: {problem}; mount it or restore the directory, work "
+                "waits and resumes by itself",
+                location=self.name,
+                key=key,
+            )
+
     def _makedirs(self, directory: str, key: str) -> None:
         with self._errors(key, "create directory"), self.connection.sftp_lock:
             sftp = self.connection.sftp()
             missing: list[str] = []
             current = directory
             while current not in ("/", ""):
+                if len(current) <= len(self.root):
+                    # The root itself is missing or not a directory: never create it (it is a
+                    # mount point; a write beneath would land on the wrong disk).
+                    self._require_root(key)
+                    break
                 try:
                     if stat_mode.S_ISDIR(sftp.stat(current).st_mode or 0):
                         break
@@ -339,7 +394,10 @@ class SSHStorage(Storage):
             try:
                 attrs = self.connection.sftp().stat(path)
             except FileNotFoundError:
-                return ObjectStat(exists=False)
+                attrs = None
+        if attrs is None:
+            self._require_root(key)
+            return ObjectStat(exists=False)
         if stat_mode.S_ISDIR(attrs.st_mode or 0):
             raise PermanentStorageError(
                 f"{path} is a directory, not an object", location=self.name, key=key
@@ -353,6 +411,7 @@ class SSHStorage(Storage):
         path = self._path(key)
         info = self.stat(key)
         if not info.exists:
+            self._require_root(key, empty_counts=True)
             raise PermanentStorageError(
                 f"{path} not found on {self._connection_key.host}", location=self.name, key=key
             )
@@ -373,7 +432,7 @@ class SSHStorage(Storage):
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
-        """Push into a temporary name in the destination directory; on a clean exit check its
+        """Push into a temporary file in ``<root>/.ccat-partial/``; on a clean exit check its
         size, fsync it and rename it into place."""
         path = self._path(key)
         temp = temp_path_for(self.root, path)
@@ -484,9 +543,12 @@ class SSHStorage(Storage):
         with self._errors(key, "delete"), self.connection.sftp_lock:
             try:
                 self.connection.sftp().remove(path)
+                existed = True
             except FileNotFoundError:
-                return DeleteResult(key=key, existed=False)
-        return DeleteResult(key=key, existed=True)
+                existed = False
+        if not existed:
+            self._require_root(key)  # not "already deleted" under a missing mount
+        return DeleteResult(key=key, existed=existed)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         check_prefix(prefix, location=self.name)
@@ -498,7 +560,11 @@ class SSHStorage(Storage):
             try:
                 entries = self.connection.sftp().listdir_attr(directory)
             except FileNotFoundError:
-                return
+                entries = None
+        if entries is None:
+            if not rel_dir:
+                self._require_root(prefix or None)
+            return
         for entry in sorted(entries, key=lambda e: e.filename):
             rel = f"{rel_dir}/{entry.filename}" if rel_dir else entry.filename
             mode = entry.st_mode or 0
@@ -558,6 +624,7 @@ class SSHStorage(Storage):
         path = self._path(key)
         info = self.stat(key)
         if not info.exists:
+            self._require_root(key, empty_counts=True)
             raise PermanentStorageError(
                 f"{path} not found on {self._connection_key.host}", location=self.name, key=key
             )
@@ -587,6 +654,7 @@ class SSHStorage(Storage):
         shutil.disk_usage)."""
         status, out, err = self._run(f"df -P -B1 -- {shlex.quote(self.root)}", None, "disk usage")
         if status != 0:
+            self._require_root(None)
             raise self._command_error(status, err, None, "disk usage")
         lines = out.strip().splitlines()
         # Filesystem 1-blocks Used Available Capacity Mounted-on; names may contain spaces.

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 
 import paramiko
 
-from ccat_dagster.storage.errors import PermanentStorageError, TransientStorageError
+from ccat_dagster.storage.errors import (
+    LocationUnavailableError,
+    PermanentStorageError,
+    TransientStorageError,
+)
 from ccat_dagster.storage.ssh_subprocess import OpenSSHClient
 
 KNOWN_HOSTS_ENV = "CCAT_SSH_KNOWN_HOSTS"
@@ -159,7 +163,8 @@ class SSHConnection:
         try:
             sock = socket.create_connection((self.key.host, self.key.port), CONNECT_TIMEOUT)
         except OSError as exc:
-            raise TransientStorageError(
+            # Refused, unreachable, timed out: the host does not answer (not one object's fault).
+            raise LocationUnavailableError(
                 f"cannot reach SSH server {where}: {exc}", location=self.location
             ) from exc
         transport = paramiko.Transport(

@@ -24,7 +24,12 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from ccat_dagster.storage.errors import PermanentStorageError, StorageError, TransientStorageError
+from ccat_dagster.storage.errors import (
+    LocationUnavailableError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,15 @@ _PERMANENT_SSH_ERRORS = (
     ("Could not resolve hostname", "unknown host name"),
     ("Load key", "cannot load the private key"),
     ("Identity file", "cannot load the private key"),
+)
+# ssh could not connect at all: the host does not answer (a connection lost mid-transfer is
+# reported differently and stays a plain transient error).
+_UNREACHABLE_SSH_ERRORS = (
+    "Connection refused",
+    "No route to host",
+    "Network is unreachable",
+    "Host is down",
+    "Connection timed out",
 )
 
 
@@ -117,6 +131,10 @@ def classify_exit(
             return PermanentStorageError(
                 f"{where}: {reason} ({detail})", location=location, key=key
             )
+    if any(text in stderr for text in _UNREACHABLE_SSH_ERRORS):
+        return LocationUnavailableError(
+            f"{where}: SSH host unreachable ({detail})", location=location, key=key
+        )
     # Refused, reset, timed out, closed by the remote host, broken pipe: try again later.
     return TransientStorageError(
         f"{where}: SSH connection failed or was lost ({detail or 'ssh exited with status 255'})",

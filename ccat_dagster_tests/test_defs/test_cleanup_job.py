@@ -21,6 +21,7 @@ from sqlalchemy import select
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.topology import load_topology_snapshot
+from ccat_dagster.lifecycle.repair import unusable_lta_copies
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (
     AuditLog,
@@ -114,10 +115,10 @@ def test_failed_lta_presence_blocks_deletion_and_fails_the_run(archived):
     ]
     assert evaluations and not any(e.passed for e in evaluations)
     with session_scope(url) as session:
-        flagged = session.scalars(
-            select(RawDataPackage).where(RawDataPackage.failure_reason.is_not(None))
-        ).all()
-        assert flagged
+        # the catalogue no longer claims the archive copies: LOST, waiting for their repair
+        unusable = unusable_lta_copies(session)
+        assert unusable and {status for *_, status, _ in unusable} == {"LOST"}
+        assert {loc for _, loc, *_ in unusable} == {"cologne/lta", "us/lta"}
 
 
 def test_manual_cleanup_with_dagster_cli_dry_run_then_one_location(archived, tmp_path):

@@ -208,7 +208,7 @@ def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo,
         return down if location.id == lta_id else f.local_storage_for(location)
 
     report = cycle(session, verify_lta_copy=make_storage_lta_verifier(storage_for))
-    assert any("TransientStorageError" in e and "unreachable" in e for e in report.errors)
+    assert any("LocationUnavailableError" in e and "unreachable" in e for e in report.errors)
     assert exists(topo.source_buffer, pkg.relative_path)
     src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
     assert src.status == S.PRESENT

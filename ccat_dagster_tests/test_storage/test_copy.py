@@ -30,6 +30,7 @@ def make_storage(request, tmp_path) -> Callable[[str, str], Storage]:
     def make(kind: str, tag: str) -> Storage:
         name = f"{kind}_site/{tag}"
         if kind == "disk":
+            (tmp_path / tag).mkdir()
             return LocalDiskStorage(name, tmp_path / tag)
         if kind == "ssh":
             sshd = request.getfixturevalue("sshd_server")

@@ -14,6 +14,8 @@ import pytest
 from ccat_dagster.storage.base import TemporaryObject
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
+    LocationFullError,
+    LocationUnavailableError,
     PermanentStorageError,
     TransientStorageError,
 )
@@ -25,6 +27,7 @@ NAME = "ccat/telescope_buffer"
 
 @pytest.fixture
 def disk(tmp_path: Path) -> LocalDiskStorage:
+    (tmp_path / "root").mkdir()
     return LocalDiskStorage(NAME, tmp_path / "root")
 
 
@@ -129,6 +132,8 @@ def test_invalid_keys_are_refused_naming_location_and_key(disk: LocalDiskStorage
 
 
 def test_reading_a_missing_object_is_a_permanent_missing_source_error(disk: LocalDiskStorage):
+    with disk.open_write("pkg/other.tar") as out:  # a location in use: its root is not empty
+        out.write(b"x")
     with pytest.raises(PermanentStorageError, match="missing source") as info:
         disk.open_read("pkg/nope.tar").__enter__()
     assert NAME in str(info.value) and "pkg/nope.tar" in str(info.value)
@@ -142,8 +147,13 @@ def test_reading_a_missing_object_is_a_permanent_missing_source_error(disk: Loca
         (errno.ENOENT, PermanentStorageError, "missing source"),
         (errno.EACCES, PermanentStorageError, "permission denied"),
         (errno.EPERM, PermanentStorageError, "permission denied"),
-        (errno.ENOSPC, PermanentStorageError, "disk full"),
-        (errno.ESTALE, TransientStorageError, "retry"),
+        (errno.ENOSPC, LocationFullError, "disk full"),
+        (errno.EDQUOT, LocationFullError, "disk full"),
+        (errno.EROFS, LocationUnavailableError, "read-only"),
+        (errno.ENOTDIR, LocationUnavailableError, "not a directory"),
+        (errno.ESTALE, LocationUnavailableError, "not answering"),
+        (errno.ENOTCONN, LocationUnavailableError, "not answering"),
+        (errno.EIO, TransientStorageError, "retry"),
     ],
 )
 def test_os_errors_are_classified(code: int, kind: type, phrase: str):
@@ -178,23 +188,22 @@ def tiny_tmpfs(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_is_permanent_and_leaves_no_partial_file(tiny_tmpfs: Path):
+def test_disk_full_is_a_location_condition_and_leaves_no_partial_file(tiny_tmpfs: Path):
     disk = LocalDiskStorage(NAME, tiny_tmpfs)
-    with pytest.raises(PermanentStorageError, match="disk full") as info:
+    with pytest.raises(LocationFullError, match="disk full") as info:
         disk.write_stream("big.bin", io.BytesIO(b"x" * (3 * 1024 * 1024)))
     assert "big.bin" in str(info.value)
     assert files_under(tiny_tmpfs) == [] and list(disk.list_temporaries()) == []
 
 
-def test_read_only_filesystem_is_permanent_permission_error(tiny_tmpfs: Path):
+def test_read_only_filesystem_is_a_location_condition(tiny_tmpfs: Path):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
     disk = LocalDiskStorage(NAME, tiny_tmpfs)
-    with pytest.raises(PermanentStorageError, match="permission denied"):
+    with pytest.raises(LocationUnavailableError, match="read-only"):
         disk.write_stream("a.bin", io.BytesIO(b"abc"))
 
 
 def test_disk_usage_reports_filesystem_of_root(disk: LocalDiskStorage):
-    disk.root.mkdir(parents=True)
     usage = disk.disk_usage()
     assert usage.total_bytes > 0 and 0 <= usage.percent <= 100
 
@@ -233,3 +242,39 @@ def test_remove_temporary_refuses_anything_else(disk: LocalDiskStorage, name: st
 def test_keys_under_the_directory_of_writes_in_progress_are_refused(disk: LocalDiskStorage):
     with pytest.raises(PermanentStorageError, match="reserved for writes in progress"):
         disk.open_write(".ccat-partial/x").__enter__()
+
+
+def test_missing_root_is_a_location_condition_and_is_never_recreated(tmp_path: Path):
+    disk = LocalDiskStorage(NAME, tmp_path / "unmounted")
+    for call in (
+        lambda: disk.write_stream("pkg/a.tar", io.BytesIO(b"abc")),
+        lambda: disk.open_read("pkg/a.tar").__enter__(),
+        lambda: disk.stat("pkg/a.tar"),
+        lambda: disk.delete("pkg/a.tar"),
+        lambda: list(disk.list("pkg/")),
+        lambda: disk.checksum("pkg/a.tar"),
+        lambda: disk.disk_usage(),
+    ):
+        with pytest.raises(LocationUnavailableError) as info:
+            call()
+        assert info.value.location == NAME and "unmounted" in str(info.value)
+    assert not (tmp_path / "unmounted").exists()
+
+
+def test_root_replaced_by_a_file_is_a_location_condition(tmp_path: Path):
+    (tmp_path / "root").write_text("not a directory")
+    disk = LocalDiskStorage(NAME, tmp_path / "root")
+    with pytest.raises(LocationUnavailableError, match="not a directory"):
+        disk.write_stream("pkg/a.tar", io.BytesIO(b"abc"))
+    with pytest.raises(LocationUnavailableError, match="not a directory"):
+        disk.open_read("pkg/a.tar").__enter__()
+    with pytest.raises(LocationUnavailableError, match="not a directory"):
+        disk.stat("pkg/a.tar")
+
+
+def test_reading_from_an_empty_root_is_a_gone_mount_not_a_missing_source(disk: LocalDiskStorage):
+    with pytest.raises(LocationUnavailableError, match="empty"):
+        disk.open_read("pkg/a.tar").__enter__()
+    with pytest.raises(LocationUnavailableError, match="empty"):
+        disk.checksum("pkg/a.tar")
+    assert disk.stat("pkg/a.tar").exists is False  # a fresh location is empty too

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
+    LocationUnavailableError,
     NotImplementedStorageError,
     PermanentStorageError,
     TransientStorageError,
@@ -147,7 +148,7 @@ def test_reading_missing_object_is_permanent_missing_source(lta):
     assert not lta.stat("pkg/nope.tar").exists
 
 
-def test_missing_bucket_is_permanent_for_every_operation(s3_endpoint):
+def test_missing_bucket_is_a_location_condition_for_every_operation(s3_endpoint):
     bucket = f"ccat-missing-{uuid.uuid4().hex[:8]}"
     lta = S3Storage(NAME, bucket, endpoint_url=s3_endpoint, region="us-east-1")
     calls = {
@@ -159,9 +160,9 @@ def test_missing_bucket_is_permanent_for_every_operation(s3_endpoint):
         "list": lambda: list(lta.list()),
     }
     for what, call in calls.items():
-        with pytest.raises(PermanentStorageError) as info:
+        with pytest.raises(LocationUnavailableError) as info:
             call()
-        assert not isinstance(info.value, TransientStorageError), what
+        assert info.value.location == NAME, what
         assert bucket in str(info.value) and NAME in str(info.value), what
 
 
@@ -171,7 +172,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_endpoint_is_transient(s3_endpoint):
+def test_unreachable_endpoint_is_a_location_condition(s3_endpoint):
     endpoint = f"http://127.0.0.1:{closed_port()}"
     client = make_s3_client(endpoint_url=endpoint, region="us-east-1", max_attempts=1)
     lta = S3Storage(NAME, "ccat-lta", endpoint_url=endpoint, client=client)
@@ -183,10 +184,10 @@ def test_unreachable_endpoint_is_transient(s3_endpoint):
         lambda: lta.delete("pkg/a.tar"),
     ]
     for call in calls:
-        with pytest.raises(TransientStorageError) as info:
+        with pytest.raises(LocationUnavailableError) as info:
             call()
-        assert NAME in str(info.value)
-    with pytest.raises(TransientStorageError, match="pkg/a.tar"):
+        assert NAME in str(info.value) and info.value.location == NAME
+    with pytest.raises(LocationUnavailableError, match="pkg/a.tar"):
         lta.stat("pkg/a.tar")
 
 
@@ -200,13 +201,13 @@ def client_error(code: str, status: int) -> ClientError:
 @pytest.mark.parametrize(
     ("code", "status", "kind"),
     [
-        ("SlowDown", 503, TransientStorageError),
+        ("SlowDown", 503, LocationUnavailableError),
         ("Throttling", 400, TransientStorageError),
         ("RequestTimeout", 400, TransientStorageError),
-        ("InternalError", 500, TransientStorageError),
-        ("Anything", 502, TransientStorageError),
+        ("InternalError", 500, LocationUnavailableError),
+        ("Anything", 502, LocationUnavailableError),
         ("AccessDenied", 403, PermanentStorageError),
-        ("NoSuchBucket", 404, PermanentStorageError),
+        ("NoSuchBucket", 404, LocationUnavailableError),
         ("NoSuchKey", 404, PermanentStorageError),
         ("InvalidArgument", 400, PermanentStorageError),
     ],

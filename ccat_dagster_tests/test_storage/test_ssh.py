@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
+    LocationUnavailableError,
     PermanentStorageError,
     TransientStorageError,
 )
@@ -27,7 +29,9 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def remote_root(tmp_path: Path) -> Path:
-    return tmp_path / "remote root"  # a space in the root too
+    root = tmp_path / "remote root"  # a space in the root too
+    root.mkdir()
+    return root
 
 
 @pytest.fixture(params=["openssh", "paramiko"])
@@ -60,6 +64,7 @@ def unpooled_storage(sshd_server, tmp_path: Path, name: str) -> SSHStorage:
     different pool key), so that no other test holds its connection open."""
     known_hosts = tmp_path / f"known_hosts-{name.replace('/', '_')}"
     shutil.copy(sshd_server.known_hosts, known_hosts)
+    (tmp_path / "root").mkdir(exist_ok=True)
     return SSHStorage(
         name,
         sshd_server.host,
@@ -199,10 +204,48 @@ def test_disk_usage_reports_the_filesystem_of_the_root(storage, remote_root):
     assert 0.0 < usage.percent <= 100.0
 
 
-def test_disk_usage_of_missing_root_is_permanent_error(sshd_server, tmp_path):
+def test_missing_root_is_a_location_condition_and_is_never_recreated(sshd_server, tmp_path):
     storage = sshd_server.storage(tmp_path / "does-not-exist")
-    with pytest.raises(PermanentStorageError, match="not found"):
-        storage.disk_usage()
+    for call in (
+        storage.disk_usage,
+        lambda: storage.stat("pkg/a.tar"),
+        lambda: storage.open_read("pkg/a.tar").__enter__(),
+        lambda: storage.write_stream("pkg/a.tar", io.BytesIO(b"abc")),
+        lambda: storage.delete("pkg/a.tar"),
+        lambda: list(storage.list()),
+    ):
+        with pytest.raises(LocationUnavailableError, match="missing") as caught:
+            call()
+        assert caught.value.location == "test/ssh"
+    assert not (tmp_path / "does-not-exist").exists()
+
+
+def test_root_replaced_by_a_file_is_a_location_condition(sshd_server, tmp_path):
+    (tmp_path / "root").write_text("not a directory")
+    storage = sshd_server.storage(tmp_path / "root")
+    with pytest.raises(LocationUnavailableError, match="not a directory"):
+        storage.write_stream("pkg/a.tar", io.BytesIO(b"abc"))
+
+
+def test_unreachable_host_is_a_location_condition(sshd_server, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    storage = SSHStorage(
+        "test/down",
+        "127.0.0.1",
+        port,
+        sshd_server.user,
+        str(tmp_path),
+        key_filename=sshd_server.key_file,
+        known_hosts=sshd_server.known_hosts,
+    )
+    try:
+        with pytest.raises(LocationUnavailableError, match="cannot reach") as caught:
+            storage.stat("a.tar")
+        assert caught.value.location == "test/down"
+    finally:
+        storage.close()
 
 
 def test_changed_host_key_is_refused(sshd_server, tmp_path):
@@ -283,7 +326,8 @@ def test_invalid_keys_are_refused_with_location_named(storage, key):
     assert "test/ssh_buffer" in str(caught.value)
 
 
-def test_missing_object_is_a_permanent_error(storage):
+def test_missing_object_is_a_permanent_error(storage, remote_root):
+    (remote_root / "other.tar").write_bytes(b"x")  # a location in use: its root is not empty
     with pytest.raises(PermanentStorageError, match="not found"), storage.open_read("nope.tar"):
         pass
     with pytest.raises(PermanentStorageError, match="not found"):
@@ -347,7 +391,6 @@ def test_transport_closed_from_another_thread_mid_write_leaves_no_file(
 
 
 def test_connection_dropped_mid_read_is_transient(sshd_server, storage, remote_root):
-    remote_root.mkdir()
     (remote_root / "big.bin").write_bytes(os.urandom(32 * MiB))
 
     with pytest.raises(TransientStorageError), storage.open_read("big.bin") as stream:
@@ -473,7 +516,6 @@ def test_close_all_connections_stops_openssh_masters(sshd_server, tmp_path):
 
 
 def test_abandoned_read_stops_the_transfer(storage, remote_root):
-    remote_root.mkdir()
     (remote_root / "big.bin").write_bytes(os.urandom(16 * MiB))
 
     with storage.open_read("big.bin") as stream:
@@ -498,7 +540,6 @@ def test_object_vanished_between_stat_and_read_is_permanent(storage, monkeypatch
 def test_short_read_is_detected_as_transient(storage, remote_root, monkeypatch):
     from ccat_dagster.storage.base import ObjectStat
 
-    remote_root.mkdir()
     (remote_root / "short.bin").write_bytes(b"12345")
     monkeypatch.setattr(storage, "stat", lambda key: ObjectStat(exists=True, size=10))
     with (
@@ -509,7 +550,6 @@ def test_short_read_is_detected_as_transient(storage, remote_root, monkeypatch):
 
 
 def test_write_into_unwritable_place_is_permanent(storage, remote_root):
-    remote_root.mkdir()
     (remote_root / "pkg").write_text("a file where a directory should be")
     with pytest.raises(PermanentStorageError, match="not a directory"):
         storage.write_stream("pkg/x.tar", io.BytesIO(b"x"))
@@ -571,9 +611,9 @@ def test_openssh_client_refuses_an_unknown_host(sshd_server, tmp_path):
 @pytest.mark.parametrize(
     ("status", "stderr", "expected"),
     [
-        (255, "ssh: connect to host h port 22: Connection refused", TransientStorageError),
+        (255, "ssh: connect to host h port 22: Connection refused", LocationUnavailableError),
         (255, "Connection reset by peer", TransientStorageError),
-        (255, "ssh: connect to host h port 22: Connection timed out", TransientStorageError),
+        (255, "ssh: connect to host h port 22: Connection timed out", LocationUnavailableError),
         (255, "Connection to h closed by remote host.", TransientStorageError),
         (255, "", TransientStorageError),
         (-9, "", TransientStorageError),
@@ -589,3 +629,8 @@ def test_ssh_client_failures_are_classified(status, stderr, expected):
         assert error is None
     else:
         assert type(error) is expected and "loc" in str(error) and "k" in str(error)
+
+
+def test_missing_object_in_an_empty_root_is_a_gone_mount(storage):
+    with pytest.raises(LocationUnavailableError, match="empty"), storage.open_read("a.tar"):
+        pass

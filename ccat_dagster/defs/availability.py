@@ -1,0 +1,311 @@
+"""Location availability and admission on Dagster: which items of a stage may run now at a site,
+the probe sensor per site, and what the UI shows about each location.
+
+``StageGate`` is what the stage sensors and the batched ops ask before running an item: it waits
+(is *deferred*, not failed) when a location it needs is unavailable from this site, or when the
+buffer it writes into has no room for it (``lifecycle.admission``). A location error met while
+running marks the location unavailable from this site and records a ``location_available``
+check evaluation (and an observation) on the location's asset. ``{site}_location_probe_sensor``
+probes, with backoff, the locations this site recorded as unavailable and records the result the
+same way, ticking every ``PROBE_BACKOFF_BASE_SECONDS``; ``ccat run-until-idle`` probes them all
+when it starts (``probe_unavailable_now``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetObservation,
+    DagsterInstance,
+    DefaultSensorStatus,
+    Definitions,
+    MetadataValue,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    asset_check,
+    sensor,
+)
+from sqlalchemy.orm import Session
+
+from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.stages import Stage, site_row
+from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle.admission import Admission, plan_admission
+from ccat_dagster.lifecycle.availability import (
+    PROBE_BACKOFF_BASE_SECONDS,
+    Needs,
+    ProbeResult,
+    Unavailability,
+    UnavailableLocation,
+    describe_waits,
+    make_probes_due,
+    probe_and_record,
+    probe_due_locations,
+    record_location_error,
+    unavailability,
+)
+from ccat_dagster.storage.base import DiskUsage, Storage
+from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
+from ccat_ops_db.models import DataLocation, LocationType, Site
+
+#: the probe sensor ticks as often as the shortest backoff delay
+PROBE_INTERVAL_SECONDS = PROBE_BACKOFF_BASE_SECONDS
+LOCATION_AVAILABLE = "location_available"
+
+StorageFor = Callable[[DataLocation], Storage]
+
+
+# --------------------------------------------------------------------------- UI events
+
+
+def location_asset(location: DataLocation) -> AssetKey:
+    """The asset that stands for a location in the UI (its data at that location)."""
+    kind = {
+        LocationType.SOURCE: "raw_data_files",
+        LocationType.BUFFER: RAW_DATA_PACKAGE,
+        LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
+        LocationType.PROCESSING: STAGED_RAW_DATA_PACKAGE,
+    }[location.location_type]
+    return asset_key(location.site.short_name, location.name, kind)
+
+
+def location_events(
+    location: DataLocation, *, ok: bool, detail: str, observer: str
+) -> list[AssetObservation | AssetCheckEvaluation]:
+    """A ``location_available`` check evaluation and an observation of the location's asset."""
+    metadata = {
+        "available": MetadataValue.bool(ok),
+        "observer": MetadataValue.text(observer),
+        "detail": MetadataValue.text(detail),
+    }
+    key = location_asset(location)
+    return [
+        AssetObservation(asset_key=key, metadata=metadata),
+        AssetCheckEvaluation(
+            asset_key=key,
+            check_name=LOCATION_AVAILABLE,
+            passed=ok,
+            severity=AssetCheckSeverity.WARN,
+            description=f"{'answers' if ok else 'unavailable'} from {observer}: {detail}",
+            metadata=metadata,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- gate
+
+
+def _usage(storage: Storage) -> DiskUsage | None:
+    """Disk usage for admission; None (admit) where a location has no capacity (S3)."""
+    try:
+        return storage.disk_usage()
+    except NotImplementedError:
+        return None
+
+
+@dataclass
+class StageGate:
+    """Whether each item of a stage may run now at ``observer``'s site, and why not."""
+
+    session: Session
+    stage: Stage
+    site: Site
+    observer: str
+    storage_for: StorageFor
+    unavailable: Unavailability
+    needs: dict[str, Needs] = field(default_factory=dict)
+    admissions: dict[int, Admission] = field(default_factory=dict)
+    targets: dict[str, tuple[DataLocation, str]] = field(default_factory=dict)
+    #: location errors met while measuring (already recorded), for the UI
+    newly_unavailable: list[tuple[DataLocation, UnavailableLocation]] = field(default_factory=list)
+
+    @classmethod
+    def open(
+        cls,
+        session: Session,
+        stage: Stage,
+        site: Site,
+        observer: str,
+        storage_for: StorageFor,
+        items: Sequence[str],
+        *,
+        run_id: str | None = None,
+    ) -> StageGate:
+        gate = cls(session, stage, site, observer, storage_for, unavailability(session, observer))
+        items = list(items)
+        if items:
+            if gate.unavailable:  # else computed only for the items of a batch that meets one
+                gate.needs = stage.needs(session, site, items)
+            if stage.admission_targets is not None:
+                gate.targets = stage.admission_targets(session, site, items)
+                gate._admit(run_id)
+        return gate
+
+    def _admit(self, run_id: str | None) -> None:
+        for location, _key in self.targets.values():
+            if location.id in self.admissions or self.unavailable.blocks(location.id, write=True):
+                continue
+            try:
+                usage = _usage(self.storage_for(location))
+            except LocationUnavailableError as exc:
+                self.location_error(exc, run_id=run_id)
+                continue
+            except StorageError:
+                usage = None  # cannot measure now: the write itself meets the error
+            self.admissions[location.id] = plan_admission(self.session, location, usage)
+
+    def waits(self, item: str) -> str | None:
+        """Why ``item`` cannot run now (None: it may run)."""
+        if self.unavailable:
+            needs = self.needs.get(item)
+            if needs is None:
+                needs = self.needs[item] = self.stage.needs(self.session, self.site, [item])[item]
+            blocking = self.unavailable.waiting_for(needs)
+            if blocking:
+                return f"waiting for {describe_waits(blocking)}"
+        target = self.targets.get(item)
+        if target is not None:
+            location, key = target
+            admission = self.admissions.get(location.id)
+            if admission is not None and not admission.admits(key):
+                return admission.reason(key)
+        return None
+
+    def location_error(
+        self, exc: LocationUnavailableError, *, run_id: str | None = None
+    ) -> UnavailableLocation | None:
+        """Record a location error (the location is unavailable from this site from now on, for
+        the rest of the batch too); None when the error names no known location."""
+        self.session.rollback()
+        row = record_location_error(self.session, exc, observer=self.observer, run_id=run_id)
+        if row is None:
+            return None
+        self.unavailable.add(row)
+        location = self.session.get(DataLocation, row.location_id)
+        self.newly_unavailable.append((location, row))
+        return row
+
+    def take_events(self) -> list[AssetObservation | AssetCheckEvaluation]:
+        """UI events of the locations found unavailable since the last call."""
+        events = []
+        for location, row in self.newly_unavailable:
+            events += location_events(location, ok=False, detail=row.reason, observer=self.observer)
+        self.newly_unavailable = []
+        return events
+
+
+# --------------------------------------------------------------------------- probe sensor
+
+
+def build_location_probe_sensor(site: SiteView) -> SensorDefinition:
+    s = site.short_name
+
+    @sensor(
+        name=f"{s}_location_probe_sensor",
+        minimum_interval_seconds=PROBE_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.STOPPED,
+        description=(
+            f"Probe, with backoff, the locations that site {s} found unavailable; work that "
+            "waits for them resumes when they answer again."
+        ),
+    )
+    def location_probe(
+        context: SensorEvaluationContext, ops_db: OpsDbResource, storage: SiteStorageResource
+    ):
+        events = []
+        lines = []
+        with ops_db.session() as session, storage.registry() as storages:
+            for location, result in probe_due_locations(session, storages.get, observer=s):
+                events += location_events(location, ok=result.ok, detail=result.detail, observer=s)
+                lines.append(
+                    f"{result.location}: {'available again' if result.ok else 'still unavailable'}"
+                    f" ({result.detail})"
+                )
+        for line in lines:
+            context.log.info(line)
+        if not events:
+            return SkipReason("no unavailable location is due for a probe")
+        return SensorResult(asset_events=events)
+
+    return location_probe
+
+
+# --------------------------------------------------------------------------- asset checks
+
+
+def _location_check(site: str, location: str, key: AssetKey):
+    @asset_check(
+        asset=key,
+        name=LOCATION_AVAILABLE,
+        description=(
+            f"{site}/{location} answers (probed from {site}): reachable, writable, with room. "
+            "Also recorded whenever a run or the probe sensor finds it unavailable or back."
+        ),
+    )
+    def _check(ops_db: OpsDbResource, storage: SiteStorageResource) -> AssetCheckResult:
+        with ops_db.session() as session, storage.registry() as storages:
+            loc = next(loc for loc in site_row(session, site).locations if loc.name == location)
+            result = probe_and_record(session, loc, storages.get(loc), observer=storage.site)
+        return AssetCheckResult(
+            passed=result.ok,
+            severity=AssetCheckSeverity.WARN,
+            description=result.detail,
+            metadata={"observer": MetadataValue.text(storage.site)},
+        )
+
+    return _check
+
+
+def build_location_checks(site: SiteView, asset_keys: set[AssetKey]) -> list:
+    """``location_available`` on the asset of each location of the site that has one here."""
+    checks = []
+    for location in site.locations:
+        kind = {
+            LocationType.SOURCE: "raw_data_files",
+            LocationType.BUFFER: RAW_DATA_PACKAGE,
+            LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
+            LocationType.PROCESSING: STAGED_RAW_DATA_PACKAGE,
+        }[location.location_type]
+        key = asset_key(site.short_name, location.name, kind)
+        if key in asset_keys:
+            checks.append(_location_check(site.short_name, location.name, key))
+    return checks
+
+
+# --------------------------------------------------------------------------- run-until-idle
+
+
+def probe_unavailable_now(
+    definitions: Sequence[Definitions], instance: DagsterInstance | None = None
+) -> list[ProbeResult]:
+    """Probe now every location that a site of ``definitions`` recorded as unavailable, as that
+    site reaches it (the start of ``ccat run-until-idle``: the first pass then sees what answers
+    again, whatever order the sensors tick in). The UI events go to ``instance``."""
+    results = []
+    for defs in definitions:
+        ops_db, storage = defs.resources.get("ops_db"), defs.resources.get("storage")
+        if not isinstance(ops_db, OpsDbResource) or not isinstance(storage, SiteStorageResource):
+            continue
+        with ops_db.session() as session, storage.registry() as storages:
+            make_probes_due(session, observer=storage.site)
+            for location, result in probe_due_locations(
+                session, storages.get, observer=storage.site
+            ):
+                results.append(result)
+                if instance is None:
+                    continue
+                events = location_events(
+                    location, ok=result.ok, detail=result.detail, observer=storage.site
+                )
+                for event in events:
+                    instance.report_runless_asset_event(event)
+    return results
