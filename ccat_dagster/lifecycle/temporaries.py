@@ -74,6 +74,22 @@ def stale_temporaries(
     return report
 
 
+def temporaries_older_than(
+    older_than: datetime,
+) -> Callable[[DataLocation, Storage], list[tuple[str, str]]]:
+    """For ``ccat verify`` (clause f): a lister of (name, detail) per temporary at a location
+    last written before ``older_than``."""
+
+    def lister(location: DataLocation, storage: Storage) -> list[tuple[str, str]]:
+        return [
+            (t.name, f"{t.describe()}: written before {older_than.isoformat()}, by no run")
+            for t in storage.list_temporaries()
+            if t.modified_at < older_than
+        ]
+
+    return lister
+
+
 def sweep_temporaries(
     locations: Sequence[DataLocation],
     storage_for: StorageFor,
