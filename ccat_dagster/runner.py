@@ -3,8 +3,11 @@
 Evaluates the sensors (and the schedules) of every site's Definitions against a real, persistent
 Dagster instance, applies their partition requests and cursors, and executes the runs they
 request in-process, pass after pass, until a whole pass requests nothing. The definitions,
-sensors and jobs are exactly the ones the daemon uses; only the loop is ours. Meant for the
-demo, tests and small sites without a daemon.
+sensors and jobs are exactly the ones the daemon uses; only the loop is ours. Every run is
+tagged with this process's identity (``run_health``): runs of a killed invocation are found,
+failed and their deletion claims released (at the start and every pass), temporaries no live
+run can own are removed at the start, and a request that keeps failing is blocked for the rest
+of the invocation (``run_failures``). Meant for the demo, tests and small sites without a daemon.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster import (
+    AddDynamicPartitionsRequest,
     DagsterInstance,
     Definitions,
+    DeleteDynamicPartitionsRequest,
     build_schedule_context,
     build_sensor_context,
 )
-from dagster._core.definitions.dynamic_partitions_request import (
-    AddDynamicPartitionsRequest,
-    DeleteDynamicPartitionsRequest,
-)
 
+from ccat_dagster.run_failures import (
+    DEFAULT_MAX_REQUEST_FAILURES,
+    FAILURES_BEYOND_RETRY_BUDGET,
+    BlockedRequest,
+    FailureStreaks,
+    failure_reason,
+)
+from ccat_dagster.run_health import fail_dead_runs, owner_tags
 from ccat_ops_db.config import ccat_home
 
 CURSOR_PREFIX = "ccat_run_until_idle"
@@ -37,6 +46,19 @@ class RunnerReport:
     failed_runs: list[str] = field(default_factory=list)
     failed_ticks: list[str] = field(default_factory=list)
     by_job: dict[str, int] = field(default_factory=dict)
+    #: requests that kept failing and were not retried any more in this invocation
+    blocked: list[BlockedRequest] = field(default_factory=list)
+    #: runs found without a live process and marked failed (their claims released)
+    dead_runs: list[str] = field(default_factory=list)
+    #: what the sweep of temporaries at the start did, per site
+    temporaries: list[str] = field(default_factory=list)
+    #: set when max_passes was reached with work still being requested
+    stopped: str | None = None
+
+    @property
+    def idle(self) -> bool:
+        """True when the pipeline ran out of work, not out of passes or into blocked work."""
+        return not self.blocked and self.stopped is None
 
 
 def default_dagster_home() -> Path:
@@ -73,28 +95,48 @@ def _apply_partition_requests(instance: DagsterInstance, requests: Sequence) -> 
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
-def _execute(
-    instance: DagsterInstance,
-    defs: Definitions,
-    job_name: str,
-    request,
-    report: RunnerReport,
-    log: Callable[[str], None],
-) -> None:
+@dataclass
+class _Loop:
+    """What one invocation carries from run to run."""
+
+    instance: DagsterInstance
+    report: RunnerReport
+    streaks: FailureStreaks
+    log: Callable[[str], None]
+    owner: dict[str, str]
+
+
+def _execute(loop: _Loop, defs: Definitions, job_name: str, request) -> bool:  # noqa: ANN001
+    """Execute the requested run in-process; False (nothing run) when the request is blocked."""
+    report, log = loop.report, loop.log
+    requested = dict(request.run_config or {})
+    key = loop.streaks.key(job_name, requested)
+    if loop.streaks.is_blocked(key):
+        return False
     job = defs.resolve_job_def(job_name)
-    run_config = dict(request.run_config or {})
+    run_config = dict(requested)
     run_config.setdefault("loggers", {"console": {"config": {"log_level": _console_level()}}})
     result = job.execute_in_process(
         run_config=run_config,
-        instance=instance,
-        tags=dict(request.tags),
+        instance=loop.instance,
+        tags={**dict(request.tags), **loop.owner},
         raise_on_error=False,
     )
     report.runs += 1
     report.by_job[job_name] = report.by_job.get(job_name, 0) + 1
-    if not result.success:
-        report.failed_runs.append(f"{job_name} ({result.run_id})")
-        log(f"run {job_name} {result.run_id} FAILED (see the run in the UI / `dagster` logs)")
+    if result.success:
+        loop.streaks.succeeded(job_name)
+        return True
+    report.failed_runs.append(f"{job_name} ({result.run_id})")
+    log(f"run {job_name} {result.run_id} FAILED (see the run in the UI / `dagster` logs)")
+    failures = loop.streaks.failed(key, result.run_id)
+    if loop.streaks.is_blocked(key):
+        blocked = BlockedRequest(
+            job_name, requested, failures, result.run_id, failure_reason(result)
+        )
+        report.blocked.append(blocked)
+        log(f"not retried again in this invocation: {blocked.describe()}")
+    return True
 
 
 def _tick_failed(report: RunnerReport, name: str, exc: Exception, log) -> None:
@@ -105,7 +147,8 @@ def _tick_failed(report: RunnerReport, name: str, exc: Exception, log) -> None:
         log(f"tick of {message}")
 
 
-def _tick_sensors(instance: DagsterInstance, defs: Definitions, report: RunnerReport, log) -> int:
+def _tick_sensors(loop: _Loop, defs: Definitions) -> int:
+    instance, report, log = loop.instance, loop.report, loop.log
     repo = defs.get_repository_def()
     launched = 0
     for sensor_def in repo.sensor_defs:
@@ -128,12 +171,12 @@ def _tick_sensors(instance: DagsterInstance, defs: Definitions, report: RunnerRe
             instance.run_storage.set_cursor_values({key: data.cursor})
         for request in data.run_requests or []:
             job_name = request.job_name or sensor_def.job_name
-            _execute(instance, defs, job_name, request, report, log)
-            launched += 1
+            launched += _execute(loop, defs, job_name, request)
     return launched
 
 
-def _tick_schedules(instance: DagsterInstance, defs: Definitions, report: RunnerReport, log) -> int:
+def _tick_schedules(loop: _Loop, defs: Definitions) -> int:
+    instance, report, log = loop.instance, loop.report, loop.log
     repo = defs.get_repository_def()
     launched = 0
     for schedule_def in repo.schedule_defs:
@@ -146,11 +189,84 @@ def _tick_schedules(instance: DagsterInstance, defs: Definitions, report: Runner
             _tick_failed(report, schedule_def.name, exc, log)
             continue
         for request in data.run_requests or []:
-            _execute(
-                instance, defs, request.job_name or schedule_def.job_name, request, report, log
-            )
-            launched += 1
+            launched += _execute(loop, defs, request.job_name or schedule_def.job_name, request)
     return launched
+
+
+def _ops_dbs(definitions: Sequence[Definitions]) -> list:
+    """The distinct ops-DB resources of ``definitions`` (normally one)."""
+    from ccat_dagster.defs.resources import OpsDbResource
+
+    found: dict[str, OpsDbResource] = {}
+    for defs in definitions:
+        resource = (defs.resources or {}).get("ops_db")
+        if isinstance(resource, OpsDbResource):
+            found.setdefault(resource.resolved_url(), resource)
+    return list(found.values())
+
+
+def _max_request_failures(definitions: Sequence[Definitions]) -> int:
+    """Beyond the retry budget of the ops DB's policy, so an item's own retries (a package
+    retried after a checksum mismatch) are never cut short."""
+    from ccat_dagster.lifecycle.policy import get_policy
+
+    limits = []
+    for ops_db in _ops_dbs(definitions):
+        with ops_db.session() as session:
+            limits.append(get_policy(session).max_retries + 1 + FAILURES_BEYOND_RETRY_BUDGET)
+    return max(limits, default=DEFAULT_MAX_REQUEST_FAILURES)
+
+
+def recover_dead_runs(
+    instance: DagsterInstance,
+    definitions: Sequence[Definitions],
+    *,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Mark failed the runs whose owner process is gone and release their deletion claims at
+    once. Returns one line per dead run."""
+    from ccat_dagster.lifecycle.claims import release_claims_of_dead_runs
+
+    dead = fail_dead_runs(instance, by="ccat run-until-idle")
+    lines = [f"{d.run.job_name} {d.run_id}: {d.reason}" for d in dead]
+    for line in lines:
+        log(f"dead run marked failed: {line}")
+    if dead:
+        for ops_db in _ops_dbs(definitions):
+            with ops_db.session() as session:
+                released = release_claims_of_dead_runs(
+                    session, [d.run_id for d in dead], reason="its run died (process gone)"
+                )
+                session.commit()
+            if released:
+                log(
+                    f"claims of dead runs released: {released.returned} copies given back, "
+                    f"{released.abandoned} in-progress deletions claimable again"
+                )
+    return lines
+
+
+def sweep_temporaries_of_sites(
+    instance: DagsterInstance,
+    definitions: Sequence[Definitions],
+    *,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Remove, at every site of ``definitions``, the temporaries no run in flight can own."""
+    from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+    from ccat_dagster.defs.temporaries import sweep_site_temporaries
+
+    lines = []
+    for defs in definitions:
+        resources = defs.resources or {}
+        ops_db, storage = resources.get("ops_db"), resources.get("storage")
+        if not isinstance(ops_db, OpsDbResource) or not isinstance(storage, SiteStorageResource):
+            continue
+        report = sweep_site_temporaries(instance, ops_db, storage)
+        if report.removed or report.errors:
+            lines.append(f"{storage.site}: {report.summary()}")
+            log(lines[-1])
+    return lines
 
 
 def run_until_idle(
@@ -160,20 +276,36 @@ def run_until_idle(
     max_passes: int = 200,
     include_schedules: bool = True,
     log: Callable[[str], None] = print,
+    max_request_failures: int | None = None,
 ) -> RunnerReport:
-    """Tick every sensor (then, when they are quiet, every schedule) until nothing is requested."""
+    """Tick every sensor (then, when they are quiet, every schedule) until nothing is requested.
+
+    Dead runs are failed (and their claims released) first and at every pass, temporaries swept
+    at the start; a request failing ``max_request_failures`` times in a row (default: policy
+    ``max_retries`` + 2) is not launched again (``report.blocked``)."""
     from ccat_dagster.defs.availability import probe_unavailable_now
 
     probe_unavailable_now(definitions, instance)  # what answers again is worked on at once
     report = RunnerReport()
+    limit = max_request_failures or _max_request_failures(definitions)
+    loop = _Loop(instance, report, FailureStreaks(limit), log, owner_tags())
+    report.dead_runs += recover_dead_runs(instance, definitions, log=log)
+    report.temporaries += sweep_temporaries_of_sites(instance, definitions, log=log)
     while report.passes < max_passes:
         report.passes += 1
-        launched = sum(_tick_sensors(instance, d, report, log) for d in definitions)
+        if report.passes > 1:
+            report.dead_runs += recover_dead_runs(instance, definitions, log=log)
+        launched = sum(_tick_sensors(loop, d) for d in definitions)
         if launched == 0 and include_schedules:
-            launched = sum(_tick_schedules(instance, d, report, log) for d in definitions)
+            launched = sum(_tick_schedules(loop, d) for d in definitions)
         if launched == 0:
             return report
-    log(f"stopped after {max_passes} passes with work still being requested")
+    requested = ", ".join(f"{job}: {n}" for job, n in sorted(report.by_job.items()))
+    report.stopped = (
+        f"stopped after {max_passes} passes with work still being requested (runs so far: "
+        f"{requested}); run it again, or look at the failed runs"
+    )
+    log(report.stopped)
     return report
 
 

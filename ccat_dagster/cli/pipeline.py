@@ -32,7 +32,12 @@ def run_until_idle_command(
     """Tick every sensor (and schedule) and run what they request in-process, until idle.
 
     Uses the same Definitions, sensors and jobs as the daemon, against the Dagster instance in
-    DAGSTER_HOME (default $CCAT_HOME/dagster_home), so `make ui` shows the runs.
+    DAGSTER_HOME (default $CCAT_HOME/dagster_home), so `make ui` shows the runs. Runs left
+    behind by a killed run-until-idle are marked failed first (their work is picked up again),
+    and work that keeps failing is not retried again in the same invocation.
+
+    Exit status: 0 idle, nothing failed; 1 idle, but runs or sensor ticks failed; 2 not idle:
+    work is blocked (failing again and again, listed with the reason) or max passes reached.
     """
     from ccat_dagster.runner import load_site_definitions, run_until_idle
 
@@ -45,13 +50,32 @@ def run_until_idle_command(
         include_schedules=not no_schedules,
         log=lambda m: typer.echo(m, err=True),
     )
-    typer.echo(f"idle after {report.passes} passes, {report.runs} runs")
+    state = "idle" if report.idle else "NOT idle"
+    typer.echo(f"{state} after {report.passes} passes, {report.runs} runs")
     for job, n in sorted(report.by_job.items()):
         typer.echo(f"  {job}: {n}")
+    if report.dead_runs:
+        typer.echo(
+            f"{len(report.dead_runs)} dead run(s) marked failed, their work picked up again:"
+        )
+        for line in report.dead_runs:
+            typer.echo(f"  {line}")
     for tick in report.failed_ticks:
         typer.echo(f"failed tick: {tick}", err=True)
     if report.failed_runs:
         typer.echo(f"{len(report.failed_runs)} run(s) failed: " + ", ".join(report.failed_runs))
+    if report.blocked:
+        typer.echo(
+            f"BLOCKED: {len(report.blocked)} request(s) kept failing and were not retried again "
+            "(fix the cause, then run again):",
+            err=True,
+        )
+        for blocked in report.blocked:
+            typer.echo(f"  {blocked.describe()}", err=True)
+    if report.stopped:
+        typer.echo(report.stopped, err=True)
+    if not report.idle:
+        raise typer.Exit(2)
     if report.failed_runs or report.failed_ticks:
         raise typer.Exit(1)
 
@@ -99,6 +123,8 @@ def demo_command(
     with ops_session() as session:
         typer.echo(pipeline_summary(session).render())
         problems = verify_demo(session)
+    problems += [f"blocked: {b.describe()}" for b in report.blocked]
+    problems += [report.stopped] if report.stopped else []
     if problems or report.failed_runs or report.failed_ticks:
         for p in problems + report.failed_runs + report.failed_ticks:
             typer.echo(f"PROBLEM: {p}", err=True)

@@ -46,6 +46,31 @@ def _progress(enabled: bool) -> Iterator:
         yield update
 
 
+def _run_clauses():
+    """(stale temporaries lister, dead runs) from the Dagster instance of ``DAGSTER_HOME`` (or
+    ``$CCAT_HOME/dagster_home`` when it holds a dagster.yaml); (None, None) without an instance:
+    then clauses (f) and (g) are reported as not checked."""
+    from datetime import UTC, datetime
+
+    from dagster import DagsterInstance
+
+    from ccat_dagster.defs.temporaries import sweep_margin_seconds
+    from ccat_dagster.lifecycle.temporaries import temporaries_older_than
+    from ccat_dagster.run_health import dead_runs, temporaries_cutoff
+    from ccat_ops_db.config import ccat_home
+
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        default = ccat_home() / "dagster_home"
+        if not (default / "dagster.yaml").exists():
+            return None, None
+        home = str(default)
+    with DagsterInstance.from_config(home) as instance:
+        cutoff = temporaries_cutoff(instance, margin_seconds=sweep_margin_seconds())
+        dead = [(d.run_id, f"{d.run.job_name}: {d.reason}") for d in dead_runs(instance)]
+    return temporaries_older_than(datetime.fromtimestamp(cutoff, UTC)), dead
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(EXIT_UNUSABLE)
@@ -90,6 +115,7 @@ def verify_command(
         raise _fail(f"--workers must be at least 1; got {workers}")
     show_progress = sys.stderr.isatty()
     try:
+        stale_temporaries, dead = _run_clauses()
         with (
             ops_session() as session,
             StorageRegistry(local_site=from_site) as storages,
@@ -104,6 +130,8 @@ def verify_command(
                 seed=seed,
                 workers=workers,
                 progress=progress,
+                stale_temporaries=stale_temporaries,
+                dead_runs=dead,
             )
     except Exception as exc:
         message = operator_error_message(exc)

@@ -292,7 +292,8 @@ def probe_unavailable_now(
     again, whatever order the sensors tick in). The UI events go to ``instance``."""
     results = []
     for defs in definitions:
-        ops_db, storage = defs.resources.get("ops_db"), defs.resources.get("storage")
+        resources = defs.resources or {}  # Definitions without resources probe nothing
+        ops_db, storage = resources.get("ops_db"), resources.get("storage")
         if not isinstance(ops_db, OpsDbResource) or not isinstance(storage, SiteStorageResource):
             continue
         with ops_db.session() as session, storage.registry() as storages:

@@ -7,6 +7,8 @@ passed on as blocked. ``..._delete`` then runs one bulk cleanup cycle per locati
 (lifecycle.cleanup), which re-verifies the LTA copy once more right before deleting the last copy
 outside an LTA and keeps anything blocked. Any error fails the run with the reasons, so an
 operator sees it in the UI. Config: ``location`` (one location of this site) and ``dry_run``.
+A third step ``..._temporaries`` (same ``location`` and ``dry_run``) removes what killed runs
+left behind (defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
@@ -56,6 +58,7 @@ from ccat_dagster.defs.stages import (
     site_buffer_action,
     site_row,
 )
+from ccat_dagster.defs.temporaries import build_temporaries_op
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.availability import record_location_error, unavailability
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
@@ -268,6 +271,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
                 allow_retries=False,
             )
 
+    temporaries_step = build_temporaries_op(s)
+
     @job(
         name=cleanup_job_name(site),
         description=(
@@ -278,7 +283,9 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
         tags={"ccat/site": s, "ccat/stage": "deletion"},
     )
     def cleanup_job() -> None:
-        delete_step(lta_presence_step())
+        checked = lta_presence_step()
+        delete_step(checked)
+        temporaries_step(checked)
 
     return cleanup_job
 

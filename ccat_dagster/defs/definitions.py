@@ -12,6 +12,7 @@ from ccat_dagster.defs.cleanup import (
     build_cleanup_job,
     build_cleanup_schedule,
 )
+from ccat_dagster.defs.dead_runs import build_release_claims_sensor
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
@@ -49,6 +50,7 @@ def build_site_definitions(
     cleanup_job = build_cleanup_job(site)
     jobs.append(cleanup_job)
     sensors.append(build_buffer_monitor_sensor(site, cleanup_job))
+    sensors.append(build_release_claims_sensor(site.short_name, cleanup_job))
     checks += build_buffer_capacity_checks(site)
     checks += build_location_checks(site, _asset_keys(assets))
     return Definitions(

@@ -7,12 +7,14 @@ id) and ``claimed_at``. On PostgreSQL the claim locks candidate rows with ``SELE
 SKIP LOCKED`` and then updates them; on SQLite (which serializes writers) it is one conditional
 ``UPDATE ... WHERE id IN (...) AND <still claimable> RETURNING id``. Either way only the returned
 ids belong to the claimer. A claim older than the stale timeout (a crashed run) is claimable
-again. Every status change is audited in bulk with the rule name as reason.
+again; so is, at once, a claim whose run is known dead (``release_claims_of_dead_runs``). Every
+status change is audited in bulk with the rule name as reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +25,7 @@ from ccat_dagster.lifecycle.deletion import (
     DeletableCopy,
     RuleContext,
     chunks,
+    dl_t,
     pc_t,
     retry_or_stale,
 )
@@ -31,6 +34,7 @@ from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import CopyType, LocationType, PhysicalCopyStatus, utcnow
 
 S = PhysicalCopyStatus
+_CLAIMED = (S.DELETION_SCHEDULED, S.DELETION_IN_PROGRESS)
 
 
 def _claimable(ctx: RuleContext) -> sa.ColumnElement[bool]:
@@ -279,6 +283,96 @@ def release_claims(
         ],
     )
     return released
+
+
+@dataclass(frozen=True)
+class ReleasedClaims:
+    """What ``release_claims_of_dead_runs`` did: copies given back, and IN_PROGRESS copies left
+    claimed but claimable again at once."""
+
+    returned: int = 0
+    abandoned: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.returned or self.abandoned)
+
+
+def release_claims_of_dead_runs(
+    session: Session, run_ids: Sequence[str], *, reason: str
+) -> ReleasedClaims:
+    """Release at once the deletion claims held by runs known to be dead (no process any more),
+    instead of waiting for the stale-claim timeout.
+
+    A DELETION_SCHEDULED copy was not touched in storage yet: it goes back to its pre-claim
+    status (``status_before_claim``). A DELETION_IN_PROGRESS copy may already be gone from
+    storage, so it never becomes PRESENT again (the safety checks would count it as a live
+    copy): it stays DELETION_IN_PROGRESS with ``claimed_by`` NULL, which the rules treat as an
+    abandoned claim, and the next cleanup re-verifies and finishes it. Both audited with the dead
+    run's id. The caller commits.
+    """
+    run_ids = sorted(set(run_ids))
+    if not run_ids:
+        return ReleasedClaims()
+    rows = []
+    for chunk in chunks(run_ids):
+        rows += session.execute(
+            sa.select(
+                pc_t.c.id,
+                pc_t.c.type,
+                pc_t.c.data_location_id,
+                dl_t.c.location_type,
+                pc_t.c.status,
+                pc_t.c.claimed_by,
+            )
+            .join(dl_t, dl_t.c.id == pc_t.c.data_location_id)
+            .where(pc_t.c.claimed_by.in_(chunk), pc_t.c.status.in_(_CLAIMED))
+        ).all()
+    by_id = {r.id: r for r in rows}
+    targets: dict[tuple[PhysicalCopyStatus, PhysicalCopyStatus], list[int]] = {}
+    for r in rows:
+        new = (
+            status_before_claim(r.type, r.location_type)
+            if r.status == S.DELETION_SCHEDULED
+            else S.DELETION_IN_PROGRESS
+        )
+        targets.setdefault((r.status, new), []).append(r.id)
+    changed: list[tuple[int, PhysicalCopyStatus, PhysicalCopyStatus]] = []
+    for (old, new), ids in targets.items():
+        values: dict[str, Any] = {"claimed_by": None}
+        if old == S.DELETION_SCHEDULED:
+            values.update(status=new, claimed_at=None)
+        for chunk in chunks(ids):
+            got = session.scalars(
+                sa.update(pc_t)
+                .where(pc_t.c.id.in_(chunk), pc_t.c.status == old, pc_t.c.claimed_by.in_(run_ids))
+                .values(**values)
+                .returning(pc_t.c.id)
+            ).all()
+            changed += [(i, old, new) for i in got]
+    audit_many(
+        session,
+        [
+            {
+                "entity_type": "physical_copy",
+                "entity_id": copy_id,
+                "data_location_id": by_id[copy_id].data_location_id,
+                "old_status": old,
+                "new_status": new,
+                "reason": (
+                    f"claim released: {reason}"
+                    if old == S.DELETION_SCHEDULED
+                    else f"claim abandoned, claimable again at once: {reason}"
+                ),
+                "run_id": by_id[copy_id].claimed_by,
+                "evidence": {"dead_run": by_id[copy_id].claimed_by},
+            }
+            for copy_id, old, new in changed
+        ],
+    )
+    return ReleasedClaims(
+        returned=sum(1 for _, old, _ in changed if old == S.DELETION_SCHEDULED),
+        abandoned=sum(1 for _, old, _ in changed if old == S.DELETION_IN_PROGRESS),
+    )
 
 
 def find_permanent_deletion_failures(

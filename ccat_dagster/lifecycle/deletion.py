@@ -221,10 +221,12 @@ def lta_site_ids() -> sa.Select:
 
 
 def retry_or_stale(pc: Any, ctx: RuleContext) -> ColumnElement[bool]:
-    """A failed deletion with retries left, or a claim abandoned by a crashed run."""
+    """A failed deletion with retries left, or a claim abandoned by a crashed run (older than
+    the stale timeout, or released at once because its run is known dead: ``claimed_by`` NULL)."""
     return sa.or_(
         sa.and_(pc.c.status == S.DELETION_FAILED, pc.c.retry_count < ctx.policy.max_retries),
         sa.and_(pc.c.status.in_(_CLAIMED), pc.c.claimed_at < ctx.stale_cutoff),
+        sa.and_(pc.c.status.in_(_CLAIMED), pc.c.claimed_by.is_(None)),
     )
 
 

@@ -46,7 +46,7 @@ from ccat_dagster.storage.errors import (
     StorageError,
     TransientStorageError,
 )
-from ccat_dagster.storage.local import map_os_error
+from ccat_dagster.storage.local import map_os_error, partial_dir
 from ccat_ops_db.audit import audit, audit_many
 from ccat_ops_db.models import (
     DataLocation,
@@ -573,7 +573,12 @@ def _unpack_from(
             with storage_for(lta).open_read(package.relative_path) as stream:
                 reader = _CountingReader(stream)
                 unpack_package(
-                    reader, root, expected=expected, kind=RAW_DATA_PACKAGE, name=package.name
+                    reader,
+                    root,
+                    expected=expected,
+                    kind=RAW_DATA_PACKAGE,
+                    name=package.name,
+                    tmp_parent=partial_dir(root),
                 )
             return lta, reader.size
         except StorageError as exc:

@@ -25,7 +25,7 @@ from ccat_dagster.lifecycle.retries import handle_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError
-from ccat_dagster.storage.local import map_os_error
+from ccat_dagster.storage.local import map_os_error, partial_dir
 from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
@@ -263,6 +263,7 @@ def _unpack_into(
             expected=expected,
             kind="data_transfer_package",
             name=name,
+            tmp_parent=partial_dir(root),
         )
     except OSError as exc:
         raise map_os_error(exc, location=storage_name, key=key, reading=False, root=root) from exc

@@ -62,6 +62,7 @@ def unpack_package(
     expected: Mapping[str, ExpectedMember] | None = None,
     kind: str | None = None,
     name: str | None = None,
+    tmp_parent: Path | None = None,
 ) -> list[ManifestEntry]:
     """Verify and extract the package tar in ``stream`` into ``dest_dir``.
 
@@ -70,12 +71,19 @@ def unpack_package(
     ``dest_dir`` only when every one of them verified. A file already at a member's destination
     is accepted if its content is identical (re-unpacking is idempotent, also when a twin run
     unpacking the same package puts it there meanwhile) and is an error otherwise: nothing
-    different is ever overwritten.
+    different is ever overwritten. The temporary directory is made in ``tmp_parent`` (the
+    location's directory of writes in progress) when that is on the same filesystem as
+    ``dest_dir`` (members are renamed into place), else in ``dest_dir``.
     """
     dest_dir = Path(dest_dir)
     created_dest = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ccat-unpack-", dir=dest_dir))
+    parent = dest_dir
+    if tmp_parent is not None:
+        tmp_parent.mkdir(parents=True, exist_ok=True)
+        if os.stat(tmp_parent).st_dev == os.stat(dest_dir).st_dev:
+            parent = tmp_parent
+    tmp = Path(tempfile.mkdtemp(prefix=".ccat-unpack-", dir=parent))
     try:
         manifest, identical = _read_package(
             stream, tmp, expected=expected, kind=kind, name=name, dest_dir=dest_dir

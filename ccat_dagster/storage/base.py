@@ -1,7 +1,10 @@
 """One storage interface for every kind of location: local disk, SSH (SFTP) and S3.
 
 Keys are relative, '/'-separated object names under the location root (disk path or S3
-prefix). Backends move bytes and decide nothing.
+prefix). Backends move bytes and decide nothing. A write in progress is a *temporary* (a file in
+the location's ``.ccat-partial/`` directory, an unfinished S3 multipart upload) until it becomes
+the object; ``list_temporaries`` and ``remove_temporary`` find and remove the ones a killed
+process left behind, without walking the objects.
 """
 
 from __future__ import annotations
@@ -10,10 +13,15 @@ import abc
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 from ccat_dagster.storage.errors import ChecksumMismatchError, PermanentStorageError
 from ccat_ops_db.checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, HashingWriter
+
+#: the directory under a disk location's root that holds its writes in progress (one directory,
+#: so finding what a killed process left never walks the location's objects); no key may use it
+PARTIAL_DIR = ".ccat-partial"
 
 
 def check_key(key: str, *, location: str) -> str:
@@ -31,6 +39,8 @@ def check_key(key: str, *, location: str) -> str:
         reason = "NUL byte"
     elif key.endswith("/") or "//" in key:
         reason = "empty path component"
+    elif key.split("/", 1)[0] == PARTIAL_DIR:
+        reason = f"{PARTIAL_DIR}/ is reserved for writes in progress"
     if reason:
         raise PermanentStorageError(
             f"invalid object key ({reason}); keys are relative '/'-separated names under the "
@@ -67,6 +77,23 @@ class WriteResult:
 class DeleteResult:
     key: str
     existed: bool  # False: it was already missing, which counts as deleted
+
+
+@dataclass(frozen=True)
+class TemporaryObject:
+    """A write (or unpack) in progress, or left behind by a process that died: never visible as
+    an object. ``name`` is the backend's handle (a path under the location root, or the S3 key
+    of an unfinished multipart upload with its ``upload_id``); ``modified_at`` (UTC) is its last
+    write, or when the upload was initiated."""
+
+    name: str
+    size: int
+    modified_at: datetime
+    upload_id: str | None = None
+
+    def describe(self) -> str:
+        upload = f" (multipart upload {self.upload_id})" if self.upload_id else ""
+        return f"{self.name}{upload}, {self.size} bytes, {self.modified_at.isoformat()}"
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,15 @@ class Storage(abc.ABC):
         """(algorithm, hexdigest) recorded with the object when it was written, if the backend
         keeps one (S3 object metadata); None means: compute it with ``checksum``."""
         return None
+
+    def list_temporaries(self) -> Iterator[TemporaryObject]:
+        """Every temporary at the location (writes in progress and leftovers of dead ones)."""
+        return iter(())
+
+    def remove_temporary(self, temporary: TemporaryObject) -> bool:  # noqa: ARG002
+        """Remove a temporary ``list_temporaries`` returned; False if it was already gone. Only
+        for temporaries no live process writes any more: the caller decides that."""
+        return False
 
     def disk_usage(self) -> DiskUsage:
         raise NotImplementedError(f"{self.name}: disk usage is only defined for disk locations")

@@ -1,8 +1,10 @@
 """Local-disk storage: objects are files under a root directory on a filesystem mounted where the
-code runs. Writes go to a hidden ``.<name>.part-<uuid>`` file in the target directory, are fsynced
-and renamed into place only when complete, so a reader never sees a partial file under its final
-name; OS errors are mapped to transient or permanent storage errors naming location and key, or
-to LocationUnavailableError when they belong to the location rather than to one object (root
+code runs. Writes go to a temporary file in ``<root>/.ccat-partial/``, are fsynced and renamed
+into place only when complete, so a reader never sees a partial file under its final name (where
+the target directory is on another filesystem mounted under the root, the temporary is a hidden
+``.<name>.part-<uuid>`` beside the target instead, so the rename stays atomic). OS errors are
+mapped to transient or permanent storage errors naming location and key, or to
+LocationUnavailableError when they belong to the location rather than to one object (root
 missing or not a directory, mount gone, disk full, read-only). The root is never created by a
 write: a missing root is a missing mount, not a directory to make on the disk beneath it.
 """
@@ -16,14 +18,17 @@ import stat as stat_mode
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from ccat_dagster.storage.base import (
+    PARTIAL_DIR,
     DeleteResult,
     DiskUsage,
     ObjectStat,
     Storage,
+    TemporaryObject,
     check_key,
     check_prefix,
 )
@@ -64,6 +69,12 @@ _MOUNT_GONE_ERRNOS = {
 def is_part_file(name: str) -> bool:
     """True for the temporary name of a write in progress (``.<base>.part-<uuid>``)."""
     return name.startswith(".") and PART_MARKER in name
+
+
+def partial_dir(root: str | os.PathLike[str]) -> Path:
+    """The directory of writes in progress under a disk location's root (also where unpacking
+    builds its temporary directories)."""
+    return Path(root) / PARTIAL_DIR
 
 
 def root_problem(root: Path | None, *, empty_counts: bool = False) -> str | None:
@@ -271,13 +282,23 @@ class LocalDiskStorage(Storage):
         finally:
             fh.close()
 
+    def _temporary_for(self, path: Path) -> Path:
+        """Where a write to ``path`` goes first: ``.ccat-partial/`` when it is on the same
+        filesystem as the target directory (the rename must not cross filesystems)."""
+        partial = partial_dir(self.root)
+        partial.mkdir(exist_ok=True)
+        name = f"{uuid.uuid4().hex}-{path.name[:100]}"
+        if os.stat(partial).st_dev == os.stat(path.parent).st_dev:
+            return partial / name
+        return path.with_name(f".{path.name}{PART_MARKER}{uuid.uuid4().hex}")
+
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         path = self.path_of(key)
-        tmp = path.with_name(f".{path.name}{PART_MARKER}{uuid.uuid4().hex}")
         self._require_root(key)  # never create the root itself: it is a mount point
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._temporary_for(path)
             fh = open(tmp, "xb")  # noqa: SIM115 - closed below on every path
         except OSError as exc:
             raise self._map(exc, key, reading=False) from exc
@@ -329,6 +350,8 @@ class LocalDiskStorage(Storage):
         for dirpath, dirnames, filenames in os.walk(start, onerror=self._raise_walk_error):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == "." and PARTIAL_DIR in dirnames:
+                dirnames.remove(PARTIAL_DIR)  # writes in progress, never objects
             for filename in sorted(filenames):
                 if is_part_file(filename):
                     continue
@@ -353,12 +376,73 @@ class LocalDiskStorage(Storage):
         except OSError as exc:
             raise self._map(exc, key, reading=True) from exc
 
+    def list_temporaries(self) -> Iterator[TemporaryObject]:
+        """Files (writes) and directories (unpacks) in ``.ccat-partial/``; a directory's size is
+        the sum of its files, its time the newest modification inside it."""
+        partial = partial_dir(self.root)
+        try:
+            entries = sorted(os.scandir(partial), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._map(exc, PARTIAL_DIR, reading=True) from exc
+        for entry in entries:
+            try:
+                size, mtime = _tree_size_and_mtime(Path(entry.path))
+            except FileNotFoundError:
+                continue  # finished (renamed or removed) while listing
+            except OSError as exc:
+                raise self._map(exc, f"{PARTIAL_DIR}/{entry.name}", reading=True) from exc
+            yield TemporaryObject(
+                name=f"{PARTIAL_DIR}/{entry.name}",
+                size=size,
+                modified_at=datetime.fromtimestamp(mtime, UTC),
+            )
+
+    def remove_temporary(self, temporary: TemporaryObject) -> bool:
+        directory, _, name = temporary.name.partition("/")
+        if directory != PARTIAL_DIR or not name or "/" in name or name in (".", ".."):
+            raise PermanentStorageError(
+                "not a temporary of this location; refusing to remove it",
+                location=self.name,
+                key=temporary.name,
+            )
+        path = partial_dir(self.root) / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._map(exc, temporary.name, reading=False) from exc
+        return True
+
     def disk_usage(self) -> DiskUsage:
         try:
             usage = shutil.disk_usage(self.root)
         except OSError as exc:
             raise self._map(exc, None, reading=False) from exc
         return DiskUsage(total_bytes=usage.total, used_bytes=usage.used)
+
+
+def _tree_size_and_mtime(path: Path) -> tuple[int, float]:
+    """Total size of the files under ``path`` (or of the file) and the newest mtime there."""
+    st = path.lstat()
+    if not path.is_dir() or path.is_symlink():
+        return st.st_size, st.st_mtime
+    size, newest = 0, st.st_mtime
+    for dirpath, _dirnames, filenames in os.walk(path):
+        newest = max(newest, os.lstat(dirpath).st_mtime)
+        for filename in filenames:
+            try:
+                file_stat = os.lstat(os.path.join(dirpath, filename))
+            except FileNotFoundError:
+                continue
+            size += file_stat.st_size
+            newest = max(newest, file_stat.st_mtime)
+    return size, newest
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,8 +2,9 @@
 visible only on CompleteMultipartUpload (aborted on any error, so a failed write never leaves a
 partial object under its final key). ``write_stream`` uploads parts in parallel with bounded
 memory, hashes the stream on the way and completes only if the checksum matches; the checksum and
-its algorithm are stored as object metadata for later live checks. Credentials come from the
-environment (boto3's default chain), never from the topology.
+its algorithm are stored as object metadata for later live checks. Unfinished multipart uploads
+(of a killed process) are the location's temporaries. Credentials come from the environment
+(boto3's default chain), never from the topology.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ccat_dagster.storage.base import (
     DiskUsage,
     ObjectStat,
     Storage,
+    TemporaryObject,
     WriteResult,
     check_key,
     check_prefix,
@@ -605,6 +607,54 @@ class S3Storage(Storage):
             raise
         except Exception as exc:
             raise self._map(exc, prefix or None) from exc
+
+    def list_temporaries(self) -> Iterator[TemporaryObject]:
+        """Unfinished multipart uploads under the prefix (size: the parts uploaded so far)."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    size = sum(
+                        int(part["Size"])
+                        for parts in self.client.get_paginator("list_parts").paginate(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        for part in parts.get("Parts", [])
+                    )
+                    yield TemporaryObject(
+                        name=self._relative(upload["Key"]),
+                        size=size,
+                        modified_at=upload["Initiated"],
+                        upload_id=upload["UploadId"],
+                    )
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._map(exc, None) from exc
+
+    def remove_temporary(self, temporary: TemporaryObject) -> bool:
+        if not temporary.upload_id:
+            raise PermanentStorageError(
+                "not an unfinished multipart upload; refusing to remove anything",
+                location=self.name,
+                key=temporary.name,
+            )
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.object_key(temporary.name),
+                UploadId=temporary.upload_id,
+            )
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
+                return False
+            raise self._map(exc, temporary.name) from exc
+        except Exception as exc:
+            raise self._map(exc, temporary.name) from exc
+        return True
 
     def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
         with self.open_read(key) as stream:

@@ -3,9 +3,10 @@ listdir, remove, posix_rename, mkdir) and short exec commands (checksum, df, syn
 through OpenSSH ``ssh`` subprocesses running ``cat`` on a shared master connection
 (``ssh_subprocess``), about twice paramiko's throughput, or, without an ``ssh`` client, through
 paramiko (exec-channel ``cat`` for reads, pipelined SFTP for writes); ``bulk_transport`` says
-which. Writes land in a temporary name beside the destination, are size-checked and fsynced, then
-renamed into place, so a dropped connection never leaves a partial file under the destination
-name. Every remote command is built with ``shlex.quote`` and needs a POSIX shell on the server.
+which. Writes land in a temporary file in ``<root>/.ccat-partial/`` (the root must be one
+filesystem), are size-checked and fsynced, then renamed into place, so a dropped connection never
+leaves a partial file under the destination name. Every remote command is built with
+``shlex.quote`` and needs a POSIX shell on the server.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 import paramiko
 
 from ccat_dagster.storage.base import (
+    PARTIAL_DIR,
     DeleteResult,
     DiskUsage,
     ObjectStat,
     Storage,
+    TemporaryObject,
     check_key,
     check_prefix,
 )
@@ -122,13 +126,14 @@ def _hash_command(algorithm: str, tool: str) -> str:
 
 
 def is_temp_name(basename: str) -> bool:
-    """True for the temporary name of a write still in progress (or abandoned)."""
+    """True for the temporary name a write beside its destination had before writes moved to
+    ``.ccat-partial/`` (still never listed as an object, nor accepted as a key)."""
     return bool(_TEMP_NAME.match(basename))
 
 
-def temp_path_for(path: str) -> str:
-    directory, base = posixpath.split(path)
-    return posixpath.join(directory, f".{base}.part-{uuid.uuid4().hex}")
+def temp_path_for(root: str, path: str) -> str:
+    """The temporary file of a write to ``path``: in ``<root>/.ccat-partial/``."""
+    return posixpath.join(root, PARTIAL_DIR, f"{uuid.uuid4().hex}-{posixpath.basename(path)[:100]}")
 
 
 class SSHStorage(Storage):
@@ -427,11 +432,12 @@ class SSHStorage(Storage):
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
-        """Push into a temporary name in the destination directory; on a clean exit check its
+        """Push into a temporary file in ``<root>/.ccat-partial/``; on a clean exit check its
         size, fsync it and rename it into place."""
         path = self._path(key)
-        temp = temp_path_for(path)
+        temp = temp_path_for(self.root, path)
         self._makedirs(posixpath.dirname(path), key)
+        self._makedirs(posixpath.dirname(temp), key)
         if self.bulk_transport == OPENSSH:
             with self._write_openssh(key, path, temp) as writer:
                 yield writer
@@ -562,6 +568,8 @@ class SSHStorage(Storage):
         for entry in sorted(entries, key=lambda e: e.filename):
             rel = f"{rel_dir}/{entry.filename}" if rel_dir else entry.filename
             mode = entry.st_mode or 0
+            if rel == PARTIAL_DIR:
+                continue  # writes in progress, never objects
             if stat_mode.S_ISDIR(mode):
                 if rel.startswith(prefix) or prefix.startswith(rel + "/"):
                     yield from self._walk(rel, prefix)
@@ -571,6 +579,44 @@ class SSHStorage(Storage):
                 and rel.startswith(prefix)
             ):
                 yield rel, entry.st_size or 0
+
+    def list_temporaries(self) -> Iterator[TemporaryObject]:
+        """The files (and any directories) in ``<root>/.ccat-partial/`` on the server."""
+        directory = posixpath.join(self.root, PARTIAL_DIR)
+        with self._errors(PARTIAL_DIR, "list temporaries"), self.connection.sftp_lock:
+            try:
+                entries = self.connection.sftp().listdir_attr(directory)
+            except FileNotFoundError:
+                return
+        for entry in sorted(entries, key=lambda e: e.filename):
+            yield TemporaryObject(
+                name=f"{PARTIAL_DIR}/{entry.filename}",
+                size=entry.st_size or 0,
+                modified_at=datetime.fromtimestamp(entry.st_mtime or 0, UTC),
+            )
+
+    def remove_temporary(self, temporary: TemporaryObject) -> bool:
+        directory, _, name = temporary.name.partition("/")
+        if directory != PARTIAL_DIR or not name or "/" in name or name in (".", ".."):
+            raise PermanentStorageError(
+                "not a temporary of this location; refusing to remove it",
+                location=self.name,
+                key=temporary.name,
+            )
+        path = posixpath.join(self.root, PARTIAL_DIR, name)
+        with self._errors(temporary.name, "remove temporary"), self.connection.sftp_lock:
+            sftp = self.connection.sftp()
+            try:
+                is_dir = stat_mode.S_ISDIR(sftp.lstat(path).st_mode or 0)
+                if not is_dir:
+                    sftp.remove(path)
+                    return True
+            except FileNotFoundError:
+                return False
+        status, _, err = self._run(f"rm -rf -- {shlex.quote(path)}", temporary.name, "remove")
+        if status != 0:
+            raise self._command_error(status, err, temporary.name, "remove temporary")
+        return True
 
     def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
         """Computed on the server (``<alg>sum``, no bytes cross the network); streamed through

@@ -14,11 +14,13 @@ from sqlalchemy.orm import Session
 from ccat_dagster.lifecycle import deletion as d
 from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
 from ccat_dagster.lifecycle.claims import (
+    ReleasedClaims,
     claim_for_deletion,
     mark_deleted,
     mark_failed,
     mark_in_progress,
     release_claims,
+    release_claims_of_dead_runs,
 )
 from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanup_cycle
 from ccat_dagster.lifecycle.policy import Policy
@@ -222,3 +224,52 @@ def test_concurrent_cleanup_cycles_delete_each_copy_exactly_once(engine, session
     )
     assert marked == 12
     assert not any(f.object_path(topo.source_buffer, "packages").glob("*.tar"))
+
+
+def test_claims_of_a_dead_run_are_released_at_once(session, topo):
+    """Scheduled copies go back to their pre-claim status, IN_PROGRESS ones stay claimed but are
+    claimable at once (never PRESENT again: the object may be gone); other runs keep theirs."""
+    pkg, _ = f.archived_package(topo, n_files=2)
+    other, _ = f.archived_package(topo, n_files=1)
+    d.mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(60 * 24 * 31))
+    session.commit()
+    ctx = d.rule_context(session)
+    package_rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    mine = [r for r in package_rows if r.entity_id == pkg.id]
+    theirs = [r for r in package_rows if r.entity_id == other.id]
+    files = d.process_deletion_possible_raw_data_files(session, ctx=ctx)
+    assert len(files) == 2 and mine and theirs
+    claim_for_deletion(session, mine + files, run_id="dead", ctx=ctx)
+    claim_for_deletion(session, theirs, run_id="alive", ctx=ctx)
+    session.commit()
+    in_progress = mark_in_progress(session, files[:1], run_id="dead")
+    session.commit()
+    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+
+    released = release_claims_of_dead_runs(session, ["dead"], reason="run dead: process gone")
+    session.commit()
+
+    assert (released.returned, released.abandoned) == (2, 1)
+    session.expire_all()
+    pkg_copy = session.get(PhysicalCopy, mine[0].copy_id)
+    assert (pkg_copy.status, pkg_copy.claimed_by, pkg_copy.claimed_at) == (S.PRESENT, None, None)
+    scheduled_file = session.get(PhysicalCopy, files[1].copy_id)
+    assert (scheduled_file.status, scheduled_file.claimed_by) == (S.DELETION_POSSIBLE, None)
+    abandoned = session.get(PhysicalCopy, in_progress[0].copy_id)
+    assert (abandoned.status, abandoned.claimed_by) == (S.DELETION_IN_PROGRESS, None)
+    assert session.get(PhysicalCopy, theirs[0].copy_id).claimed_by == "alive"
+    # claimable again now, not after the stale timeout
+    again = d.process_deletion_possible_raw_data_files(session)
+    assert {r.copy_id for r in again} >= {abandoned.id}
+    assert claim_for_deletion(session, again, run_id="next", ctx=d.rule_context(session))
+    audits = session.scalars(
+        select(AuditLog).where(AuditLog.run_id == "dead", AuditLog.reason.like("claim %"))
+    ).all()
+    assert sorted((a.old_status, a.new_status) for a in audits) == sorted(
+        [
+            ("DELETION_SCHEDULED", "PRESENT"),
+            ("DELETION_SCHEDULED", "DELETION_POSSIBLE"),
+            ("DELETION_IN_PROGRESS", "DELETION_IN_PROGRESS"),
+        ]
+    )
+    assert release_claims_of_dead_runs(session, ["dead"], reason="again") == ReleasedClaims()

@@ -323,3 +323,32 @@ def test_writer_refuses_a_member_without_filed_checksum(tmp_path):
     member = PackageMember("f", 1, None, opener(path))  # e.g. a row never filed
     with pytest.raises(InvalidPackageMemberError, match="invalid sha256 checksum None"):
         write_package(io.BytesIO(), [member], kind=RAW_DATA_PACKAGE, name="p")
+
+
+def test_unpack_builds_its_temporary_directory_in_tmp_parent(tmp_path):
+    """The location's directory of writes in progress holds the unpack while it runs (so a
+    killed unpack is found there without walking the destination), and nothing afterwards."""
+    src = make_source(tmp_path / "src")
+    tar_path = tmp_path / "rdp.tar"
+    members, _ = write_rdp(src, tar_path)
+    partial = tmp_path / "root" / ".ccat-partial"
+    seen: list[list[str]] = []
+
+    class Watching(io.RawIOBase):
+        def __init__(self):
+            self._data = io.BytesIO(tar_path.read_bytes())
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            seen.append(sorted(p.name for p in partial.iterdir()))
+            chunk = self._data.read(min(len(b), 4096))
+            b[: len(chunk)] = chunk
+            return len(chunk)
+
+    dest = tmp_path / "root" / "raw_data_packages"
+    unpack_package(Watching(), dest, expected=expected_for(members), tmp_parent=partial)
+    assert tree(dest) == tree(src)
+    assert any(names and names[0].startswith(".ccat-unpack-") for names in seen)
+    assert list(partial.iterdir()) == [] and not any(p.name.startswith(".") for p in dest.iterdir())

@@ -6,10 +6,12 @@ import errno
 import io
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from ccat_dagster.storage.base import TemporaryObject
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
     LocationFullError,
@@ -17,7 +19,7 @@ from ccat_dagster.storage.errors import (
     PermanentStorageError,
     TransientStorageError,
 )
-from ccat_dagster.storage.local import LocalDiskStorage, is_part_file, map_os_error
+from ccat_dagster.storage.local import LocalDiskStorage, map_os_error
 from ccat_ops_db.checksum import checksum_chunks
 
 NAME = "ccat/telescope_buffer"
@@ -38,11 +40,14 @@ def test_open_write_publishes_bytes_only_when_block_completes(disk: LocalDiskSto
     with disk.open_write("pkg/a.tar") as out:
         out.write(b"hello ")
         out.write(b"world")
-        assert not final.exists()
-        [part] = list(final.parent.iterdir())
-        assert is_part_file(part.name) and part.name.startswith(".a.tar.part-")
+        assert not final.exists() and list(final.parent.iterdir()) == []
+        [part] = list((disk.root / ".ccat-partial").iterdir())
+        assert part.name.endswith("-a.tar")
+        [temporary] = list(disk.list_temporaries())
+        assert temporary.name == f".ccat-partial/{part.name}"
     assert final.read_bytes() == b"hello world"
     assert files_under(disk.root) == ["pkg/a.tar"]
+    assert list(disk.list_temporaries()) == []
 
 
 def test_exception_inside_open_write_leaves_nothing(disk: LocalDiskStorage):
@@ -188,7 +193,7 @@ def test_disk_full_is_a_location_condition_and_leaves_no_partial_file(tiny_tmpfs
     with pytest.raises(LocationFullError, match="disk full") as info:
         disk.write_stream("big.bin", io.BytesIO(b"x" * (3 * 1024 * 1024)))
     assert "big.bin" in str(info.value)
-    assert list(tiny_tmpfs.iterdir()) == []
+    assert files_under(tiny_tmpfs) == [] and list(disk.list_temporaries()) == []
 
 
 def test_read_only_filesystem_is_a_location_condition(tiny_tmpfs: Path):
@@ -201,6 +206,42 @@ def test_read_only_filesystem_is_a_location_condition(tiny_tmpfs: Path):
 def test_disk_usage_reports_filesystem_of_root(disk: LocalDiskStorage):
     usage = disk.disk_usage()
     assert usage.total_bytes > 0 and 0 <= usage.percent <= 100
+
+
+def test_leftovers_of_a_killed_write_and_unpack_are_listed_and_removed(disk: LocalDiskStorage):
+    with disk.open_write("raw/kept.bin") as out:
+        out.write(b"object")
+    partial = disk.root / ".ccat-partial"
+    (partial / "0123-pkg.tar").write_bytes(b"x" * 10)  # a write whose process was killed
+    unpack = partial / ".ccat-unpack-abc" / "raw" / "obs"
+    unpack.mkdir(parents=True)
+    (unpack / "f1.fits").write_bytes(b"y" * 7)
+    os.utime(partial / "0123-pkg.tar", (1_000_000_000, 1_000_000_000))
+    found = {t.name: t for t in disk.list_temporaries()}
+    assert set(found) == {".ccat-partial/0123-pkg.tar", ".ccat-partial/.ccat-unpack-abc"}
+    assert found[".ccat-partial/0123-pkg.tar"].size == 10
+    assert found[".ccat-partial/0123-pkg.tar"].modified_at.timestamp() == 1_000_000_000
+    assert found[".ccat-partial/.ccat-unpack-abc"].size == 7
+    assert dict(disk.list()) == {"raw/kept.bin": 6}, "temporaries are never objects"
+    for temporary in found.values():
+        assert disk.remove_temporary(temporary) is True
+        assert disk.remove_temporary(temporary) is False
+    assert list(disk.list_temporaries()) == [] and files_under(disk.root) == ["raw/kept.bin"]
+
+
+@pytest.mark.parametrize("name", ["raw/kept.bin", ".ccat-partial/../raw/kept.bin", ".ccat-partial"])
+def test_remove_temporary_refuses_anything_else(disk: LocalDiskStorage, name: str):
+    with disk.open_write("raw/kept.bin") as out:
+        out.write(b"object")
+    fake = TemporaryObject(name=name, size=6, modified_at=datetime.now(UTC))
+    with pytest.raises(PermanentStorageError, match="not a temporary"):
+        disk.remove_temporary(fake)
+    assert (disk.root / "raw" / "kept.bin").exists()
+
+
+def test_keys_under_the_directory_of_writes_in_progress_are_refused(disk: LocalDiskStorage):
+    with pytest.raises(PermanentStorageError, match="reserved for writes in progress"):
+        disk.open_write(".ccat-partial/x").__enter__()
 
 
 def test_missing_root_is_a_location_condition_and_is_never_recreated(tmp_path: Path):

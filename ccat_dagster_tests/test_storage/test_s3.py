@@ -232,3 +232,29 @@ def test_client_built_by_dagster_aws_s3_resource_works(s3_endpoint, s3_bucket, s
     digest, _ = checksum_chunks([data])
     lta.write_stream("x.bin", io.BytesIO(data), expected_checksum=digest)
     assert s3_client.get_object(Bucket=s3_bucket, Key="via-resource/x.bin")["Body"].read() == data
+
+
+def test_unfinished_multipart_upload_of_a_killed_writer_is_listed_and_aborted(
+    lta, s3_client, s3_bucket
+):
+    lta.write_stream("pkg/kept.tar", io.BytesIO(b"object"))
+    upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="raw/pkg/killed.tar")
+    s3_client.upload_part(
+        Bucket=s3_bucket,
+        Key="raw/pkg/killed.tar",
+        UploadId=upload["UploadId"],
+        PartNumber=1,
+        Body=b"x" * (5 * MIB),
+    )
+    other_prefix = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="elsewhere/x.tar")
+    [temporary] = lta.list_temporaries()
+    assert (temporary.name, temporary.upload_id) == ("pkg/killed.tar", upload["UploadId"])
+    assert temporary.size == 5 * MIB and temporary.modified_at.tzinfo is not None
+    assert lta.remove_temporary(temporary) is True
+    assert lta.remove_temporary(temporary) is False
+    assert list(lta.list_temporaries()) == []
+    assert [u["Key"] for u in pending_uploads(s3_client, s3_bucket)] == ["elsewhere/x.tar"]
+    assert lta.stat("pkg/kept.tar").exists
+    s3_client.abort_multipart_upload(
+        Bucket=s3_bucket, Key="elsewhere/x.tar", UploadId=other_prefix["UploadId"]
+    )

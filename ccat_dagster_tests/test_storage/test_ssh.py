@@ -148,8 +148,9 @@ def test_list_yields_objects_under_prefix_and_skips_in_progress_writes(storage, 
     for key, size in [("raw/pkg_1.tar", 1), ("raw/pkg_2.tar", 2), ("raw/sub/x", 3), ("dtp/y", 4)]:
         storage.write_stream(key, io.BytesIO(b"z" * size))
     temp = remote_root / "raw" / ".pkg_3.tar.part-0123456789abcdef0123456789abcdef"
-    temp.write_bytes(b"partial")
+    temp.write_bytes(b"partial")  # the name of a write in progress before .ccat-partial/
     assert is_temp_name(temp.name)
+    (remote_root / ".ccat-partial" / "0123-pkg_4.tar").write_bytes(b"partial")
 
     assert list(storage.list()) == [
         ("dtp/y", 4),
@@ -160,6 +161,36 @@ def test_list_yields_objects_under_prefix_and_skips_in_progress_writes(storage, 
     assert list(storage.list("raw/pkg_")) == [("raw/pkg_1.tar", 1), ("raw/pkg_2.tar", 2)]
     assert list(storage.list("raw/sub/")) == [("raw/sub/x", 3)]
     assert list(storage.list("nothing/here")) == []
+
+
+def test_leftover_of_a_killed_write_is_listed_and_removed(storage, remote_root):
+    storage.write_stream("raw/kept.tar", io.BytesIO(b"object"))
+    partial = remote_root / ".ccat-partial"
+    assert list(partial.iterdir()) == [], "a finished write leaves nothing behind"
+    (partial / "0123-pkg.tar").write_bytes(b"x" * 10)  # its writer was killed
+    os.utime(partial / "0123-pkg.tar", (1_000_000_000, 1_000_000_000))
+    (partial / ".ccat-unpack-abc" / "raw").mkdir(parents=True)
+    (partial / ".ccat-unpack-abc" / "raw" / "f").write_bytes(b"y")
+    found = {t.name: t for t in storage.list_temporaries()}
+    assert set(found) == {".ccat-partial/0123-pkg.tar", ".ccat-partial/.ccat-unpack-abc"}
+    assert found[".ccat-partial/0123-pkg.tar"].size == 10
+    assert found[".ccat-partial/0123-pkg.tar"].modified_at.timestamp() == 1_000_000_000
+    for temporary in found.values():
+        assert storage.remove_temporary(temporary) is True
+        assert storage.remove_temporary(temporary) is False
+    assert list(storage.list_temporaries()) == []
+    assert files_under(remote_root) == ["raw/kept.tar"]
+
+
+def test_write_in_progress_is_a_temporary_until_it_completes(storage, remote_root):
+    with storage.open_write("raw/slow.tar") as out:
+        out.write(b"a" * 1000)
+        out.flush()
+        [temporary] = storage.list_temporaries()
+        assert temporary.name.endswith("-slow.tar")
+        assert not (remote_root / "raw" / "slow.tar").exists()
+    assert list(storage.list_temporaries()) == []
+    assert (remote_root / "raw" / "slow.tar").read_bytes() == b"a" * 1000
 
 
 def test_disk_usage_reports_the_filesystem_of_the_root(storage, remote_root):

@@ -1,0 +1,93 @@
+"""Tiny Definitions for runner tests, independent of the pipeline: a job that always fails (like
+a cleanup whose storage is permanently broken), one that fails every other time, and one that
+runs until it is killed (importable by a subprocess that runs it)."""
+
+from __future__ import annotations
+
+import time
+
+from dagster import (
+    Definitions,
+    Failure,
+    MetadataValue,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    job,
+    op,
+    sensor,
+)
+
+BROKEN = "cannot open the storage of test/broken_disk: permission denied"
+
+
+@op
+def broken_storage_op() -> None:
+    raise Failure(
+        description=BROKEN,
+        metadata={"copy": MetadataValue.text("RawDataPackage pkg_7 at test/broken_disk")},
+        allow_retries=False,
+    )
+
+
+@job
+def always_fails() -> None:
+    broken_storage_op()
+
+
+@sensor(job=always_fails)
+def always_requests_the_failing_job(_context: SensorEvaluationContext):
+    return RunRequest(run_config={}, tags={"test": "always_fails"})
+
+
+def failing_definitions() -> Definitions:
+    return Definitions(jobs=[always_fails], sensors=[always_requests_the_failing_job])
+
+
+FLAKY_ATTEMPTS: list[int] = []  # attempts of the flaky op in this process
+FLAKY_RUNS_WANTED = 10
+
+
+@op
+def flaky_op() -> None:
+    FLAKY_ATTEMPTS.append(1)
+    if len(FLAKY_ATTEMPTS) % 2 == 1:
+        raise Failure(description="transient trouble", allow_retries=False)
+
+
+@job
+def flaky() -> None:
+    flaky_op()
+
+
+@sensor(job=flaky)
+def requests_flaky_until_done(_context: SensorEvaluationContext):
+    if len(FLAKY_ATTEMPTS) >= FLAKY_RUNS_WANTED:
+        return SkipReason("done")
+    return RunRequest(run_config={}, tags={"test": "flaky"})
+
+
+def flaky_definitions() -> Definitions:
+    return Definitions(jobs=[flaky], sensors=[requests_flaky_until_done])
+
+
+@op
+def sleep_until_killed() -> None:
+    time.sleep(600)
+
+
+@job
+def sleeper() -> None:
+    sleep_until_killed()
+
+
+@sensor(job=sleeper)
+def requests_the_sleeper_once(context: SensorEvaluationContext):
+    if context.cursor:
+        return SkipReason("requested already")
+    context.update_cursor("requested")
+    return RunRequest(run_config={}, tags={"test": "sleeper"})
+
+
+def sleeper_definitions() -> Definitions:
+    return Definitions(jobs=[sleeper], sensors=[requests_the_sleeper_once])

@@ -1,0 +1,121 @@
+"""``run_until_idle`` on tiny real Dagster definitions: work that keeps failing is not retried
+again in the same invocation and is reported with its reason; a run whose process was killed
+is found dead (pid gone, or reused: the start time differs) and marked failed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from ccat_dagster.instance import write_instance_config
+from ccat_dagster.run_health import (
+    OWNER_PID_TAG,
+    dead_runs,
+    fail_dead_runs,
+    owner_alive,
+    process_identity,
+)
+from ccat_dagster.runner import run_until_idle
+from ccat_dagster_tests import runner_support
+from ccat_dagster_tests.deployment_support import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _instance(home: Path) -> DagsterInstance:
+    write_instance_config(home)
+    return DagsterInstance.from_config(str(home))
+
+
+def test_request_that_keeps_failing_is_blocked_with_its_reason(tmp_path):
+    with _instance(tmp_path / "dagster_home") as instance:
+        report = run_until_idle(
+            [runner_support.failing_definitions()], instance=instance, log=lambda m: None
+        )
+    assert report.runs == 5 and report.passes <= 6, "stops retrying, far below max_passes"
+    assert not report.idle and report.stopped is None
+    [blocked] = report.blocked
+    assert blocked.job_name == "always_fails" and blocked.failures == 5
+    assert runner_support.BROKEN in blocked.reason
+    assert "pkg_7 at test/broken_disk" in blocked.reason
+    assert blocked.last_run_id in blocked.describe()
+
+
+def test_a_success_in_between_resets_the_count(tmp_path):
+    runner_support.FLAKY_ATTEMPTS.clear()
+    with _instance(tmp_path / "dagster_home") as instance:
+        report = run_until_idle(
+            [runner_support.flaky_definitions()],
+            instance=instance,
+            log=lambda m: None,
+            max_request_failures=2,
+        )
+    assert len(report.failed_runs) == 5 and report.runs == 10
+    assert report.blocked == [] and report.idle
+
+
+def test_max_passes_is_reported(tmp_path):
+    runner_support.FLAKY_ATTEMPTS.clear()
+    with _instance(tmp_path / "dagster_home") as instance:
+        report = run_until_idle(
+            [runner_support.flaky_definitions()],
+            instance=instance,
+            log=lambda m: None,
+            max_passes=3,
+        )
+    assert report.passes == 3 and not report.idle
+    assert "stopped after 3 passes" in report.stopped
+
+
+def test_owner_identity_judges_only_processes_it_can_see():
+    me = process_identity()
+    assert me is not None and owner_alive(me) is True
+    assert owner_alive(replace(me, start_ticks=me.start_ticks + 1)) is False  # pid reused
+    assert owner_alive(replace(me, boot_id="another-boot")) is None
+    assert owner_alive(replace(me, host="another-host")) is None
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = process_identity(child.pid)
+    child.kill()
+    child.wait()
+    assert owner_alive(identity) is False
+
+
+def test_run_of_a_killed_runner_is_found_dead_and_failed(tmp_path):
+    home = tmp_path / "dagster_home"
+    with _instance(home) as instance:
+        script = textwrap.dedent(
+            f"""
+            from dagster import DagsterInstance
+            from ccat_dagster.runner import run_until_idle
+            from ccat_dagster_tests.runner_support import sleeper_definitions
+            with DagsterInstance.from_config({str(home)!r}) as instance:
+                run_until_idle([sleeper_definitions()], instance=instance)
+            """
+        )
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        runner = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+        try:
+            run = wait_until(
+                lambda: next(
+                    iter(instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))), None
+                ),
+                timeout=120,
+                what="the sleeper run to start",
+            )
+            assert run.tags[OWNER_PID_TAG] == str(runner.pid)
+            assert dead_runs(instance) == [], "its runner is alive"
+        finally:
+            os.kill(runner.pid, signal.SIGKILL)
+            runner.wait()
+        [dead] = dead_runs(instance)
+        assert dead.run_id == run.run_id and "no longer exists" in dead.reason
+        assert [d.run_id for d in fail_dead_runs(instance)] == [run.run_id]
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        assert dead_runs(instance) == [] and fail_dead_runs(instance) == []
