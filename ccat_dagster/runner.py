@@ -167,6 +167,9 @@ def _tick_sensors(loop: _Loop, defs: Definitions) -> int:
             _tick_failed(report, sensor_def.name, exc, log)
             continue
         _apply_partition_requests(instance, data.dynamic_partitions_requests)
+        # as the daemon does: a sensor's observations and check results go to the instance
+        for event in data.asset_events or []:
+            instance.report_runless_asset_event(event)
         if data.cursor is not None and data.cursor != cursor:
             instance.run_storage.set_cursor_values({key: data.cursor})
         for request in data.run_requests or []:

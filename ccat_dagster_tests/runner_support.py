@@ -7,11 +7,14 @@ from __future__ import annotations
 import time
 
 from dagster import (
+    AssetKey,
+    AssetObservation,
     Definitions,
     Failure,
     MetadataValue,
     RunRequest,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     job,
     op,
@@ -91,3 +94,18 @@ def requests_the_sleeper_once(context: SensorEvaluationContext):
 
 def sleeper_definitions() -> Definitions:
     return Definitions(jobs=[sleeper], sensors=[requests_the_sleeper_once])
+
+
+OBSERVED = AssetKey(["test", "buffer", "raw_data_package"])
+
+
+@sensor(job=always_fails)
+def observes_a_buffer(_context: SensorEvaluationContext):
+    """Like the buffer monitor: an observation each tick, no run."""
+    return SensorResult(
+        asset_events=[AssetObservation(asset_key=OBSERVED, metadata={"used_percent": 12.5})]
+    )
+
+
+def observing_definitions() -> Definitions:
+    return Definitions(jobs=[always_fails], sensors=[observes_a_buffer])

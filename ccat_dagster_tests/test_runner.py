@@ -119,3 +119,19 @@ def test_run_of_a_killed_runner_is_found_dead_and_failed(tmp_path):
         assert [d.run_id for d in fail_dead_runs(instance)] == [run.run_id]
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         assert dead_runs(instance) == [] and fail_dead_runs(instance) == []
+
+
+def test_sensor_observations_are_recorded_as_the_daemon_records_them(tmp_path):
+    from dagster import DagsterEventType, EventRecordsFilter
+
+    with _instance(tmp_path / "dagster_home") as instance:
+        run_until_idle(
+            [runner_support.observing_definitions()], instance=instance, log=lambda m: None
+        )
+        records = instance.get_event_records(
+            EventRecordsFilter(
+                event_type=DagsterEventType.ASSET_OBSERVATION,
+                asset_key=runner_support.OBSERVED,
+            )
+        )
+    assert records, "the buffer monitor's observations reach the UI under run-until-idle too"
