@@ -297,6 +297,30 @@ class ReleasedClaims:
         return bool(self.returned or self.abandoned)
 
 
+def give_back(
+    session: Session,
+    copies: Sequence[DeletableCopy],
+    *,
+    run_id: str,
+    location_type: LocationType,
+    reason: str,
+    evidence: dict[int, dict[str, Any]] | None = None,
+) -> list[DeletableCopy]:
+    """:func:`release_claims` of copies at one location (or locations of one type), each back to
+    the status it had before its claim (:func:`status_before_claim`)."""
+    released: list[DeletableCopy] = []
+    for copy_type in sorted({c.copy_type for c in copies}, key=lambda t: t.value):
+        released += release_claims(
+            session,
+            [c for c in copies if c.copy_type == copy_type],
+            run_id=run_id,
+            to_status=status_before_claim(copy_type, location_type),
+            reason=reason,
+            evidence=evidence,
+        )
+    return released
+
+
 def release_claims_of_dead_runs(
     session: Session, run_ids: Sequence[str], *, reason: str
 ) -> ReleasedClaims:

@@ -27,11 +27,10 @@ from sqlalchemy.orm import Session
 from ccat_dagster.lifecycle.claims import (
     claim_for_deletion,
     find_permanent_deletion_failures,
+    give_back,
     mark_deleted,
     mark_failed,
     mark_in_progress,
-    release_claims,
-    status_before_claim,
 )
 from ccat_dagster.lifecycle.deletion import (
     RULE_ORDER,
@@ -312,16 +311,14 @@ def _keep_refused(cycle: _Cycle, gate: GateResult) -> None:
         for c in copies
     }
     for loc_id, group in group_by_location(copies).items():
-        loc_type = cycle.location(loc_id).location_type
-        for copy_type in {c.copy_type for c in group}:
-            release_claims(
-                session,
-                [c for c in group if c.copy_type == copy_type],
-                run_id=cycle.run_id,
-                to_status=status_before_claim(copy_type, loc_type),
-                reason=RULE_LTA_VERIFICATION_FAILED,
-                evidence=error_evidence,
-            )
+        give_back(
+            session,
+            group,
+            run_id=cycle.run_id,
+            location_type=cycle.location(loc_id).location_type,
+            reason=RULE_LTA_VERIFICATION_FAILED,
+            evidence=error_evidence,
+        )
     rdp_t = RawDataPackage.__table__
     session.execute(
         sa.update(rdp_t)
@@ -417,14 +414,13 @@ def _recheck_after_claim(
     """Release the claimed copies whose rule no longer allows deletion (changed meanwhile)."""
     allowed = still_allowed(cycle.session, claimed, ctx=cycle.ctx)
     changed = [c for c in claimed if c.copy_id not in allowed]
-    for copy_type in {c.copy_type for c in changed}:
-        release_claims(
-            cycle.session,
-            [c for c in changed if c.copy_type == copy_type],
-            run_id=cycle.run_id,
-            to_status=status_before_claim(copy_type, loc.location_type),
-            reason="no longer allowed by its rule when re-checked after the claim",
-        )
+    give_back(
+        cycle.session,
+        changed,
+        run_id=cycle.run_id,
+        location_type=loc.location_type,
+        reason="no longer allowed by its rule when re-checked after the claim",
+    )
     cycle.session.commit()
     return [c for c in claimed if c.copy_id in allowed]
 
@@ -509,14 +505,13 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
 def _release_uncounted(
     cycle: _Cycle, loc: DataLocation, copies: Sequence[DeletableCopy], exc: LocationUnavailableError
 ) -> None:
-    for copy_type in {c.copy_type for c in copies}:
-        release_claims(
-            cycle.session,
-            [c for c in copies if c.copy_type == copy_type],
-            run_id=cycle.run_id,
-            to_status=status_before_claim(copy_type, loc.location_type),
-            reason=f"not deleted, the location does not answer (not counted): {exc}",
-        )
+    give_back(
+        cycle.session,
+        copies,
+        run_id=cycle.run_id,
+        location_type=loc.location_type,
+        reason=f"not deleted, the location does not answer (not counted): {exc}",
+    )
     cycle.report.unavailable.append(exc)
 
 

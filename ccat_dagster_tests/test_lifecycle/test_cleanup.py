@@ -18,7 +18,6 @@ from ccat_dagster.lifecycle.cleanup import (
     execute_deletions,
     make_storage_lta_verifier,
     plan_deletions,
-    run_cleanup_cycle,
 )
 from ccat_dagster.storage.s3 import S3Storage
 from ccat_dagster_tests import factories as f
@@ -43,9 +42,7 @@ def topo(session, tmp_path):
     return t
 
 
-def cycle(session, run_id="run-1", **kwargs):
-    kwargs.setdefault("verify_lta_copy", verify)
-    return run_cleanup_cycle(session, storage_for=f.local_storage_for, run_id=run_id, **kwargs)
+cycle = f.cleanup_cycle
 
 
 def copy_of(session, location, **kw) -> PhysicalCopy:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanup_cycle
+from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier
 from ccat_dagster.lifecycle.deletion import mark_raw_data_files_for_deletion
 from ccat_dagster.lifecycle.repair import (
     mark_for_repackaging,
@@ -39,9 +39,7 @@ def topo(session, tmp_path):
     return t
 
 
-def cycle(session, run_id="run-1", **kwargs):
-    kwargs.setdefault("verify_lta_copy", verify)
-    return run_cleanup_cycle(session, storage_for=f.local_storage_for, run_id=run_id, **kwargs)
+cycle = f.cleanup_cycle
 
 
 def status_of(session, copy_id: int) -> PhysicalCopyStatus:
