@@ -366,7 +366,12 @@ def _make_parents(dest_dir: Path, parent: Path, created: list[Path]) -> None:
         missing.append(parent)
         parent = parent.parent
     for directory in reversed(missing):
-        directory.mkdir()
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # a twin unpacking into the same place made it first: not ours to remove
         created.append(directory)
 
 
