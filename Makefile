@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := openssh-server chromium
 DEMO_HOME ?= $(CURDIR)/.ccat-demo
 
-.PHONY: test demo ui lint format bench debs install clean
+.PHONY: test demo ui lint format bench debs install clean faults
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ format: install
 
 test: install debs lint
 	$(VENV)/bin/pytest -q -ra
+
+# The nightly-size fault-injection run (docs/reliability.md): FAULT_SCHEDULES seeded schedules
+# against the real components on FAULT_WORKERS harnesses side by side; exit 1 on any violation.
+FAULT_SCHEDULES ?= 500
+FAULT_WORKERS ?= 2
+faults: install debs
+	$(PY) -m ccat_dagster_tests.faults --schedules $(FAULT_SCHEDULES) --workers $(FAULT_WORKERS)
 
 demo: install
 	CCAT_HOME=$(DEMO_HOME) $(VENV)/bin/ccat demo

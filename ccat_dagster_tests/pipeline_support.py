@@ -48,11 +48,13 @@ def real_topology(
     s3_endpoint: str | None = None,
     bucket: str | None = None,
     policy: dict[str, Any] | None = None,
+    telescope_buffer: Path | None = None,
 ) -> dict[str, Any]:
-    """The e2e topology; without sshd/S3 every storage is a local disk under ``root``."""
+    """The e2e topology; without sshd/S3 every storage is a local disk under ``root``
+    (the telescope buffer at ``telescope_buffer`` when given, e.g. on a small disk)."""
 
-    def disk(*parts: str, remote: bool = False) -> dict[str, Any]:
-        path = root.joinpath(*parts)
+    def disk(*parts: str, remote: bool = False, path: Path | None = None) -> dict[str, Any]:
+        path = path or root.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         spec: dict[str, Any] = {"kind": "disk", "path": str(path)}
         if remote and sshd is not None:
@@ -83,7 +85,7 @@ def real_topology(
                         "name": "telescope_buffer",
                         "type": "BUFFER",
                         "priority": 1,
-                        "storage": disk("ccat", "buffer", remote=True),
+                        "storage": disk("ccat", "buffer", remote=True, path=telescope_buffer),
                     },
                 ],
             },
