@@ -62,6 +62,7 @@ POLICY_DEFAULTS: dict[str, Any] = {
     "max_normal_transfers": 5,
     "max_critical_transfers": 1,
     "max_retries": 3,
+    "lta_reverify_interval_minutes": 43_200,
 }
 # Smallest allowed value of each integer policy key.
 _POLICY_INT_MINIMUM = {
@@ -71,6 +72,7 @@ _POLICY_INT_MINIMUM = {
     "max_normal_transfers": 1,
     "max_critical_transfers": 1,
     "max_retries": 0,
+    "lta_reverify_interval_minutes": 1,
 }
 
 _RENAME_HINT = "add a new location with the new settings and set active: false on the old one"

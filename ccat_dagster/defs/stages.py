@@ -28,7 +28,7 @@ from ccat_dagster.defs.keys import (
     asset_key,
 )
 from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import archive, repair, routing, transfers
+from ccat_dagster.lifecycle import archive, repair, reverification, routing, transfers
 from ccat_dagster.lifecycle.admission import bundle_key, package_key, transfer_key, unpack_key
 from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
@@ -457,7 +457,53 @@ ARCHIVE = Stage(
 
 ARCHIVE_COPY = replace(ARCHIVE, execute=_execute_archive_copy)
 
-PIPELINE_STAGES: tuple[Stage, ...] = (PACKAGE, BUNDLE, TRANSFER, UNPACK, ARCHIVE)
+
+# ------------------------------------------------------------ 6. re-verification (the scrub)
+
+
+def _ready_reverify(session: Session, site: Site) -> list[str]:
+    return [f"{p}:{lta}" for p, lta in reverification.copies_due_for_reverification(session, site)]
+
+
+def _reverify_item(session: Session, item: str) -> tuple[RawDataPackage, DataLocation]:
+    package_id, lta_id = (int(x) for x in item.split(":"))
+    return session.get(RawDataPackage, package_id), session.get(DataLocation, lta_id)
+
+
+def _execute_reverify(session: Session, item: str, storage_for, run_id) -> StageReport:
+    """Read one archive copy back; a bad one is marked and re-archived, not a failed run."""
+    package, lta = _reverify_item(session, item)
+    evidence = reverification.reverify_lta_copy(
+        session, package, lta, storage_for(lta), run_id=run_id
+    )
+    marked = not evidence.ok and evidence.definite_failure
+    outcome = StageOutcome(
+        package.name,
+        ok=evidence.ok or marked,
+        metadata={"lta": lta.qualified_name, "passed": evidence.ok, "detail": evidence.detail},
+        error=None if evidence.ok or marked else f"cannot re-verify: {evidence.detail}",
+    )
+    return StageReport(outcome, [lta_presence_evaluation(lta, package, evidence)])
+
+
+def _reverify_needs(_session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
+    return {i: Needs(reads=(int(i.split(":")[1]),)) for i in items}
+
+
+REVERIFY = Stage(
+    name="lta_reverification",
+    operation=OperationType.MONITORING,
+    description="Read archive copies back in full once per lta_reverify_interval_minutes; a bad "
+    "copy is marked BAD/LOST and re-archived from a good copy.",
+    applies=lambda site: site.is_lta,
+    plan=lambda _session, _site: None,
+    ready=_ready_reverify,
+    execute=_execute_reverify,
+    pool_location=lambda site: site.of_type(LocationType.LONG_TERM_ARCHIVE)[0].name,
+    needs=_reverify_needs,
+)
+
+PIPELINE_STAGES: tuple[Stage, ...] = (PACKAGE, BUNDLE, TRANSFER, UNPACK, ARCHIVE, REVERIFY)
 
 
 def site_row(session: Session, short_name: str) -> Site:

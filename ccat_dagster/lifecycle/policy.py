@@ -36,6 +36,8 @@ class Policy:
     max_normal_transfers: int = 5
     max_critical_transfers: int = 1
     max_retries: int = 3
+    # Every archive copy is read back in full and checksummed this often (the scrub).
+    lta_reverify_interval_minutes: int = 43_200
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> Policy:

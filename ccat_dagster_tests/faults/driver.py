@@ -37,8 +37,12 @@ class ScheduleResult:
     violations: list[str] = field(default_factory=list)
     files_lost: list[str] = field(default_factory=list)
     bytes_lost: int = 0
-    #: files no system could keep (the only copy corrupted before any archive copy existed)
+    #: sha256 of files no system could keep (the only copy corrupted before any archive copy
+    #: existed), and their names
     unsurvivable: list[str] = field(default_factory=list)
+    unsurvivable_names: list[str] = field(default_factory=list)
+    #: what ccat verify reported about those files (expected: the loss is reported, not hidden)
+    reported_by_design: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     final_codes: list[int] = field(default_factory=list)
     step_timeouts: int = 0
@@ -163,6 +167,7 @@ class _StepRun:
                 self.mark(fault.kind, corrupted and corrupted[0])
                 if corrupted:
                     result.unsurvivable.append(corrupted[1])
+                    result.unsurvivable_names.append(Path(corrupted[0]).name)
         pending = sorted(self.step.faults, key=lambda f: f.at)
         self.start_command()
         started = time.monotonic()
@@ -187,16 +192,27 @@ class _StepRun:
         if any(f.kind == "flip_in_transit" for f in self.step.faults):
             flipped = self.infra.s3.flips() - flips_before
             self.mark("flip_in_transit", f"{flipped} upload(s)" if flipped else None)
-        for fault in pending:  # at-rest corruption whose target appeared only now
+        for fault in pending:  # at-rest corruption: once its target exists
             if fault.kind in ("flip_buffer", "flip_lta_disk", "flip_lta_s3"):
-                if not self.apply(fault, time.monotonic() - started):
+                now = time.monotonic() - started
+                if not self.apply(fault, now) and not (self.settle() and self.apply(fault, now)):
                     self.mark(fault.kind, None)
             elif fault.kind.startswith("kill_"):
                 self.mark(fault.kind, None)
         for fault in self.step.faults:
             if fault.kind == "retention_with_bad_lta":
-                self.mark(fault.kind, inject.flip_lta(world, self.rng))
+                flipped = inject.flip_lta(world, self.rng)
+                if flipped is None and self.settle():
+                    flipped = inject.flip_lta(world, self.rng)
+                self.mark(fault.kind, flipped)
                 world.move_clock(CLOCK_JUMP)
+
+    def settle(self) -> bool:
+        """Run to idle without faults (the target of an at-rest fault does not exist yet, e.g.
+        nothing was archived before the step was killed); True when it ended idle."""
+        log = self.world.root / "settle.log"
+        code = self.infra.zygote.run(["run-until-idle"], self.world.env(), log, FINAL_TIMEOUT)
+        return code in (0, 1)
 
 
 def _final_run(world: World, result: ScheduleResult) -> str:
@@ -204,6 +220,7 @@ def _final_run(world: World, result: ScheduleResult) -> str:
     blocking lasts one invocation); the last output."""
     world.infra.heal()
     get_engine(world.url).dispose()
+    world.move_reverification_clock()
     output = ""
     for attempt in range(FINAL_ATTEMPTS):
         log = world.root / f"final-{attempt}.log"
@@ -225,7 +242,17 @@ def _verify(world: World, result: ScheduleResult) -> None:
         return
     report, _ = json.JSONDecoder().raw_decode(text[start:])
     for v in report["violations"]:
-        result.violations.append(f"[{v['kind']}] {v['object']} at {v['location']}: {v['detail']}")
+        line = f"[{v['kind']}] {v['object']} at {v['location']}: {v['detail']}"
+        if any(name in v["object"] for name in result.unsurvivable_names):
+            result.reported_by_design.append(line)
+        else:
+            result.violations.append(line)
+    if result.unsurvivable_names and not result.reported_by_design:
+        result.violations.append(
+            f"ccat verify did not report the files corrupted by design: {result.unsurvivable_names}"
+        )
+    if code == 0 and result.reported_by_design:
+        result.violations.append("ccat verify exited 0 although it reported violations")
     if code != 0 and not report["violations"]:
         result.violations.append(f"ccat verify exited {code} without violations")
 

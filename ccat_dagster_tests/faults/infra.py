@@ -24,6 +24,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from ccat_dagster_tests.faults import REPO_ROOT
 from ccat_dagster_tests.faults.launcher import Zygote
 from ccat_dagster_tests.fixtures.s3server import FAKE_ENV, s3_admin_client
 from ccat_dagster_tests.fixtures.sshd import SshdServer, running_sshd
@@ -158,6 +159,7 @@ class S3Endpoint:
                 str(port_file),
             ],
             start_new_session=True,
+            cwd=REPO_ROOT,
         )
         deadline = time.monotonic() + 30
         while not port_file.exists():

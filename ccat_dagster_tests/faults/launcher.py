@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccat_dagster_tests.faults import REPO_ROOT
+
 
 @dataclass
 class Command:
@@ -61,6 +63,7 @@ class Zygote:
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            cwd=REPO_ROOT,
         )
         hello = json.loads(self.process.stdout.readline() or "{}")
         if "ready" not in hello:

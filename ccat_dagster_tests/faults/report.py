@@ -41,6 +41,8 @@ def summarize(results: Iterable[ScheduleResult], *, seconds: float | None = None
             f"{sum(n for _, n in unsurvivable)} file(s) in {len(unsurvivable)} schedule(s), "
             "reported, not counted as lost"
         )
+        reported = sum(1 for r in results if r.reported_by_design)
+        lines.append(f"  ccat verify reported the loss in {reported} of {len(unsurvivable)}")
     stuck = [(r.seed, s) for r in results for s in r.stuck]
     lines.append(f"packages stuck: {len(stuck)}")
     for seed, line in stuck[:40]:

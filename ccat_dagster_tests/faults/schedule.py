@@ -8,7 +8,7 @@ pipeline is run to idle and ``ccat verify`` is run. The same seed gives the same
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 #: kill -9 of ``ccat run-until-idle`` while a run of this stage is executing; the pattern matches
 #: the job name (``{site}_{stage}``)
@@ -75,6 +75,16 @@ class Schedule:
     obs_units: int
     files_per_unit: int
     steps: list[Step]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Schedule:
+        steps = [
+            Step(s["file_obs_units"], [Fault(**f) for f in s["faults"]]) for s in data["steps"]
+        ]
+        return cls(data["seed"], data["obs_units"], data["files_per_unit"], steps)
 
     @property
     def kinds(self) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from ccat_dagster.instance import write_instance_config
+from ccat_dagster.lifecycle.policy import Policy
 from ccat_dagster_tests.faults.infra import TEMPLATE_DB, Infrastructure
 from ccat_dagster_tests.fixtures.s3server import FAKE_ENV, empty_and_delete_bucket
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
@@ -63,6 +64,7 @@ class World:
             CCAT_HOME=str(self.root / "ccat_home"),
             DAGSTER_HOME=str(self.dagster_home),
             CCAT_TEMP_SWEEP_MARGIN_SECONDS="0",
+            PYTHONUNBUFFERED="1",
             CCAT_SSH_KEY_FILE=self.infra.sshd.key_file,
         )
         return env
@@ -92,6 +94,19 @@ class World:
         with session_scope(self.url) as session:
             result = session.execute(
                 update(PhysicalCopy).values(updated_at=PhysicalCopy.updated_at - by)
+            )
+            return result.rowcount or 0
+
+    def move_reverification_clock(self) -> int:
+        """Time passes until every archive copy is due for its periodic re-verification (the
+        scrub reads it back): without it bytes rotted at rest in an archive are found only
+        within the interval, which a schedule does not last."""
+        by = timedelta(minutes=Policy().lta_reverify_interval_minutes + 1)
+        with session_scope(self.url) as session:
+            result = session.execute(
+                update(PhysicalCopy)
+                .where(PhysicalCopy.verified_at.is_not(None))
+                .values(verified_at=PhysicalCopy.verified_at - by)
             )
             return result.rowcount or 0
 

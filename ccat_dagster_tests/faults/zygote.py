@@ -30,6 +30,9 @@ def _child(request: dict) -> None:
     os.close(fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    # line by line, so the log of a command killed with SIGKILL ends where it died
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
     code = 0
     try:
         from ccat_dagster.cli import app
