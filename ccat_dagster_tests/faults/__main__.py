@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ccat_dagster_tests.faults.harness import run_here, run_many
+from ccat_dagster_tests.faults.harness import read_results, run_here, run_many
 from ccat_dagster_tests.faults.report import summarize
 from ccat_dagster_tests.faults.schedule import Schedule, fixed_schedules, make_schedule
 
@@ -41,10 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="harnesses side by side")
     parser.add_argument("--workdir", type=Path, help="where worlds live (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep every schedule's files")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="WORKDIR",
+        help="print the summary of the schedules a (running or stopped) run in WORKDIR finished",
+    )
     parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--schedules-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.summarize:
+        results = read_results(args.summarize)
+        print(summarize(results))
+        return 1 if any(r.failed for r in results) else 0
     schedules = _schedules(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ccat-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)

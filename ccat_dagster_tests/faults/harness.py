@@ -79,17 +79,22 @@ def run_many(
                 results_file,
             )
         )
-    results = []
-    for process, log, results_file in processes:
+    for process, log, _results_file in processes:
         process.wait()
         log.close()
-        if results_file.exists():
-            results += [
-                ScheduleResult.from_dict(json.loads(line))
-                for line in results_file.read_text().splitlines()
-            ]
+    results = read_results(workdir)
     for index in range(workers):
         print(f"worker {index}: {workdir / f'worker-{index}.log'}")
     if len(results) < len(schedules):
         print(f"WARNING: only {len(results)} of {len(schedules)} schedules reported (see logs)")
     return results
+
+
+def read_results(workdir: Path) -> list[ScheduleResult]:
+    """The results the workers of a run in ``workdir`` wrote so far."""
+    return [
+        ScheduleResult.from_dict(json.loads(line))
+        for path in sorted(workdir.glob("worker-*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
