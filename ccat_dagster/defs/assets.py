@@ -46,9 +46,9 @@ from ccat_dagster.defs.stages import (
     UNPACK,
     Stage,
     StageReport,
+    location_named,
     metadata_value,
     package_copy_location,
-    site_row,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
 from ccat_dagster.lifecycle.archive import confirm_lta_presence
@@ -65,14 +65,6 @@ from ccat_ops_db.models import (
 
 # (session, site short name, location name, partition key) -> stage item id
 ItemFinder = Callable[[Session, str, str, str], str]
-
-
-def location_named(session: Session, site: str, name: str) -> DataLocation:
-    site_db = site_row(session, site)
-    for loc in site_db.locations:
-        if loc.name == name:
-            return loc
-    raise Failure(f"location {site}/{name} is not in the ops DB")
 
 
 def package_named(session: Session, name: str) -> RawDataPackage:
@@ -250,7 +242,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                 AssetSpec(
                     key=asset_key(s, src.name, RAW_DATA_FILES),
                     group_name=s,
-                    description=f"Raw instrument files filed at SOURCE {s}/{src.name}.",
+                    description=f"Raw instrument files filed at SOURCE {src.qualified_name}.",
                     kinds={"ccat"},
                 )
             )
@@ -260,7 +252,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                     site=s,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
-                    description=f"RawDataPackage tars in source-site buffer {s}/{buf.name}.",
+                    description=f"RawDataPackage tars in source-site buffer {buf.qualified_name}.",
                     deps=[_all(asset_key(s, src.name, RAW_DATA_FILES)) for src in sources],
                     stage=PACKAGE,
                     finder=_find_package_item,
@@ -271,7 +263,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                     site=s,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
-                    description=f"DataTransferPackages bundled in {s}/{buf.name}.",
+                    description=f"DataTransferPackages bundled in {buf.qualified_name}.",
                     deps=[_all(asset_key(s, buf.name, RAW_DATA_PACKAGE))],
                     stage=BUNDLE,
                     finder=_find_bundle_item,
@@ -291,7 +283,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
                     description=(
-                        f"DataTransferPackages pulled into LTA-site buffer {s}/{buf.name} "
+                        f"DataTransferPackages pulled into LTA-site buffer {buf.qualified_name} "
                         "(primary routes from source sites; secondary routes from other LTA sites)."
                     ),
                     deps=[AssetDep(k) for k in upstream],
@@ -304,7 +296,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                     site=s,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
-                    description=f"RawDataPackages unpacked and verified in {s}/{buf.name}.",
+                    description=f"RawDataPackages unpacked and verified in {buf.qualified_name}.",
                     deps=[_all(asset_key(s, buf.name, DATA_TRANSFER_PACKAGE))],
                     stage=UNPACK,
                     finder=_find_unpack_item,
@@ -317,7 +309,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                     location=lta.name,
                     kind=RAW_DATA_PACKAGE,
                     description=(
-                        f"RawDataPackages in the long-term archive {s}/{lta.name} "
+                        f"RawDataPackages in the long-term archive {lta.qualified_name} "
                         f"({lta.storage}); verified by the blocking lta_presence check."
                     ),
                     deps=[AssetDep(asset_key(s, b.name, RAW_DATA_PACKAGE)) for b in buffers],

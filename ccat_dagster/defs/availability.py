@@ -35,10 +35,10 @@ from dagster import (
 )
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import Stage, site_row
-from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.defs.stages import Stage, location_named
+from ccat_dagster.defs.topology import LocationView, SiteView
 from ccat_dagster.lifecycle.admission import Admission, plan_admission
 from ccat_dagster.lifecycle.availability import (
     PROBE_BACKOFF_BASE_SECONDS,
@@ -55,7 +55,7 @@ from ccat_dagster.lifecycle.availability import (
 )
 from ccat_dagster.storage.base import DiskUsage, Storage
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
-from ccat_ops_db.models import DataLocation, LocationType, Site
+from ccat_ops_db.models import DataLocation, Site
 
 #: the probe sensor ticks as often as the shortest backoff delay
 PROBE_INTERVAL_SECONDS = PROBE_BACKOFF_BASE_SECONDS
@@ -69,13 +69,7 @@ StorageFor = Callable[[DataLocation], Storage]
 
 def location_asset(location: DataLocation) -> AssetKey:
     """The asset that stands for a location in the UI (its data at that location)."""
-    kind = {
-        LocationType.SOURCE: "raw_data_files",
-        LocationType.BUFFER: RAW_DATA_PACKAGE,
-        LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
-        LocationType.PROCESSING: STAGED_RAW_DATA_PACKAGE,
-    }[location.location_type]
-    return asset_key(location.site.short_name, location.name, kind)
+    return location_asset_key(location.site.short_name, location.name, location.location_type)
 
 
 def location_events(
@@ -242,18 +236,21 @@ def build_location_probe_sensor(site: SiteView) -> SensorDefinition:
 # --------------------------------------------------------------------------- asset checks
 
 
-def _location_check(site: str, location: str, key: AssetKey):
+def _location_check(location: LocationView, key: AssetKey):
+    site = location.site
+
     @asset_check(
         asset=key,
         name=LOCATION_AVAILABLE,
         description=(
-            f"{site}/{location} answers (probed from {site}): reachable, writable, with room. "
+            f"{location.qualified_name} answers (probed from {site}): reachable, writable, "
+            "with room. "
             "Also recorded whenever a run or the probe sensor finds it unavailable or back."
         ),
     )
     def _check(ops_db: OpsDbResource, storage: SiteStorageResource) -> AssetCheckResult:
         with ops_db.session() as session, storage.registry() as storages:
-            loc = next(loc for loc in site_row(session, site).locations if loc.name == location)
+            loc = location_named(session, site, location.name)
             result = probe_and_record(session, loc, storages.get(loc), observer=storage.site)
         return AssetCheckResult(
             passed=result.ok,
@@ -269,15 +266,9 @@ def build_location_checks(site: SiteView, asset_keys: set[AssetKey]) -> list:
     """``location_available`` on the asset of each location of the site that has one here."""
     checks = []
     for location in site.locations:
-        kind = {
-            LocationType.SOURCE: "raw_data_files",
-            LocationType.BUFFER: RAW_DATA_PACKAGE,
-            LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
-            LocationType.PROCESSING: STAGED_RAW_DATA_PACKAGE,
-        }[location.location_type]
-        key = asset_key(site.short_name, location.name, kind)
+        key = location_asset_key(site.short_name, location.name, location.location_type)
         if key in asset_keys:
-            checks.append(_location_check(site.short_name, location.name, key))
+            checks.append(_location_check(location, key))
     return checks
 
 

@@ -50,10 +50,11 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.availability import location_events
+from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
+    location_named,
     lta_presence_evaluation,
     site_buffer_action,
     site_row,
@@ -362,16 +363,6 @@ def measure_site(session: Session, site: Site, storages) -> list[tuple[DataLocat
     return out
 
 
-def _observed_asset(location: DataLocation):
-    kind = {
-        LocationType.SOURCE: "raw_data_files",
-        LocationType.BUFFER: RAW_DATA_PACKAGE,
-        LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
-        LocationType.PROCESSING: "staged_raw_data_package",
-    }[location.location_type]
-    return asset_key(location.site.short_name, location.name, kind)
-
-
 def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
     s = site.short_name
 
@@ -396,7 +387,7 @@ def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
             for location, status in samples:
                 events.append(
                     AssetObservation(
-                        asset_key=_observed_asset(location),
+                        asset_key=location_asset(location),
                         metadata={
                             "disk_usage_percent": MetadataValue.float(round(status.percent, 2)),
                             "used_bytes": MetadataValue.int(status.used_bytes),
@@ -409,7 +400,7 @@ def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
                     emergency = status.level >= BufferLevel.EMERGENCY
                     events.append(
                         AssetCheckEvaluation(
-                            asset_key=_observed_asset(location),
+                            asset_key=location_asset(location),
                             check_name=BUFFER_CAPACITY,
                             passed=not emergency,
                             severity=AssetCheckSeverity.ERROR
@@ -456,7 +447,7 @@ def _buffer_capacity_check(site: str, buffer: str):
     )
     def _check(ops_db: OpsDbResource, storage: SiteStorageResource) -> AssetCheckResult:
         with ops_db.session() as session, storage.registry() as storages:
-            location = next(loc for loc in site_row(session, site).locations if loc.name == buffer)
+            location = location_named(session, site, buffer)
             usage = storages.get(location).disk_usage()
             status = record_disk_usage(
                 session, location, used_bytes=usage.used_bytes, total_bytes=usage.total_bytes

@@ -16,6 +16,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    Failure,
     MetadataValue,
 )
 from sqlalchemy import select
@@ -55,6 +56,7 @@ from ccat_ops_db.models import (
     RawDataPackage,
     RawDataPackagePhysicalCopy,
     Site,
+    qualified_location_name,
 )
 
 StorageFor = Callable[[DataLocation], Storage]
@@ -465,6 +467,14 @@ def site_row(session: Session, short_name: str) -> Site:
     if site is None:
         raise LookupError(f"site {short_name!r} is not in the ops DB; apply the topology first")
     return site
+
+
+def location_named(session: Session, site: str, name: str) -> DataLocation:
+    """The location ``name`` of site ``site`` (a Failure when the ops DB has no such one)."""
+    for loc in site_row(session, site).locations:
+        if loc.name == name:
+            return loc
+    raise Failure(f"location {qualified_location_name(site, name)} is not in the ops DB")
 
 
 def package_copy_location(session: Session, package: RawDataPackage, site: Site):

@@ -23,18 +23,30 @@ from dagster import (
 )
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.assets import location_named, materialize_one, package_named
+from ccat_dagster.defs.assets import materialize_one, package_named
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.partitions import raw_data_packages
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
-from ccat_dagster.defs.stages import Stage, StageReport, materialization, stage_report
-from ccat_dagster.defs.topology import SiteView, TopologySnapshot
+from ccat_dagster.defs.stages import (
+    Stage,
+    StageReport,
+    location_named,
+    materialization,
+    stage_report,
+)
+from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
 from ccat_dagster.lifecycle import staging
 from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.operations import OperationType
-from ccat_ops_db.models import DataLocation, LocationType, RawDataPackage, Site
+from ccat_ops_db.models import (
+    DataLocation,
+    LocationType,
+    RawDataPackage,
+    Site,
+    qualified_location_name,
+)
 
 
 def _ready(session: Session, site: Site) -> list[str]:
@@ -93,17 +105,18 @@ def _find_staging_item(session: Session, site: str, location: str, key: str) -> 
     loc = location_named(session, site, location)
     if not staging.has_active_job(session, package, loc):
         # Files staged without a live job would be the next cleanup's first deletion.
+        where = loc.qualified_name
         raise Failure(
-            f"no active staging job to {site}/{location} includes {key}; create one with "
-            f"`ccat staging create --location {site}/{location} --package {key}`"
+            f"no active staging job to {where} includes {key}; create one with "
+            f"`ccat staging create --location {where} --package {key}`"
         )
     return f"{package.id}:{loc.id}"
 
 
 def build_staged_asset(
-    snapshot: TopologySnapshot, site: SiteView, location: str
+    snapshot: TopologySnapshot, site: SiteView, processing: LocationView
 ) -> AssetsDefinition:
-    s = site.short_name
+    s, location = site.short_name, processing.name
     lta_keys = [
         asset_key(lta_site.short_name, lta.name, RAW_DATA_PACKAGE)
         for lta_site in snapshot.lta_sites
@@ -117,7 +130,7 @@ def build_staged_asset(
         group_name=s,
         description=(
             f"RawDataPackages staged (unpacked, files PRESENT, package copy STAGED) at the "
-            f"PROCESSING location {s}/{location} for active StagingJobs."
+            f"PROCESSING location {processing.qualified_name} for active StagingJobs."
         ),
         pool=f"{s}_{location}_{OperationType.STAGING.value}",
         kinds={"ccat"},
@@ -161,7 +174,11 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
     def create_op(
         context: OpExecutionContext, config: CreateStagingJobConfig, ops_db: OpsDbResource
     ) -> int:
-        name = config.location if "/" in config.location else f"{s}/{config.location}"
+        name = (
+            config.location
+            if "/" in config.location
+            else qualified_location_name(s, config.location)
+        )
         with ops_db.session() as session:
             try:
                 location = staging.resolve_processing_location(session, name)
@@ -210,8 +227,7 @@ def build_site_staging(
         return [], [], []
     stage_job = build_stage_job(site, STAGE)
     assets = [
-        build_staged_asset(snapshot, site, loc.name)
-        for loc in site.of_type(LocationType.PROCESSING)
+        build_staged_asset(snapshot, site, loc) for loc in site.of_type(LocationType.PROCESSING)
     ]
     return (
         assets,

@@ -97,7 +97,7 @@ def resolve_location(session: Session, name: str) -> DataLocation:
     all_locations = session.scalars(
         select(DataLocation).join(Site).order_by(Site.short_name, DataLocation.name)
     ).all()
-    known = ", ".join(f"{loc.site.short_name}/{loc.name}" for loc in all_locations) or "(none)"
+    known = ", ".join(loc.qualified_name for loc in all_locations) or "(none)"
     if "/" in name:
         site_name, _, location_name = name.partition("/")
         matches = [
@@ -114,10 +114,10 @@ def resolve_location(session: Session, name: str) -> DataLocation:
             f"unknown location {name!r}; known locations: {known} "
             "(see `ccat list-locations`; add new ones with `ccat topology apply`)"
         )
-    candidates = ", ".join(f"{loc.site.short_name}/{loc.name}" for loc in matches)
+    candidates = ", ".join(loc.qualified_name for loc in matches)
     raise LocationError(
         f"location name {name!r} is ambiguous: {candidates}; write it as site/name, "
-        f"e.g. {matches[0].site.short_name}/{matches[0].name}"
+        f"e.g. {matches[0].qualified_name}"
     )
 
 
