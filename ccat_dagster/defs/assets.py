@@ -16,7 +16,6 @@ from dagster import (
     AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -47,13 +46,13 @@ from ccat_dagster.defs.stages import (
     Stage,
     StageReport,
     location_named,
+    lta_presence_outcome,
     metadata_value,
     package_copy_location,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
 from ccat_dagster.lifecycle.archive import confirm_lta_presence
 from ccat_dagster.lifecycle.availability import record_location_error
-from ccat_dagster.lifecycle.operations import OperationType
 from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.models import (
     DataLocation,
@@ -160,13 +159,9 @@ def materialize_one(
     return MaterializeResult(metadata={k: metadata_value(v) for k, v in metadata.items()})
 
 
-def _pool(site: str, location: str, operation: OperationType) -> str:
-    return f"{site}_{location}_{operation.value}"
-
-
 def _partitioned_asset(
     *,
-    site: str,
+    site: SiteView,
     location: str,
     kind: str,
     description: str,
@@ -174,20 +169,23 @@ def _partitioned_asset(
     stage: Stage,
     finder: ItemFinder,
 ) -> AssetsDefinition:
+    """One site-location-kind asset of ``stage``, in the pool of the stage's batched op."""
+    s = site.short_name
+
     @asset(
-        key=asset_key(site, location, kind),
+        key=asset_key(s, location, kind),
         partitions_def=raw_data_packages if kind == RAW_DATA_PACKAGE else data_transfer_packages,
         deps=deps,
-        group_name=site,
+        group_name=s,
         description=description,
-        pool=_pool(site, location, stage.operation),
+        pool=stage.pool(site),
         kinds={"ccat"},
-        tags={"ccat/site": site, "ccat/location": location},
+        tags={"ccat/site": s, "ccat/location": location},
     )
     def _asset(
         context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ) -> MaterializeResult:
-        return materialize_one(context, stage, finder, site, location, ops_db, storage)
+        return materialize_one(context, stage, finder, s, location, ops_db, storage)
 
     return _asset
 
@@ -215,12 +213,7 @@ def _lta_presence_check(site: str, lta: str):
                 storage_for=storages.get,
                 run_id=context.run.run_id,  # an asset check context has no run_id
             )
-        return AssetCheckResult(
-            passed=evidence.ok,
-            severity=AssetCheckSeverity.ERROR,
-            description=evidence.detail or "present with the recorded size and checksum",
-            metadata={k: metadata_value(v) for k, v in evidence.as_dict().items() if v is not None},
-        )
+        return AssetCheckResult(**lta_presence_outcome(evidence))
 
     return _check
 
@@ -249,7 +242,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
         for buf in buffers:
             assets.append(
                 _partitioned_asset(
-                    site=s,
+                    site=site,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
                     description=f"RawDataPackage tars in source-site buffer {buf.qualified_name}.",
@@ -260,7 +253,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
             )
             assets.append(
                 _partitioned_asset(
-                    site=s,
+                    site=site,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
                     description=f"DataTransferPackages bundled in {buf.qualified_name}.",
@@ -279,7 +272,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
         for buf in buffers:
             assets.append(
                 _partitioned_asset(
-                    site=s,
+                    site=site,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
                     description=(
@@ -293,7 +286,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
             )
             assets.append(
                 _partitioned_asset(
-                    site=s,
+                    site=site,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
                     description=f"RawDataPackages unpacked and verified in {buf.qualified_name}.",
@@ -305,7 +298,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
         for lta in site.of_type(LocationType.LONG_TERM_ARCHIVE):
             assets.append(
                 _partitioned_asset(
-                    site=s,
+                    site=site,
                     location=lta.name,
                     kind=RAW_DATA_PACKAGE,
                     description=(

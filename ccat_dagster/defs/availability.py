@@ -39,6 +39,7 @@ from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, location_named
 from ccat_dagster.defs.topology import LocationView, SiteView
+from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.admission import Admission, plan_admission
 from ccat_dagster.lifecycle.availability import (
     PROBE_BACKOFF_BASE_SECONDS,
@@ -204,7 +205,7 @@ def build_location_probe_sensor(site: SiteView) -> SensorDefinition:
     s = site.short_name
 
     @sensor(
-        name=f"{s}_location_probe_sensor",
+        name=names.location_probe_sensor(s),
         minimum_interval_seconds=PROBE_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.STOPPED,
         description=(

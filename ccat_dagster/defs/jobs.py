@@ -1,6 +1,6 @@
 """Batched stage jobs: one run handles many packages (seeds: bulk operations).
 
-The op throttles through a concurrency pool named ``{site}_{location}_{operation}``, retries
+The op throttles through the concurrency pool of its stage (``lifecycle.names``), retries
 transient storage faults with exponential backoff (Dagster RetryPolicy; every stage is idempotent
 per package, so a retried op skips what is done), and fails the run, with the reasons, when a
 package failed, so an operator sees it in the UI. Work that waits for a location (unavailable
@@ -29,6 +29,7 @@ from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, site_row
 from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle import names
 from ccat_dagster.storage.errors import LocationUnavailableError
 
 TRANSIENT_RETRY = RetryPolicy(
@@ -42,26 +43,11 @@ class StageConfig(Config):
     items: list[str]
 
 
-def stage_job_name(site: SiteView, stage: Stage) -> str:
-    return f"{site.short_name}_{stage.name}"
-
-
-def stage_op_name(site: SiteView, stage: Stage) -> str:
-    return f"{site.short_name}_{stage.name}_batch"
-
-
-def stage_pool(site: SiteView, stage: Stage) -> str:
-    """The concurrency pool of a stage's op: ``{site}_{location}_{operation}``."""
-    return f"{site.short_name}_{stage.pool_location(site)}_{stage.operation.value}"
-
-
 def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
-    pool = stage_pool(site, stage)
-
     @op(
-        name=stage_op_name(site, stage),
+        name=names.stage_op(site.short_name, stage.name),
         description=stage.description,
-        pool=pool,
+        pool=stage.pool(site),
         retry_policy=TRANSIENT_RETRY,
         out=Out(dict),
         tags={"ccat/stage": stage.name, "ccat/site": site.short_name},
@@ -145,7 +131,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
         return Output(counts, metadata=metadata)
 
     @job(
-        name=stage_job_name(site, stage),
+        name=names.stage_job(site.short_name, stage.name),
         description=stage.description,
         tags={"ccat/stage": stage.name, "ccat/site": site.short_name},
     )

@@ -16,6 +16,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    DagsterInstance,
     Failure,
     MetadataValue,
 )
@@ -28,8 +29,8 @@ from ccat_dagster.defs.keys import (
     RAW_DATA_PACKAGE,
     asset_key,
 )
-from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import archive, repair, routing, transfers
+from ccat_dagster.defs.topology import LocationView, SiteView
+from ccat_dagster.lifecycle import archive, names, repair, routing, transfers
 from ccat_dagster.lifecycle.admission import bundle_key, package_key, transfer_key, unpack_key
 from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
@@ -83,14 +84,11 @@ class Stage:
     name: str
     operation: OperationType
     description: str
-    applies: Callable[[SiteView], bool]
     #: the "manager" part: create the records of new work (packages, bundles, routes)
     plan: Callable[[Session, Site], None]
     #: item ids ready to execute at this site
     ready: Callable[[Session, Site], list[str]]
     execute: Callable[[Session, str, StorageFor, str | None], StageReport]
-    #: the location whose pool (``{site}_{location}_{operation}``) throttles this stage
-    pool_location: Callable[[SiteView], str]
     batch_size: int = 200
     #: how many runs of this stage may be in flight at once at a site
     max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
@@ -100,6 +98,21 @@ class Stage:
     needs: NeedsOf = _needs_nothing
     #: where each item writes into a buffer, for admission (None: no admission check)
     admission_targets: TargetsOf | None = None
+
+    def location(self, site: SiteView) -> LocationView | None:
+        """Where this stage runs at ``site`` (the location whose pool throttles it), None when
+        it does not run there (``lifecycle.names.STAGE_PLACEMENT``)."""
+        return names.stage_location(site.locations, self.operation)
+
+    def applies(self, site: SiteView) -> bool:
+        return self.location(site) is not None
+
+    def pool(self, site: SiteView) -> str:
+        """``{site}_{location}_{operation}``: the pool of the batched op and of the assets."""
+        location = self.location(site)
+        if location is None:
+            raise ValueError(f"stage {self.name} does not run at site {site.short_name}")
+        return names.pool_name(location, self.operation)
 
 
 def materialization(
@@ -170,11 +183,9 @@ PACKAGE = Stage(
     name="raw_data_package_creation",
     operation=OperationType.RAW_DATA_PACKAGE_CREATION,
     description="Package newly filed raw data files into RawDataPackages in the primary buffer.",
-    applies=lambda site: site.is_source,
     plan=_plan_packages,
     ready=_ready_packages,
     execute=_execute_package,
-    pool_location=lambda site: site.of_type(LocationType.SOURCE)[0].name,
     needs=_package_needs,
     admission_targets=_package_targets,
 )
@@ -213,10 +224,6 @@ def _execute_bundle(session: Session, item: str, storage_for, run_id) -> StageRe
     )
 
 
-def _first_buffer(site: SiteView) -> str:
-    return site.of_type(LocationType.BUFFER)[0].name
-
-
 def _bundle_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
     out = {}
     for i in items:
@@ -235,11 +242,9 @@ BUNDLE = Stage(
     name="data_transfer_package_creation",
     operation=OperationType.DATA_TRANSFER_PACKAGE_CREATION,
     description="Bundle completed RawDataPackages into DataTransferPackages and route them.",
-    applies=lambda site: site.is_source,
     plan=_plan_bundles,
     ready=_ready_bundles,
     execute=_execute_bundle,
-    pool_location=_first_buffer,
     needs=_bundle_needs,
     admission_targets=_bundle_targets,
 )
@@ -292,15 +297,27 @@ def _transfer_targets(session: Session, site: Site, items: list[str]):
     }
 
 
+def follow_max_runs(
+    instance: DagsterInstance, session: Session, stage: Stage, site: SiteView, site_db: Site
+) -> int:
+    """Set the limit of ``stage``'s pool at ``site`` to the runs it may have in flight now
+    (transfers: policy ``max_normal_transfers``, lowered under buffer pressure), so runs
+    launched by hand are throttled too; the one writer of that limit (the stage's sensor and
+    the buffer monitor both call it). Returns the limit."""
+    limit = stage.max_runs(session, site_db)
+    pool = stage.pool(site)
+    if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
+        instance.event_log_storage.set_concurrency_slots(pool, limit)
+    return limit
+
+
 TRANSFER = Stage(
     name="data_transfer",
     operation=OperationType.DATA_TRANSFER,
     description="Pull routed DataTransferPackages into this site's buffer, verified on arrival.",
-    applies=lambda site: bool(site.of_type(LocationType.BUFFER)),
     plan=_plan_transfers,
     ready=_ready_transfers,
     execute=_execute_transfer,
-    pool_location=_first_buffer,
     batch_size=20,
     max_runs=_transfer_limit,
     pool_follows_max_runs=True,
@@ -365,11 +382,9 @@ UNPACK = Stage(
     name="data_transfer_unpacking",
     operation=OperationType.DATA_TRANSFER_UNPACKING,
     description="Unpack arrived DataTransferPackages; verify every package against the ops DB.",
-    applies=lambda site: site.is_lta,
     plan=lambda _session, _site: None,
     ready=_ready_unpacks,
     execute=_execute_unpack,
-    pool_location=_first_buffer,
     batch_size=50,
     needs=_unpack_needs,
     admission_targets=_unpack_targets,
@@ -383,20 +398,29 @@ def _ready_archive(session: Session, site: Site) -> list[str]:
     return [f"{p.id}:{b.id}:{a.id}" for p, b, a in archive.archive_candidates(session, site)]
 
 
+def lta_presence_outcome(evidence: archive.LtaEvidence) -> dict:
+    """What every ``lta_presence`` check result and evaluation says about ``evidence``:
+    ``passed``, ``severity``, ``description`` and ``metadata`` (the evidence, blanks left out)."""
+    return {
+        "passed": evidence.ok,
+        "severity": AssetCheckSeverity.ERROR,
+        "description": evidence.detail or "present with the recorded size and checksum",
+        "metadata": {
+            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
+        },
+    }
+
+
 def lta_presence_evaluation(
     lta: DataLocation, package: RawDataPackage, evidence: archive.LtaEvidence
 ) -> AssetCheckEvaluation:
+    """The ``lta_presence`` evaluation of ``package``'s partition of ``lta``'s asset."""
     return AssetCheckEvaluation(
         asset_key=asset_key(lta.site.short_name, lta.name, RAW_DATA_PACKAGE),
         check_name=LTA_PRESENCE,
-        passed=evidence.ok,
         partition=package.name,
-        severity=AssetCheckSeverity.ERROR,
         blocking=True,
-        metadata={
-            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
-        },
-        description=evidence.detail or "present with the recorded size and checksum",
+        **lta_presence_outcome(evidence),
     )
 
 
@@ -449,11 +473,9 @@ ARCHIVE = Stage(
     name="long_term_archive_transfer",
     operation=OperationType.LONG_TERM_ARCHIVE_TRANSFER,
     description="Copy unpacked RawDataPackages into the long-term archive; lta_presence check.",
-    applies=lambda site: site.is_lta,
     plan=lambda _session, _site: None,
     ready=_ready_archive,
     execute=_execute_archive,
-    pool_location=lambda site: site.of_type(LocationType.LONG_TERM_ARCHIVE)[0].name,
     needs=_archive_needs,
 )
 

@@ -37,7 +37,7 @@ from ccat_dagster.defs.stages import (
     stage_report,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
-from ccat_dagster.lifecycle import staging
+from ccat_dagster.lifecycle import names, staging
 from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.operations import OperationType
 from ccat_ops_db.models import (
@@ -87,11 +87,9 @@ STAGE = Stage(
         "nearest verified LTA copy, unpacked and verified, then STAGED; shared files are reused "
         "and missing ones restored."
     ),
-    applies=lambda site: bool(site.of_type(LocationType.PROCESSING)),
     plan=lambda _session, _site: None,
     ready=_ready,
     execute=_execute,
-    pool_location=lambda site: site.of_type(LocationType.PROCESSING)[0].name,
     batch_size=50,
     needs=_needs,
 )
@@ -132,7 +130,7 @@ def build_staged_asset(
             f"RawDataPackages staged (unpacked, files PRESENT, package copy STAGED) at the "
             f"PROCESSING location {processing.qualified_name} for active StagingJobs."
         ),
-        pool=f"{s}_{location}_{OperationType.STAGING.value}",
+        pool=STAGE.pool(site),
         kinds={"ccat"},
         tags={"ccat/site": s, "ccat/location": location},
     )
@@ -158,15 +156,11 @@ class CreateStagingJobConfig(Config):
     requested_by: str | None = None
 
 
-def create_staging_job_name(site: SiteView) -> str:
-    return f"{site.short_name}_create_staging_job"
-
-
 def build_create_staging_job(site: SiteView) -> JobDefinition:
     s = site.short_name
 
     @op(
-        name=f"{s}_create_staging_job_op",
+        name=names.create_staging_op(s),
         out=Out(int),
         description="Validate a staging request and create the StagingJob (as the CLI does).",
         tags={"ccat/site": s},
@@ -185,7 +179,7 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
                 if location.site.short_name != s:
                     raise staging.StagingError(
                         f"{name} belongs to site {location.site.short_name}; launch "
-                        f"{location.site.short_name}_create_staging_job there instead"
+                        f"{names.create_staging_job(location.site.short_name)} there instead"
                     )
                 created = staging.create_staging_job(
                     session,
@@ -200,15 +194,17 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
                 raise Failure(description=str(exc), allow_retries=False) from None
             context.log.info(
                 f"staging job {created.id}: {len(created.raw_data_packages)} package(s) to "
-                f"{location.qualified_name}; the {s}_staging_sensor stages them"
+                f"{location.qualified_name}; the {names.stage_sensor(s, STAGE.name)} stages them"
             )
             return created.id
 
+    job_name = names.create_staging_job(s)
+
     @job(
-        name=create_staging_job_name(site),
+        name=job_name,
         description=(
-            f"Create a StagingJob at {s}: `dagster job launch -j {create_staging_job_name(site)} "
-            f'-w workspace.yaml -l {s} --config-json \'{{"ops": {{"{s}_create_staging_job_op"'
+            f"Create a StagingJob at {s}: `dagster job launch -j {job_name} "
+            f'-w workspace.yaml -l {s} --config-json \'{{"ops": {{"{names.create_staging_op(s)}"'
             ': {"config": {"location": "...", "packages": ["..."]}}}}\''
         ),
         tags={"ccat/site": s, "ccat/stage": "staging"},
@@ -220,7 +216,7 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
 
 
 def build_site_staging(
-    snapshot: TopologySnapshot, site: SiteView
+    snapshot: TopologySnapshot, site: SiteView, *, sensor_interval_seconds: int
 ) -> tuple[list[AssetsDefinition], list[JobDefinition], list[SensorDefinition]]:
     """(assets, jobs, sensors) of staging at ``site``; empty without a PROCESSING location."""
     if not STAGE.applies(site):
@@ -232,5 +228,5 @@ def build_site_staging(
     return (
         assets,
         [stage_job, build_create_staging_job(site)],
-        [build_stage_sensor(site, STAGE, stage_job)],
+        [build_stage_sensor(site, STAGE, stage_job, interval_seconds=sensor_interval_seconds)],
     )
