@@ -43,6 +43,8 @@ from ccat_dagster.defs.stages import (
     PACKAGE,
     TRANSFER,
     UNPACK,
+    ArchiveItem,
+    Item,
     Stage,
     StageReport,
     location_named,
@@ -62,8 +64,8 @@ from ccat_ops_db.models import (
     RawDataPackage,
 )
 
-# (session, site short name, location name, partition key) -> stage item id
-ItemFinder = Callable[[Session, str, str, str], str]
+# (session, site short name, location name, partition key) -> the stage's item
+ItemFinder = Callable[[Session, str, str, str], Item]
 
 
 def package_named(session: Session, name: str) -> RawDataPackage:
@@ -120,13 +122,13 @@ def _find_unpack_item(session, site, location, key) -> str:
     )
 
 
-def _find_archive_item(session, site, location, key) -> str:
+def _find_archive_item(session, site, location, key) -> ArchiveItem:
     package = package_named(session, key)
     lta = location_named(session, site, location)
     buffer = package_copy_location(session, package, lta.site)
     if buffer is None:
         raise Failure(f"package {key} has no copy in a buffer of site {site} to archive from")
-    return f"{package.id}:{buffer.id}:{lta.id}"
+    return ArchiveItem(package=package.id, source=buffer.id, lta=lta.id)
 
 
 def materialize_one(
@@ -159,7 +161,7 @@ def materialize_one(
     return MaterializeResult(metadata={k: metadata_value(v) for k, v in metadata.items()})
 
 
-def _partitioned_asset(
+def partitioned_asset(
     *,
     site: SiteView,
     location: str,
@@ -174,7 +176,9 @@ def _partitioned_asset(
 
     @asset(
         key=asset_key(s, location, kind),
-        partitions_def=raw_data_packages if kind == RAW_DATA_PACKAGE else data_transfer_packages,
+        partitions_def=(
+            data_transfer_packages if kind == DATA_TRANSFER_PACKAGE else raw_data_packages
+        ),
         deps=deps,
         group_name=s,
         description=description,
@@ -241,7 +245,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
             )
         for buf in buffers:
             assets.append(
-                _partitioned_asset(
+                partitioned_asset(
                     site=site,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
@@ -252,7 +256,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                 )
             )
             assets.append(
-                _partitioned_asset(
+                partitioned_asset(
                     site=site,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
@@ -271,7 +275,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
         ]
         for buf in buffers:
             assets.append(
-                _partitioned_asset(
+                partitioned_asset(
                     site=site,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
@@ -285,7 +289,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                 )
             )
             assets.append(
-                _partitioned_asset(
+                partitioned_asset(
                     site=site,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
@@ -297,7 +301,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
             )
         for lta in site.of_type(LocationType.LONG_TERM_ARCHIVE):
             assets.append(
-                _partitioned_asset(
+                partitioned_asset(
                     site=site,
                     location=lta.name,
                     kind=RAW_DATA_PACKAGE,

@@ -13,7 +13,7 @@ when it starts (``probe_unavailable_now``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -117,9 +117,9 @@ class StageGate:
     observer: str
     storage_for: StorageFor
     unavailable: Unavailability
-    needs: dict[str, Needs] = field(default_factory=dict)
+    needs: dict[Hashable, Needs] = field(default_factory=dict)
     admissions: dict[int, Admission] = field(default_factory=dict)
-    targets: dict[str, tuple[DataLocation, str]] = field(default_factory=dict)
+    targets: dict[Hashable, tuple[DataLocation, str]] = field(default_factory=dict)
     #: location errors met while measuring (already recorded), for the UI
     newly_unavailable: list[tuple[DataLocation, UnavailableLocation]] = field(default_factory=list)
 
@@ -131,7 +131,7 @@ class StageGate:
         site: Site,
         observer: str,
         storage_for: StorageFor,
-        items: Sequence[str],
+        items: Sequence[Hashable],
         *,
         run_id: str | None = None,
     ) -> StageGate:
@@ -158,7 +158,7 @@ class StageGate:
                 usage = None  # cannot measure now: the write itself meets the error
             self.admissions[location.id] = plan_admission(self.session, location, usage)
 
-    def waits(self, item: str) -> str | None:
+    def waits(self, item: Hashable) -> str | None:
         """Why ``item`` cannot run now (None: it may run)."""
         if self.unavailable:
             needs = self.needs.get(item)

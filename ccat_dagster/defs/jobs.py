@@ -12,7 +12,6 @@ output metadata.
 
 from dagster import (
     Backoff,
-    Config,
     Failure,
     Jitter,
     JobDefinition,
@@ -37,13 +36,9 @@ TRANSIENT_RETRY = RetryPolicy(
 )
 
 
-class StageConfig(Config):
-    """The items (ops-DB ids) this run works on, chosen by the stage's sensor."""
-
-    items: list[str]
-
-
 def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
+    stage_config = stage.config  # the op's typed run config (its ``items``)
+
     @op(
         name=names.stage_op(site.short_name, stage.name),
         description=stage.description,
@@ -54,12 +49,12 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
     )
     def stage_batch(
         context: OpExecutionContext,
-        config: StageConfig,
+        config: stage_config,  # pyright: ignore[reportInvalidTypeForm]
         ops_db: OpsDbResource,
         storage: SiteStorageResource,
     ):
         failed: dict[str, str] = {}
-        deferred: dict[str, str] = {}
+        deferred: dict[str, str] = {}  # str(item) -> why
         done = skipped = 0
         with ops_db.session() as session, storage.registry() as storages:
             gate = StageGate.open(
@@ -76,7 +71,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                     context.log_event(event)
                 why = gate.waits(item)
                 if why is not None:
-                    deferred[item] = why
+                    deferred[str(item)] = why
                     continue
                 try:
                     report = stage.execute(session, item, storages.get, context.run_id)
@@ -85,7 +80,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                     # rest of the batch that needs the location wait; no retry is burnt.
                     if gate.location_error(exc, run_id=context.run_id) is None:
                         raise
-                    deferred[item] = f"waiting: {exc}"
+                    deferred[str(item)] = f"waiting: {exc}"
                     continue
                 for event in report.events:
                     context.log_event(event)

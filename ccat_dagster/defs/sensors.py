@@ -68,13 +68,15 @@ class StageCursor:
 
 
 def items_in_flight(
-    context: SensorEvaluationContext, job_name: str, op_name: str
-) -> tuple[int, set[str]]:
+    context: SensorEvaluationContext, stage: Stage, job_name: str, op_name: str
+) -> tuple[int, set]:
+    """How many runs of the stage's job are in flight, and their items (read through the
+    stage's typed run config)."""
     runs = context.instance.get_runs(filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
-    items: set[str] = set()
+    items: set = set()
     for run in runs:
-        config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {})
-        items.update(config.get("items", []))
+        op_config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {})
+        items.update(stage.items_of(op_config))
     return len(runs), items
 
 
@@ -120,7 +122,7 @@ def build_stage_sensor(
         context: SensorEvaluationContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ):
         cursor = StageCursor.parse(context.cursor)
-        running, busy = items_in_flight(context, stage_job.name, op_name)
+        running, busy = items_in_flight(context, stage, stage_job.name, op_name)
         with ops_db.session() as session, storage.registry() as storages:
             site_db = site_row(session, site.short_name)
             if not _paused(session, site_db, stage):
@@ -146,7 +148,7 @@ def build_stage_sensor(
             run_requests.append(
                 RunRequest(
                     run_key=f"{stage_job.name}:{cursor.seq}",
-                    run_config={"ops": {op_name: {"config": {"items": batch}}}},
+                    run_config=stage.run_config(op_name, batch),
                     tags={"ccat/site": site.short_name, "ccat/stage": stage.name},
                 )
             )

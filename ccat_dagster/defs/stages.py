@@ -9,17 +9,19 @@ through these same functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    Config,
     DagsterInstance,
     Failure,
     MetadataValue,
 )
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -62,12 +64,41 @@ from ccat_ops_db.models import (
 
 StorageFor = Callable[[DataLocation], Storage]
 DagsterEvent = AssetMaterialization | AssetCheckEvaluation
+
+
+class StageConfig(Config):
+    """The items this run works on, chosen by the stage's sensor: ops-DB ids (of packages,
+    bundles or transfers, by stage)."""
+
+    items: list[str]
+
+
+class ArchiveItem(Config):
+    """A package to copy into a long-term archive, by ops-DB ids: the location it is read from
+    is a buffer of the site, or for a repair any location holding a good copy."""
+
+    package: int
+    source: int
+    lta: int
+
+    def __str__(self) -> str:
+        return f"package {self.package} (location {self.source} -> {self.lta})"
+
+
+class ArchiveConfig(Config):
+    """The packages this archive run copies, chosen by the stage's sensor."""
+
+    items: list[ArchiveItem]
+
+
+#: one item of a stage: an ops-DB id (``StageConfig``) or a typed item (``ArchiveItem``, ...)
+Item = Hashable
 #: (session, site, items) -> item -> what it needs / (location it writes into, admission key)
-NeedsOf = Callable[[Session, Site, list[str]], dict[str, Needs]]
-TargetsOf = Callable[[Session, Site, list[str]], dict[str, tuple[DataLocation, str]]]
+NeedsOf = Callable[[Session, Site, list], dict[Item, Needs]]
+TargetsOf = Callable[[Session, Site, list], dict[Item, tuple[DataLocation, str]]]
 
 
-def _needs_nothing(_session: Session, _site: Site, _items: list[str]) -> dict[str, Needs]:
+def _needs_nothing(_session: Session, _site: Site, _items: list) -> dict[Item, Needs]:
     return {}
 
 
@@ -86,9 +117,11 @@ class Stage:
     description: str
     #: the "manager" part: create the records of new work (packages, bundles, routes)
     plan: Callable[[Session, Site], None]
-    #: item ids ready to execute at this site
-    ready: Callable[[Session, Site], list[str]]
-    execute: Callable[[Session, str, StorageFor, str | None], StageReport]
+    #: items ready to execute at this site
+    ready: Callable[[Session, Site], list]
+    execute: Callable[[Session, Item, StorageFor, str | None], StageReport]
+    #: the run config of the stage's op; its ``items`` are the items of this stage
+    config: type[Config] = StageConfig
     batch_size: int = 200
     #: how many runs of this stage may be in flight at once at a site
     max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
@@ -98,6 +131,19 @@ class Stage:
     needs: NeedsOf = _needs_nothing
     #: where each item writes into a buffer, for admission (None: no admission check)
     admission_targets: TargetsOf | None = None
+
+    def run_config(self, op_name: str, items: Sequence[Item]) -> dict:
+        """The run config of a run of the stage's op over ``items``."""
+        typed = self.config(items=list(items))
+        return {"ops": {op_name: {"config": typed.model_dump()}}}
+
+    def items_of(self, op_config: Mapping) -> list[Item]:
+        """The items of a run's op config (``[]`` when it is not this stage's: a run launched
+        by hand with a wrong config, or by an older version)."""
+        try:
+            return list(self.config(**op_config).items)
+        except (ValidationError, TypeError):
+            return []
 
     def location(self, site: SiteView) -> LocationView | None:
         """Where this stage runs at ``site`` (the location whose pool throttles it), None when
@@ -394,8 +440,11 @@ UNPACK = Stage(
 # --------------------------------------------------------------------- 5. long-term archive
 
 
-def _ready_archive(session: Session, site: Site) -> list[str]:
-    return [f"{p.id}:{b.id}:{a.id}" for p, b, a in archive.archive_candidates(session, site)]
+def _ready_archive(session: Session, site: Site) -> list[ArchiveItem]:
+    return [
+        ArchiveItem(package=p.id, source=b.id, lta=a.id)
+        for p, b, a in archive.archive_candidates(session, site)
+    ]
 
 
 def lta_presence_outcome(evidence: archive.LtaEvidence) -> dict:
@@ -424,15 +473,12 @@ def lta_presence_evaluation(
     )
 
 
-def _archive_item(session: Session, item: str):
-    """``package:source:lta`` ids: the source is a buffer of the site, or for a repair any
-    location holding a good copy."""
-    package_id, source_id, lta_id = (int(x) for x in item.split(":"))
-    package = session.get(RawDataPackage, package_id)
-    return package, session.get(DataLocation, source_id), session.get(DataLocation, lta_id)
+def _archive_item(session: Session, item: ArchiveItem):
+    package = session.get(RawDataPackage, item.package)
+    return package, session.get(DataLocation, item.source), session.get(DataLocation, item.lta)
 
 
-def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> StageReport:
+def _execute_archive_copy(session: Session, item: ArchiveItem, storage_for, run_id) -> StageReport:
     """Only the copy; the single-partition asset leaves the check to its blocking asset check."""
     package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
@@ -441,7 +487,7 @@ def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> S
     return StageReport(outcome)
 
 
-def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageReport:
+def _execute_archive(session: Session, item: ArchiveItem, storage_for, run_id) -> StageReport:
     """Copy, then the lta_presence check, recorded as a check evaluation of the partition."""
     package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
@@ -461,12 +507,8 @@ def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageR
     return StageReport(outcome, events)
 
 
-def _archive_needs(_session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
-    out = {}
-    for i in items:
-        _package, buffer, lta = (int(x) for x in i.split(":"))
-        out[i] = Needs(reads=(buffer,), writes=(lta,))
-    return out
+def _archive_needs(_session: Session, _site: Site, items: list[ArchiveItem]) -> dict:
+    return {i: Needs(reads=(i.source,), writes=(i.lta,)) for i in items}
 
 
 ARCHIVE = Stage(
@@ -476,6 +518,7 @@ ARCHIVE = Stage(
     plan=lambda _session, _site: None,
     ready=_ready_archive,
     execute=_execute_archive,
+    config=ArchiveConfig,
     needs=_archive_needs,
 )
 

@@ -8,26 +8,22 @@ as ``ccat staging create`` (``dagster job launch -j <site>_create_staging_job --
 
 from dagster import (
     AssetDep,
-    AssetExecutionContext,
     AssetsDefinition,
     Config,
     Failure,
     JobDefinition,
-    MaterializeResult,
     OpExecutionContext,
     Out,
     SensorDefinition,
-    asset,
     job,
     op,
 )
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.assets import materialize_one, package_named
+from ccat_dagster.defs.assets import package_named, partitioned_asset
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
-from ccat_dagster.defs.partitions import raw_data_packages
-from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.resources import OpsDbResource
 from ccat_dagster.defs.sensors import build_stage_sensor
 from ccat_dagster.defs.stages import (
     Stage,
@@ -49,14 +45,32 @@ from ccat_ops_db.models import (
 )
 
 
-def _ready(session: Session, site: Site) -> list[str]:
-    return [f"{pid}:{lid}" for pid, lid in staging.staging_candidates(session, site)]
+class StagingItem(Config):
+    """A package to stage to a PROCESSING location, by ops-DB ids."""
+
+    package: int
+    location: int
+
+    def __str__(self) -> str:
+        return f"package {self.package} (to location {self.location})"
 
 
-def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
-    package_id, location_id = (int(x) for x in item.split(":"))
-    package = session.get(RawDataPackage, package_id)
-    location = session.get(DataLocation, location_id)
+class StagingConfig(Config):
+    """The packages this staging run stages, chosen by the staging sensor."""
+
+    items: list[StagingItem]
+
+
+def _ready(session: Session, site: Site) -> list[StagingItem]:
+    return [
+        StagingItem(package=pid, location=lid)
+        for pid, lid in staging.staging_candidates(session, site)
+    ]
+
+
+def _execute(session: Session, item: StagingItem, storage_for, run_id) -> StageReport:
+    package = session.get(RawDataPackage, item.package)
+    location = session.get(DataLocation, item.location)
     outcome = staging.stage_raw_data_package(
         session, package, location, storage_for=storage_for, run_id=run_id
     )
@@ -66,16 +80,15 @@ def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
     )
 
 
-def _needs(session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
+def _needs(session: Session, _site: Site, items: list[StagingItem]) -> dict:
     """The PROCESSING location it writes, and the verified archive copies it may read from
     (any one of them is enough)."""
     out = {}
     for item in items:
-        package_id, location_id = (int(x) for x in item.split(":"))
-        package = session.get(RawDataPackage, package_id)
-        location = session.get(DataLocation, location_id)
+        package = session.get(RawDataPackage, item.package)
+        location = session.get(DataLocation, item.location)
         sources = tuple(lta.id for lta in staging.lta_sources(session, package, location))
-        out[item] = Needs(writes=(location_id,), any_of_reads=sources)
+        out[item] = Needs(writes=(item.location,), any_of_reads=sources)
     return out
 
 
@@ -90,6 +103,7 @@ STAGE = Stage(
     plan=lambda _session, _site: None,
     ready=_ready,
     execute=_execute,
+    config=StagingConfig,
     batch_size=50,
     needs=_needs,
 )
@@ -98,7 +112,7 @@ STAGE = Stage(
 # --------------------------------------------------------------------------- asset
 
 
-def _find_staging_item(session: Session, site: str, location: str, key: str) -> str:
+def _find_staging_item(session: Session, site: str, location: str, key: str) -> StagingItem:
     package = package_named(session, key)
     loc = location_named(session, site, location)
     if not staging.has_active_job(session, package, loc):
@@ -108,38 +122,30 @@ def _find_staging_item(session: Session, site: str, location: str, key: str) -> 
             f"no active staging job to {where} includes {key}; create one with "
             f"`ccat staging create --location {where} --package {key}`"
         )
-    return f"{package.id}:{loc.id}"
+    return StagingItem(package=package.id, location=loc.id)
 
 
 def build_staged_asset(
     snapshot: TopologySnapshot, site: SiteView, processing: LocationView
 ) -> AssetsDefinition:
-    s, location = site.short_name, processing.name
     lta_keys = [
         asset_key(lta_site.short_name, lta.name, RAW_DATA_PACKAGE)
         for lta_site in snapshot.lta_sites
         for lta in lta_site.of_type(LocationType.LONG_TERM_ARCHIVE)
     ]
 
-    @asset(
-        key=asset_key(s, location, STAGED_RAW_DATA_PACKAGE),
-        partitions_def=raw_data_packages,
-        deps=[AssetDep(k) for k in lta_keys],
-        group_name=s,
+    return partitioned_asset(
+        site=site,
+        location=processing.name,
+        kind=STAGED_RAW_DATA_PACKAGE,
         description=(
             f"RawDataPackages staged (unpacked, files PRESENT, package copy STAGED) at the "
             f"PROCESSING location {processing.qualified_name} for active StagingJobs."
         ),
-        pool=STAGE.pool(site),
-        kinds={"ccat"},
-        tags={"ccat/site": s, "ccat/location": location},
+        deps=[AssetDep(k) for k in lta_keys],
+        stage=STAGE,
+        finder=_find_staging_item,
     )
-    def _asset(
-        context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
-    ) -> MaterializeResult:
-        return materialize_one(context, STAGE, _find_staging_item, s, location, ops_db, storage)
-
-    return _asset
 
 
 # --------------------------------------------------------------------------- create job

@@ -22,14 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 SITES = ("ccat", "cologne", "us")
 
 
-@pytest.fixture
-def default_topology_db(fresh_sqlite_url, monkeypatch):
-    monkeypatch.setenv("CCAT_OPS_DB_URL", fresh_sqlite_url)
-    with session_scope(fresh_sqlite_url) as session:
-        apply_topology(session, DEFAULT_TOPOLOGY_PATH)
-    return fresh_sqlite_url
-
-
 def _site_defs(name: str):
     """The site module's definitions, built now (``@definitions``: nothing at import)."""
     return importlib.import_module(f"ccat_dagster.sites.{name}").defs()

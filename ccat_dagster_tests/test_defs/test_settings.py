@@ -7,9 +7,6 @@ import pytest
 
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.settings import Settings, SettingsError
-from ccat_dagster.simulate import DEFAULT_TOPOLOGY_PATH
-from ccat_ops_db.session import session_scope
-from ccat_ops_db.topology import apply_topology
 
 
 def test_defaults_without_variables():
@@ -67,14 +64,6 @@ def test_a_bad_value_is_an_error_naming_the_variable(name, value):
 def test_settings_are_frozen():
     with pytest.raises(ValueError, match="frozen"):
         Settings().cleanup_cron = "* * * * *"
-
-
-@pytest.fixture
-def default_topology_db(fresh_sqlite_url, monkeypatch):
-    monkeypatch.setenv("CCAT_OPS_DB_URL", fresh_sqlite_url)
-    with session_scope(fresh_sqlite_url) as session:
-        apply_topology(session, DEFAULT_TOPOLOGY_PATH)
-    return fresh_sqlite_url
 
 
 def test_definitions_read_the_environment_when_built_not_at_import(
