@@ -123,6 +123,16 @@ def _site_locations(session: Session, site: Site, name: str | None) -> list[Data
     return chosen
 
 
+def _no_step_for(site: str, name: str, cleaned: list[str]) -> None:
+    """Fail a run asked to clean a location this code location has no delete step for."""
+    raise Failure(
+        f"location {name!r} has no cleanup step in this code location of site {site} "
+        f"(cleaned here: {', '.join(cleaned) or 'none'}); if it was added or activated in the "
+        "topology since, reload the code location",
+        allow_retries=False,
+    )
+
+
 def _lta_copies_relied_on(
     session: Session, package_ids: set[int]
 ) -> list[tuple[int, DataLocation]]:
@@ -152,7 +162,9 @@ def _fresh_checks(passed: list[dict]) -> dict[tuple[int, int], LtaEvidence]:
     return out
 
 
-def _check_op(s: str) -> OpDefinition:
+def _check_op(s: str, cleaned: list[str]) -> OpDefinition:
+    """The first step; ``cleaned``: the locations that have a delete step in this job."""
+
     @op(
         name=names.cleanup_check_op(s),
         out=Out(dict),
@@ -169,8 +181,10 @@ def _check_op(s: str) -> OpDefinition:
         relying: dict[int, list[str]] = {}
         problems: dict[str, list[str]] = {}
         with ops_db.session() as session, storage.registry() as storages:
-            site_db = site_row(session, s)
-            for location in _site_locations(session, site_db, config.location):
+            locations = _site_locations(session, site_row(session, s), config.location)
+            if config.location is not None and config.location not in cleaned:
+                _no_step_for(s, config.location, cleaned)
+            for location in locations:
                 plan = plan_deletions(session, location=location, observer=s)
                 for c in plan.deletable:
                     if c.rule in _RELIES_ON_ARCHIVE and c.raw_data_package_id is not None:
@@ -288,8 +302,9 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
     """Check, then one deletion step per cleaned location of the site (each in its own
     ``{site}_{location}_deletion`` pool), and the sweep of temporaries."""
     s = site.short_name
-    check_step = _check_op(s)
-    delete_steps = [_delete_op(s, loc) for loc in names.cleaned_locations(site.locations)]
+    cleaned = names.cleaned_locations(site.locations)
+    check_step = _check_op(s, [loc.name for loc in cleaned])
+    delete_steps = [_delete_op(s, loc) for loc in cleaned]
     temporaries_step = build_temporaries_op(s)
     job_name = names.cleanup_job(s)
 

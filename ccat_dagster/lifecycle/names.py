@@ -3,8 +3,8 @@
 No Dagster import: ``ccat list-locations`` prints the pools without loading Dagster, and the
 Dagster wiring (``ccat_dagster.defs``) takes every name from here.
 
-Pools are ``{site}_{location}_{operation}`` (the seeds' queue names; ``DataLocation.pool_prefix``
-is the ``{site}_{location}`` part), and only the operations of the matrix in
+Pools are ``{site}_{location}_{operation}`` (``DataLocation.pool_prefix`` is the
+``{site}_{location}`` part), and only the operations of the matrix in
 ``lifecycle.operations`` get one. A pool exists where an op runs in it:
 
 - a pipeline stage (one batched op per site) runs in the pool of its operation at the *primary*
