@@ -75,9 +75,11 @@ def default_dagster_home() -> Path:
 
 
 def _console_level() -> str:
-    """Console log level of in-process runs (``CCAT_RUN_LOG_LEVEL``; the full event log is in
-    the Dagster instance either way)."""
-    return os.environ.get("CCAT_RUN_LOG_LEVEL", "WARNING").upper()
+    """Console log level of in-process runs (``Settings.run_log_level``, ``CCAT_RUN_LOG_LEVEL``;
+    the full event log is in the Dagster instance either way)."""
+    from ccat_dagster.defs.settings import Settings
+
+    return Settings.from_env().run_log_level
 
 
 def _cursor_key(name: str) -> str:

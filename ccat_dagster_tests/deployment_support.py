@@ -222,14 +222,13 @@ class Deployment:
 
 
 def code_server_ready(port: int) -> bool:
-    """True once the code server on ``port`` answers a gRPC ping (it binds only after loading)."""
-    from dagster._grpc.client import DagsterGrpcClient
-
-    try:
-        DagsterGrpcClient(port=port, host=HOST).ping("ready?")
-    except Exception:  # noqa: BLE001 - unreachable until it serves
-        return False
-    return True
+    """True once the code server on ``port`` reports SERVING to Dagster's public health check
+    (``dagster api grpc-health-check``; no private Dagster module)."""
+    check = [sys.executable, "-m", "dagster", "api", "grpc-health-check"]
+    result = subprocess.run(
+        [*check, "--port", str(port), "--host", HOST], capture_output=True, timeout=60
+    )
+    return result.returncode == 0
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -15,11 +15,8 @@ from ccat_dagster.lifecycle.locations import (
     lta_sites,
     resolve_location,
 )
-from ccat_dagster.lifecycle.operations import (
-    QUEUE_OPERATIONS_BY_LOCATION_TYPE,
-    OperationType,
-    pool_name,
-)
+from ccat_dagster.lifecycle.names import pool_name
+from ccat_dagster.lifecycle.operations import QUEUE_OPERATIONS_BY_LOCATION_TYPE, OperationType
 from ccat_dagster.lifecycle.policy import Policy, get_policy
 from ccat_dagster.simulate import demo_topology
 from ccat_ops_db.models import LocationType, Site
@@ -170,6 +167,8 @@ def test_list_locations_shows_every_location_with_operations_and_pools(session, 
     assert "us_lta_long_term_archive_transfer" in table
     assert "us_lta_deletion" not in table
     lta_row = next(r for r in rows if (r.site, r.location) == ("cologne", "lta"))
+    # an archive's monitoring pool is the re-verification's (the scrub); nothing lists a pool no
+    # op uses
     assert lta_row.pools == (
         ("long_term_archive_transfer", "cologne_lta_long_term_archive_transfer"),
         ("monitoring", "cologne_lta_monitoring"),

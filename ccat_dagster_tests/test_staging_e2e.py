@@ -177,7 +177,7 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     for name in (p1, p2):
         assert _staged_intact(url, processing, name)
         assert _copy_states(url, name) == (S.STAGED, {S.PRESENT})
-        assert _fetches(instance, name) == ["cologne_lta"], "same-site S3 archive, fetched once"
+        assert _fetches(instance, name) == ["cologne/lta"], "same-site S3 archive, fetched once"
     assert not any(processing.rglob("*.tar")), "no package archive at the PROCESSING location"
     assert _job(url, job_a).status == _job(url, job_b).status == Status.COMPLETED
 
@@ -185,7 +185,7 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     job_c = _create(url, packages=[p1])
     drive(url, instance)
     assert _job(url, job_c).status == Status.COMPLETED
-    assert _fetches(instance, p1) == ["cologne_lta"]
+    assert _fetches(instance, p1) == ["cologne/lta"]
 
     # forced cleanup cycles never touch files of live jobs
     _forced_cleanup(url, instance)
@@ -209,7 +209,7 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     drive(url, instance)
     assert _staged_intact(url, processing, p1)
     assert _copy_states(url, p1) == (S.STAGED, {S.PRESENT})
-    assert _fetches(instance, p1) == ["cologne_lta", "cologne_lta"]
+    assert _fetches(instance, p1) == ["cologne/lta", "cologne/lta"]
 
     # files deleted by hand while a job is active: the catalogue still says PRESENT; a new job
     # finds them missing on disk and restores them
@@ -233,7 +233,7 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     job_f = _create(url, packages=[q1])
     report = drive(url, instance, include_schedules=False)
     assert not report.failed_runs
-    assert _fetches(instance, q1) == ["us_lta"]
+    assert _fetches(instance, q1) == ["us/lta"]
     assert _staged_intact(url, processing, q1)
     assert _job(url, job_f).status == Status.COMPLETED
     # ...and `ccat verify` reports that archive copy, and nothing else
@@ -316,7 +316,7 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
             assert job.active and job.status == Status.PENDING
             assert job.retention_period_minutes == 3 * 24 * 60
             assert sorted(p.name for p in job.raw_data_packages) == units[unit]
-            assert job.destination_location.qualified_name == "cologne_processing"
+            assert job.destination_location.qualified_name == "cologne/processing"
     assert run.output_for_node("cologne_create_staging_job_op") == dagster_job.id
 
     listing = runner.invoke(app, ["staging", "list"])
@@ -329,7 +329,7 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
     one = materialize([staged_asset], partition_key=first, instance=instance)
     assert one.success
     assert _staged_intact(url, archived_env[2], first)
-    assert _fetches(instance, first) == ["cologne_lta"]
+    assert _fetches(instance, first) == ["cologne/lta"]
     refused = materialize(
         [staged_asset],
         partition_key=other_unit,
@@ -340,7 +340,7 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
     assert _none_on_disk(url, archived_env[2], other_unit)
 
     drive(url, instance, sites=["cologne"], include_schedules=False)
-    assert _fetches(instance, first) == ["cologne_lta"], "the sensor's run shares it"
+    assert _fetches(instance, first) == ["cologne/lta"], "the sensor's run shares it"
     listing = runner.invoke(app, ["staging", "list", "--active"])
     assert listing.output.count("COMPLETED") == 2
 

@@ -153,6 +153,17 @@ class Site(Base):
         return f"Site({self.short_name!r})"
 
 
+def qualified_location_name(site: str, location: str) -> str:
+    """``{site}/{location}``: the one way a location is named to people (``DataLocation``
+    and the Dagster topology snapshot both use it)."""
+    return f"{site}/{location}"
+
+
+def location_pool_prefix(site: str, location: str) -> str:
+    """``{site}_{location}``: the prefix of the location's concurrency pool names."""
+    return f"{site}_{location}"
+
+
 class DataLocation(Base):
     __tablename__ = "data_location"
     __table_args__ = (UniqueConstraint("site_id", "name"),)
@@ -176,11 +187,18 @@ class DataLocation(Base):
 
     @property
     def qualified_name(self) -> str:
-        """``{site}_{location}``: the prefix of every pool/queue name of this location."""
-        return f"{self.site.short_name}_{self.name}"
+        """``{site}/{location}``, e.g. ``cologne/lta``: how every message, metadata value and
+        CLI option names this location (``ccat ... --location cologne/lta``)."""
+        return qualified_location_name(self.site.short_name, self.name)
+
+    @property
+    def pool_prefix(self) -> str:
+        """``{site}_{location}``: the prefix of every concurrency pool name of this location
+        (``{site}_{location}_{operation}``, see ``ccat_dagster.lifecycle.names``)."""
+        return location_pool_prefix(self.site.short_name, self.name)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.site.short_name}/{self.name})"
+        return f"{type(self).__name__}({self.qualified_name})"
 
 
 class DiskDataLocation(DataLocation):

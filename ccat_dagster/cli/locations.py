@@ -37,7 +37,7 @@ def format_locations_table(rows: list[LocationInfo]) -> str:
         out.append(line(cell))
         for observer, since, reason in row.unavailable:
             out.append(f"    UNAVAILABLE: unavailable from {observer} since {since}: {reason}")
-        op_width = max(len(op) for op, _ in row.pools)
+        op_width = max((len(op) for op, _ in row.pools), default=0)
         for op, pool in row.pools:
             out.append(f"    {op.ljust(op_width)}  pool {pool}")
     return "\n".join(out)
@@ -47,8 +47,8 @@ def list_locations_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List every site and location (type, storage, priority, active) and, below each, the
-    sites it is unavailable from (work needing it waits) and the operations valid there with
-    their concurrency pool names."""
+    sites it is unavailable from (work needing it waits) and the operations that run there
+    with the names of their concurrency pools (exactly the pools the Dagster ops use)."""
     with ops_session() as session:
         rows = describe_locations(session)
     if as_json:

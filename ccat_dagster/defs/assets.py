@@ -16,7 +16,6 @@ from dagster import (
     AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -44,16 +43,18 @@ from ccat_dagster.defs.stages import (
     PACKAGE,
     TRANSFER,
     UNPACK,
+    ArchiveItem,
+    Item,
     Stage,
     StageReport,
+    location_named,
+    lta_presence_outcome,
     metadata_value,
     package_copy_location,
-    site_row,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
 from ccat_dagster.lifecycle.archive import confirm_lta_presence
 from ccat_dagster.lifecycle.availability import record_location_error
-from ccat_dagster.lifecycle.operations import OperationType
 from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.models import (
     DataLocation,
@@ -63,16 +64,8 @@ from ccat_ops_db.models import (
     RawDataPackage,
 )
 
-# (session, site short name, location name, partition key) -> stage item id
-ItemFinder = Callable[[Session, str, str, str], str]
-
-
-def location_named(session: Session, site: str, name: str) -> DataLocation:
-    site_db = site_row(session, site)
-    for loc in site_db.locations:
-        if loc.name == name:
-            return loc
-    raise Failure(f"location {site}/{name} is not in the ops DB")
+# (session, site short name, location name, partition key) -> the stage's item
+ItemFinder = Callable[[Session, str, str, str], Item]
 
 
 def package_named(session: Session, name: str) -> RawDataPackage:
@@ -129,13 +122,13 @@ def _find_unpack_item(session, site, location, key) -> str:
     )
 
 
-def _find_archive_item(session, site, location, key) -> str:
+def _find_archive_item(session, site, location, key) -> ArchiveItem:
     package = package_named(session, key)
     lta = location_named(session, site, location)
     buffer = package_copy_location(session, package, lta.site)
     if buffer is None:
         raise Failure(f"package {key} has no copy in a buffer of site {site} to archive from")
-    return f"{package.id}:{buffer.id}:{lta.id}"
+    return ArchiveItem(package=package.id, source=buffer.id, lta=lta.id)
 
 
 def materialize_one(
@@ -168,13 +161,9 @@ def materialize_one(
     return MaterializeResult(metadata={k: metadata_value(v) for k, v in metadata.items()})
 
 
-def _pool(site: str, location: str, operation: OperationType) -> str:
-    return f"{site}_{location}_{operation.value}"
-
-
-def _partitioned_asset(
+def partitioned_asset(
     *,
-    site: str,
+    site: SiteView,
     location: str,
     kind: str,
     description: str,
@@ -182,20 +171,25 @@ def _partitioned_asset(
     stage: Stage,
     finder: ItemFinder,
 ) -> AssetsDefinition:
+    """One site-location-kind asset of ``stage``, in the pool of the stage's batched op."""
+    s = site.short_name
+
     @asset(
-        key=asset_key(site, location, kind),
-        partitions_def=raw_data_packages if kind == RAW_DATA_PACKAGE else data_transfer_packages,
+        key=asset_key(s, location, kind),
+        partitions_def=(
+            data_transfer_packages if kind == DATA_TRANSFER_PACKAGE else raw_data_packages
+        ),
         deps=deps,
-        group_name=site,
+        group_name=s,
         description=description,
-        pool=_pool(site, location, stage.operation),
+        pool=stage.pool(site),
         kinds={"ccat"},
-        tags={"ccat/site": site, "ccat/location": location},
+        tags={"ccat/site": s, "ccat/location": location},
     )
     def _asset(
         context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ) -> MaterializeResult:
-        return materialize_one(context, stage, finder, site, location, ops_db, storage)
+        return materialize_one(context, stage, finder, s, location, ops_db, storage)
 
     return _asset
 
@@ -223,12 +217,7 @@ def _lta_presence_check(site: str, lta: str):
                 storage_for=storages.get,
                 run_id=context.run.run_id,  # an asset check context has no run_id
             )
-        return AssetCheckResult(
-            passed=evidence.ok,
-            severity=AssetCheckSeverity.ERROR,
-            description=evidence.detail or "present with the recorded size and checksum",
-            metadata={k: metadata_value(v) for k, v in evidence.as_dict().items() if v is not None},
-        )
+        return AssetCheckResult(**lta_presence_outcome(evidence))
 
     return _check
 
@@ -250,28 +239,28 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                 AssetSpec(
                     key=asset_key(s, src.name, RAW_DATA_FILES),
                     group_name=s,
-                    description=f"Raw instrument files filed at SOURCE {s}/{src.name}.",
+                    description=f"Raw instrument files filed at SOURCE {src.qualified_name}.",
                     kinds={"ccat"},
                 )
             )
         for buf in buffers:
             assets.append(
-                _partitioned_asset(
-                    site=s,
+                partitioned_asset(
+                    site=site,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
-                    description=f"RawDataPackage tars in source-site buffer {s}/{buf.name}.",
+                    description=f"RawDataPackage tars in source-site buffer {buf.qualified_name}.",
                     deps=[_all(asset_key(s, src.name, RAW_DATA_FILES)) for src in sources],
                     stage=PACKAGE,
                     finder=_find_package_item,
                 )
             )
             assets.append(
-                _partitioned_asset(
-                    site=s,
+                partitioned_asset(
+                    site=site,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
-                    description=f"DataTransferPackages bundled in {s}/{buf.name}.",
+                    description=f"DataTransferPackages bundled in {buf.qualified_name}.",
                     deps=[_all(asset_key(s, buf.name, RAW_DATA_PACKAGE))],
                     stage=BUNDLE,
                     finder=_find_bundle_item,
@@ -286,12 +275,12 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
         ]
         for buf in buffers:
             assets.append(
-                _partitioned_asset(
-                    site=s,
+                partitioned_asset(
+                    site=site,
                     location=buf.name,
                     kind=DATA_TRANSFER_PACKAGE,
                     description=(
-                        f"DataTransferPackages pulled into LTA-site buffer {s}/{buf.name} "
+                        f"DataTransferPackages pulled into LTA-site buffer {buf.qualified_name} "
                         "(primary routes from source sites; secondary routes from other LTA sites)."
                     ),
                     deps=[AssetDep(k) for k in upstream],
@@ -300,11 +289,11 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                 )
             )
             assets.append(
-                _partitioned_asset(
-                    site=s,
+                partitioned_asset(
+                    site=site,
                     location=buf.name,
                     kind=RAW_DATA_PACKAGE,
-                    description=f"RawDataPackages unpacked and verified in {s}/{buf.name}.",
+                    description=f"RawDataPackages unpacked and verified in {buf.qualified_name}.",
                     deps=[_all(asset_key(s, buf.name, DATA_TRANSFER_PACKAGE))],
                     stage=UNPACK,
                     finder=_find_unpack_item,
@@ -312,12 +301,12 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
             )
         for lta in site.of_type(LocationType.LONG_TERM_ARCHIVE):
             assets.append(
-                _partitioned_asset(
-                    site=s,
+                partitioned_asset(
+                    site=site,
                     location=lta.name,
                     kind=RAW_DATA_PACKAGE,
                     description=(
-                        f"RawDataPackages in the long-term archive {s}/{lta.name} "
+                        f"RawDataPackages in the long-term archive {lta.qualified_name} "
                         f"({lta.storage}); verified by the blocking lta_presence check."
                     ),
                     deps=[AssetDep(asset_key(s, b.name, RAW_DATA_PACKAGE)) for b in buffers],

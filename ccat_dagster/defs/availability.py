@@ -13,7 +13,7 @@ when it starts (``probe_unavailable_now``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -35,10 +35,11 @@ from dagster import (
 )
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import Stage, site_row
-from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.defs.stages import Stage, location_named
+from ccat_dagster.defs.topology import LocationView, SiteView
+from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.admission import Admission, plan_admission
 from ccat_dagster.lifecycle.availability import (
     PROBE_BACKOFF_BASE_SECONDS,
@@ -55,7 +56,7 @@ from ccat_dagster.lifecycle.availability import (
 )
 from ccat_dagster.storage.base import DiskUsage, Storage
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
-from ccat_ops_db.models import DataLocation, LocationType, Site
+from ccat_ops_db.models import DataLocation, Site
 
 #: the probe sensor ticks as often as the shortest backoff delay
 PROBE_INTERVAL_SECONDS = PROBE_BACKOFF_BASE_SECONDS
@@ -69,13 +70,7 @@ StorageFor = Callable[[DataLocation], Storage]
 
 def location_asset(location: DataLocation) -> AssetKey:
     """The asset that stands for a location in the UI (its data at that location)."""
-    kind = {
-        LocationType.SOURCE: "raw_data_files",
-        LocationType.BUFFER: RAW_DATA_PACKAGE,
-        LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
-        LocationType.PROCESSING: STAGED_RAW_DATA_PACKAGE,
-    }[location.location_type]
-    return asset_key(location.site.short_name, location.name, kind)
+    return location_asset_key(location.site.short_name, location.name, location.location_type)
 
 
 def location_events(
@@ -122,9 +117,9 @@ class StageGate:
     observer: str
     storage_for: StorageFor
     unavailable: Unavailability
-    needs: dict[str, Needs] = field(default_factory=dict)
+    needs: dict[Hashable, Needs] = field(default_factory=dict)
     admissions: dict[int, Admission] = field(default_factory=dict)
-    targets: dict[str, tuple[DataLocation, str]] = field(default_factory=dict)
+    targets: dict[Hashable, tuple[DataLocation, str]] = field(default_factory=dict)
     #: location errors met while measuring (already recorded), for the UI
     newly_unavailable: list[tuple[DataLocation, UnavailableLocation]] = field(default_factory=list)
 
@@ -136,7 +131,7 @@ class StageGate:
         site: Site,
         observer: str,
         storage_for: StorageFor,
-        items: Sequence[str],
+        items: Sequence[Hashable],
         *,
         run_id: str | None = None,
     ) -> StageGate:
@@ -163,7 +158,7 @@ class StageGate:
                 usage = None  # cannot measure now: the write itself meets the error
             self.admissions[location.id] = plan_admission(self.session, location, usage)
 
-    def waits(self, item: str) -> str | None:
+    def waits(self, item: Hashable) -> str | None:
         """Why ``item`` cannot run now (None: it may run)."""
         if self.unavailable:
             needs = self.needs.get(item)
@@ -210,7 +205,7 @@ def build_location_probe_sensor(site: SiteView) -> SensorDefinition:
     s = site.short_name
 
     @sensor(
-        name=f"{s}_location_probe_sensor",
+        name=names.location_probe_sensor(s),
         minimum_interval_seconds=PROBE_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.STOPPED,
         description=(
@@ -242,18 +237,21 @@ def build_location_probe_sensor(site: SiteView) -> SensorDefinition:
 # --------------------------------------------------------------------------- asset checks
 
 
-def _location_check(site: str, location: str, key: AssetKey):
+def _location_check(location: LocationView, key: AssetKey):
+    site = location.site
+
     @asset_check(
         asset=key,
         name=LOCATION_AVAILABLE,
         description=(
-            f"{site}/{location} answers (probed from {site}): reachable, writable, with room. "
+            f"{location.qualified_name} answers (probed from {site}): reachable, writable, "
+            "with room. "
             "Also recorded whenever a run or the probe sensor finds it unavailable or back."
         ),
     )
     def _check(ops_db: OpsDbResource, storage: SiteStorageResource) -> AssetCheckResult:
         with ops_db.session() as session, storage.registry() as storages:
-            loc = next(loc for loc in site_row(session, site).locations if loc.name == location)
+            loc = location_named(session, site, location.name)
             result = probe_and_record(session, loc, storages.get(loc), observer=storage.site)
         return AssetCheckResult(
             passed=result.ok,
@@ -269,15 +267,9 @@ def build_location_checks(site: SiteView, asset_keys: set[AssetKey]) -> list:
     """``location_available`` on the asset of each location of the site that has one here."""
     checks = []
     for location in site.locations:
-        kind = {
-            LocationType.SOURCE: "raw_data_files",
-            LocationType.BUFFER: RAW_DATA_PACKAGE,
-            LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
-            LocationType.PROCESSING: STAGED_RAW_DATA_PACKAGE,
-        }[location.location_type]
-        key = asset_key(site.short_name, location.name, kind)
+        key = location_asset_key(site.short_name, location.name, location.location_type)
         if key in asset_keys:
-            checks.append(_location_check(site.short_name, location.name, key))
+            checks.append(_location_check(location, key))
     return checks
 
 

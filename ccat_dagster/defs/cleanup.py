@@ -1,24 +1,25 @@
 """The cleanup of one site: a scheduled job gated on lta_presence checks, and the buffer monitor.
 
-Job ``{site}_cleanup`` = two steps. ``..._lta_presence`` re-checks live, for every package whose
-copy at this site the rules would delete, the archive copies the deletion relies on, and records
-each as an ``lta_presence`` check evaluation of that package's partition; failed packages are
-passed on as blocked. ``..._delete`` then runs one bulk cleanup cycle per location of the site
-(lifecycle.cleanup), which re-verifies the LTA copy once more right before deleting the last copy
-outside an LTA and keeps anything blocked. Any error fails the run with the reasons, so an
-operator sees it in the UI. Config: ``location`` (one location of this site) and ``dry_run``.
-A third step ``..._temporaries`` (same ``location`` and ``dry_run``) removes what killed runs
-left behind (defs.temporaries).
+Job ``{site}_cleanup`` (names: ``lifecycle.names``). ``..._lta_presence`` re-checks live, for
+every package whose copy at this site the rules would delete, the archive copies the deletion
+relies on, and records each as an ``lta_presence`` check evaluation of that package's partition;
+failed packages are passed on as blocked. Then one ``..._delete_{location}`` step per location
+of the site (never a long-term archive) runs one bulk cleanup cycle there (lifecycle.cleanup), in
+that location's pool ``{site}_{location}_deletion``, so a limit per location holds across runs;
+it re-verifies the LTA copy once more right before deleting the last copy outside an LTA and
+keeps anything blocked. Any error fails that step, and the run, with the reasons, so an operator
+sees it in the UI. Config (of the first step): ``location`` (one location of this site; the
+other locations' steps do nothing) and ``dry_run``. The last step ``..._temporaries`` (same
+``location`` and ``dry_run``) removes what killed runs left behind (defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
 pools lowered to max_critical_transfers and an immediate cleanup at CRITICAL, packaging paused
-and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. Read when
-the code location loads: ``CCAT_CLEANUP_CRON`` (cleanup schedule, default every 10 minutes) and
-``CCAT_MONITOR_INTERVAL_SECONDS`` (buffer monitor, default 60).
+and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. The
+cleanup cron and the monitor's interval come from ``defs.settings.Settings`` (read when the
+definitions are built).
 """
 
-import os
 from datetime import timedelta
 
 from dagster import (
@@ -33,6 +34,7 @@ from dagster import (
     In,
     JobDefinition,
     MetadataValue,
+    OpDefinition,
     OpExecutionContext,
     Out,
     RunRequest,
@@ -50,16 +52,20 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.availability import location_events
+from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
+    TRANSFER,
+    follow_max_runs,
+    location_named,
     lta_presence_evaluation,
     site_buffer_action,
     site_row,
 )
 from ccat_dagster.defs.temporaries import build_temporaries_op
-from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.defs.topology import LocationView, SiteView
+from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.availability import record_location_error, unavailability
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
 from ccat_dagster.lifecycle.cleanup import plan_deletions, run_cleanup_cycle
@@ -68,7 +74,7 @@ from ccat_dagster.lifecycle.deletion import (
     RULE_RDP_LTA_BUFFER,
     RULE_RDP_SOURCE_BUFFER,
 )
-from ccat_dagster.lifecycle.operations import OperationType, pool_name
+from ccat_dagster.lifecycle.operations import OperationType
 from ccat_dagster.lifecycle.repair import record_lta_check
 from ccat_dagster.lifecycle.verification import LtaEvidence, make_storage_lta_verifier
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
@@ -80,11 +86,10 @@ from ccat_ops_db.models import (
     RawDataPackage,
     RawDataPackagePhysicalCopy,
     Site,
+    qualified_location_name,
     utcnow,
 )
 
-CLEANUP_CRON = os.environ.get("CCAT_CLEANUP_CRON", "*/10 * * * *")
-MONITOR_INTERVAL_SECONDS = int(os.environ.get("CCAT_MONITOR_INTERVAL_SECONDS", "60"))
 BUFFER_CAPACITY = "buffer_capacity"
 #: a live check of the check step is reused by the delete step of the same run for this long
 CHECK_FRESH_FOR = timedelta(minutes=10)
@@ -97,10 +102,6 @@ class CleanupConfig(Config):
 
     location: str | None = None
     dry_run: bool = False
-
-
-def cleanup_job_name(site: SiteView) -> str:
-    return f"{site.short_name}_cleanup"
 
 
 def _site_locations(session: Session, site: Site, name: str | None) -> list[DataLocation]:
@@ -120,6 +121,16 @@ def _site_locations(session: Session, site: Site, name: str | None) -> list[Data
             f"(valid: {valid}; long-term archives are never cleaned automatically)"
         )
     return chosen
+
+
+def _no_step_for(site: str, name: str, cleaned: list[str]) -> None:
+    """Fail a run asked to clean a location this code location has no delete step for."""
+    raise Failure(
+        f"location {name!r} has no cleanup step in this code location of site {site} "
+        f"(cleaned here: {', '.join(cleaned) or 'none'}); if it was added or activated in the "
+        "topology since, reload the code location",
+        allow_retries=False,
+    )
 
 
 def _lta_copies_relied_on(
@@ -151,11 +162,11 @@ def _fresh_checks(passed: list[dict]) -> dict[tuple[int, int], LtaEvidence]:
     return out
 
 
-def build_cleanup_job(site: SiteView) -> JobDefinition:
-    s = site.short_name
+def _check_op(s: str, cleaned: list[str]) -> OpDefinition:
+    """The first step; ``cleaned``: the locations that have a delete step in this job."""
 
     @op(
-        name=f"{s}_cleanup_lta_presence",
+        name=names.cleanup_check_op(s),
         out=Out(dict),
         description="lta_presence checks (blocking) of the packages this cleanup would delete.",
         tags={"ccat/site": s},
@@ -166,47 +177,50 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
         ops_db: OpsDbResource,
         storage: SiteStorageResource,
     ) -> dict:
-        blocked: list[int] = []
+        # package id -> the locations whose deletions rely on its archive copies
+        relying: dict[int, list[str]] = {}
+        problems: dict[str, list[str]] = {}
         with ops_db.session() as session, storage.registry() as storages:
-            site_db = site_row(session, s)
-            package_ids: set[int] = set()
-            for location in _site_locations(session, site_db, config.location):
+            locations = _site_locations(session, site_row(session, s), config.location)
+            if config.location is not None and config.location not in cleaned:
+                _no_step_for(s, config.location, cleaned)
+            for location in locations:
                 plan = plan_deletions(session, location=location, observer=s)
-                package_ids |= {
-                    c.raw_data_package_id
-                    for c in plan.deletable
-                    if c.rule in _RELIES_ON_ARCHIVE and c.raw_data_package_id is not None
-                }
+                for c in plan.deletable:
+                    if c.rule in _RELIES_ON_ARCHIVE and c.raw_data_package_id is not None:
+                        names_at = relying.setdefault(c.raw_data_package_id, [])
+                        if location.name not in names_at:
+                            names_at.append(location.name)
             verify = make_storage_lta_verifier(storages.get, prefer_stored_checksum=False)
             failed: set[int] = set()
-            problems: list[str] = []
             passed: list[dict] = []
-            for package_id, lta in _lta_copies_relied_on(session, package_ids):
+            for package_id, lta in _lta_copies_relied_on(session, set(relying)):
                 package = session.get(RawDataPackage, package_id)
                 try:
                     evidence = verify(package, lta)
                 except StorageError as exc:
                     if isinstance(exc, LocationUnavailableError):
                         _location_unavailable(context, session, exc, s)
-                    evidence = LtaEvidence.cannot_verify(
-                        lta.qualified_name, package.relative_path, exc
-                    )
+                    evidence = LtaEvidence.cannot_verify(package, lta, exc)
                 if not config.dry_run:
                     record_lta_check(session, package, lta, evidence, run_id=context.run_id)
                     session.commit()
                 context.log_event(lta_presence_evaluation(lta, package, evidence))
                 if evidence.ok:
                     passed.append({"package": package_id, "lta": lta.id, **evidence.as_dict()})
-                else:
-                    failed.add(package_id)
-                    problems.append(
+                    continue
+                failed.add(package_id)
+                for name in relying[package_id]:
+                    problem = (
                         f"lta_presence FAILED for {package.name} in {lta.qualified_name}: "
-                        f"{evidence.detail}; its copies at {s} are kept"
+                        f"{evidence.detail}; its copies at {qualified_location_name(s, name)} "
+                        "are kept"
                         + (" and the archive copy is re-archived" if evidence.examined else "")
                     )
-                    context.log.error(problems[-1])
+                    problems.setdefault(name, []).append(problem)
+                    context.log.error(problem)
             blocked = sorted(failed)
-        context.log.info(f"{len(package_ids)} packages checked, {len(blocked)} blocked")
+        context.log.info(f"{len(relying)} packages checked, {len(blocked)} blocked")
         return {
             "location": config.location,
             "dry_run": config.dry_run,
@@ -215,12 +229,19 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
             "passed": passed,
         }
 
+    return lta_presence_step
+
+
+def _delete_op(s: str, where: LocationView) -> OpDefinition:
     @op(
-        name=f"{s}_cleanup_delete",
+        name=names.cleanup_delete_op(s, where.name),
         ins={"checked": In(dict)},
-        description="Bulk deletion, one cycle per location of the site, by the deletion rules.",
-        pool=f"{s}_cleanup",
-        tags={"ccat/site": s},
+        description=(
+            f"Bulk deletion at {where.qualified_name} by the deletion rules (one cycle), in the "
+            "location's deletion pool."
+        ),
+        pool=names.pool_name(where, OperationType.DELETION),
+        tags={"ccat/site": s, "ccat/location": where.name},
     )
     def delete_step(
         context: OpExecutionContext,
@@ -228,9 +249,12 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
         ops_db: OpsDbResource,
         storage: SiteStorageResource,
     ) -> None:
+        if checked["location"] not in (None, where.name):
+            context.log.info(f"{where.qualified_name}: not cleaned by this run")
+            return
         blocked = set(checked["blocked"])
         # a failed check is an incident even when the rules no longer offer the package
-        errors: list[str] = list(checked.get("problems", []))
+        errors: list[str] = list(checked.get("problems", {}).get(where.name, []))
         fresh = _fresh_checks(checked.get("passed", []))
         with ops_db.session() as session, storage.registry() as storages:
             live = make_storage_lta_verifier(storages.get, prefer_stored_checksum=False)
@@ -238,53 +262,65 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
             def verify(package: RawDataPackage, lta: DataLocation) -> LtaEvidence:
                 if package.id in blocked:  # already recorded by the check step
                     return LtaEvidence.cannot_verify(
-                        lta.qualified_name,
-                        package.relative_path,
-                        "blocked: its lta_presence check failed in this run",
+                        package, lta, "blocked: its lta_presence check failed in this run"
                     )
                 return fresh.get((package.id, lta.id)) or live(package, lta)
 
-            site_db = site_row(session, s)
-            for location in _site_locations(session, site_db, checked["location"]):
-                report = run_cleanup_cycle(
-                    session,
-                    storage_for=storages.get,
-                    verify_lta_copy=verify,
-                    run_id=context.run_id,
-                    location=location,
-                    dry_run=checked["dry_run"],
-                    observer=s,
-                )
-                text = report.plan.summary() if report.dry_run else report.summary()
-                context.log.info(f"{location.qualified_name}: {text}")
-                for check in report.lta_checks:
-                    context.log_event(
-                        lta_presence_evaluation(check.lta, check.package, check.evidence)
-                    )
-                errors += report.errors
-                for exc in report.unavailable:
-                    _location_unavailable(context, session, exc, s)
+            location = location_named(session, s, where.name)
+            if not location.active:  # deactivated since the code location loaded
+                context.log.info(f"{where.qualified_name}: inactive, nothing to do")
+                return
+            report = run_cleanup_cycle(
+                session,
+                storage_for=storages.get,
+                verify_lta_copy=verify,
+                run_id=context.run_id,
+                location=location,
+                dry_run=checked["dry_run"],
+                observer=s,
+            )
+            text = report.plan.summary() if report.dry_run else report.summary()
+            context.log.info(f"{location.qualified_name}: {text}")
+            for check in report.lta_checks:
+                context.log_event(lta_presence_evaluation(check.lta, check.package, check.evidence))
+            errors += report.errors
+            for exc in report.unavailable:
+                _location_unavailable(context, session, exc, s)
         if errors:
             raise Failure(
-                description=f"cleanup at {s}: {len(errors)} problem(s); data was kept",
+                description=(
+                    f"cleanup at {where.qualified_name}: {len(errors)} problem(s); data was kept"
+                ),
                 metadata={f"error_{i}": MetadataValue.text(e) for i, e in enumerate(errors[:50])},
                 allow_retries=False,
             )
 
+    return delete_step
+
+
+def build_cleanup_job(site: SiteView) -> JobDefinition:
+    """Check, then one deletion step per cleaned location of the site (each in its own
+    ``{site}_{location}_deletion`` pool), and the sweep of temporaries."""
+    s = site.short_name
+    cleaned = names.cleaned_locations(site.locations)
+    check_step = _check_op(s, [loc.name for loc in cleaned])
+    delete_steps = [_delete_op(s, loc) for loc in cleaned]
     temporaries_step = build_temporaries_op(s)
+    job_name = names.cleanup_job(s)
 
     @job(
-        name=cleanup_job_name(site),
+        name=job_name,
         description=(
             f"Delete temporary copies at {s} that the deletion rules allow, after live "
             "lta_presence checks. Manual: `dagster job launch -j "
-            f"{cleanup_job_name(site)} -w workspace.yaml -l {s} --config-json ...`"
+            f"{job_name} -w workspace.yaml -l {s} --config-json ...`"
         ),
         tags={"ccat/site": s, "ccat/stage": "deletion"},
     )
     def cleanup_job() -> None:
-        checked = lta_presence_step()
-        delete_step(checked)
+        checked = check_step()
+        for delete_step in delete_steps:
+            delete_step(checked)
         temporaries_step(checked)
 
     return cleanup_job
@@ -293,7 +329,7 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
 def cleanup_run_config(site: SiteView, *, location: str | None = None, dry_run: bool = False):
     return {
         "ops": {
-            f"{site.short_name}_cleanup_lta_presence": {
+            names.cleanup_check_op(site.short_name): {
                 "config": {"location": location, "dry_run": dry_run}
             }
         }
@@ -325,11 +361,13 @@ def _location_unavailable(
         context.log_event(event)
 
 
-def build_cleanup_schedule(site: SiteView, cleanup_job: JobDefinition) -> ScheduleDefinition:
+def build_cleanup_schedule(
+    site: SiteView, cleanup_job: JobDefinition, *, cron: str
+) -> ScheduleDefinition:
     @schedule(
-        name=f"{site.short_name}_cleanup_schedule",
+        name=names.cleanup_schedule(site.short_name),
         job=cleanup_job,
-        cron_schedule=CLEANUP_CRON,
+        cron_schedule=cron,
         default_status=DefaultScheduleStatus.STOPPED,
         description=f"Run {cleanup_job.name} when the deletion rules allow something at the site.",
     )
@@ -362,23 +400,15 @@ def measure_site(session: Session, site: Site, storages) -> list[tuple[DataLocat
     return out
 
 
-def _observed_asset(location: DataLocation):
-    kind = {
-        LocationType.SOURCE: "raw_data_files",
-        LocationType.BUFFER: RAW_DATA_PACKAGE,
-        LocationType.LONG_TERM_ARCHIVE: RAW_DATA_PACKAGE,
-        LocationType.PROCESSING: "staged_raw_data_package",
-    }[location.location_type]
-    return asset_key(location.site.short_name, location.name, kind)
-
-
-def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
+def build_buffer_monitor_sensor(
+    site: SiteView, cleanup_job: JobDefinition, *, interval_seconds: int
+):
     s = site.short_name
 
     @sensor(
-        name=f"{s}_buffer_monitor_sensor",
+        name=names.buffer_monitor_sensor(s),
         job=cleanup_job,
-        minimum_interval_seconds=MONITOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.STOPPED,
         description=(
             f"Disk usage of every disk location at {s}; escalates at warning/critical/emergency "
@@ -396,7 +426,7 @@ def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
             for location, status in samples:
                 events.append(
                     AssetObservation(
-                        asset_key=_observed_asset(location),
+                        asset_key=location_asset(location),
                         metadata={
                             "disk_usage_percent": MetadataValue.float(round(status.percent, 2)),
                             "used_bytes": MetadataValue.int(status.used_bytes),
@@ -409,7 +439,7 @@ def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
                     emergency = status.level >= BufferLevel.EMERGENCY
                     events.append(
                         AssetCheckEvaluation(
-                            asset_key=_observed_asset(location),
+                            asset_key=location_asset(location),
                             check_name=BUFFER_CAPACITY,
                             passed=not emergency,
                             severity=AssetCheckSeverity.ERROR
@@ -420,19 +450,15 @@ def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
                             metadata={"disk_usage_percent": MetadataValue.float(status.percent)},
                         )
                     )
-            if action is not None:
-                if action.alert:
-                    (
-                        context.log.error
-                        if action.level >= BufferLevel.CRITICAL
-                        else context.log.warning
-                    )(action.alert)
-                for location in site_db.locations:
-                    if location.active and location.location_type == LocationType.BUFFER:
-                        context.instance.event_log_storage.set_concurrency_slots(
-                            pool_name(location, OperationType.DATA_TRANSFER),
-                            action.max_parallel_transfers,
-                        )
+            if action is not None and action.alert:
+                log = (
+                    context.log.error
+                    if action.level >= BufferLevel.CRITICAL
+                    else context.log.warning
+                )
+                log(action.alert)
+            if TRANSFER.applies(site):  # lowered at once under pressure, back when it falls
+                follow_max_runs(context.instance, session, TRANSFER, site, site_db)
             run_now = bool(action and action.run_cleanup_now and _has_deletable(session, site_db))
         run_requests = []
         if run_now:
@@ -456,7 +482,7 @@ def _buffer_capacity_check(site: str, buffer: str):
     )
     def _check(ops_db: OpsDbResource, storage: SiteStorageResource) -> AssetCheckResult:
         with ops_db.session() as session, storage.registry() as storages:
-            location = next(loc for loc in site_row(session, site).locations if loc.name == buffer)
+            location = location_named(session, site, buffer)
             usage = storages.get(location).disk_usage()
             status = record_disk_usage(
                 session, location, used_bytes=usage.used_bytes, total_bytes=usage.total_bytes

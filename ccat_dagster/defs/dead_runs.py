@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from ccat_dagster.defs.resources import OpsDbResource
+from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.claims import release_claims_of_dead_runs
 
 
@@ -23,7 +24,7 @@ def build_release_claims_sensor(
     site_short_name: str, cleanup_job: JobDefinition
 ) -> SensorDefinition:
     @run_failure_sensor(
-        name=f"{site_short_name}_release_claims_sensor",
+        name=names.release_claims_sensor(site_short_name),
         monitored_jobs=[cleanup_job],
         default_status=DefaultSensorStatus.STOPPED,
         description=(

@@ -16,6 +16,7 @@ from ccat_dagster.defs.dead_runs import build_release_claims_sensor
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
+from ccat_dagster.defs.settings import Settings
 from ccat_dagster.defs.stages import PIPELINE_STAGES
 from ccat_dagster.defs.staging import build_site_staging
 from ccat_dagster.defs.topology import TopologySnapshot, load_topology_snapshot
@@ -29,10 +30,16 @@ def _asset_keys(assets: list) -> set:
 
 
 def build_site_definitions(
-    site_short_name: str, *, ops_db_url: str | None = None, snapshot: TopologySnapshot | None = None
+    site_short_name: str,
+    *,
+    ops_db_url: str | None = None,
+    snapshot: TopologySnapshot | None = None,
+    settings: Settings | None = None,
 ) -> Definitions:
     """Everything whose data lives at ``site_short_name``, so its runs execute where its storage
-    is mounted. The topology is read from the ops DB (``CCAT_OPS_DB_URL``) at load time."""
+    is mounted. The topology is read from the ops DB (``CCAT_OPS_DB_URL``) and the settings from
+    the environment (``Settings.from_env()``) now, unless given."""
+    settings = settings or Settings.from_env()
     snapshot = snapshot or load_topology_snapshot(ops_db_url)
     site = snapshot.site(site_short_name)
     assets, checks = build_site_assets(snapshot, site)
@@ -42,14 +49,22 @@ def build_site_definitions(
             continue
         job = build_stage_job(site, stage)
         jobs.append(job)
-        sensors.append(build_stage_sensor(site, stage, job))
-    staging_assets, staging_jobs, staging_sensors = build_site_staging(snapshot, site)
+        sensors.append(
+            build_stage_sensor(site, stage, job, interval_seconds=settings.sensor_interval_seconds)
+        )
+    staging_assets, staging_jobs, staging_sensors = build_site_staging(
+        snapshot, site, sensor_interval_seconds=settings.sensor_interval_seconds
+    )
     assets += staging_assets
     jobs += staging_jobs
     sensors += staging_sensors
     cleanup_job = build_cleanup_job(site)
     jobs.append(cleanup_job)
-    sensors.append(build_buffer_monitor_sensor(site, cleanup_job))
+    sensors.append(
+        build_buffer_monitor_sensor(
+            site, cleanup_job, interval_seconds=settings.monitor_interval_seconds
+        )
+    )
     sensors.append(build_release_claims_sensor(site.short_name, cleanup_job))
     checks += build_buffer_capacity_checks(site)
     checks += build_location_checks(site, _asset_keys(assets))
@@ -61,7 +76,7 @@ def build_site_definitions(
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
-        schedules=[build_cleanup_schedule(site, cleanup_job)],
+        schedules=[build_cleanup_schedule(site, cleanup_job, cron=settings.cleanup_cron)],
         resources={
             "ops_db": OpsDbResource(url=ops_db_url),
             "storage": SiteStorageResource(site=site.short_name),

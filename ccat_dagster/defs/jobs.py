@@ -1,6 +1,6 @@
 """Batched stage jobs: one run handles many packages (seeds: bulk operations).
 
-The op throttles through a concurrency pool named ``{site}_{location}_{operation}``, retries
+The op throttles through the concurrency pool of its stage (``lifecycle.names``), retries
 transient storage faults with exponential backoff (Dagster RetryPolicy; every stage is idempotent
 per package, so a retried op skips what is done), and fails the run, with the reasons, when a
 package failed, so an operator sees it in the UI. Work that waits for a location (unavailable
@@ -12,7 +12,6 @@ output metadata.
 
 from dagster import (
     Backoff,
-    Config,
     Failure,
     Jitter,
     JobDefinition,
@@ -29,6 +28,7 @@ from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, site_row
 from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle import names
 from ccat_dagster.storage.errors import LocationUnavailableError
 
 TRANSIENT_RETRY = RetryPolicy(
@@ -36,44 +36,25 @@ TRANSIENT_RETRY = RetryPolicy(
 )
 
 
-class StageConfig(Config):
-    """The items (ops-DB ids) this run works on, chosen by the stage's sensor."""
-
-    items: list[str]
-
-
-def stage_job_name(site: SiteView, stage: Stage) -> str:
-    return f"{site.short_name}_{stage.name}"
-
-
-def stage_op_name(site: SiteView, stage: Stage) -> str:
-    return f"{site.short_name}_{stage.name}_batch"
-
-
-def stage_pool(site: SiteView, stage: Stage) -> str:
-    """The concurrency pool of a stage's op: ``{site}_{location}_{operation}``."""
-    return f"{site.short_name}_{stage.pool_location(site)}_{stage.operation.value}"
-
-
 def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
-    pool = stage_pool(site, stage)
+    stage_config = stage.config  # the op's typed run config (its ``items``)
 
     @op(
-        name=stage_op_name(site, stage),
+        name=names.stage_op(site.short_name, stage.name),
         description=stage.description,
-        pool=pool,
+        pool=stage.pool(site),
         retry_policy=TRANSIENT_RETRY,
         out=Out(dict),
         tags={"ccat/stage": stage.name, "ccat/site": site.short_name},
     )
     def stage_batch(
         context: OpExecutionContext,
-        config: StageConfig,
+        config: stage_config,  # pyright: ignore[reportInvalidTypeForm]
         ops_db: OpsDbResource,
         storage: SiteStorageResource,
     ):
         failed: dict[str, str] = {}
-        deferred: dict[str, str] = {}
+        deferred: dict[str, str] = {}  # str(item) -> why
         done = skipped = 0
         with ops_db.session() as session, storage.registry() as storages:
             gate = StageGate.open(
@@ -90,7 +71,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                     context.log_event(event)
                 why = gate.waits(item)
                 if why is not None:
-                    deferred[item] = why
+                    deferred[str(item)] = why
                     continue
                 try:
                     report = stage.execute(session, item, storages.get, context.run_id)
@@ -99,7 +80,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                     # rest of the batch that needs the location wait; no retry is burnt.
                     if gate.location_error(exc, run_id=context.run_id) is None:
                         raise
-                    deferred[item] = f"waiting: {exc}"
+                    deferred[str(item)] = f"waiting: {exc}"
                     continue
                 for event in report.events:
                     context.log_event(event)
@@ -145,7 +126,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
         return Output(counts, metadata=metadata)
 
     @job(
-        name=stage_job_name(site, stage),
+        name=names.stage_job(site.short_name, stage.name),
         description=stage.description,
         tags={"ccat/stage": stage.name, "ccat/site": site.short_name},
     )

@@ -8,11 +8,11 @@ The number of runs in flight is capped per stage (transfers: the site's transfer
 under buffer pressure). The cursor holds the
 last RawDataPackage / DataTransferPackage id whose partition was added, so a crash between
 creating packages and adding their partitions is repaired on the next tick. The minimum interval
-between ticks is ``CCAT_SENSOR_INTERVAL_SECONDS`` (default 30), read when the code location loads.
+between ticks is ``Settings.sensor_interval_seconds`` (``CCAT_SENSOR_INTERVAL_SECONDS``, default
+30), read when the definitions are built.
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass
 
 from dagster import (
@@ -31,11 +31,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.defs.availability import StageGate
-from ccat_dagster.defs.jobs import stage_op_name, stage_pool
 from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import BUNDLE, PACKAGE, Stage, site_buffer_action, site_row
+from ccat_dagster.defs.stages import (
+    BUNDLE,
+    PACKAGE,
+    Stage,
+    follow_max_runs,
+    site_buffer_action,
+    site_row,
+)
 from ccat_dagster.defs.topology import SiteView
+from ccat_dagster.lifecycle import names
 from ccat_ops_db.models import DataLocation, DataTransferPackage, RawDataPackage
 
 IN_FLIGHT = [
@@ -44,7 +51,6 @@ IN_FLIGHT = [
     DagsterRunStatus.STARTING,
     DagsterRunStatus.STARTED,
 ]
-SENSOR_INTERVAL_SECONDS = int(os.environ.get("CCAT_SENSOR_INTERVAL_SECONDS", "30"))
 
 
 @dataclass
@@ -62,13 +68,15 @@ class StageCursor:
 
 
 def items_in_flight(
-    context: SensorEvaluationContext, job_name: str, op_name: str
-) -> tuple[int, set[str]]:
+    context: SensorEvaluationContext, stage: Stage, job_name: str, op_name: str
+) -> tuple[int, set]:
+    """How many runs of the stage's job are in flight, and their items (read through the
+    stage's typed run config)."""
     runs = context.instance.get_runs(filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
-    items: set[str] = set()
+    items: set = set()
     for run in runs:
-        config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {})
-        items.update(config.get("items", []))
+        op_config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {})
+        items.update(stage.items_of(op_config))
     return len(runs), items
 
 
@@ -98,13 +106,15 @@ def _new_partitions(session: Session, site_id: int, cursor: StageCursor, stage: 
     return [defn.build_add_request([name for _, name in rows])]
 
 
-def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -> SensorDefinition:
-    op_name = stage_op_name(site, stage)
+def build_stage_sensor(
+    site: SiteView, stage: Stage, stage_job: JobDefinition, *, interval_seconds: int
+) -> SensorDefinition:
+    op_name = names.stage_op(site.short_name, stage.name)
 
     @sensor(
-        name=f"{site.short_name}_{stage.name}_sensor",
+        name=names.stage_sensor(site.short_name, stage.name),
         job=stage_job,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.STOPPED,
         description=f"{stage.description} (site {site.short_name})",
     )
@@ -112,7 +122,7 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
         context: SensorEvaluationContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ):
         cursor = StageCursor.parse(context.cursor)
-        running, busy = items_in_flight(context, stage_job.name, op_name)
+        running, busy = items_in_flight(context, stage, stage_job.name, op_name)
         with ops_db.session() as session, storage.registry() as storages:
             site_db = site_row(session, site.short_name)
             if not _paused(session, site_db, stage):
@@ -123,16 +133,12 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
             gate = StageGate.open(session, stage, site_db, storage.site, storages.get, candidates)
             waiting = {i: why for i in candidates if (why := gate.waits(i)) is not None}
             ready = [i for i in candidates if i not in waiting]
-            limit = stage.max_runs(session, site_db)
+            if stage.pool_follows_max_runs:
+                limit = follow_max_runs(context.instance, session, stage, site, site_db)
+            else:
+                limit = stage.max_runs(session, site_db)
             free_runs = max(limit - running, 0)
             asset_events = gate.take_events()
-        if stage.pool_follows_max_runs:
-            # The op pool follows the same limit (policy max_normal_transfers, lowered under
-            # buffer pressure), so runs launched by hand are throttled too.
-            pool = stage_pool(site, stage)
-            info = context.instance.event_log_storage.get_concurrency_info(pool)
-            if info.slot_count != limit:
-                context.instance.event_log_storage.set_concurrency_slots(pool, limit)
         batches = [ready[i : i + stage.batch_size] for i in range(0, len(ready), stage.batch_size)][
             :free_runs
         ]
@@ -142,7 +148,7 @@ def build_stage_sensor(site: SiteView, stage: Stage, stage_job: JobDefinition) -
             run_requests.append(
                 RunRequest(
                     run_key=f"{stage_job.name}:{cursor.seq}",
-                    run_config={"ops": {op_name: {"config": {"items": batch}}}},
+                    run_config=stage.run_config(op_name, batch),
                     tags={"ccat/site": site.short_name, "ccat/stage": stage.name},
                 )
             )

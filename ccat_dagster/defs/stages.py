@@ -9,15 +9,19 @@ through these same functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    Config,
+    DagsterInstance,
+    Failure,
     MetadataValue,
 )
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -27,8 +31,8 @@ from ccat_dagster.defs.keys import (
     RAW_DATA_PACKAGE,
     asset_key,
 )
-from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import archive, repair, reverification, routing, transfers
+from ccat_dagster.defs.topology import LocationView, SiteView
+from ccat_dagster.lifecycle import archive, names, repair, reverification, routing, transfers
 from ccat_dagster.lifecycle.admission import bundle_key, package_key, transfer_key, unpack_key
 from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
@@ -55,16 +59,46 @@ from ccat_ops_db.models import (
     RawDataPackage,
     RawDataPackagePhysicalCopy,
     Site,
+    qualified_location_name,
 )
 
 StorageFor = Callable[[DataLocation], Storage]
 DagsterEvent = AssetMaterialization | AssetCheckEvaluation
+
+
+class StageConfig(Config):
+    """The items this run works on, chosen by the stage's sensor: ops-DB ids (of packages,
+    bundles or transfers, by stage)."""
+
+    items: list[str]
+
+
+class ArchiveItem(Config):
+    """A package to copy into a long-term archive, by ops-DB ids: the location it is read from
+    is a buffer of the site, or for a repair any location holding a good copy."""
+
+    package: int
+    source: int
+    lta: int
+
+    def __str__(self) -> str:
+        return f"package {self.package} (location {self.source} -> {self.lta})"
+
+
+class ArchiveConfig(Config):
+    """The packages this archive run copies, chosen by the stage's sensor."""
+
+    items: list[ArchiveItem]
+
+
+#: one item of a stage: an ops-DB id (``StageConfig``) or a typed item (``ArchiveItem``, ...)
+Item = Hashable
 #: (session, site, items) -> item -> what it needs / (location it writes into, admission key)
-NeedsOf = Callable[[Session, Site, list[str]], dict[str, Needs]]
-TargetsOf = Callable[[Session, Site, list[str]], dict[str, tuple[DataLocation, str]]]
+NeedsOf = Callable[[Session, Site, list], dict[Item, Needs]]
+TargetsOf = Callable[[Session, Site, list], dict[Item, tuple[DataLocation, str]]]
 
 
-def _needs_nothing(_session: Session, _site: Site, _items: list[str]) -> dict[str, Needs]:
+def _needs_nothing(_session: Session, _site: Site, _items: list) -> dict[Item, Needs]:
     return {}
 
 
@@ -81,14 +115,13 @@ class Stage:
     name: str
     operation: OperationType
     description: str
-    applies: Callable[[SiteView], bool]
     #: the "manager" part: create the records of new work (packages, bundles, routes)
     plan: Callable[[Session, Site], None]
-    #: item ids ready to execute at this site
-    ready: Callable[[Session, Site], list[str]]
-    execute: Callable[[Session, str, StorageFor, str | None], StageReport]
-    #: the location whose pool (``{site}_{location}_{operation}``) throttles this stage
-    pool_location: Callable[[SiteView], str]
+    #: items ready to execute at this site
+    ready: Callable[[Session, Site], list]
+    execute: Callable[[Session, Item, StorageFor, str | None], StageReport]
+    #: the run config of the stage's op; its ``items`` are the items of this stage
+    config: type[Config] = StageConfig
     batch_size: int = 200
     #: how many runs of this stage may be in flight at once at a site
     max_runs: Callable[[Session, Site], int] = lambda _s, _site: 1
@@ -98,6 +131,34 @@ class Stage:
     needs: NeedsOf = _needs_nothing
     #: where each item writes into a buffer, for admission (None: no admission check)
     admission_targets: TargetsOf | None = None
+
+    def run_config(self, op_name: str, items: Sequence[Item]) -> dict:
+        """The run config of a run of the stage's op over ``items``."""
+        typed = self.config(items=list(items))
+        return {"ops": {op_name: {"config": typed.model_dump()}}}
+
+    def items_of(self, op_config: Mapping) -> list[Item]:
+        """The items of a run's op config (``[]`` when it is not this stage's: a run launched
+        by hand with a wrong config, or by an older version)."""
+        try:
+            return list(self.config(**op_config).items)
+        except (ValidationError, TypeError):
+            return []
+
+    def location(self, site: SiteView) -> LocationView | None:
+        """Where this stage runs at ``site`` (the location whose pool throttles it), None when
+        it does not run there (``lifecycle.names.STAGE_PLACEMENT``)."""
+        return names.stage_location(site.locations, self.operation)
+
+    def applies(self, site: SiteView) -> bool:
+        return self.location(site) is not None
+
+    def pool(self, site: SiteView) -> str:
+        """``{site}_{location}_{operation}``: the pool of the batched op and of the assets."""
+        location = self.location(site)
+        if location is None:
+            raise ValueError(f"stage {self.name} does not run at site {site.short_name}")
+        return names.pool_name(location, self.operation)
 
 
 def materialization(
@@ -168,11 +229,9 @@ PACKAGE = Stage(
     name="raw_data_package_creation",
     operation=OperationType.RAW_DATA_PACKAGE_CREATION,
     description="Package newly filed raw data files into RawDataPackages in the primary buffer.",
-    applies=lambda site: site.is_source,
     plan=_plan_packages,
     ready=_ready_packages,
     execute=_execute_package,
-    pool_location=lambda site: site.of_type(LocationType.SOURCE)[0].name,
     needs=_package_needs,
     admission_targets=_package_targets,
 )
@@ -211,10 +270,6 @@ def _execute_bundle(session: Session, item: str, storage_for, run_id) -> StageRe
     )
 
 
-def _first_buffer(site: SiteView) -> str:
-    return site.of_type(LocationType.BUFFER)[0].name
-
-
 def _bundle_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
     out = {}
     for i in items:
@@ -233,11 +288,9 @@ BUNDLE = Stage(
     name="data_transfer_package_creation",
     operation=OperationType.DATA_TRANSFER_PACKAGE_CREATION,
     description="Bundle completed RawDataPackages into DataTransferPackages and route them.",
-    applies=lambda site: site.is_source,
     plan=_plan_bundles,
     ready=_ready_bundles,
     execute=_execute_bundle,
-    pool_location=_first_buffer,
     needs=_bundle_needs,
     admission_targets=_bundle_targets,
 )
@@ -290,15 +343,27 @@ def _transfer_targets(session: Session, site: Site, items: list[str]):
     }
 
 
+def follow_max_runs(
+    instance: DagsterInstance, session: Session, stage: Stage, site: SiteView, site_db: Site
+) -> int:
+    """Set the limit of ``stage``'s pool at ``site`` to the runs it may have in flight now
+    (transfers: policy ``max_normal_transfers``, lowered under buffer pressure), so runs
+    launched by hand are throttled too; the one writer of that limit (the stage's sensor and
+    the buffer monitor both call it). Returns the limit."""
+    limit = stage.max_runs(session, site_db)
+    pool = stage.pool(site)
+    if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
+        instance.event_log_storage.set_concurrency_slots(pool, limit)
+    return limit
+
+
 TRANSFER = Stage(
     name="data_transfer",
     operation=OperationType.DATA_TRANSFER,
     description="Pull routed DataTransferPackages into this site's buffer, verified on arrival.",
-    applies=lambda site: bool(site.of_type(LocationType.BUFFER)),
     plan=_plan_transfers,
     ready=_ready_transfers,
     execute=_execute_transfer,
-    pool_location=_first_buffer,
     batch_size=20,
     max_runs=_transfer_limit,
     pool_follows_max_runs=True,
@@ -363,11 +428,9 @@ UNPACK = Stage(
     name="data_transfer_unpacking",
     operation=OperationType.DATA_TRANSFER_UNPACKING,
     description="Unpack arrived DataTransferPackages; verify every package against the ops DB.",
-    applies=lambda site: site.is_lta,
     plan=lambda _session, _site: None,
     ready=_ready_unpacks,
     execute=_execute_unpack,
-    pool_location=_first_buffer,
     batch_size=50,
     needs=_unpack_needs,
     admission_targets=_unpack_targets,
@@ -377,36 +440,45 @@ UNPACK = Stage(
 # --------------------------------------------------------------------- 5. long-term archive
 
 
-def _ready_archive(session: Session, site: Site) -> list[str]:
-    return [f"{p.id}:{b.id}:{a.id}" for p, b, a in archive.archive_candidates(session, site)]
+def _ready_archive(session: Session, site: Site) -> list[ArchiveItem]:
+    return [
+        ArchiveItem(package=p.id, source=b.id, lta=a.id)
+        for p, b, a in archive.archive_candidates(session, site)
+    ]
+
+
+def lta_presence_outcome(evidence: archive.LtaEvidence) -> dict:
+    """What every ``lta_presence`` check result and evaluation says about ``evidence``:
+    ``passed``, ``severity``, ``description`` and ``metadata`` (the evidence, blanks left out)."""
+    return {
+        "passed": evidence.ok,
+        "severity": AssetCheckSeverity.ERROR,
+        "description": evidence.detail or "present with the recorded size and checksum",
+        "metadata": {
+            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
+        },
+    }
 
 
 def lta_presence_evaluation(
     lta: DataLocation, package: RawDataPackage, evidence: archive.LtaEvidence
 ) -> AssetCheckEvaluation:
+    """The ``lta_presence`` evaluation of ``package``'s partition of ``lta``'s asset."""
     return AssetCheckEvaluation(
         asset_key=asset_key(lta.site.short_name, lta.name, RAW_DATA_PACKAGE),
         check_name=LTA_PRESENCE,
-        passed=evidence.ok,
         partition=package.name,
-        severity=AssetCheckSeverity.ERROR,
         blocking=True,
-        metadata={
-            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
-        },
-        description=evidence.detail or "present with the recorded size and checksum",
+        **lta_presence_outcome(evidence),
     )
 
 
-def _archive_item(session: Session, item: str):
-    """``package:source:lta`` ids: the source is a buffer of the site, or for a repair any
-    location holding a good copy."""
-    package_id, source_id, lta_id = (int(x) for x in item.split(":"))
-    package = session.get(RawDataPackage, package_id)
-    return package, session.get(DataLocation, source_id), session.get(DataLocation, lta_id)
+def _archive_item(session: Session, item: ArchiveItem):
+    package = session.get(RawDataPackage, item.package)
+    return package, session.get(DataLocation, item.source), session.get(DataLocation, item.lta)
 
 
-def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> StageReport:
+def _execute_archive_copy(session: Session, item: ArchiveItem, storage_for, run_id) -> StageReport:
     """Only the copy; the single-partition asset leaves the check to its blocking asset check."""
     package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
@@ -415,7 +487,7 @@ def _execute_archive_copy(session: Session, item: str, storage_for, run_id) -> S
     return StageReport(outcome)
 
 
-def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageReport:
+def _execute_archive(session: Session, item: ArchiveItem, storage_for, run_id) -> StageReport:
     """Copy, then the lta_presence check, recorded as a check evaluation of the partition."""
     package, source, lta = _archive_item(session, item)
     outcome = archive.send_data_to_long_term_archive(
@@ -435,23 +507,18 @@ def _execute_archive(session: Session, item: str, storage_for, run_id) -> StageR
     return StageReport(outcome, events)
 
 
-def _archive_needs(_session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
-    out = {}
-    for i in items:
-        _package, buffer, lta = (int(x) for x in i.split(":"))
-        out[i] = Needs(reads=(buffer,), writes=(lta,))
-    return out
+def _archive_needs(_session: Session, _site: Site, items: list[ArchiveItem]) -> dict:
+    return {i: Needs(reads=(i.source,), writes=(i.lta,)) for i in items}
 
 
 ARCHIVE = Stage(
     name="long_term_archive_transfer",
     operation=OperationType.LONG_TERM_ARCHIVE_TRANSFER,
     description="Copy unpacked RawDataPackages into the long-term archive; lta_presence check.",
-    applies=lambda site: site.is_lta,
     plan=lambda _session, _site: None,
     ready=_ready_archive,
     execute=_execute_archive,
-    pool_location=lambda site: site.of_type(LocationType.LONG_TERM_ARCHIVE)[0].name,
+    config=ArchiveConfig,
     needs=_archive_needs,
 )
 
@@ -461,18 +528,33 @@ ARCHIVE_COPY = replace(ARCHIVE, execute=_execute_archive_copy)
 # ------------------------------------------------------------ 6. re-verification (the scrub)
 
 
-def _ready_reverify(session: Session, site: Site) -> list[str]:
-    return [f"{p}:{lta}" for p, lta in reverification.copies_due_for_reverification(session, site)]
+class ReverifyItem(Config):
+    """An archive copy to read back, by ops-DB ids."""
+
+    package: int
+    lta: int
+
+    def __str__(self) -> str:
+        return f"package {self.package} (location {self.lta})"
 
 
-def _reverify_item(session: Session, item: str) -> tuple[RawDataPackage, DataLocation]:
-    package_id, lta_id = (int(x) for x in item.split(":"))
-    return session.get(RawDataPackage, package_id), session.get(DataLocation, lta_id)
+class ReverifyConfig(Config):
+    """The archive copies this re-verification run reads back, chosen by the stage's sensor."""
+
+    items: list[ReverifyItem]
 
 
-def _execute_reverify(session: Session, item: str, storage_for, run_id) -> StageReport:
+def _ready_reverify(session: Session, site: Site) -> list[ReverifyItem]:
+    return [
+        ReverifyItem(package=p, lta=lta)
+        for p, lta in reverification.copies_due_for_reverification(session, site)
+    ]
+
+
+def _execute_reverify(session: Session, item: ReverifyItem, storage_for, run_id) -> StageReport:
     """Read one archive copy back; a bad one is marked and re-archived, not a failed run."""
-    package, lta = _reverify_item(session, item)
+    package = session.get(RawDataPackage, item.package)
+    lta = session.get(DataLocation, item.lta)
     evidence = reverification.reverify_lta_copy(
         session, package, lta, storage_for(lta), run_id=run_id
     )
@@ -486,8 +568,8 @@ def _execute_reverify(session: Session, item: str, storage_for, run_id) -> Stage
     return StageReport(outcome, [lta_presence_evaluation(lta, package, evidence)])
 
 
-def _reverify_needs(_session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
-    return {i: Needs(reads=(int(i.split(":")[1]),)) for i in items}
+def _reverify_needs(_session: Session, _site: Site, items: list[ReverifyItem]) -> dict:
+    return {i: Needs(reads=(i.lta,)) for i in items}
 
 
 REVERIFY = Stage(
@@ -495,11 +577,10 @@ REVERIFY = Stage(
     operation=OperationType.MONITORING,
     description="Read archive copies back in full once per lta_reverify_interval_minutes; a bad "
     "copy is marked BAD/LOST and re-archived from a good copy.",
-    applies=lambda site: site.is_lta,
     plan=lambda _session, _site: None,
     ready=_ready_reverify,
     execute=_execute_reverify,
-    pool_location=lambda site: site.of_type(LocationType.LONG_TERM_ARCHIVE)[0].name,
+    config=ReverifyConfig,
     needs=_reverify_needs,
 )
 
@@ -511,6 +592,14 @@ def site_row(session: Session, short_name: str) -> Site:
     if site is None:
         raise LookupError(f"site {short_name!r} is not in the ops DB; apply the topology first")
     return site
+
+
+def location_named(session: Session, site: str, name: str) -> DataLocation:
+    """The location ``name`` of site ``site`` (a Failure when the ops DB has no such one)."""
+    for loc in site_row(session, site).locations:
+        if loc.name == name:
+            return loc
+    raise Failure(f"location {qualified_location_name(site, name)} is not in the ops DB")
 
 
 def package_copy_location(session: Session, package: RawDataPackage, site: Site):

@@ -8,43 +8,69 @@ as ``ccat staging create`` (``dagster job launch -j <site>_create_staging_job --
 
 from dagster import (
     AssetDep,
-    AssetExecutionContext,
     AssetsDefinition,
     Config,
     Failure,
     JobDefinition,
-    MaterializeResult,
     OpExecutionContext,
     Out,
     SensorDefinition,
-    asset,
     job,
     op,
 )
 from sqlalchemy.orm import Session
 
-from ccat_dagster.defs.assets import location_named, materialize_one, package_named
+from ccat_dagster.defs.assets import package_named, partitioned_asset
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, STAGED_RAW_DATA_PACKAGE, asset_key
-from ccat_dagster.defs.partitions import raw_data_packages
-from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.resources import OpsDbResource
 from ccat_dagster.defs.sensors import build_stage_sensor
-from ccat_dagster.defs.stages import Stage, StageReport, materialization, stage_report
-from ccat_dagster.defs.topology import SiteView, TopologySnapshot
-from ccat_dagster.lifecycle import staging
+from ccat_dagster.defs.stages import (
+    Stage,
+    StageReport,
+    location_named,
+    materialization,
+    stage_report,
+)
+from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
+from ccat_dagster.lifecycle import names, staging
 from ccat_dagster.lifecycle.availability import Needs
 from ccat_dagster.lifecycle.operations import OperationType
-from ccat_ops_db.models import DataLocation, LocationType, RawDataPackage, Site
+from ccat_ops_db.models import (
+    DataLocation,
+    LocationType,
+    RawDataPackage,
+    Site,
+    qualified_location_name,
+)
 
 
-def _ready(session: Session, site: Site) -> list[str]:
-    return [f"{pid}:{lid}" for pid, lid in staging.staging_candidates(session, site)]
+class StagingItem(Config):
+    """A package to stage to a PROCESSING location, by ops-DB ids."""
+
+    package: int
+    location: int
+
+    def __str__(self) -> str:
+        return f"package {self.package} (to location {self.location})"
 
 
-def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
-    package_id, location_id = (int(x) for x in item.split(":"))
-    package = session.get(RawDataPackage, package_id)
-    location = session.get(DataLocation, location_id)
+class StagingConfig(Config):
+    """The packages this staging run stages, chosen by the staging sensor."""
+
+    items: list[StagingItem]
+
+
+def _ready(session: Session, site: Site) -> list[StagingItem]:
+    return [
+        StagingItem(package=pid, location=lid)
+        for pid, lid in staging.staging_candidates(session, site)
+    ]
+
+
+def _execute(session: Session, item: StagingItem, storage_for, run_id) -> StageReport:
+    package = session.get(RawDataPackage, item.package)
+    location = session.get(DataLocation, item.location)
     outcome = staging.stage_raw_data_package(
         session, package, location, storage_for=storage_for, run_id=run_id
     )
@@ -54,16 +80,15 @@ def _execute(session: Session, item: str, storage_for, run_id) -> StageReport:
     )
 
 
-def _needs(session: Session, _site: Site, items: list[str]) -> dict[str, Needs]:
+def _needs(session: Session, _site: Site, items: list[StagingItem]) -> dict:
     """The PROCESSING location it writes, and the verified archive copies it may read from
     (any one of them is enough)."""
     out = {}
     for item in items:
-        package_id, location_id = (int(x) for x in item.split(":"))
-        package = session.get(RawDataPackage, package_id)
-        location = session.get(DataLocation, location_id)
+        package = session.get(RawDataPackage, item.package)
+        location = session.get(DataLocation, item.location)
         sources = tuple(lta.id for lta in staging.lta_sources(session, package, location))
-        out[item] = Needs(writes=(location_id,), any_of_reads=sources)
+        out[item] = Needs(writes=(item.location,), any_of_reads=sources)
     return out
 
 
@@ -75,11 +100,10 @@ STAGE = Stage(
         "nearest verified LTA copy, unpacked and verified, then STAGED; shared files are reused "
         "and missing ones restored."
     ),
-    applies=lambda site: bool(site.of_type(LocationType.PROCESSING)),
     plan=lambda _session, _site: None,
     ready=_ready,
     execute=_execute,
-    pool_location=lambda site: site.of_type(LocationType.PROCESSING)[0].name,
+    config=StagingConfig,
     batch_size=50,
     needs=_needs,
 )
@@ -88,47 +112,40 @@ STAGE = Stage(
 # --------------------------------------------------------------------------- asset
 
 
-def _find_staging_item(session: Session, site: str, location: str, key: str) -> str:
+def _find_staging_item(session: Session, site: str, location: str, key: str) -> StagingItem:
     package = package_named(session, key)
     loc = location_named(session, site, location)
     if not staging.has_active_job(session, package, loc):
         # Files staged without a live job would be the next cleanup's first deletion.
+        where = loc.qualified_name
         raise Failure(
-            f"no active staging job to {site}/{location} includes {key}; create one with "
-            f"`ccat staging create --location {site}/{location} --package {key}`"
+            f"no active staging job to {where} includes {key}; create one with "
+            f"`ccat staging create --location {where} --package {key}`"
         )
-    return f"{package.id}:{loc.id}"
+    return StagingItem(package=package.id, location=loc.id)
 
 
 def build_staged_asset(
-    snapshot: TopologySnapshot, site: SiteView, location: str
+    snapshot: TopologySnapshot, site: SiteView, processing: LocationView
 ) -> AssetsDefinition:
-    s = site.short_name
     lta_keys = [
         asset_key(lta_site.short_name, lta.name, RAW_DATA_PACKAGE)
         for lta_site in snapshot.lta_sites
         for lta in lta_site.of_type(LocationType.LONG_TERM_ARCHIVE)
     ]
 
-    @asset(
-        key=asset_key(s, location, STAGED_RAW_DATA_PACKAGE),
-        partitions_def=raw_data_packages,
-        deps=[AssetDep(k) for k in lta_keys],
-        group_name=s,
+    return partitioned_asset(
+        site=site,
+        location=processing.name,
+        kind=STAGED_RAW_DATA_PACKAGE,
         description=(
             f"RawDataPackages staged (unpacked, files PRESENT, package copy STAGED) at the "
-            f"PROCESSING location {s}/{location} for active StagingJobs."
+            f"PROCESSING location {processing.qualified_name} for active StagingJobs."
         ),
-        pool=f"{s}_{location}_{OperationType.STAGING.value}",
-        kinds={"ccat"},
-        tags={"ccat/site": s, "ccat/location": location},
+        deps=[AssetDep(k) for k in lta_keys],
+        stage=STAGE,
+        finder=_find_staging_item,
     )
-    def _asset(
-        context: AssetExecutionContext, ops_db: OpsDbResource, storage: SiteStorageResource
-    ) -> MaterializeResult:
-        return materialize_one(context, STAGE, _find_staging_item, s, location, ops_db, storage)
-
-    return _asset
 
 
 # --------------------------------------------------------------------------- create job
@@ -145,15 +162,11 @@ class CreateStagingJobConfig(Config):
     requested_by: str | None = None
 
 
-def create_staging_job_name(site: SiteView) -> str:
-    return f"{site.short_name}_create_staging_job"
-
-
 def build_create_staging_job(site: SiteView) -> JobDefinition:
     s = site.short_name
 
     @op(
-        name=f"{s}_create_staging_job_op",
+        name=names.create_staging_op(s),
         out=Out(int),
         description="Validate a staging request and create the StagingJob (as the CLI does).",
         tags={"ccat/site": s},
@@ -161,14 +174,18 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
     def create_op(
         context: OpExecutionContext, config: CreateStagingJobConfig, ops_db: OpsDbResource
     ) -> int:
-        name = config.location if "/" in config.location else f"{s}/{config.location}"
+        name = (
+            config.location
+            if "/" in config.location
+            else qualified_location_name(s, config.location)
+        )
         with ops_db.session() as session:
             try:
                 location = staging.resolve_processing_location(session, name)
                 if location.site.short_name != s:
                     raise staging.StagingError(
                         f"{name} belongs to site {location.site.short_name}; launch "
-                        f"{location.site.short_name}_create_staging_job there instead"
+                        f"{names.create_staging_job(location.site.short_name)} there instead"
                     )
                 created = staging.create_staging_job(
                     session,
@@ -183,15 +200,17 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
                 raise Failure(description=str(exc), allow_retries=False) from None
             context.log.info(
                 f"staging job {created.id}: {len(created.raw_data_packages)} package(s) to "
-                f"{location.qualified_name}; the {s}_staging_sensor stages them"
+                f"{location.qualified_name}; the {names.stage_sensor(s, STAGE.name)} stages them"
             )
             return created.id
 
+    job_name = names.create_staging_job(s)
+
     @job(
-        name=create_staging_job_name(site),
+        name=job_name,
         description=(
-            f"Create a StagingJob at {s}: `dagster job launch -j {create_staging_job_name(site)} "
-            f'-w workspace.yaml -l {s} --config-json \'{{"ops": {{"{s}_create_staging_job_op"'
+            f"Create a StagingJob at {s}: `dagster job launch -j {job_name} "
+            f'-w workspace.yaml -l {s} --config-json \'{{"ops": {{"{names.create_staging_op(s)}"'
             ': {"config": {"location": "...", "packages": ["..."]}}}}\''
         ),
         tags={"ccat/site": s, "ccat/stage": "staging"},
@@ -203,18 +222,17 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
 
 
 def build_site_staging(
-    snapshot: TopologySnapshot, site: SiteView
+    snapshot: TopologySnapshot, site: SiteView, *, sensor_interval_seconds: int
 ) -> tuple[list[AssetsDefinition], list[JobDefinition], list[SensorDefinition]]:
     """(assets, jobs, sensors) of staging at ``site``; empty without a PROCESSING location."""
     if not STAGE.applies(site):
         return [], [], []
     stage_job = build_stage_job(site, STAGE)
     assets = [
-        build_staged_asset(snapshot, site, loc.name)
-        for loc in site.of_type(LocationType.PROCESSING)
+        build_staged_asset(snapshot, site, loc) for loc in site.of_type(LocationType.PROCESSING)
     ]
     return (
         assets,
         [stage_job, build_create_staging_job(site)],
-        [build_stage_sensor(site, STAGE, stage_job)],
+        [build_stage_sensor(site, STAGE, stage_job, interval_seconds=sensor_interval_seconds)],
     )

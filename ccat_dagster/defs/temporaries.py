@@ -7,22 +7,22 @@ site is swept through the site's own view of its storage (long-term archives inc
 temporary is never a copy).
 """
 
-import os
 from datetime import UTC, datetime
 
 from dagster import DagsterInstance, In, OpDefinition, OpExecutionContext, op
 
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.settings import Settings
 from ccat_dagster.defs.stages import site_row
+from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.temporaries import TemporariesReport, sweep_temporaries
 from ccat_dagster.run_health import temporaries_cutoff
 
-DEFAULT_MARGIN_SECONDS = 600.0
-
 
 def sweep_margin_seconds() -> float:
-    """``CCAT_TEMP_SWEEP_MARGIN_SECONDS`` (read at each sweep)."""
-    return float(os.environ.get("CCAT_TEMP_SWEEP_MARGIN_SECONDS", DEFAULT_MARGIN_SECONDS))
+    """``Settings.temp_sweep_margin_seconds`` (``CCAT_TEMP_SWEEP_MARGIN_SECONDS``, read at each
+    sweep)."""
+    return Settings.from_env().temp_sweep_margin_seconds
 
 
 def sweep_site_temporaries(
@@ -55,7 +55,7 @@ def build_temporaries_op(site_short_name: str) -> OpDefinition:
     first step's output (``{"location": ..., "dry_run": ...}``)."""
 
     @op(
-        name=f"{site_short_name}_cleanup_temporaries",
+        name=names.cleanup_temporaries_op(site_short_name),
         ins={"checked": In(dict)},
         description=(
             "Remove partial files and unfinished uploads left by killed runs (older than the "

@@ -11,12 +11,19 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ccat_ops_db.models import DataLocation, LocationType, Site
+from ccat_ops_db.models import (
+    DataLocation,
+    LocationType,
+    Site,
+    location_pool_prefix,
+    qualified_location_name,
+)
 from ccat_ops_db.session import session_factory
 
 
 @dataclass(frozen=True)
 class LocationView:
+    site: str
     name: str
     location_type: LocationType
     priority: int
@@ -25,6 +32,16 @@ class LocationView:
     @property
     def is_buffer(self) -> bool:
         return self.location_type == LocationType.BUFFER
+
+    @property
+    def qualified_name(self) -> str:
+        """``{site}/{location}``, as ``DataLocation.qualified_name``."""
+        return qualified_location_name(self.site, self.name)
+
+    @property
+    def pool_prefix(self) -> str:
+        """``{site}_{location}``, as ``DataLocation.pool_prefix``."""
+        return location_pool_prefix(self.site, self.name)
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
                     name=site.name,
                     locations=tuple(
                         LocationView(
+                            site=site.short_name,
                             name=loc.name,
                             location_type=loc.location_type,
                             priority=loc.priority,

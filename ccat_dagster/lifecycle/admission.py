@@ -256,7 +256,7 @@ def plan_admission(
 ) -> Admission:
     """Which outstanding work at ``location`` may start now, given its ``usage`` (None: no
     capacity to fill, everything is admitted)."""
-    name = f"{location.site.short_name}/{location.name}"
+    name = location.qualified_name
     if usage is None or usage.total_bytes <= 0:
         return Admission(name, None, None)
     policy = policy or get_policy(session)

@@ -295,7 +295,7 @@ def confirm_lta_presence(
     except LocationUnavailableError:
         raise  # the archive does not answer: nothing is known about the copy, nothing counted
     except StorageError as exc:
-        evidence = LtaEvidence.cannot_verify(lta.qualified_name, package.relative_path, exc)
+        evidence = LtaEvidence.cannot_verify(package, lta, exc)
     transfer = session.scalar(
         select(LongTermArchiveTransfer).where(
             LongTermArchiveTransfer.raw_data_package_id == package.id,

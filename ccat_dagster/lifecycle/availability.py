@@ -37,6 +37,7 @@ from ccat_ops_db.models import (
     PhysicalCopyStatus,
     Site,
     as_utc,
+    qualified_location_name,
     utcnow,
 )
 
@@ -94,7 +95,7 @@ class UnavailableLocation:
 def _view(row: LocationAvailability, site: str, name: str, kind: str) -> UnavailableLocation:
     return UnavailableLocation(
         location_id=row.data_location_id,
-        location=f"{site}/{name}",
+        location=qualified_location_name(site, name),
         location_type=kind,
         observer=row.observer,
         since=as_utc(row.since),
@@ -390,7 +391,7 @@ def probe_location(
     and removed (disk locations the pipeline writes to), not empty while the catalogue records
     PRESENT copies there (a mount that is gone), and, for disks, usage below the EMERGENCY level.
     Nothing is recorded here."""
-    name = f"{location.site.short_name}/{location.name}"
+    name = location.qualified_name
     policy = policy or get_policy(session)
     try:
         storage.stat(f"{PROBE_PREFIX}reachable")
@@ -477,7 +478,7 @@ def probe_due_locations(
         try:
             storage = storage_for(location)
         except StorageError as exc:
-            result = ProbeResult(f"{location.site.short_name}/{location.name}", False, str(exc))
+            result = ProbeResult(location.qualified_name, False, str(exc))
             mark_unavailable(
                 session, location, observer=observer, reason=str(exc), probed=True, now=now
             )

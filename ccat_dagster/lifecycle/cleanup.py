@@ -71,6 +71,7 @@ from ccat_ops_db.models import (
     LocationType,
     PhysicalCopyStatus,
     RawDataPackage,
+    qualified_location_name,
 )
 
 S = PhysicalCopyStatus
@@ -139,7 +140,7 @@ def _location_names(session: Session) -> dict[int, str]:
     rows = session.execute(
         sa.select(dl_t.c.id, Site.short_name, dl_t.c.name).join(Site, Site.id == dl_t.c.site_id)
     )
-    return {loc_id: f"{site}/{name}" for loc_id, site, name in rows}
+    return {loc_id: qualified_location_name(site, name) for loc_id, site, name in rows}
 
 
 def plan_deletions(

@@ -94,14 +94,10 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _qualified(location: DataLocation) -> str:
-    return f"{location.site.short_name}/{location.name}"
-
-
 def _check_location(session: Session, location: DataLocation | str) -> DiskDataLocation:
     if isinstance(location, str):
         location = resolve_location(session, location)
-    name = _qualified(location)
+    name = location.qualified_name
     if location.location_type is not LocationType.SOURCE:
         problem = (
             f"{name} is a {location.location_type.value} location; raw data files are "
@@ -323,7 +319,7 @@ def register_raw_data_files(
     caller's transaction and flushes; the caller commits.
     """
     source = _check_location(session, location)
-    name = _qualified(source)
+    name = source.qualified_name
     collector = _FileCollector(source.path)
     for given in paths:
         collector.add(given)
@@ -377,7 +373,8 @@ def _insert_new_files(
     obs_unit_id = _get_or_create_id(session, ExecutedObsUnit, obs_unit)
     module_id = _get_or_create_id(session, InstrumentModule, instrument_module)
     files, copies = RawDataFile.__table__, PhysicalCopy.__table__
-    reason = f"raw data file registered at {_qualified(source)} ({obs_unit}, {instrument_module})"
+    where = source.qualified_name
+    reason = f"raw data file registered at {where} ({obs_unit}, {instrument_module})"
     now = utcnow()
     for chunk in _chunks(new):
         file_ids = dict(

@@ -189,7 +189,7 @@ def _check_package(
         except Exception as exc:  # noqa: BLE001 - an archive that does not answer keeps data
             if isinstance(exc, LocationUnavailableError):
                 unavailable.append(exc)
-            evidence = LtaEvidence.cannot_verify(names[lta.id], package.relative_path, exc)
+            evidence = LtaEvidence.cannot_verify(package, lta, exc)
         checks.append(LtaCheck(package, lta, evidence))
         if not evidence.ok:
             problem = (

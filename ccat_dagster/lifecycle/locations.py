@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ccat_dagster.lifecycle.operations import OperationType, operations_for, pool_name
+from ccat_dagster.lifecycle.names import site_pools
+from ccat_dagster.lifecycle.operations import operations_for_type
 from ccat_ops_db.models import (
     DataLocation,
     DiskDataLocation,
@@ -97,7 +98,7 @@ def resolve_location(session: Session, name: str) -> DataLocation:
     all_locations = session.scalars(
         select(DataLocation).join(Site).order_by(Site.short_name, DataLocation.name)
     ).all()
-    known = ", ".join(f"{loc.site.short_name}/{loc.name}" for loc in all_locations) or "(none)"
+    known = ", ".join(loc.qualified_name for loc in all_locations) or "(none)"
     if "/" in name:
         site_name, _, location_name = name.partition("/")
         matches = [
@@ -114,10 +115,10 @@ def resolve_location(session: Session, name: str) -> DataLocation:
             f"unknown location {name!r}; known locations: {known} "
             "(see `ccat list-locations`; add new ones with `ccat topology apply`)"
         )
-    candidates = ", ".join(f"{loc.site.short_name}/{loc.name}" for loc in matches)
+    candidates = ", ".join(loc.qualified_name for loc in matches)
     raise LocationError(
         f"location name {name!r} is ambiguous: {candidates}; write it as site/name, "
-        f"e.g. {matches[0].site.short_name}/{matches[0].name}"
+        f"e.g. {matches[0].qualified_name}"
     )
 
 
@@ -146,7 +147,8 @@ class LocationInfo:
     storage: str
     priority: int
     active: bool
-    pools: tuple[tuple[str, str], ...]  # (operation, pool name), in matrix order
+    #: (operation, pool name) of each pool a Dagster op uses at this location, in matrix order
+    pools: tuple[tuple[str, str], ...]
     #: (observer site, since (ISO), reason) for each site it is unavailable from
     unavailable: tuple[tuple[str, str, str], ...] = ()
 
@@ -159,8 +161,9 @@ def _pipeline_order(location: DataLocation) -> tuple[int, int, int]:
 
 
 def describe_locations(session: Session) -> list[LocationInfo]:
-    """Every site and location (active or not) with the operations and pool names valid
-    there, and the sites it is unavailable from."""
+    """Every site and location (active or not) with the operations that run there in a pool
+    of their own (``lifecycle.names``: the pools the Dagster ops use), and the sites it is
+    unavailable from."""
     from ccat_dagster.lifecycle.availability import unavailable_locations
 
     down: dict[int, list[tuple[str, str, str]]] = {}
@@ -171,8 +174,10 @@ def describe_locations(session: Session) -> list[LocationInfo]:
     ).all()
     rows = []
     for site in sites:
+        # the pools the site's Dagster ops use (its code location loads its active locations)
+        pools = site_pools([loc for loc in site.locations if loc.active])
         for loc in sorted(site.locations, key=_pipeline_order):
-            ops: tuple[OperationType, ...] = operations_for(loc)
+            ops = [op for op in operations_for_type(loc.location_type) if (loc.name, op) in pools]
             rows.append(
                 LocationInfo(
                     site=site.short_name,
@@ -181,7 +186,7 @@ def describe_locations(session: Session) -> list[LocationInfo]:
                     storage=describe_storage(loc),
                     priority=loc.priority,
                     active=loc.active and site.active,
-                    pools=tuple((op.value, pool_name(loc, op)) for op in ops),
+                    pools=tuple((op.value, pools[(loc.name, op)]) for op in ops),
                     unavailable=tuple(down.get(loc.id, ())),
                 )
             )

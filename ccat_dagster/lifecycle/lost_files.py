@@ -39,6 +39,7 @@ from ccat_ops_db.models import (
     RawDataPackage,
     Site,
     Status,
+    qualified_location_name,
     utcnow,
 )
 
@@ -95,7 +96,7 @@ class DeclaredLost:
 def _source(session: Session, location: DataLocation | str) -> DiskDataLocation:
     if isinstance(location, str):
         location = resolve_location(session, location)
-    name = f"{location.site.short_name}/{location.name}"
+    name = location.qualified_name
     if location.location_type is not LocationType.SOURCE or not isinstance(
         location, DiskDataLocation
     ):
@@ -148,7 +149,7 @@ def _safe_elsewhere(session: Session, rdf: RawDataFile, source_id: int) -> list[
     package = rdf.raw_data_package.name if rdf.raw_data_package else None
     return [
         f"{'package ' + str(package) if kind == CopyType.RAW_DATA_PACKAGE else 'a copy'} at "
-        f"{site}/{loc} ({status.value})"
+        f"{qualified_location_name(site, loc)} ({status.value})"
         for site, loc, kind, status in rows
     ]
 
@@ -195,7 +196,7 @@ def declare_files_lost(
     the caller's transaction and flushes; the caller commits.
     """
     source = _source(session, location)
-    name = f"{source.site.short_name}/{source.name}"
+    name = source.qualified_name
     reason = (reason or "").strip()
     problems = [] if reason else ["give the reason (--reason): it is kept in the audit log"]
     wanted: dict[str, str] = {}  # relative path -> as shown

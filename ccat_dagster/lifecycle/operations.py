@@ -1,16 +1,17 @@
-"""The operations of the data lifecycle, where each may run, and the pool that limits it.
+"""The operations of the data lifecycle and the location types where each may run.
 
-The operation-location matrix is the seeds' ``QUEUE_OPERATIONS_BY_LOCATION_TYPE``
-(core_concepts.md); the seeds' queue name ``{site}_{location}_{operation}`` becomes the name of
-the Dagster concurrency pool of that operation at that location. LONG_TERM_ARCHIVE locations
-have no DELETION on purpose: nothing is ever deleted from a long-term archive.
+The operation-location matrix ``QUEUE_OPERATIONS_BY_LOCATION_TYPE`` says which operations are
+valid at which type of location; an operation valid at a location may have a Dagster concurrency
+pool there, named ``{site}_{location}_{operation}`` (``lifecycle.names``, which also says which
+ones the ops use). LONG_TERM_ARCHIVE locations have no DELETION on purpose: nothing is ever
+deleted from a long-term archive.
 """
 
 from __future__ import annotations
 
 import enum
 
-from ccat_ops_db.models import DataLocation, LocationType
+from ccat_ops_db.models import LocationType
 
 
 class OperationType(enum.Enum):
@@ -49,26 +50,6 @@ QUEUE_OPERATIONS_BY_LOCATION_TYPE: dict[LocationType, tuple[OperationType, ...]]
 }
 
 
-def operations_for(location: DataLocation) -> tuple[OperationType, ...]:
-    """The operations valid at ``location`` (by its type)."""
-    return QUEUE_OPERATIONS_BY_LOCATION_TYPE[location.location_type]
-
-
-def pool_name(location: DataLocation, operation: OperationType) -> str:
-    """``{site}_{location}_{operation}``, e.g. ``cologne_buffer_data_transfer``.
-
-    Raises ValueError for an operation that is not valid at the location's type (e.g. DELETION
-    at a LONG_TERM_ARCHIVE), so a wrong pool can never be created by accident.
-    """
-    if operation not in QUEUE_OPERATIONS_BY_LOCATION_TYPE[location.location_type]:
-        valid = ", ".join(op.value for op in operations_for(location))
-        raise ValueError(
-            f"operation {operation.value!r} is not valid at {location.site.short_name}/"
-            f"{location.name} ({location.location_type.value}); valid there: {valid}"
-        )
-    return f"{location.site.short_name}_{location.name}_{operation.value}"
-
-
-def pool_names_for(location: DataLocation) -> dict[OperationType, str]:
-    """Every operation valid at ``location`` mapped to its pool name."""
-    return {op: pool_name(location, op) for op in operations_for(location)}
+def operations_for_type(location_type: LocationType) -> tuple[OperationType, ...]:
+    """The operations valid at a location of ``location_type``."""
+    return QUEUE_OPERATIONS_BY_LOCATION_TYPE[location_type]

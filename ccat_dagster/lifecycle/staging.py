@@ -62,6 +62,7 @@ from ccat_ops_db.models import (
     StagingJob,
     Status,
     as_utc,
+    qualified_location_name,
     staging_job_raw_data_package,
     utcnow,
 )
@@ -92,7 +93,7 @@ def resolve_processing_location(session: Session, location: str | DataLocation) 
             location = resolve_location(session, location)
         except LocationError as exc:
             raise StagingError(f"{exc}; staging needs a PROCESSING location") from None
-    where = f"{location.site.short_name}/{location.name}"
+    where = location.qualified_name
     if location.location_type != LocationType.PROCESSING:
         raise StagingError(
             f"{where} is a {location.location_type.value} location, not PROCESSING; data is "
@@ -122,7 +123,10 @@ def _processing_names(session: Session) -> str:
         )
         .order_by(Site.short_name, DataLocation.name)
     ).all()
-    return ", ".join(f"{s}/{n}" for s, n in rows) or "(none: add one to the topology)"
+    return (
+        ", ".join(qualified_location_name(s, n) for s, n in rows)
+        or "(none: add one to the topology)"
+    )
 
 
 def _packages_by_name(session: Session, names: Sequence[str]) -> list[RawDataPackage]:
@@ -586,7 +590,7 @@ def _unpack_from(
         except OSError as exc:  # writing at the PROCESSING location: another LTA will not help
             raise map_os_error(
                 exc,
-                location=f"{location.site.short_name}/{location.name}",
+                location=location.qualified_name,
                 key=None,
                 reading=False,
                 root=root,

@@ -52,10 +52,6 @@ class TemporariesReport:
         return "\n".join(lines)
 
 
-def _label(location: DataLocation) -> str:
-    return f"{location.site.short_name}/{location.name}"
-
-
 def stale_temporaries(
     locations: Sequence[DataLocation], storage_for: StorageFor, *, older_than: datetime
 ) -> TemporariesReport:
@@ -66,11 +62,11 @@ def stale_temporaries(
         try:
             for temporary in storage_for(location).list_temporaries():
                 if temporary.modified_at < older_than:
-                    report.stale.append(StaleTemporary(_label(location), temporary))
+                    report.stale.append(StaleTemporary(location.qualified_name, temporary))
                 else:
                     report.younger += 1
         except Exception as exc:  # noqa: BLE001 - an unreachable location must not stop the rest
-            report.errors.append(f"cannot list the temporaries of {_label(location)}: {exc}")
+            report.errors.append(f"cannot list the temporaries of {location.qualified_name}: {exc}")
     return report
 
 
@@ -103,7 +99,7 @@ def sweep_temporaries(
     report = stale_temporaries(locations, storage_for, older_than=older_than)
     if dry_run:
         return report
-    by_name = {_label(loc): loc for loc in locations}
+    by_name = {loc.qualified_name: loc for loc in locations}
     for stale in report.stale:
         try:
             if storage_for(by_name[stale.location]).remove_temporary(stale.temporary):

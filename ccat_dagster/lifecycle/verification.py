@@ -53,14 +53,17 @@ class LtaEvidence:
         return not self.ok and self.examined
 
     @classmethod
-    def cannot_verify(cls, location: str, key: str, error: BaseException | str) -> LtaEvidence:
-        """The evidence of a check that could not look at the object."""
+    def cannot_verify(
+        cls, package: RawDataPackage, lta: DataLocation, error: BaseException | str
+    ) -> LtaEvidence:
+        """The evidence of a check of ``package``'s copy in ``lta`` that could not look at the
+        object (``error``: why)."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         return cls(
             ok=False,
             exists=False,
-            location=location,
-            key=key,
+            location=lta.qualified_name,
+            key=package.relative_path,
             checked_at=utcnow(),
             detail=f"cannot verify: {text}",
             examined=False,

@@ -1,5 +1,14 @@
-"""Code location of site `ccat`: `dagster code-server start -m ccat_dagster.sites.ccat`."""
+"""Code location of site `ccat`: `dagster code-server start -m ccat_dagster.sites.ccat`.
+
+``defs`` is loaded lazily (Dagster's ``@definitions``): the topology and the settings are read
+when Dagster loads the code location, not when the module is imported; tests call ``defs()``.
+"""
+
+from dagster import Definitions, definitions
 
 from ccat_dagster.defs.definitions import build_site_definitions
 
-defs = build_site_definitions("ccat")
+
+@definitions
+def defs() -> Definitions:
+    return build_site_definitions("ccat")

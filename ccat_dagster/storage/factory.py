@@ -24,11 +24,6 @@ SSH_KNOWN_HOSTS_ENV = "CCAT_SSH_KNOWN_HOSTS"
 S3ClientFactory = Callable[[S3DataLocation], Any]
 
 
-def storage_name(location: DataLocation) -> str:
-    """``site/location``, the name every storage message uses."""
-    return f"{location.site.short_name}/{location.name}"
-
-
 def storage_for_location(
     location: DataLocation,
     *,
@@ -43,7 +38,7 @@ def storage_for_location(
     ``s3_client_factory`` lets the Dagster layer supply clients built by a dagster-aws
     ``S3Resource``; by default an equivalently configured boto3 client is made.
     """
-    name = storage_name(location)
+    name = location.qualified_name
     if isinstance(location, S3DataLocation):
         client = s3_client_factory(location) if s3_client_factory else None
         return S3Storage(

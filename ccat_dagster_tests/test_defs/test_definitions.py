@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from ccat_dagster.cli import app
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.simulate import DEFAULT_TOPOLOGY_PATH
 from ccat_ops_db.session import session_scope
@@ -18,17 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 SITES = ("ccat", "cologne", "us")
 
 
-@pytest.fixture
-def default_topology_db(fresh_sqlite_url, monkeypatch):
-    monkeypatch.setenv("CCAT_OPS_DB_URL", fresh_sqlite_url)
-    with session_scope(fresh_sqlite_url) as session:
-        apply_topology(session, DEFAULT_TOPOLOGY_PATH)
-    return fresh_sqlite_url
-
-
 def _site_defs(name: str):
-    module = importlib.import_module(f"ccat_dagster.sites.{name}")
-    return importlib.reload(module).defs
+    """The site module's definitions, built now (``@definitions``: nothing at import)."""
+    return importlib.import_module(f"ccat_dagster.sites.{name}").defs()
 
 
 def _deps(defs) -> dict[str, set[str]]:
@@ -99,3 +95,70 @@ def test_workspace_yaml_validates_with_dagster_cli(default_topology_db):
 def test_unknown_site_gives_a_clear_error(default_topology_db):
     with pytest.raises(LookupError, match="ccat topology apply"):
         build_site_definitions("nowhere", ops_db_url=default_topology_db)
+
+
+def _pools_of_ops(defs) -> set[str]:
+    """The pools of every op of the Definitions (the stage, cleanup and asset ops)."""
+    repo = defs.get_repository_def()
+    return {
+        op_def.pool
+        for job in repo.get_all_jobs()
+        for op_def in job.graph.iterate_op_defs()
+        if op_def.pool
+    }
+
+
+def _listed_pools(url: str) -> dict[str, set[str]]:
+    """Pool names printed by `ccat list-locations --json`, per site."""
+    result = CliRunner().invoke(app, ["list-locations", "--json"], env={"CCAT_OPS_DB_URL": url})
+    assert result.exit_code == 0, result.output
+    listed: dict[str, set[str]] = {}
+    for row in json.loads(result.stdout):
+        listed.setdefault(row["site"], set()).update(pool for _op, pool in row["pools"])
+    return listed
+
+
+def test_list_locations_prints_exactly_the_pools_the_ops_use(default_topology_db):
+    listed = _listed_pools(default_topology_db)
+    for site in SITES:
+        used = _pools_of_ops(build_site_definitions(site, ops_db_url=default_topology_db))
+        assert used == listed[site], site
+    # deletion runs per location in the pools list-locations prints; nothing unused is listed
+    assert {"ccat_telescope_buffer_deletion", "ccat_primecam_raw_data_deletion"} <= listed["ccat"]
+    # monitoring has a pool only where an op runs in it: the archives' re-verification
+    monitoring = {p for pools in listed.values() for p in pools if p.endswith("_monitoring")}
+    assert monitoring == {"cologne_lta_monitoring", "us_lta_monitoring"}
+    assert "ccat_cleanup" not in listed["ccat"]
+
+
+def test_pools_follow_the_primary_location_and_skip_inactive_ones(fresh_sqlite_url):
+    """Two active buffers and an inactive one at cologne: the stages run in the primary
+    buffer's pools, each active buffer has its own deletion pool, the inactive one none."""
+    topology = yaml.safe_load(Path(DEFAULT_TOPOLOGY_PATH).read_text())
+    cologne = next(s for s in topology["sites"] if s["short_name"] == "cologne")
+    cologne["locations"] = [loc for loc in cologne["locations"] if loc["type"] != "BUFFER"]
+    for name, priority, active in [
+        ("b_second", 2, True),
+        ("a_first", 1, True),
+        ("c_off", 0, False),
+    ]:
+        cologne["locations"].append(
+            {
+                "name": name,
+                "type": "BUFFER",
+                "priority": priority,
+                "active": active,
+                "storage": {"kind": "disk", "path": f"/tmp/ccat-test/{name}"},
+            }
+        )
+    with session_scope(fresh_sqlite_url) as session:
+        apply_topology(session, topology)
+    used = _pools_of_ops(build_site_definitions("cologne", ops_db_url=fresh_sqlite_url))
+    assert used == _listed_pools(fresh_sqlite_url)["cologne"]
+    assert {
+        "cologne_a_first_data_transfer",
+        "cologne_a_first_data_transfer_unpacking",
+        "cologne_a_first_deletion",
+        "cologne_b_second_deletion",
+    } <= used
+    assert not any(p.startswith(("cologne_b_second_data", "cologne_c_off")) for p in used)

@@ -211,7 +211,7 @@ def test_transfer_package_that_holds_the_last_tar_is_checked(session, topo):
 def test_an_archive_that_does_not_answer_marks_nothing(session, topo):
     pkg, _ = f.archived_package(topo)
     lta = topo.lta("cologne")
-    evidence = LtaEvidence.cannot_verify("cologne/lta", pkg.relative_path, OSError("timed out"))
+    evidence = LtaEvidence.cannot_verify(pkg, lta, OSError("timed out"))
     assert not evidence.definite_failure
     assert record_lta_check(session, pkg, lta, evidence) is None
     session.commit()

@@ -69,7 +69,7 @@ def test_custom_route_overrides_round_robin(session, tmp_path):
     session.flush()
     for _ in range(3):
         destination, kind = primary_destination(session, sites["ccat"])
-        assert destination.qualified_name == "us_buffer" and kind == "direct"
+        assert destination.qualified_name == "us/buffer" and kind == "direct"
 
 
 def test_retry_then_permanent_failure_marks_packages_failed(session, tmp_path):

@@ -170,7 +170,7 @@ def test_staging_unpacks_verified_files_and_marks_the_package_staged(session, to
     [outcome] = stage_all(session, topo)
 
     assert outcome.ok and not outcome.skipped, outcome.error
-    assert outcome.metadata["source"] == "cologne_lta"
+    assert outcome.metadata["source"] == "cologne/lta"
     assert outcome.metadata["file_count"] == 3
     source_root = Path(topo.source.path)
     for rdf in pkg.raw_data_files:
@@ -227,8 +227,8 @@ def test_same_site_archive_first_then_any_and_a_bad_copy_falls_back(session, top
 
     outcomes = {o.partition: o for o in stage_all(session, topo)}
 
-    assert outcomes[both.name].ok and outcomes[both.name].metadata["source"] == "us_lta"
-    assert outcomes[us_only.name].ok and outcomes[us_only.name].metadata["source"] == "us_lta"
+    assert outcomes[both.name].ok and outcomes[both.name].metadata["source"] == "us/lta"
+    assert outcomes[us_only.name].ok and outcomes[us_only.name].metadata["source"] == "us/lta"
     assert st.lta_sources(session, both, topo.processing)[0] == topo.lta("cologne")
 
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.locations import resolve_location
-from ccat_ops_db.models import DataLocation, LocationType, Site
+from ccat_ops_db.models import DataLocation, LocationType, Site, qualified_location_name
 
 #: reading order: archives first (the copies every other check leans on), then the rest
 _ORDER = {
@@ -53,7 +53,7 @@ def resolve_scope(
         .join(Site, Site.id == DataLocation.site_id)
         .order_by(DataLocation.id)
     ).all()
-    names = {loc_id: f"{site}/{name}" for loc_id, site, name, _ in rows}
+    names = {loc_id: qualified_location_name(site, name) for loc_id, site, name, _ in rows}
     types = {loc_id: loc_type for loc_id, _, _, loc_type in rows}
     known_sites = sorted({site for _, site, _, _ in rows})
     chosen: set[int] = set()
