@@ -6,7 +6,7 @@ files PRESENT and DELETION_POSSIBLE; transfer packages at source and LTA-site bu
 sites), then times ``plan_deletions`` and every finder and counts their SQL statements with a
 ``before_cursor_execute`` event: the count must not grow with the number of copies.
 
-Baseline: the seeds' loop -- one ``can_delete_*`` decision per copy (a few queries each), timed
+Baseline: a per-copy loop -- one ``can_delete_*`` decision per copy (a few queries each), timed
 on a sample and extrapolated to every candidate copy. Prints ``ratio = ours / baseline``.
 
     .venv/bin/python bench/bench_deletion.py [--sizes 100000,1000000] [--sample 500]
@@ -201,7 +201,7 @@ FINDERS = {
 def baseline_per_copy(
     session: Session, counter: StatementCounter, loc: dict[str, int], sample: int
 ):
-    """The seeds' loop: one can_delete_* decision per package copy, ORM objects in hand."""
+    """The per-copy loop: one can_delete_* decision per package copy, ORM objects in hand."""
     rdps = session.scalars(
         sa.select(RawDataPackage).order_by(RawDataPackage.id).limit(sample)
     ).all()
@@ -267,7 +267,7 @@ def run(size: int, sample: int) -> dict:
             baseline_s = per_decision_s * candidates
             baseline_stmts = per_decision_stmts * candidates
             print(
-                f"  baseline (seeds' per-copy loop, {decisions} decisions sampled): "
+                f"  baseline (per-copy loop, {decisions} decisions sampled): "
                 f"{per_decision_s * 1000:.2f} ms and {per_decision_stmts:.1f} statements per copy "
                 f"-> {baseline_s:,.0f} s, {baseline_stmts:,.0f} statements for "
                 f"{candidates:,} candidates"

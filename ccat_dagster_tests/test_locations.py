@@ -124,7 +124,7 @@ def test_resolve_location_unknown_name_lists_known_ones(session, applied):
     assert "unknown location 'cologne/tape'" in message and "cologne/lta" in message
 
 
-def test_operation_location_matrix_is_the_seeds_matrix():
+def test_operation_location_matrix_is_the_documented_matrix():
     o = OperationType
     assert QUEUE_OPERATIONS_BY_LOCATION_TYPE == {
         LocationType.SOURCE: (o.RAW_DATA_PACKAGE_CREATION, o.DELETION, o.MONITORING),

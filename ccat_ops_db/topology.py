@@ -1,6 +1,6 @@
 """The sites-and-locations topology: load the YAML, validate all of it, apply it idempotently.
 
-The YAML format is the contract of ARCHITECTURE.md (``sites`` with their ``locations`` and a
+The YAML format is the contract of docs/configuration.md (``sites`` with their ``locations`` and a
 ``storage`` each, plus a ``policy`` section). Validation collects every problem before anything is
 written and raises them together as one :class:`TopologyError` that names each entry
 (``sites[1].locations[2] (cologne/lta)``) and the fix. Applying is one transaction that only

@@ -11,7 +11,7 @@ A third step ``..._temporaries`` (same ``location`` and ``dry_run``) removes wha
 left behind (defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
-reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
+reports it as an asset observation (plotted in the UI) and escalates as docs/lifecycle.md describes:
 pools lowered to max_critical_transfers and an immediate cleanup at CRITICAL, packaging paused
 and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. Read when
 the code location loads: ``CCAT_CLEANUP_CRON`` (cleanup schedule, default every 10 minutes) and
@@ -382,7 +382,7 @@ def build_buffer_monitor_sensor(site: SiteView, cleanup_job: JobDefinition):
         default_status=DefaultSensorStatus.STOPPED,
         description=(
             f"Disk usage of every disk location at {s}; escalates at warning/critical/emergency "
-            "(seeds: buffer thresholds)."
+            "(docs/lifecycle.md: buffer levels)."
         ),
     )
     def buffer_monitor(

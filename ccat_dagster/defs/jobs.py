@@ -1,4 +1,4 @@
-"""Batched stage jobs: one run handles many packages (seeds: bulk operations).
+"""Batched stage jobs: one run handles many packages (docs/design.md: why batched op jobs).
 
 The op throttles through a concurrency pool named ``{site}_{location}_{operation}``, retries
 transient storage faults with exponential backoff (Dagster RetryPolicy; every stage is idempotent

@@ -1,6 +1,6 @@
 """Stage 5: RawDataPackages at an LTA-site BUFFER are copied into the site's LONG_TERM_ARCHIVE.
 
-Seeds: archive_manager (send_data_to_long_term_archive, LongTermArchiveTask). The copy is a
+docs/lifecycle.md (the path of the data, step 6). The copy is a
 verified streaming write (nothing appears under the final key unless the checksum matched);
 then ``confirm_lta_presence`` (the ``lta_presence`` check) looks at the stored object live, and
 only a confirmed copy becomes PRESENT and makes the package ARCHIVED.

@@ -1,7 +1,7 @@
 """Finding sites and data locations: primary buffers with failover, SOURCE and LTA sites, names.
 
 A location is usable when it and its site are active. Among several active BUFFERs of a site the
-one with the lowest priority number is the primary (seeds: Priority and Failover); deactivating
+one with the lowest priority number is the primary (docs/lifecycle.md: routes); deactivating
 it makes the next one primary without any other change.
 """
 

@@ -1,8 +1,8 @@
 """The operations of the data lifecycle, where each may run, and the pool that limits it.
 
-The operation-location matrix is the seeds' ``QUEUE_OPERATIONS_BY_LOCATION_TYPE``
-(core_concepts.md); the seeds' queue name ``{site}_{location}_{operation}`` becomes the name of
-the Dagster concurrency pool of that operation at that location. LONG_TERM_ARCHIVE locations
+The operation-location matrix ``QUEUE_OPERATIONS_BY_LOCATION_TYPE`` is the table of
+docs/lifecycle.md (operations per location type); ``{site}_{location}_{operation}`` is the name
+of the Dagster concurrency pool of that operation at that location. LONG_TERM_ARCHIVE locations
 have no DELETION on purpose: nothing is ever deleted from a long-term archive.
 """
 

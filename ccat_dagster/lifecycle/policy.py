@@ -1,6 +1,6 @@
 """The lifecycle policy (the topology's ``policy`` section) as one frozen value.
 
-Defaults are the ARCHITECTURE.md example values and the seeds' settings (buffer thresholds
+Defaults are those of docs/configuration.md (buffer thresholds
 70/85/95 %, 5 normal / 1 critical transfers, 30 days retention, 3 retries); rows in
 ``policy_setting`` written by ``ccat topology apply`` override them key by key.
 """

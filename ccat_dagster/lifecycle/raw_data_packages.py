@@ -1,7 +1,7 @@
 """Stage 1: filed RawDataFiles at a SOURCE become RawDataPackages in the site's primary BUFFER.
 
-Seeds: raw_data_package_manager (get_unpackaged_raw_data_files,
-group_files_by_execution_and_module, get_primary_buffer_for_site, create_raw_data_package_task).
+Steps: find the unpackaged files, group them by ExecutedObsUnit x InstrumentModule, pick the
+site's primary buffer, write the tar (docs/lifecycle.md: the path of the data).
 Records are created set-based (one INSERT per package, one UPDATE per package claiming its files);
 the tar is then written in one read pass by :mod:`ccat_dagster.packaging`.
 """
@@ -67,7 +67,7 @@ def raw_data_package_key(name: str) -> str:
 
 
 def unpackaged_raw_data_files(source_location: DataLocation):
-    """Seeds: get_unpackaged_raw_data_files: filed, PRESENT at the SOURCE, in no package."""
+    """Files filed and PRESENT at the SOURCE that are in no package yet."""
     present = exists().where(
         RawDataFilePhysicalCopy.raw_data_file_id == RawDataFile.id,
         RawDataFilePhysicalCopy.data_location_id == source_location.id,
@@ -256,7 +256,7 @@ def build_raw_data_package(
     storage_for: StorageFor,
     run_id: str | None = None,
 ) -> StageOutcome:
-    """Seeds: create_raw_data_package_task: write the tar to the site's primary BUFFER.
+    """Write the package's tar to the site's primary BUFFER.
 
     Each file is read once; its checksum is compared with the one recorded at filing while the
     tar is written. A mismatch (the file changed or rotted at the SOURCE) is retried up to

@@ -1,6 +1,6 @@
 """Staging for processing: scientists' StagingJobs bring archived RawDataPackages to a PROCESSING
-location, unpacked, and say when they are done with them (seeds: Staging and STAGED Status,
-Processing Location Cleanup, Recovery from LTA). A job names a PROCESSING location and packages
+location, unpacked, and say when they are done with them (docs/lifecycle.md: staging job,
+retention, the deletion matrix). A job names a PROCESSING location and packages
 (directly or by ExecutedObsUnit); it is accepted only when every package has a PRESENT, verified
 copy in a LONG_TERM_ARCHIVE, and nothing is written otherwise. Staging one package at one location
 streams its tar from the nearest such archive (same site first, then any) straight into
@@ -214,7 +214,7 @@ def retention_minutes(
     session: Session, location: DataLocation, retention_days: float | None
 ) -> int:
     """Retention of a new job: the requested days, else the location's override, else the
-    policy's ``retention_period_minutes`` (seeds: default retention for processing data)."""
+    policy's ``retention_period_minutes`` (docs/lifecycle.md: retention)."""
     if retention_days is None:
         return location.retention_period_minutes or get_policy(session).retention_period_minutes
     if retention_days <= 0:
@@ -328,10 +328,10 @@ def list_staging_jobs(
 
 
 def retention_ends_at(job: StagingJob) -> datetime | None:
-    """When the job's retention ends (counted from when staging finished, else from its
-    creation), None = no retention. Information only: the files stay while the job is active,
-    whatever this says (seeds: only ``active=False`` on every job releases them); ``ccat staging
-    list`` flags active jobs past it so someone asks the requester to complete them."""
+    """When the job's retention ends (counted from when staging finished, else from its creation),
+    None = no retention. Information only: the files stay while the job is active, whatever this
+    says (only ``active=False`` on every job releases them: docs/lifecycle.md, retention); ``ccat
+    staging list`` flags active jobs past it so someone asks the requester to complete them."""
     if job.retention_period_minutes is None:
         return None
     start = as_utc(job.completed_at or job.created_at)
