@@ -26,6 +26,8 @@ COMMANDS = [
     ["db"],
     ["db", "upgrade"],
     ["db", "current"],
+    ["instance"],
+    ["instance", "init"],
     ["topology"],
     ["topology", "apply"],
     ["topology", "show"],
@@ -237,3 +239,31 @@ def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):
     assert proc.returncode == 1
     assert "Error: invalid topology" in proc.stderr and "cannot read" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_instance_init_writes_the_packaged_template_once(tmp_path, monkeypatch):
+    from ccat_dagster.instance import POSTGRES_TEMPLATE, SQLITE_TEMPLATE, template_path
+
+    for name in ("DAGSTER_PG_URL", "DAGSTER_PG_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    result = runner.invoke(app, ["instance", "init"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "dh" / "dagster.yaml"
+    assert written.read_text() == template_path(SQLITE_TEMPLATE).read_text()
+
+    again = runner.invoke(app, ["instance", "init"])
+    assert again.exit_code == 1
+    assert "exists" in again.output and "--force" in again.output
+
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://u@h:5432/dagster")
+    forced = runner.invoke(app, ["instance", "init", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert written.read_text() == template_path(POSTGRES_TEMPLATE).read_text()
+
+
+def test_instance_init_needs_a_home(monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = runner.invoke(app, ["instance", "init"])
+    assert result.exit_code == 2
+    assert "DAGSTER_HOME" in result.output

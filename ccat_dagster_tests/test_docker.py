@@ -72,7 +72,7 @@ def env_vars_read_by_code() -> set[str]:
         for path in (ROOT / package).rglob("*.py"):
             for match in _ENV_READ.finditer(path.read_text()):
                 names.update(g for g in match.groups() if g)
-    for path in [ROOT / "dagster.yaml", ROOT / "dagster.postgres.yaml"]:
+    for path in (ROOT / "ccat_dagster" / "instance_templates").glob("*.yaml"):
         names.update(re.findall(r"\benv:\s*([A-Z][A-Z0-9_]+)", path.read_text()))
     return names
 
@@ -252,10 +252,11 @@ def test_code_servers_get_every_variable_the_code_needs(services):
 def test_every_dagster_process_opens_the_same_postgres_instance(services):
     image_home = dockerfile_env()["DAGSTER_HOME"]
     copies = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
-    assert f"dagster.postgres.yaml {image_home}/dagster.yaml" in copies
-    instance_env = set(
-        re.findall(r"\benv:\s*([A-Z_]+)", (ROOT / "dagster.postgres.yaml").read_text())
+    assert (
+        f"ccat_dagster/instance_templates/dagster.postgres.yaml {image_home}/dagster.yaml" in copies
     )
+    template = ROOT / "ccat_dagster" / "instance_templates" / "dagster.postgres.yaml"
+    instance_env = set(re.findall(r"\benv:\s*([A-Z_]+)", template.read_text()))
     assert instance_env == {"DAGSTER_PG_URL"}
     urls = set()
     for name in ["daemon", "webserver", *(f"{s}-code-server" for s in default_sites())]:
