@@ -109,8 +109,17 @@ def test_topology_apply_show_and_list_locations(ops_db_url, topology_file):
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["SITE", "LOCATION", "TYPE", "STORAGE", "PRIORITY", "ACTIVE"]
     assert any(line.split()[:3] == ["cologne", "lta", "LONG_TERM_ARCHIVE"] for line in lines)
-    assert "pool cologne_lta_long_term_archive_transfer" in listed.stdout
-    assert "pool ccat_primecam_raw_data_raw_data_package_creation" in listed.stdout
+    rows = [line.split() for line in lines]
+    assert [
+        "cologne/lta",
+        "long_term_archive_transfer",
+        "cologne_lta_long_term_archive_transfer",
+    ] in rows
+    assert [
+        "ccat/primecam_raw_data",
+        "raw_data_package_creation",
+        "ccat_primecam_raw_data_raw_data_package_creation",
+    ] in rows
 
 
 def test_topology_apply_dry_run_writes_nothing(ops_db_url, topology_file):
@@ -267,3 +276,33 @@ def test_instance_init_needs_a_home(monkeypatch):
     result = runner.invoke(app, ["instance", "init"])
     assert result.exit_code == 2
     assert "DAGSTER_HOME" in result.output
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+
+    from ccat_dagster.cli._tables import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with progress() as update:
+        assert update is None, "piped or in a test: no progress bar"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress() as update:
+        update("checking and checksumming files", 1, 2)
+        update("checking and checksumming files", 2, 2)
+    assert "checking and checksumming files" in terminal.getvalue()
+
+
+def test_tables_are_not_wrapped_when_piped():
+    from ccat_dagster.cli._tables import render, table
+
+    wide = table("LOCATION", "REASON")
+    wide.add_row("cologne/lta", "x" * 500)
+    lines = render(wide).splitlines()
+    assert lines[0].split() == ["LOCATION", "REASON"]
+    assert lines[-1].split() == ["cologne/lta", "x" * 500]

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from ccat_dagster.cli._summary import render_summary
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas, pipeline_summary
 from ccat_dagster_tests.deployment_support import (
     ASSET_NODES_QUERY,
@@ -226,7 +227,7 @@ def _telescope_clean(url: str) -> bool:
 def _summary(url: str, deployment: Deployment):
     def describe() -> str:
         with session_scope(url) as session:
-            text = pipeline_summary(session).render()
+            text = render_summary(pipeline_summary(session))
         return f"{text}\n{deployment.logs(1500)}"
 
     return describe

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,13 +314,15 @@ def register_raw_data_files(
     *,
     algorithm: str = DEFAULT_ALGORITHM,
     run_id: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> FilingResult:
     """Register files (or every regular file under directories) at a SOURCE disk location.
 
     ``location``: a DataLocation or a name for :func:`resolve_location`. Relative ``paths`` are
     relative to the location root. Raises FilingError (nothing written) for any bad path,
     changed content or a location that is not an active local SOURCE on disk. Runs in the
-    caller's transaction and flushes; the caller commits.
+    caller's transaction and flushes; the caller commits. ``progress(stage, done, total)`` is
+    called as files are checked (e.g. a progress bar of ``ccat files register``).
     """
     source = _check_location(session, location)
     name = _qualified(source)
@@ -333,9 +335,13 @@ def register_raw_data_files(
 
     candidates = [collector.files[k] for k in sorted(collector.files)]
     new: list[tuple[_Candidate, str]] = []
+    done = 0
     for chunk in _chunks(candidates):
         registered = _existing_rows(session, source.id, [c.relative_path for c in chunk])
         for candidate in chunk:
+            done += 1
+            if progress is not None:
+                progress("checking and checksumming files", done, len(candidates))
             if candidate.relative_path in registered:
                 problem = _compare_with_registered(
                     candidate, registered[candidate.relative_path], obs_unit, instrument_module
