@@ -27,14 +27,14 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccat_dagster.lifecycle.filing import register_raw_data_files  # noqa: E402
-from ccat_dagster.lifecycle.locations import resolve_location  # noqa: E402
-from ccat_dagster.simulate import demo_topology  # noqa: E402
-from ccat_ops_db.checksum import checksum_file  # noqa: E402
-from ccat_ops_db.migrate import upgrade  # noqa: E402
-from ccat_ops_db.models import ExecutedObsUnit, InstrumentModule, RawDataFile  # noqa: E402
-from ccat_ops_db.session import make_engine  # noqa: E402
-from ccat_ops_db.topology import apply_topology  # noqa: E402
+from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.locations import resolve_location
+from ccat_dagster.simulate import demo_topology
+from ccat_ops_db.checksum import checksum_file
+from ccat_ops_db.migrate import upgrade
+from ccat_ops_db.models import ExecutedObsUnit, InstrumentModule, RawDataFile
+from ccat_ops_db.session import make_engine
+from ccat_ops_db.topology import apply_topology
 
 SCRATCH = Path("/tmp/ccat_bench_filing")
 PG_ADMIN = os.environ.get(

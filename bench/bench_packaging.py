@@ -66,7 +66,7 @@ def generate(total_bytes: int) -> list[Path]:
 
 def opener(path: Path):
     # write_package enters the returned file object in a ``with`` block.
-    return lambda: open(path, "rb")  # noqa: SIM115
+    return lambda: open(path, "rb")
 
 
 def warm(paths: list[Path]) -> None:

@@ -62,7 +62,8 @@ def empty_sqlite(tmp_path, monkeypatch) -> str:
 
 def test_db_upgrade_and_current(empty_sqlite):
     result = runner.invoke(app, ["db", "current"])
-    assert result.exit_code == 0 and "no schema" in result.output
+    assert result.exit_code == 0
+    assert "no schema" in result.output
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
     assert current(empty_sqlite) is not None
@@ -124,7 +125,8 @@ def test_topology_apply_show_and_list_locations(ops_db_url, topology_file):
 
 def test_topology_apply_dry_run_writes_nothing(ops_db_url, topology_file):
     result = runner.invoke(app, ["topology", "apply", "--dry-run", str(topology_file)])
-    assert result.exit_code == 0 and "dry run" in result.stdout
+    assert result.exit_code == 0
+    assert "dry run" in result.stdout
     assert "created site ccat" in result.stdout
     listed = runner.invoke(app, ["list-locations"])
     assert "no locations yet" in listed.stdout
@@ -159,7 +161,8 @@ def test_files_register_then_again(ops_db_url, topology_file, tmp_path, monkeypa
     # A relative path on the command line is taken from the current directory, as in a shell.
     monkeypatch.chdir(files[0].path.parent.parent)
     second = runner.invoke(app, [*args[:-1], "pcam_280"])
-    assert "registered 0 new file(s)" in second.stdout and "3 already registered" in second.stdout
+    assert "registered 0 new file(s)" in second.stdout
+    assert "3 already registered" in second.stdout
     engine = make_engine(ops_db_url)
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(RawDataFile)) == 3
@@ -201,7 +204,8 @@ def test_files_register_refuses_a_name_that_is_not_utf8(ops_db_url, topology_fil
         assert result.exception is None or isinstance(result.exception, SystemExit)
         assert "Traceback" not in result.output
         problem = [line for line in result.stderr.splitlines() if "not valid UTF-8" in line]
-        assert len(problem) == 1 and "obs_0001/bad\\xff.dat" in problem[0], result.stderr
+        assert len(problem) == 1, result.stderr
+        assert "obs_0001/bad\\xff.dat" in problem[0], result.stderr
         assert "nothing was registered" in result.stderr
     engine = make_engine(ops_db_url)
     with engine.connect() as conn:
@@ -221,8 +225,19 @@ def test_installed_ccat_refuses_a_name_that_is_not_utf8(tmp_path, topology_file)
     assert apply.returncode == 0
     directory, bad = _bytes_named_files(tmp_path / "home" / "ccat" / "primecam_raw_data")
     proc = subprocess.run(
-        [*command, "files", "register", "-l", "primecam_raw_data", "--obs-unit", "o"]
-        + ["--instrument-module", "m", os.fsencode(bad), os.fsencode(directory / "good.dat")],
+        [
+            *command,
+            "files",
+            "register",
+            "-l",
+            "primecam_raw_data",
+            "--obs-unit",
+            "o",
+            "--instrument-module",
+            "m",
+            os.fsencode(bad),
+            os.fsencode(directory / "good.dat"),
+        ],
         capture_output=True,
         env=env,
         timeout=120,
@@ -230,7 +245,8 @@ def test_installed_ccat_refuses_a_name_that_is_not_utf8(tmp_path, topology_file)
     stderr = proc.stderr.decode("utf-8")  # the message itself is valid UTF-8
     assert proc.returncode == 1, stderr
     assert "Traceback" not in stderr
-    assert "bad\\xff.dat" in stderr and "not valid UTF-8" in stderr
+    assert "bad\\xff.dat" in stderr
+    assert "not valid UTF-8" in stderr
 
 
 def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):
@@ -246,7 +262,8 @@ def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1
-    assert "Error: invalid topology" in proc.stderr and "cannot read" in proc.stderr
+    assert "Error: invalid topology" in proc.stderr
+    assert "cannot read" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -263,7 +280,8 @@ def test_instance_init_writes_the_packaged_template_once(tmp_path, monkeypatch):
 
     again = runner.invoke(app, ["instance", "init"])
     assert again.exit_code == 1
-    assert "exists" in again.output and "--force" in again.output
+    assert "exists" in again.output
+    assert "--force" in again.output
 
     monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://u@h:5432/dagster")
     forced = runner.invoke(app, ["instance", "init", "--force"])

@@ -65,7 +65,7 @@ def operator_error_message(exc: BaseException) -> str | None:
 class CcatGroup(TyperGroup):
     """The top-level group: turns operator errors into a message and exit code 1."""
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 (click's signature)
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):

@@ -184,7 +184,7 @@ class _TarOutput:
             if self._error is None and not self._abort:
                 try:
                     self._writer.write(item)  # type: ignore[arg-type]
-                except BaseException as exc:  # re-raised in the caller's thread
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                     self._error = exc
 
     @property
