@@ -26,11 +26,13 @@ debs:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-# ruff, then the layer contract (pyproject's [tool.importlinter]; docs/design.md, "The layers").
+# ruff, the layer contract (pyproject's [tool.importlinter]; docs/design.md, "The layers") and
+# pyright in basic mode (pyproject's [tool.pyright] says what it covers).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pyright
 
 format: install
 	$(VENV)/bin/ruff format .

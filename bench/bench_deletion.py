@@ -21,6 +21,7 @@ import uuid
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -173,7 +174,7 @@ def bulk_load(session: Session, loc: dict[str, int], packages: int) -> None:
 class StatementCounter:
     def __init__(self, engine: sa.Engine) -> None:
         self.count = 0
-        sa.event.listen(engine, "before_cursor_execute", self._on_execute)
+        event.listen(engine, "before_cursor_execute", self._on_execute)
 
     def _on_execute(self, *args, **kwargs) -> None:
         self.count += 1
@@ -208,8 +209,8 @@ def baseline_per_copy(
     dtps = session.scalars(
         sa.select(DataTransferPackage).order_by(DataTransferPackage.id).limit(sample // 10 + 1)
     ).all()
-    src_buf = session.get(DataLocation, loc["ccat/telescope_buffer"])
-    lta_buf = session.get(DataLocation, loc["cologne/buffer"])
+    src_buf = session.get_one(DataLocation, loc["ccat/telescope_buffer"])
+    lta_buf = session.get_one(DataLocation, loc["cologne/buffer"])
     decisions = 0
     with counter.measure() as m:
         for pkg in rdps:
@@ -253,7 +254,7 @@ def run(size: int, sample: int) -> dict:
                 f"{len(plan.blocked):,} blocked, {plan_m['statements']} statements, "
                 f"{plan_m['seconds']:.2f} s"
             )
-            src_buf = session.get(DataLocation, loc["ccat/telescope_buffer"])
+            src_buf = session.get_one(DataLocation, loc["ccat/telescope_buffer"])
             with counter.measure() as loc_m:
                 loc_plan = plan_deletions(session, location=src_buf)
             print(
@@ -287,7 +288,7 @@ def run(size: int, sample: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--sample", type=int, default=500)
     args = parser.parse_args()

@@ -32,7 +32,7 @@ from ccat_dagster.lifecycle.locations import resolve_location
 from ccat_dagster.simulate import demo_topology
 from ccat_ops_db.checksum import checksum_file
 from ccat_ops_db.migrate import upgrade
-from ccat_ops_db.models import ExecutedObsUnit, InstrumentModule, RawDataFile
+from ccat_ops_db.models import ExecutedObsUnit, InstrumentModule, RawDataFile, table_of
 from ccat_ops_db.session import make_engine
 from ccat_ops_db.topology import apply_topology
 
@@ -84,7 +84,7 @@ def baseline(engine: sa.Engine, root: Path, paths: list[Path], source_id: int) -
         session.add_all([obs, module])
         session.flush()
         session.execute(
-            insert(RawDataFile.__table__),
+            insert(table_of(RawDataFile)),
             [
                 {
                     "name": rel.rsplit("/", 1)[-1],
@@ -142,7 +142,7 @@ def run_backend(name: str, url: str, home: Path, paths: list[Path]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args()

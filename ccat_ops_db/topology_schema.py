@@ -122,7 +122,7 @@ def _storage(value: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return value.get("kind") if isinstance(value, dict) else value.kind.value
+    return str(value.get("kind")) if isinstance(value, dict) else value.kind.value
 
 
 Storage = Annotated[

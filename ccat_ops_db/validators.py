@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 ERROR_TYPE = "ccat"
 #: Site and location names go into asset keys, pool names and package paths.
@@ -99,7 +99,7 @@ MAPPING_ERRORS = frozenset({"model_type", "dataclass_type", "dict_type", "model_
 
 
 def messages(
-    errors: Iterable[dict[str, Any]],
+    errors: Iterable[ErrorDetails],
     *,
     where: Callable[[tuple[Any, ...]], str],
     keys_of: Callable[[tuple[Any, ...]], tuple[str, ...]],
@@ -115,7 +115,7 @@ def messages(
             container = loc[:-1]
             out.append(f"{where(container)}: {unknown_key(loc[-1], keys_of(container))}")
         elif error["type"] == ERROR_TYPE:
-            out.append(f"{where(loc)}: {error['ctx']['message']}")
+            out.append(f"{where(loc)}: {error.get('ctx', {}).get('message', error['msg'])}")
         elif error["type"] in MAPPING_ERRORS:
             out.append(f"{where(loc)}: {not_a_mapping(loc)}")
         else:

@@ -16,12 +16,12 @@ def _kv(d: dict[str, int]) -> str:
 
 
 def _bytes(n: int | None) -> str:
-    n = float(n or 0)
+    value = float(n or 0)
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
+        if value < 1000 or unit == "TB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def summary_parts(s: PipelineSummary) -> list[Any]:

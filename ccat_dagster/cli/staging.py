@@ -61,7 +61,7 @@ def create_command(
         typer.echo(
             f"staging job {job.id} created: {len(job.raw_data_packages)} package(s) to "
             f"{dest.site.short_name}/{dest.name}, retention "
-            f"{job.retention_period_minutes / (24 * 60):g} days. The "
+            f"{(job.retention_period_minutes or 0) / (24 * 60):g} days. The "
             f"{dest.site.short_name}_staging_sensor stages them (or run `ccat run-until-idle`); "
             f"when done: `ccat staging complete {job.id}`"
         )

@@ -156,12 +156,12 @@ def _lta_transfer(
             )
             .on_conflict_do_nothing()
         )
-        transfer = session.scalar(
+        transfer = session.scalars(
             select(LongTermArchiveTransfer).where(
                 LongTermArchiveTransfer.raw_data_package_id == package.id,
                 LongTermArchiveTransfer.destination_location_id == lta.id,
             )
-        )
+        ).one()
     transfer.origin_location_id = buffer.id
     return transfer
 

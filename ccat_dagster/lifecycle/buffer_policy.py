@@ -23,6 +23,7 @@ from ccat_ops_db.models import (
     DiskUsageSample,
     LocationType,
     Site,
+    table_of,
     utcnow,
 )
 
@@ -101,7 +102,7 @@ def latest_buffer_statuses(
 ) -> dict[int, BufferStatus]:
     """The latest sample of every location (or of ``location_ids``), in one query."""
     policy = policy or get_policy(session)
-    s = DiskUsageSample.__table__
+    s = table_of(DiskUsageSample)
     latest = sa.select(
         s.c.data_location_id, sa.func.max(s.c.measured_at).label("measured_at")
     ).group_by(s.c.data_location_id)

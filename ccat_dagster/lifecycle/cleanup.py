@@ -71,6 +71,7 @@ from ccat_ops_db.models import (
     LocationType,
     PhysicalCopyStatus,
     RawDataPackage,
+    table_of,
 )
 
 S = PhysicalCopyStatus
@@ -319,7 +320,7 @@ def _keep_refused(cycle: _Cycle, gate: GateResult) -> None:
             reason=RULE_LTA_VERIFICATION_FAILED,
             evidence=error_evidence,
         )
-    rdp_t = RawDataPackage.__table__
+    rdp_t = table_of(RawDataPackage)
     session.execute(
         sa.update(rdp_t)
         .where(rdp_t.c.id == sa.bindparam("b_id"))

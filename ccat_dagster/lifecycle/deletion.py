@@ -44,6 +44,7 @@ from ccat_ops_db.models import (
     StagingJob,
     Status,
     staging_job_raw_data_package,
+    table_of,
     utcnow,
 )
 
@@ -71,13 +72,13 @@ DEFAULT_STALE_CLAIM_AFTER = timedelta(minutes=60)
 
 _IN_CHUNK = 5000  # ids per IN (...) list: SQLite's bound-parameter limit is 32766
 
-pc_t = PhysicalCopy.__table__
-dl_t = DataLocation.__table__
-rdp_t = RawDataPackage.__table__
-dtp_t = DataTransferPackage.__table__
-rdf_t = RawDataFile.__table__
-dt_t = DataTransfer.__table__
-sj_t = StagingJob.__table__
+pc_t = table_of(PhysicalCopy)
+dl_t = table_of(DataLocation)
+rdp_t = table_of(RawDataPackage)
+dtp_t = table_of(DataTransferPackage)
+rdf_t = table_of(RawDataFile)
+dt_t = table_of(DataTransfer)
+sj_t = table_of(StagingJob)
 sjp_t = staging_job_raw_data_package
 
 S = PhysicalCopyStatus

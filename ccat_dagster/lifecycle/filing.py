@@ -37,6 +37,7 @@ from ccat_ops_db.models import (
     PhysicalCopy,
     PhysicalCopyStatus,
     RawDataFile,
+    table_of,
     utcnow,
 )
 
@@ -302,7 +303,7 @@ def _get_or_create_id(session: Session, model: type, name: str) -> int:
     session.execute(
         dialect_insert(model).values(name=name).on_conflict_do_nothing(index_elements=["name"])
     )
-    return session.scalar(select(model.id).where(model.name == name))
+    return session.scalars(select(model.id).where(model.name == name)).one()
 
 
 def register_raw_data_files(
@@ -382,7 +383,7 @@ def _insert_new_files(
 ) -> None:
     obs_unit_id = _get_or_create_id(session, ExecutedObsUnit, obs_unit)
     module_id = _get_or_create_id(session, InstrumentModule, instrument_module)
-    files, copies = RawDataFile.__table__, PhysicalCopy.__table__
+    files, copies = table_of(RawDataFile), table_of(PhysicalCopy)
     reason = f"raw data file registered at {_qualified(source)} ({obs_unit}, {instrument_module})"
     now = utcnow()
     for chunk in _chunks(new):

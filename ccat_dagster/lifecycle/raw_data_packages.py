@@ -42,6 +42,7 @@ from ccat_ops_db.models import (
     Status,
     utcnow,
 )
+from ccat_ops_db.results import count, rowcount
 
 StorageFor = Callable[[DataLocation], Storage]
 
@@ -81,8 +82,9 @@ def unpackaged_raw_data_files(source_location: DataLocation):
 
 
 def count_unpackaged_files(session: Session, source_location: DataLocation) -> int:
-    return session.scalar(
-        select(func.count(RawDataFile.id)).where(unpackaged_raw_data_files(source_location))
+    return count(
+        session,
+        select(func.count(RawDataFile.id)).where(unpackaged_raw_data_files(source_location)),
     )
 
 
@@ -142,16 +144,18 @@ def _create_packages(
         session.flush()
         # Only files still in no package: on PostgreSQL a twin's claim of the same rows waits
         # for this one and then matches none of them.
-        claimed = session.execute(
-            update(RawDataFile)
-            .where(
-                unpackaged_raw_data_files(source_location),
-                RawDataFile.executed_obs_unit_id == obs_unit_id,
-                RawDataFile.instrument_module_id == module_id,
+        claimed = rowcount(
+            session.execute(
+                update(RawDataFile)
+                .where(
+                    unpackaged_raw_data_files(source_location),
+                    RawDataFile.executed_obs_unit_id == obs_unit_id,
+                    RawDataFile.instrument_module_id == module_id,
+                )
+                .values(raw_data_package_id=package.id)
+                .execution_options(synchronize_session=False)
             )
-            .values(raw_data_package_id=package.id)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
         if claimed == 0:
             # A twin packaged them first: this package is not created (never an empty one).
             session.delete(package)

@@ -61,13 +61,13 @@ def next_lta_site(session: Session, source_site: Site) -> Site:
         .values(key=key, last_index=-1, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["key"])
     )
-    index = session.scalar(
+    index = session.scalars(
         update(RoundRobinState)
         .where(RoundRobinState.key == key)
         .values(last_index=(RoundRobinState.last_index + 1) % len(sites), updated_at=utcnow())
         .returning(RoundRobinState.last_index)
         .execution_options(synchronize_session=False)
-    )
+    ).one()
     return sites[index]
 
 

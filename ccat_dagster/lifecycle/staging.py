@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -63,8 +63,10 @@ from ccat_ops_db.models import (
     Status,
     as_utc,
     staging_job_raw_data_package,
+    table_of,
     utcnow,
 )
+from ccat_ops_db.results import count
 
 StorageFor = Callable[[DataLocation], Storage]
 S = PhysicalCopyStatus
@@ -344,10 +346,10 @@ def retention_ends_at(job: StagingJob) -> datetime | None:
 def _claimed_at_location() -> sa.ColumnElement[bool]:
     """A copy of the package (its tar or one of its files) at the job's location that a cleanup
     run has claimed: staging waits until that deletion has finished."""
-    sj, sjp = StagingJob.__table__, staging_job_raw_data_package
-    package_copy = RawDataPackagePhysicalCopy.__table__.alias("claimed_package_copy")
-    file_copy = RawDataFilePhysicalCopy.__table__.alias("claimed_file_copy")
-    rdf = RawDataFile.__table__.alias("claimed_file")
+    sj, sjp = table_of(StagingJob), staging_job_raw_data_package
+    package_copy = table_of(RawDataPackagePhysicalCopy).alias("claimed_package_copy")
+    file_copy = table_of(RawDataFilePhysicalCopy).alias("claimed_file_copy")
+    rdf = table_of(RawDataFile).alias("claimed_file")
     claimed_package = (
         sa.exists()
         .where(
@@ -374,9 +376,9 @@ def staging_candidates(session: Session, site: Site) -> list[tuple[int, int]]:
     """(package id, PROCESSING location id) that an open, active job at one of ``site``'s
     PROCESSING locations wants, oldest job first; every one is checked (and restored if
     needed) by :func:`stage_raw_data_package`, even if the catalogue says it is staged."""
-    sj = StagingJob.__table__
+    sj = table_of(StagingJob)
     sjp = staging_job_raw_data_package
-    dl = DataLocation.__table__
+    dl = table_of(DataLocation)
     rows = session.execute(
         sa.select(sjp.c.raw_data_package_id, sj.c.destination_location_id, sa.func.min(sj.c.id))
         .select_from(sj.join(sjp, sjp.c.staging_job_id == sj.c.id))
@@ -420,7 +422,8 @@ def open_jobs_for(session: Session, package: RawDataPackage, location: DataLocat
 def has_active_job(session: Session, package: RawDataPackage, location: DataLocation) -> bool:
     """Is there an active job (any status) to ``location`` that includes ``package``?"""
     return (
-        session.scalar(
+        count(
+            session,
             sa.select(sa.func.count())
             .select_from(StagingJob)
             .join(
@@ -431,7 +434,7 @@ def has_active_job(session: Session, package: RawDataPackage, location: DataLoca
                 staging_job_raw_data_package.c.raw_data_package_id == package.id,
                 StagingJob.destination_location_id == location.id,
                 StagingJob.active.is_(True),
-            )
+            ),
         )
         > 0
     )
@@ -478,16 +481,18 @@ def staged_state(
             RawDataPackagePhysicalCopy.data_location_id == location.id,
         )
     )
-    file_copies = dict(
-        session.execute(
+    file_copies = {
+        file_id: status
+        for file_id, status in session.execute(
             sa.select(RawDataFilePhysicalCopy.raw_data_file_id, RawDataFilePhysicalCopy.status)
             .join(RawDataFile, RawDataFile.id == RawDataFilePhysicalCopy.raw_data_file_id)
             .where(
                 RawDataFile.raw_data_package_id == package.id,
                 RawDataFilePhysicalCopy.data_location_id == location.id,
             )
-        ).all()
-    )
+        ).tuples()
+        if file_id is not None  # joined on it
+    }
     missing = []
     for f in files:
         st = storage.stat(f.relative_path)
@@ -573,7 +578,7 @@ def _unpack_from(
             with storage_for(lta).open_read(package.relative_path) as stream:
                 reader = _CountingReader(stream)
                 unpack_package(
-                    reader,
+                    cast(BinaryIO, reader),  # read() is all unpack_package uses
                     root,
                     expected=expected,
                     kind=RAW_DATA_PACKAGE,
@@ -606,14 +611,15 @@ def staging_retry_count(session: Session, job: StagingJob) -> int:
     """Failed attempts of ``job`` so far (kept in the audit log: StagingJob has no counter)."""
     from ccat_ops_db.models import AuditLog
 
-    return session.scalar(
+    return count(
+        session,
         sa.select(sa.func.count())
         .select_from(AuditLog)
         .where(
             AuditLog.entity_type == ENTITY,
             AuditLog.entity_id == job.id,
             AuditLog.reason.like(f"{_RETRY_PREFIX}%"),
-        )
+        ),
     )
 
 

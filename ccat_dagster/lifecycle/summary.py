@@ -45,9 +45,10 @@ class PipelineSummary:
 def pipeline_summary(session: Session) -> PipelineSummary:
     """Counts per stage, set-based (a handful of GROUP BY queries)."""
     s = PipelineSummary(unavailable=unavailable_locations(session))
-    s.files = tuple(
-        session.execute(select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))).one()
-    )
+    files, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))
+    ).one()
+    s.files = (int(files), int(size or 0))
     s.packages_by_state = {
         k.value: n
         for k, n in session.execute(
@@ -114,7 +115,7 @@ def pipeline_summary(session: Session) -> PipelineSummary:
                 CopyType(kind).value if not isinstance(kind, CopyType) else kind.value,
                 status.value,
             )
-        ] = (n, size)
+        ] = (int(n), int(size or 0))
     return s
 
 

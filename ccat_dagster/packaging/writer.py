@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ccat_dagster.packaging.errors import (
     InvalidPackageMemberError,
@@ -111,9 +111,10 @@ def write_package(
     )
 
 
-def _lower(checksum: object) -> object:
-    # Anything but a str (e.g. None from an unfiled row) is reported by check_entries.
-    return checksum.lower() if isinstance(checksum, str) else checksum
+def _lower(checksum: object) -> str:
+    # Anything but a str (e.g. None from an unfiled row) is passed on as it is, for
+    # check_entries to report.
+    return checksum.lower() if isinstance(checksum, str) else cast(str, checksum)
 
 
 def _header(arcname: str, size: int, mtime: int) -> bytes:
