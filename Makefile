@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
+# `make test-fast` is the edit loop: every test not marked slow (pyproject's pytest markers).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := openssh-server chromium
 DEMO_HOME ?= $(CURDIR)/.ccat-demo
 
-.PHONY: test demo ui lint format bench debs install clean faults
+.PHONY: test test-fast demo ui lint format bench debs install clean faults
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +26,13 @@ debs:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# ruff, the layer contract (pyproject's [tool.importlinter]; docs/design.md, "The layers") and
+# pyright in basic mode (pyproject's [tool.pyright] says what it covers).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pyright
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -35,6 +40,9 @@ format: install
 
 test: install debs lint
 	$(VENV)/bin/pytest -q -ra
+
+test-fast: install debs
+	$(VENV)/bin/pytest -q -ra -m "not slow"
 
 # The nightly-size fault-injection run (docs/reliability.md): FAULT_SCHEDULES seeded schedules
 # against the real components on FAULT_WORKERS harnesses side by side; exit 1 on any violation.
@@ -54,4 +62,4 @@ bench: install debs
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache .import_linter_cache

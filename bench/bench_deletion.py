@@ -6,7 +6,7 @@ files PRESENT and DELETION_POSSIBLE; transfer packages at source and LTA-site bu
 sites), then times ``plan_deletions`` and every finder and counts their SQL statements with a
 ``before_cursor_execute`` event: the count must not grow with the number of copies.
 
-Baseline: the seeds' loop -- one ``can_delete_*`` decision per copy (a few queries each), timed
+Baseline: a per-copy loop -- one ``can_delete_*`` decision per copy (a few queries each), timed
 on a sample and extrapolated to every candidate copy. Prints ``ratio = ours / baseline``.
 
     .venv/bin/python bench/bench_deletion.py [--sizes 100000,1000000] [--sample 500]
@@ -21,6 +21,7 @@ import uuid
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -173,7 +174,7 @@ def bulk_load(session: Session, loc: dict[str, int], packages: int) -> None:
 class StatementCounter:
     def __init__(self, engine: sa.Engine) -> None:
         self.count = 0
-        sa.event.listen(engine, "before_cursor_execute", self._on_execute)
+        event.listen(engine, "before_cursor_execute", self._on_execute)
 
     def _on_execute(self, *args, **kwargs) -> None:
         self.count += 1
@@ -201,15 +202,15 @@ FINDERS = {
 def baseline_per_copy(
     session: Session, counter: StatementCounter, loc: dict[str, int], sample: int
 ):
-    """The seeds' loop: one can_delete_* decision per package copy, ORM objects in hand."""
+    """The per-copy loop: one can_delete_* decision per package copy, ORM objects in hand."""
     rdps = session.scalars(
         sa.select(RawDataPackage).order_by(RawDataPackage.id).limit(sample)
     ).all()
     dtps = session.scalars(
         sa.select(DataTransferPackage).order_by(DataTransferPackage.id).limit(sample // 10 + 1)
     ).all()
-    src_buf = session.get(DataLocation, loc["ccat/telescope_buffer"])
-    lta_buf = session.get(DataLocation, loc["cologne/buffer"])
+    src_buf = session.get_one(DataLocation, loc["ccat/telescope_buffer"])
+    lta_buf = session.get_one(DataLocation, loc["cologne/buffer"])
     decisions = 0
     with counter.measure() as m:
         for pkg in rdps:
@@ -253,7 +254,7 @@ def run(size: int, sample: int) -> dict:
                 f"{len(plan.blocked):,} blocked, {plan_m['statements']} statements, "
                 f"{plan_m['seconds']:.2f} s"
             )
-            src_buf = session.get(DataLocation, loc["ccat/telescope_buffer"])
+            src_buf = session.get_one(DataLocation, loc["ccat/telescope_buffer"])
             with counter.measure() as loc_m:
                 loc_plan = plan_deletions(session, location=src_buf)
             print(
@@ -267,7 +268,7 @@ def run(size: int, sample: int) -> dict:
             baseline_s = per_decision_s * candidates
             baseline_stmts = per_decision_stmts * candidates
             print(
-                f"  baseline (seeds' per-copy loop, {decisions} decisions sampled): "
+                f"  baseline (per-copy loop, {decisions} decisions sampled): "
                 f"{per_decision_s * 1000:.2f} ms and {per_decision_stmts:.1f} statements per copy "
                 f"-> {baseline_s:,.0f} s, {baseline_stmts:,.0f} statements for "
                 f"{candidates:,} candidates"
@@ -287,7 +288,7 @@ def run(size: int, sample: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--sample", type=int, default=500)
     args = parser.parse_args()

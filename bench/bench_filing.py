@@ -27,14 +27,14 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccat_dagster.lifecycle.filing import register_raw_data_files  # noqa: E402
-from ccat_dagster.lifecycle.locations import resolve_location  # noqa: E402
-from ccat_dagster.simulate import demo_topology  # noqa: E402
-from ccat_ops_db.checksum import checksum_file  # noqa: E402
-from ccat_ops_db.migrate import upgrade  # noqa: E402
-from ccat_ops_db.models import ExecutedObsUnit, InstrumentModule, RawDataFile  # noqa: E402
-from ccat_ops_db.session import make_engine  # noqa: E402
-from ccat_ops_db.topology import apply_topology  # noqa: E402
+from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.locations import resolve_location
+from ccat_dagster.simulate import demo_topology
+from ccat_ops_db.checksum import checksum_file
+from ccat_ops_db.migrate import upgrade
+from ccat_ops_db.models import ExecutedObsUnit, InstrumentModule, RawDataFile, table_of
+from ccat_ops_db.session import make_engine
+from ccat_ops_db.topology import apply_topology
 
 SCRATCH = Path("/tmp/ccat_bench_filing")
 PG_ADMIN = os.environ.get(
@@ -84,7 +84,7 @@ def baseline(engine: sa.Engine, root: Path, paths: list[Path], source_id: int) -
         session.add_all([obs, module])
         session.flush()
         session.execute(
-            insert(RawDataFile.__table__),
+            insert(table_of(RawDataFile)),
             [
                 {
                     "name": rel.rsplit("/", 1)[-1],
@@ -142,7 +142,7 @@ def run_backend(name: str, url: str, home: Path, paths: list[Path]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args()

@@ -135,7 +135,7 @@ def run_child(spec: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=5120)
     parser.add_argument("--only", default="disk,s3,ssh")
     parser.add_argument("--child", help=argparse.SUPPRESS)

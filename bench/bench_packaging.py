@@ -15,6 +15,7 @@ import random
 import subprocess
 import time
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, PackageMember, verify_package, write_package
 from ccat_ops_db.checksum import checksum_file
@@ -66,7 +67,7 @@ def generate(total_bytes: int) -> list[Path]:
 
 def opener(path: Path):
     # write_package enters the returned file object in a ``with`` block.
-    return lambda: open(path, "rb")  # noqa: SIM115
+    return lambda: open(path, "rb")
 
 
 def warm(paths: list[Path]) -> None:
@@ -87,9 +88,11 @@ def run_baseline(hasher: str = "sha256sum") -> float:
     return time.perf_counter() - t0
 
 
-def run_ours(members: list[PackageMember], out=None) -> float:
+def run_ours(members: list[PackageMember], out: BinaryIO | None = None) -> float:
     t0 = time.perf_counter()
-    write_package(out or DiscardSink(), members, kind=RAW_DATA_PACKAGE, name="bench")
+    write_package(
+        out or cast(BinaryIO, DiscardSink()), members, kind=RAW_DATA_PACKAGE, name="bench"
+    )
     return time.perf_counter() - t0
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccat_dagster_tests.fixtures.sshd import SshdServer, running_sshd  # noqa: E402
-from ccat_ops_db.checksum import checksum_file  # noqa: E402
+from ccat_dagster_tests.fixtures.sshd import SshdServer, running_sshd
+from ccat_ops_db.checksum import checksum_file
 
 SCRATCH = Path("/tmp/ccat-bench-ssh")
 CIPHER = "aes128-gcm@openssh.com"
@@ -62,7 +62,7 @@ def process_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(fn, master_pid: int | None) -> tuple[float, float]:  # noqa: ANN001
+def timed(fn, master_pid: int | None) -> tuple[float, float]:
     """Wall seconds and client CPU seconds (this process, scp/ssh children and the OpenSSH
     master, which does the crypto of our multiplexed sessions)."""
 
@@ -79,7 +79,7 @@ def timed(fn, master_pid: int | None) -> tuple[float, float]:  # noqa: ANN001
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--small", type=int, default=20, help="small reads per transport")

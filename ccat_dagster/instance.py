@@ -1,6 +1,9 @@
 """The Dagster instance config: SQLite under DAGSTER_HOME by default, PostgreSQL when asked.
 
 ``DAGSTER_PG_URL`` selects dagster-postgres (``DAGSTER_PG_HOST`` etc. are assembled into it).
+The two templates in ``instance_templates/`` (installed with the package) are the only copies in
+the repository; ``ccat instance init`` writes one to ``$DAGSTER_HOME/dagster.yaml``, and
+``ccat run-until-idle`` / ``ccat demo`` do so for a new DAGSTER_HOME.
 """
 
 from __future__ import annotations
@@ -11,6 +14,23 @@ from pathlib import Path
 from urllib.parse import quote
 
 _TEMPLATES = Path(__file__).resolve().parent / "instance_templates"
+SQLITE_TEMPLATE = "dagster.yaml"
+POSTGRES_TEMPLATE = "dagster.postgres.yaml"
+
+
+class InstanceConfigExistsError(FileExistsError):
+    """``$DAGSTER_HOME/dagster.yaml`` exists and was not to be replaced."""
+
+
+def template_path(name: str) -> Path:
+    """The packaged instance template ``name`` (``dagster.yaml`` or ``dagster.postgres.yaml``)."""
+    return _TEMPLATES / name
+
+
+def template_name() -> str:
+    """The template this environment asks for: PostgreSQL when ``DAGSTER_PG_URL`` or
+    ``DAGSTER_PG_HOST`` is set, else SQLite."""
+    return POSTGRES_TEMPLATE if postgres_url_from_env() else SQLITE_TEMPLATE
 
 
 def postgres_url_from_env() -> str | None:
@@ -31,10 +51,16 @@ def postgres_url_from_env() -> str | None:
     return url
 
 
-def write_instance_config(home: Path) -> Path:
-    """Write ``home/dagster.yaml`` (PostgreSQL when configured in the env, else SQLite)."""
+def write_instance_config(home: Path, *, replace: bool = True) -> Path:
+    """Write ``home/dagster.yaml`` (PostgreSQL when configured in the env, else SQLite).
+
+    With ``replace=False`` an existing file is kept and InstanceConfigExistsError raised."""
     home.mkdir(parents=True, exist_ok=True)
-    name = "dagster.postgres.yaml" if postgres_url_from_env() else "dagster.yaml"
     target = home / "dagster.yaml"
-    shutil.copyfile(_TEMPLATES / name, target)
+    if not replace and target.exists():
+        raise InstanceConfigExistsError(
+            f"{target} exists; compare it with {template_path(template_name())} or pass "
+            "--force to replace it"
+        )
+    shutil.copyfile(template_path(template_name()), target)
     return target

@@ -38,7 +38,7 @@ def config_summary(run_config: dict[str, Any]) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def failure_reason(result) -> str:  # noqa: ANN001 - ExecuteInProcessResult
+def failure_reason(result) -> str:
     """Why a run failed, from its step failures (a Failure's description and metadata, else the
     innermost error), or from the run failure event."""
     parts: list[str] = []

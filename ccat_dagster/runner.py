@@ -108,7 +108,7 @@ class _Loop:
     owner: dict[str, str]
 
 
-def _execute(loop: _Loop, defs: Definitions, job_name: str, request) -> bool:  # noqa: ANN001
+def _execute(loop: _Loop, defs: Definitions, job_name: str, request) -> bool:
     """Execute the requested run in-process; False (nothing run) when the request is blocked."""
     report, log = loop.report, loop.log
     requested = dict(request.run_config or {})

@@ -26,6 +26,8 @@ COMMANDS = [
     ["db"],
     ["db", "upgrade"],
     ["db", "current"],
+    ["instance"],
+    ["instance", "init"],
     ["topology"],
     ["topology", "apply"],
     ["topology", "show"],
@@ -60,7 +62,8 @@ def empty_sqlite(tmp_path, monkeypatch) -> str:
 
 def test_db_upgrade_and_current(empty_sqlite):
     result = runner.invoke(app, ["db", "current"])
-    assert result.exit_code == 0 and "no schema" in result.output
+    assert result.exit_code == 0
+    assert "no schema" in result.output
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
     assert current(empty_sqlite) is not None
@@ -107,13 +110,23 @@ def test_topology_apply_show_and_list_locations(ops_db_url, topology_file):
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["SITE", "LOCATION", "TYPE", "STORAGE", "PRIORITY", "ACTIVE"]
     assert any(line.split()[:3] == ["cologne", "lta", "LONG_TERM_ARCHIVE"] for line in lines)
-    assert "pool cologne_lta_long_term_archive_transfer" in listed.stdout
-    assert "pool ccat_primecam_raw_data_raw_data_package_creation" in listed.stdout
+    rows = [line.split() for line in lines]
+    assert [
+        "cologne/lta",
+        "long_term_archive_transfer",
+        "cologne_lta_long_term_archive_transfer",
+    ] in rows
+    assert [
+        "ccat/primecam_raw_data",
+        "raw_data_package_creation",
+        "ccat_primecam_raw_data_raw_data_package_creation",
+    ] in rows
 
 
 def test_topology_apply_dry_run_writes_nothing(ops_db_url, topology_file):
     result = runner.invoke(app, ["topology", "apply", "--dry-run", str(topology_file)])
-    assert result.exit_code == 0 and "dry run" in result.stdout
+    assert result.exit_code == 0
+    assert "dry run" in result.stdout
     assert "created site ccat" in result.stdout
     listed = runner.invoke(app, ["list-locations"])
     assert "no locations yet" in listed.stdout
@@ -148,7 +161,8 @@ def test_files_register_then_again(ops_db_url, topology_file, tmp_path, monkeypa
     # A relative path on the command line is taken from the current directory, as in a shell.
     monkeypatch.chdir(files[0].path.parent.parent)
     second = runner.invoke(app, [*args[:-1], "pcam_280"])
-    assert "registered 0 new file(s)" in second.stdout and "3 already registered" in second.stdout
+    assert "registered 0 new file(s)" in second.stdout
+    assert "3 already registered" in second.stdout
     engine = make_engine(ops_db_url)
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(RawDataFile)) == 3
@@ -190,7 +204,8 @@ def test_files_register_refuses_a_name_that_is_not_utf8(ops_db_url, topology_fil
         assert result.exception is None or isinstance(result.exception, SystemExit)
         assert "Traceback" not in result.output
         problem = [line for line in result.stderr.splitlines() if "not valid UTF-8" in line]
-        assert len(problem) == 1 and "obs_0001/bad\\xff.dat" in problem[0], result.stderr
+        assert len(problem) == 1, result.stderr
+        assert "obs_0001/bad\\xff.dat" in problem[0], result.stderr
         assert "nothing was registered" in result.stderr
     engine = make_engine(ops_db_url)
     with engine.connect() as conn:
@@ -210,8 +225,19 @@ def test_installed_ccat_refuses_a_name_that_is_not_utf8(tmp_path, topology_file)
     assert apply.returncode == 0
     directory, bad = _bytes_named_files(tmp_path / "home" / "ccat" / "primecam_raw_data")
     proc = subprocess.run(
-        [*command, "files", "register", "-l", "primecam_raw_data", "--obs-unit", "o"]
-        + ["--instrument-module", "m", os.fsencode(bad), os.fsencode(directory / "good.dat")],
+        [
+            *command,
+            "files",
+            "register",
+            "-l",
+            "primecam_raw_data",
+            "--obs-unit",
+            "o",
+            "--instrument-module",
+            "m",
+            os.fsencode(bad),
+            os.fsencode(directory / "good.dat"),
+        ],
         capture_output=True,
         env=env,
         timeout=120,
@@ -219,7 +245,8 @@ def test_installed_ccat_refuses_a_name_that_is_not_utf8(tmp_path, topology_file)
     stderr = proc.stderr.decode("utf-8")  # the message itself is valid UTF-8
     assert proc.returncode == 1, stderr
     assert "Traceback" not in stderr
-    assert "bad\\xff.dat" in stderr and "not valid UTF-8" in stderr
+    assert "bad\\xff.dat" in stderr
+    assert "not valid UTF-8" in stderr
 
 
 def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):
@@ -235,5 +262,65 @@ def test_installed_ccat_command_reports_errors_on_stderr(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1
-    assert "Error: invalid topology" in proc.stderr and "cannot read" in proc.stderr
+    assert "Error: invalid topology" in proc.stderr
+    assert "cannot read" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_instance_init_writes_the_packaged_template_once(tmp_path, monkeypatch):
+    from ccat_dagster.instance import POSTGRES_TEMPLATE, SQLITE_TEMPLATE, template_path
+
+    for name in ("DAGSTER_PG_URL", "DAGSTER_PG_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    result = runner.invoke(app, ["instance", "init"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "dh" / "dagster.yaml"
+    assert written.read_text() == template_path(SQLITE_TEMPLATE).read_text()
+
+    again = runner.invoke(app, ["instance", "init"])
+    assert again.exit_code == 1
+    assert "exists" in again.output
+    assert "--force" in again.output
+
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://u@h:5432/dagster")
+    forced = runner.invoke(app, ["instance", "init", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert written.read_text() == template_path(POSTGRES_TEMPLATE).read_text()
+
+
+def test_instance_init_needs_a_home(monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = runner.invoke(app, ["instance", "init"])
+    assert result.exit_code == 2
+    assert "DAGSTER_HOME" in result.output
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+
+    from ccat_dagster.cli._tables import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with progress() as update:
+        assert update is None, "piped or in a test: no progress bar"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress() as update:
+        update("checking and checksumming files", 1, 2)
+        update("checking and checksumming files", 2, 2)
+    assert "checking and checksumming files" in terminal.getvalue()
+
+
+def test_tables_are_not_wrapped_when_piped():
+    from ccat_dagster.cli._tables import render, table
+
+    wide = table("LOCATION", "REASON")
+    wide.add_row("cologne/lta", "x" * 500)
+    lines = render(wide).splitlines()
+    assert lines[0].split() == ["LOCATION", "REASON"]
+    assert lines[-1].split() == ["cologne/lta", "x" * 500]

@@ -113,12 +113,14 @@ def test_two_run_until_idle_at_once_package_and_archive_everything_once(ops_db_u
             for c in session.scalars(select(RawDataPackagePhysicalCopy))
             if c.data_location.location_type == LocationType.LONG_TERM_ARCHIVE
         )
-        assert len(lta_copies) == 2 * OBS_UNITS and set(lta_copies.values()) == {1}
+        assert len(lta_copies) == 2 * OBS_UNITS
+        assert set(lta_copies.values()) == {1}
         archived = session.scalars(select(LongTermArchiveTransfer)).all()
         assert len(archived) == 2 * OBS_UNITS, "each package archived in each LTA once"
         for copy in session.scalars(select(RawDataPackagePhysicalCopy)):
             if copy.data_location.location_type == LocationType.LONG_TERM_ARCHIVE:
-                assert copy.status == PhysicalCopyStatus.PRESENT and copy.verified_at
+                assert copy.status == PhysicalCopyStatus.PRESENT
+                assert copy.verified_at
         bundles = session.scalars(select(DataTransferPackage)).all()
         assert len(bundles) == OBS_UNITS, "each package bundled once"
         for dtp in bundles:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from ccat_dagster.cli._summary import render_summary
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas, pipeline_summary
 from ccat_dagster_tests.deployment_support import (
     ASSET_NODES_QUERY,
@@ -226,7 +227,7 @@ def _telescope_clean(url: str) -> bool:
 def _summary(url: str, deployment: Deployment):
     def describe() -> str:
         with session_scope(url) as session:
-            text = pipeline_summary(session).render()
+            text = render_summary(pipeline_summary(session))
         return f"{text}\n{deployment.logs(1500)}"
 
     return describe
@@ -347,7 +348,8 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
                     RawDataPackagePhysicalCopy.verified_at.is_not(None),
                 )
             ).all()
-            assert len(lta) == len(packages) and _all(lta, PhysicalCopyStatus.PRESENT)
+            assert len(lta) == len(packages)
+            assert _all(lta, PhysicalCopyStatus.PRESENT)
         deleters_at = {
             site: set(
                 session.scalars(
@@ -378,9 +380,8 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
     assert {r["tags"]["dagster/code_location"] for r in daemon_runs} == set(SITES)
 
     # the telescope site was cleaned by its schedule, by the deletion rules: bytes gone too
-    assert deleters_at["ccat"] and all(
-        origin.get(run_id) == "ccat_cleanup_schedule" for run_id in deleters_at["ccat"]
-    )
+    assert deleters_at["ccat"]
+    assert all(origin.get(run_id) == "ccat_cleanup_schedule" for run_id in deleters_at["ccat"])
     buffer = root / "ccat" / "buffer"
     assert not [p for p in buffer.rglob("*") if p.is_file()], "telescope buffer emptied"
     assert not any(f.path.exists() for f in files), "raw files deleted at the source"
@@ -388,7 +389,8 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
     # the manual cleanup: one us_cleanup run from `dagster job launch`; the us buffer is empty,
     # the us LTA untouched
     [manual] = manual_runs
-    assert manual["jobName"] == "us_cleanup" and manual["tags"]["dagster/code_location"] == "us"
+    assert manual["jobName"] == "us_cleanup"
+    assert manual["tags"]["dagster/code_location"] == "us"
     assert deleters_at["us"] == {manual["runId"]}
     assert _all(_copy_statuses(url, "us", LocationType.BUFFER), PhysicalCopyStatus.DELETED)
     lta_us = _copy_statuses(url, "us", LocationType.LONG_TERM_ARCHIVE)
@@ -444,7 +446,8 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
     upstream = f"{gql.base_url}/assets/us/lta/raw_data_package?view=lineage&lineageScope=upstream"
     dom = chromium_dom(chromium, f"{upstream}&lineageDepth=6")
     drawn = rendered_asset_nodes(dom)
-    assert "raw_data_files" in drawn and len(drawn) == 6, drawn
+    assert "raw_data_files" in drawn, drawn
+    assert len(drawn) == 6, drawn
     assert rendered_group_labels(dom, SITES) == {"ccat", "us"}
     for name, page in [
         ("asset-lineage-us-lta-upstream.png", f"{upstream}&lineageDepth=6"),

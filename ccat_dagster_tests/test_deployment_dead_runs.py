@@ -210,4 +210,5 @@ def test_dead_run_workers_are_failed_and_their_items_run_again(site: Site):
         _wait_rerun(site, instance, run)
     with session_scope(site.url) as session:
         packages = session.scalars(select(RawDataPackage)).all()
-        assert len(packages) == 4 and {p.status for p in packages} == {Status.COMPLETED}
+        assert len(packages) == 4
+        assert {p.status for p in packages} == {Status.COMPLETED}

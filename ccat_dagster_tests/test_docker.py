@@ -72,7 +72,7 @@ def env_vars_read_by_code() -> set[str]:
         for path in (ROOT / package).rglob("*.py"):
             for match in _ENV_READ.finditer(path.read_text()):
                 names.update(g for g in match.groups() if g)
-    for path in [ROOT / "dagster.yaml", ROOT / "dagster.postgres.yaml"]:
+    for path in (ROOT / "ccat_dagster" / "instance_templates").glob("*.yaml"):
         names.update(re.findall(r"\benv:\s*([A-Z][A-Z0-9_]+)", path.read_text()))
     return names
 
@@ -90,7 +90,8 @@ def env_example() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict) and "services" in data
+    assert isinstance(data, dict)
+    assert "services" in data
     return data
 
 
@@ -179,7 +180,8 @@ def test_each_code_server_serves_its_sites_existing_module(services):
         assert cmd[cmd.index("--location-name") + 1] == site
         assert cmd[cmd.index("-p") + 1].isdigit()
         spec = importlib.util.find_spec(module)
-        assert spec is not None and spec.origin, f"{module} does not exist"
+        assert spec is not None, f"{module} does not exist"
+        assert spec.origin, f"{module} does not exist"
         assert f'build_site_definitions("{site}")' in Path(spec.origin).read_text()
 
 
@@ -215,7 +217,8 @@ def test_workspace_points_at_code_server_services_with_their_ports(services):
 def test_startup_order_migration_then_code_servers_then_daemon_and_ui(services):
     init = services["ops-db-init"]
     text = " ".join(command(init))
-    assert "ccat db upgrade" in text and "ccat topology apply /etc/ccat/topology.yaml" in text
+    assert "ccat db upgrade" in text
+    assert "ccat topology apply /etc/ccat/topology.yaml" in text
     assert any(target == "/etc/ccat/topology.yaml" for _, target, _ in mounts(init))
     assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in (f"{s}-code-server" for s in default_sites()):
@@ -252,10 +255,11 @@ def test_code_servers_get_every_variable_the_code_needs(services):
 def test_every_dagster_process_opens_the_same_postgres_instance(services):
     image_home = dockerfile_env()["DAGSTER_HOME"]
     copies = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
-    assert f"dagster.postgres.yaml {image_home}/dagster.yaml" in copies
-    instance_env = set(
-        re.findall(r"\benv:\s*([A-Z_]+)", (ROOT / "dagster.postgres.yaml").read_text())
+    assert (
+        f"ccat_dagster/instance_templates/dagster.postgres.yaml {image_home}/dagster.yaml" in copies
     )
+    template = ROOT / "ccat_dagster" / "instance_templates" / "dagster.postgres.yaml"
+    instance_env = set(re.findall(r"\benv:\s*([A-Z_]+)", template.read_text()))
     assert instance_env == {"DAGSTER_PG_URL"}
     urls = set()
     for name in ["daemon", "webserver", *(f"{s}-code-server" for s in default_sites())]:
@@ -272,7 +276,8 @@ def test_every_dagster_process_opens_the_same_postgres_instance(services):
 def test_ops_db_and_instance_are_two_databases_on_the_postgres_service(services):
     env = environment(services["ccat-code-server"])
     ops = env["CCAT_OPS_DB_URL"]
-    assert ops.startswith("postgresql+psycopg2://") and "@postgres:5432/" in ops
+    assert ops.startswith("postgresql+psycopg2://")
+    assert "@postgres:5432/" in ops
     assert ops.rsplit("/", 1)[1] != env["DAGSTER_PG_URL"].rsplit("/", 1)[1]
     postgres = environment(services["postgres"])
     assert postgres["POSTGRES_DB"] == ops.rsplit("/", 1)[1]
@@ -352,7 +357,8 @@ def test_every_disk_location_is_a_volume_of_its_own_sites_code_server(compose, s
             path = loc.storage.settings["path"]
             assert path in own, f"{site.short_name}/{loc.name} ({path}) is not mounted"
             source, read_only = own[path]
-            assert source in declared and not read_only, f"{site.short_name}/{loc.name}"
+            assert source in declared, f"{site.short_name}/{loc.name}"
+            assert not read_only, f"{site.short_name}/{loc.name}"
             buffers += loc.location_type is LocationType.BUFFER
     assert buffers == sum(
         1 for s in topology.sites for loc in s.locations if loc.location_type is LocationType.BUFFER
@@ -367,7 +373,8 @@ def test_every_disk_location_is_a_volume_of_its_own_sites_code_server(compose, s
     for service in servers.values():
         for source, target, read_only in mounts(service):
             if read_only:
-                assert target in paths and source in declared, target
+                assert target in paths, target
+                assert source in declared, target
 
 
 def test_dagster_processes_share_the_compute_log_volume(services):
@@ -382,7 +389,8 @@ def test_dagster_processes_share_the_compute_log_volume(services):
 
 def test_dockerfile_installs_the_project_and_copies_files_that_exist():
     rows = dockerfile_instructions()
-    assert rows[0][0] == "FROM" and "python:3.11" in rows[0][1]
+    assert rows[0][0] == "FROM"
+    assert "python:3.11" in rows[0][1]
     runs = " ".join(rest for keyword, rest in rows if keyword == "RUN")
     assert re.search(r"pip install \.(\s|$)", runs), "the image must `pip install .` the project"
     for keyword, rest in rows:
@@ -397,7 +405,8 @@ def test_dockerfile_installs_the_project_and_copies_files_that_exist():
     assert packages <= copied, f"packages not copied into the image: {packages - copied}"
     assert "pyproject.toml" in " ".join(copied)
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
-    assert ".venv" in ignore and ".git" in ignore
+    assert ".venv" in ignore
+    assert ".git" in ignore
 
 
 def _pyproject() -> dict[str, Any]:

@@ -121,7 +121,8 @@ def test_operators_guide_examples_mostly_run():
     """Marking everything not-run would make the test above vacuous."""
     blocks = bash_blocks(OPERATIONS)
     runnable = [b for b in blocks if b.not_run is None]
-    assert len(runnable) >= 10 and len(runnable) > len(blocks) / 2
+    assert len(runnable) >= 10
+    assert len(runnable) > len(blocks) / 2
 
 
 def test_every_not_run_marker_has_a_reason_and_a_block():
@@ -176,7 +177,8 @@ def _definition_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
 def test_operators_guide_names_every_job_sensor_schedule_and_check(tmp_path, monkeypatch):
     guide = OPERATIONS.read_text()
     names, ops = _definition_names(tmp_path, monkeypatch)
-    assert "<site>_staging_sensor" in names and "<site>_cleanup_schedule" in names
+    assert "<site>_staging_sensor" in names
+    assert "<site>_cleanup_schedule" in names
     missing = sorted(n for n in names if f"`{n}`" not in guide)
     assert not missing, f"docs/operations.md does not describe {missing}"
     described = set(re.findall(r"`(<site>_[a-z_]+)`", guide))

@@ -127,7 +127,8 @@ def test_same_path_with_different_content_is_refused_and_nothing_changes(session
     session.rollback()
     message = str(excinfo.value)
     assert files[1].path.relative_to(root).as_posix() in message
-    assert "other content" in message and "new file name" in message
+    assert "other content" in message
+    assert "new file name" in message
     assert _counts(session) == before
     assert session.scalars(select(RawDataFile.checksum).order_by(RawDataFile.id)).all() == original
 
@@ -198,7 +199,8 @@ def test_bad_path_rejects_the_whole_call_and_writes_nothing(session, root, case)
     session.rollback()
     message = str(excinfo.value)
     assert expected in message
-    assert "nothing was registered" in message and "ccat/primecam_raw_data" in message
+    assert "nothing was registered" in message
+    assert "ccat/primecam_raw_data" in message
     assert _counts(session) == (0, 0, 0, 0, 0)
 
 
@@ -217,7 +219,8 @@ def test_location_that_is_not_a_source_is_rejected(session, root):
             session, "ccat/telescope_buffer", "obs", "pcam_280", [buffer_root / "f.dat"]
         )
     message = str(excinfo.value)
-    assert "ccat/telescope_buffer is a BUFFER location" in message and "SOURCE" in message
+    assert "ccat/telescope_buffer is a BUFFER location" in message
+    assert "SOURCE" in message
     assert _counts(session) == (0, 0, 0, 0, 0)
 
 

@@ -147,7 +147,8 @@ def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
         files = session.scalars(select(RawDataFile)).all()
         assert len(files) == filed * 2 * 2  # obs units x 2 modules x 2 files
         assert all(f.raw_data_package_id is not None for f in files)
-        assert packages and all(p.state == PackageState.ARCHIVED for p in packages)
+        assert packages
+        assert all(p.state == PackageState.ARCHIVED for p in packages)
         for package in packages:
             for site in ("cologne", "us"):
                 data = (root / site / "lta" / package.relative_path).read_bytes()
@@ -161,7 +162,8 @@ def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
         # the telescope is cleaned: its buffer copies and the raw files at the source are gone
         for location_type in (LocationType.BUFFER, LocationType.SOURCE):
             statuses = _copies(session, "ccat", location_type)
-            assert statuses and set(statuses) == {S.DELETED}, (location_type, statuses)
+            assert statuses, (location_type, statuses)
+            assert set(statuses) == {S.DELETED}, (location_type, statuses)
         lta_copies = session.scalars(
             select(RawDataPackagePhysicalCopy)
             .join(DataLocation, DataLocation.id == RawDataPackagePhysicalCopy.data_location_id)

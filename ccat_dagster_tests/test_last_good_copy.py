@@ -120,7 +120,8 @@ def archived(ops_db_url, tmp_path):
         assert not report.failed_runs
     with session_scope(ops_db_url) as session:
         packages = session.scalars(select(RawDataPackage)).all()
-        assert len(packages) == 4 and all(p.state == PackageState.ARCHIVED for p in packages)
+        assert len(packages) == 4
+        assert all(p.state == PackageState.ARCHIVED for p in packages)
         statuses = {c.status for c in _source_copies(session)}
         assert statuses == {S.DELETION_POSSIBLE}
         obs_units = sorted({f.obs_unit for f in files})
@@ -181,12 +182,14 @@ def test_source_files_kept_and_lta_copies_marked_when_archive_copies_rot(archive
     # ccat status says so
     result = CliRunner().invoke(app, ["status"], env={"CCAT_OPS_DB_URL": url})
     assert result.exit_code == 0, result.output
-    assert "BAD" in result.output and "LOST" in result.output
+    assert "BAD" in result.output
+    assert "LOST" in result.output
     assert "repair" in result.output.lower()
 
     # a second cycle does not try again (the rules no longer allow it): no spinning
     again = _cleanup_once(url, "cleanup-again")
-    assert again.deleted == 0 and not again.errors
+    assert again.deleted == 0
+    assert not again.errors
 
 
 def test_bad_and_lost_archive_copies_are_repaired_before_the_source_goes(archived):

@@ -65,12 +65,14 @@ def test_lta_outage_waits_and_resumes_by_itself(ops_db_url: str, tmp_path: Path)
 
         # the UI: a failed location_available check on the archive's asset, from the run
         failed_checks = location_checks(instance, AssetKey(["us", "lta", "raw_data_package"]))
-        assert failed_checks and not failed_checks[-1].passed
+        assert failed_checks
+        assert not failed_checks[-1].passed
 
         status = CliRunner().invoke(app, ["status"])
         assert status.exit_code == 0, status.output
         assert "unavailable" in status.output
-        assert "us/lta" in status.output and "cologne/lta" in status.output
+        assert "us/lta" in status.output
+        assert "cologne/lta" in status.output
         listing = CliRunner().invoke(app, ["list-locations"])
         assert listing.exit_code == 0, listing.output
         lines = [line for line in listing.output.splitlines() if "unavailable from" in line]
@@ -90,7 +92,8 @@ def test_lta_outage_waits_and_resumes_by_itself(ops_db_url: str, tmp_path: Path)
             p.state == PackageState.ARCHIVED for p in session.scalars(select(RawDataPackage))
         )
     seen = availability(url)
-    assert seen[("us/lta", "us")] is True and seen[("cologne/lta", "cologne")] is True
+    assert seen[("us/lta", "us")] is True
+    assert seen[("cologne/lta", "cologne")] is True
 
 
 def location_checks(instance, key: AssetKey) -> list:

@@ -87,8 +87,10 @@ def test_source_and_lta_sites(session, applied):
     assert [s.short_name for s in get_sites_with_source_locations(session)] == ["ccat"]
     assert [s.short_name for s in lta_sites(session)] == ["cologne", "us"]
     ccat, cologne = _site(session, "ccat"), _site(session, "cologne")
-    assert is_source_site(ccat) and not is_lta_site(ccat)
-    assert is_lta_site(cologne) and not is_source_site(cologne)
+    assert is_source_site(ccat)
+    assert not is_lta_site(ccat)
+    assert is_lta_site(cologne)
+    assert not is_source_site(cologne)
 
 
 def test_deactivated_lta_site_is_no_longer_an_lta_site(session, applied):
@@ -110,7 +112,9 @@ def test_resolve_location_ambiguous_name_lists_candidates(session, applied):
     with pytest.raises(LocationError) as excinfo:
         resolve_location(session, "buffer")
     message = str(excinfo.value)
-    assert "ambiguous" in message and "cologne/buffer" in message and "us/buffer" in message
+    assert "ambiguous" in message
+    assert "cologne/buffer" in message
+    assert "us/buffer" in message
     assert "site/name" in message
 
 
@@ -118,10 +122,11 @@ def test_resolve_location_unknown_name_lists_known_ones(session, applied):
     with pytest.raises(LocationError) as excinfo:
         resolve_location(session, "cologne/tape")
     message = str(excinfo.value)
-    assert "unknown location 'cologne/tape'" in message and "cologne/lta" in message
+    assert "unknown location 'cologne/tape'" in message
+    assert "cologne/lta" in message
 
 
-def test_operation_location_matrix_is_the_seeds_matrix():
+def test_operation_location_matrix_is_the_documented_matrix():
     o = OperationType
     assert QUEUE_OPERATIONS_BY_LOCATION_TYPE == {
         LocationType.SOURCE: (o.RAW_DATA_PACKAGE_CREATION, o.DELETION, o.MONITORING),

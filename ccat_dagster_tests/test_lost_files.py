@@ -89,21 +89,26 @@ def test_a_file_lost_before_packaging_is_declared_lost_and_the_rest_is_archived(
         report = drive(url, instance, include_schedules=False)
         assert report.failed_runs, "packaging fails on the missing file"
         package = _package(url)
-        assert package.status == Status.FAILED and package.state == PackageState.FAILED
+        assert package.status == Status.FAILED
+        assert package.state == PackageState.FAILED
 
         result = _declare(_relative(root, lost))
         assert result.exit_code == 0, result.output
-        assert package.name in result.stdout and "PENDING" in result.stdout
+        assert package.name in result.stdout
+        assert "PENDING" in result.stdout
 
         report = drive(url, instance, include_schedules=False)
         assert not report.failed_runs, report.failed_runs
 
     with session_scope(url) as session:
         package = session.get(RawDataPackage, package.id)
-        assert package.state == PackageState.ARCHIVED and package.status == Status.COMPLETED
-        assert package.file_count == len(files) - 1 and package.retry_count == 0
+        assert package.state == PackageState.ARCHIVED
+        assert package.status == Status.COMPLETED
+        assert package.file_count == len(files) - 1
+        assert package.retry_count == 0
         rdf = session.scalar(select(RawDataFile).where(RawDataFile.id == _file_id(session, lost)))
-        assert rdf.lost_at is not None and rdf.lost_reason == REASON
+        assert rdf.lost_at is not None
+        assert rdf.lost_reason == REASON
         source_copy = session.scalar(
             select(RawDataFilePhysicalCopy).where(
                 RawDataFilePhysicalCopy.raw_data_file_id == rdf.id
@@ -119,7 +124,8 @@ def test_a_file_lost_before_packaging_is_declared_lost_and_the_rest_is_archived(
                 )
             )
         ]
-        assert len(reasons) == 2 and all(REASON in r for r in reasons)
+        assert len(reasons) == 2
+        assert all(REASON in r for r in reasons)
         key = package.relative_path
     for lta in ("cologne", "us"):
         members = tar_members((root / lta / "lta" / key).read_bytes())
@@ -149,17 +155,21 @@ def test_a_package_whose_every_file_is_lost_is_closed_with_nothing_to_archive(pi
         assert result.exit_code == 0, result.output
         assert "nothing to archive" in result.stdout
         report = drive(url, instance, include_schedules=False)
-        assert not report.failed_runs and report.runs == 0, "no empty tar is written"
+        assert not report.failed_runs, "no empty tar is written"
+        assert report.runs == 0, "no empty tar is written"
     package = _package(url)
-    assert package.status == Status.FAILED and package.state == PackageState.FAILED
-    assert package.failure_reason.startswith("nothing to archive") and package.file_count == 0
+    assert package.status == Status.FAILED
+    assert package.state == PackageState.FAILED
+    assert package.failure_reason.startswith("nothing to archive")
+    assert package.file_count == 0
     assert not (root / "ccat" / "buffer" / package.relative_path).exists()
     status = runner.invoke(app, ["status"]).stdout
     assert any(
         package.name in line and "nothing to archive" in line for line in status.splitlines()
     )
     retry = runner.invoke(app, ["retry"])  # a closed package is not offered for a retry
-    assert retry.exit_code == 1 and "no FAILED raw data package" in retry.stderr
+    assert retry.exit_code == 1
+    assert "no FAILED raw data package" in retry.stderr
 
 
 def test_declare_lost_refuses_files_that_are_not_lost_and_changes_nothing(pipeline):
@@ -171,21 +181,26 @@ def test_declare_lost_refuses_files_that_are_not_lost_and_changes_nothing(pipeli
 
     on_disk = _declare(_relative(root, waiting[0]))
     assert on_disk.exit_code == 1
-    assert "still exists" in on_disk.stderr and _relative(root, waiting[0]) in on_disk.stderr
+    assert "still exists" in on_disk.stderr
+    assert _relative(root, waiting[0]) in on_disk.stderr
 
     archived[0].path.unlink()  # gone from the SOURCE, but its bytes are in the archives
     safe = _declare(str(archived[0].path))  # an absolute path under the root works too
     assert safe.exit_code == 1
-    assert "not lost" in safe.stderr and "lta" in safe.stderr
+    assert "not lost" in safe.stderr
+    assert "lta" in safe.stderr
 
     unknown = _declare("no/such/file.dat")
-    assert unknown.exit_code == 1 and "not registered" in unknown.stderr
+    assert unknown.exit_code == 1
+    assert "not registered" in unknown.stderr
 
     blank = _declare(_relative(root, waiting[1]), reason="  ")
-    assert blank.exit_code == 1 and "reason" in blank.stderr
+    assert blank.exit_code == 1
+    assert "reason" in blank.stderr
 
     missing_reason = _declare(_relative(root, waiting[1]), reason=None)
-    assert missing_reason.exit_code == 2 and "--reason" in missing_reason.output
+    assert missing_reason.exit_code == 2
+    assert "--reason" in missing_reason.output
 
     for result in (on_disk, safe, unknown, blank):
         assert "Traceback" not in result.output

@@ -74,7 +74,8 @@ def test_filed_files_reach_both_ltas_with_matching_checksums(real_env, s3_client
         with session_scope(url) as session:
             assert packages_missing_from_ltas(session) == []
             packages = session.scalars(select(RawDataPackage)).all()
-            assert packages and all(p.state == PackageState.ARCHIVED for p in packages)
+            assert packages
+            assert all(p.state == PackageState.ARCHIVED for p in packages)
             by_path = {f.relative_path: f for f in session.scalars(select(RawDataFile))}
             assert len(by_path) == len(files)
             seen = set()
@@ -119,7 +120,8 @@ def test_filed_files_reach_both_ltas_with_matching_checksums(real_env, s3_client
                     )
                 ]
                 assert trail[:3] == ["PENDING", "IN_PROGRESS", "COMPLETED"]
-                assert "TRANSFERRING" in trail and trail[-1] == "ARCHIVED"
+                assert "TRANSFERRING" in trail
+                assert trail[-1] == "ARCHIVED"
             lta_copies = session.scalars(
                 select(RawDataPackagePhysicalCopy).where(
                     RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
@@ -179,7 +181,8 @@ def test_byte_corrupted_in_transit_is_retried_and_archived(real_env):
             first = session.scalar(
                 select(DataTransfer).where(DataTransfer.data_transfer_package_id == dtp_id)
             )
-            assert first.retry_count == 1 and first.status == Status.PENDING
+            assert first.retry_count == 1
+            assert first.status == Status.PENDING
             assert "checksum mismatch" in first.failure_reason
         data = bytearray(bundle.read_bytes())
         data[2048:2049] = original
@@ -190,7 +193,8 @@ def test_byte_corrupted_in_transit_is_retried_and_archived(real_env):
         with session_scope(url) as session:
             assert packages_missing_from_ltas(session) == []
             retried = session.get(DataTransfer, first.id)
-            assert retried.status == Status.COMPLETED and retried.retry_count == 1
+            assert retried.status == Status.COMPLETED
+            assert retried.retry_count == 1
 
 
 def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):
@@ -205,7 +209,8 @@ def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):
         rel = os.path.relpath(victim.path, root / "ccat" / "src")
         bad = session.scalar(select(RawDataFile).where(RawDataFile.relative_path == rel))
         package = bad.raw_data_package
-        assert package.status == Status.FAILED and package.state == PackageState.FAILED
+        assert package.status == Status.FAILED
+        assert package.state == PackageState.FAILED
         assert package.retry_count == 4  # first attempt + max_retries (3)
         assert "Check the source copy" in package.failure_reason
         assert (
@@ -278,7 +283,8 @@ def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, t
     with session_scope(ops_db_url) as session:
         assert packages_missing_from_ltas(session) == []
         package = session.scalar(select(RawDataPackage).where(RawDataPackage.name == victim))
-        assert package.state == PackageState.ARCHIVED and package.retry_count == 1
+        assert package.state == PackageState.ARCHIVED
+        assert package.retry_count == 1
         reasons = [
             a.reason
             for a in session.scalars(

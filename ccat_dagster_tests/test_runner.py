@@ -39,10 +39,13 @@ def test_request_that_keeps_failing_is_blocked_with_its_reason(tmp_path):
         report = run_until_idle(
             [runner_support.failing_definitions()], instance=instance, log=lambda m: None
         )
-    assert report.runs == 5 and report.passes <= 6, "stops retrying, far below max_passes"
-    assert not report.idle and report.stopped is None
+    assert report.runs == 5, "stops retrying, far below max_passes"
+    assert report.passes <= 6, "stops retrying, far below max_passes"
+    assert not report.idle
+    assert report.stopped is None
     [blocked] = report.blocked
-    assert blocked.job_name == "always_fails" and blocked.failures == 5
+    assert blocked.job_name == "always_fails"
+    assert blocked.failures == 5
     assert runner_support.BROKEN in blocked.reason
     assert "pkg_7 at test/broken_disk" in blocked.reason
     assert blocked.last_run_id in blocked.describe()
@@ -57,8 +60,10 @@ def test_a_success_in_between_resets_the_count(tmp_path):
             log=lambda m: None,
             max_request_failures=2,
         )
-    assert len(report.failed_runs) == 5 and report.runs == 10
-    assert report.blocked == [] and report.idle
+    assert len(report.failed_runs) == 5
+    assert report.runs == 10
+    assert report.blocked == []
+    assert report.idle
 
 
 def test_max_passes_is_reported(tmp_path):
@@ -70,13 +75,15 @@ def test_max_passes_is_reported(tmp_path):
             log=lambda m: None,
             max_passes=3,
         )
-    assert report.passes == 3 and not report.idle
+    assert report.passes == 3
+    assert not report.idle
     assert "stopped after 3 passes" in report.stopped
 
 
 def test_owner_identity_judges_only_processes_it_can_see():
     me = process_identity()
-    assert me is not None and owner_alive(me) is True
+    assert me is not None
+    assert owner_alive(me) is True
     assert owner_alive(replace(me, start_ticks=me.start_ticks + 1)) is False  # pid reused
     assert owner_alive(replace(me, boot_id="another-boot")) is None
     assert owner_alive(replace(me, host="another-host")) is None
@@ -115,10 +122,12 @@ def test_run_of_a_killed_runner_is_found_dead_and_failed(tmp_path):
             os.kill(runner.pid, signal.SIGKILL)
             runner.wait()
         [dead] = dead_runs(instance)
-        assert dead.run_id == run.run_id and "no longer exists" in dead.reason
+        assert dead.run_id == run.run_id
+        assert "no longer exists" in dead.reason
         assert [d.run_id for d in fail_dead_runs(instance)] == [run.run_id]
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
-        assert dead_runs(instance) == [] and fail_dead_runs(instance) == []
+        assert dead_runs(instance) == []
+        assert fail_dead_runs(instance) == []
 
 
 def test_sensor_observations_are_recorded_as_the_daemon_records_them(tmp_path):

@@ -217,9 +217,11 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     lost.unlink()
     job_e = _create(url, packages=[p1])
     drive(url, instance)
-    assert lost.exists() and _staged_intact(url, processing, p1)
+    assert lost.exists()
+    assert _staged_intact(url, processing, p1)
     assert len(_fetches(instance, p1)) == 3
-    assert _job(url, job_d).active and _job(url, job_e).status == Status.COMPLETED
+    assert _job(url, job_d).active
+    assert _job(url, job_e).status == Status.COMPLETED
 
     # staged, shared, cleaned up, restored: the invariant holds, read back from the storage
     verified = CliRunner().invoke(app, ["verify", "--json"])
@@ -240,7 +242,8 @@ def test_stage_share_keep_cleanup_and_recover(archived_env, s3_client, s3_bucket
     verified = CliRunner().invoke(app, ["verify", "--json"])
     assert verified.exit_code == 1, verified.output
     violations = json.loads(verified.stdout)["violations"]
-    assert violations and all(
+    assert violations
+    assert all(
         v["object"] == f"RawDataPackage {q1}"
         and v["location"] == "cologne/lta"
         and v["kind"] in ("object_missing", "lta_copy_not_present")
@@ -260,7 +263,8 @@ def test_bad_requests_are_clear_errors_and_create_no_job(archived_env, monkeypat
     for args, message in cases:
         result = runner.invoke(app, ["staging", "create", *args])
         assert result.exit_code == 1, result.output
-        assert message in result.output and "Traceback" not in result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
     # new observations: filed but not packaged yet, then packaged but not yet archived
     with session_scope(url) as session:
         file_simulated_data(session, root, n_obs_units=1, seed=7)
@@ -268,12 +272,14 @@ def test_bad_requests_are_clear_errors_and_create_no_job(archived_env, monkeypat
     result = runner.invoke(
         app, ["staging", "create", "--location", "cologne/processing", "--obs-unit", fresh_unit]
     )
-    assert result.exit_code == 1 and "no RawDataPackage yet" in result.output
+    assert result.exit_code == 1
+    assert "no RawDataPackage yet" in result.output
     drive(url, instance, sites=["ccat"], include_schedules=False)
     result = runner.invoke(
         app, ["staging", "create", "--location", "cologne/processing", "--obs-unit", fresh_unit]
     )
-    assert result.exit_code == 1 and "nothing archived yet" in result.output
+    assert result.exit_code == 1
+    assert "nothing archived yet" in result.output
     # the Dagster create job refuses the same way
     defs = build_site_definitions("cologne", ops_db_url=url)
     run = defs.resolve_job_def("cologne_create_staging_job").execute_in_process(
@@ -291,7 +297,7 @@ def _create_config(location: str, **config) -> dict:
 
 
 def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
-    url, instance, _, root = archived_env
+    url, instance, _, _root = archived_env
     units = _packages(url)
     unit = sorted(units)[0]
     runner = CliRunner()
@@ -313,14 +319,16 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
     with session_scope(url) as session:
         cli_job, dagster_job = session.scalars(select(StagingJob).order_by(StagingJob.id)).all()
         for job in (cli_job, dagster_job):
-            assert job.active and job.status == Status.PENDING
+            assert job.active
+            assert job.status == Status.PENDING
             assert job.retention_period_minutes == 3 * 24 * 60
             assert sorted(p.name for p in job.raw_data_packages) == units[unit]
             assert job.destination_location.qualified_name == "cologne/processing"
     assert run.output_for_node("cologne_create_staging_job_op") == dagster_job.id
 
     listing = runner.invoke(app, ["staging", "list"])
-    assert listing.exit_code == 0 and "PENDING" in listing.output
+    assert listing.exit_code == 0
+    assert "PENDING" in listing.output
     assert len([line for line in listing.output.splitlines() if "cologne/processing" in line]) == 2
 
     # one partition of the staged asset, as from the UI: the same stage function
@@ -350,7 +358,8 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
     again = runner.invoke(app, ["staging", "complete", "1"])
     assert "already completed" in again.output
     missing = runner.invoke(app, ["staging", "complete", "99"])
-    assert missing.exit_code == 1 and "no staging job 99" in missing.output
+    assert missing.exit_code == 1
+    assert "no staging job 99" in missing.output
     assert "no staging jobs" in runner.invoke(app, ["staging", "list", "--active"]).output
 
 

@@ -85,11 +85,13 @@ def test_default_topology_file_is_valid_and_has_s3_and_remote_disk(session):
         .join(Site)
         .where(Site.short_name == "cologne", DataLocation.name == "lta")
     ).one()
-    assert isinstance(lta, S3DataLocation) and lta.bucket == "ccat-lta"
+    assert isinstance(lta, S3DataLocation)
+    assert lta.bucket == "ccat-lta"
     buffer = session.scalars(
         select(DiskDataLocation).join(Site).where(Site.short_name == "us")
     ).first()
-    assert buffer.host and buffer.user == "ccat"
+    assert buffer.host
+    assert buffer.user == "ccat"
 
 
 def test_reapplying_the_same_topology_writes_nothing(session, engine, topology):
@@ -345,7 +347,9 @@ def test_all_problems_are_reported_together():
         parse_topology(bad)
     assert len(excinfo.value.errors) == 3
     message = str(excinfo.value)
-    assert "cologne/lta" in message and "us/buffer" in message and "max_retires" in message
+    assert "cologne/lta" in message
+    assert "us/buffer" in message
+    assert "max_retires" in message
 
 
 def test_changing_storage_kind_is_refused_with_advice(session, topology):
@@ -357,7 +361,8 @@ def test_changing_storage_kind_is_refused_with_advice(session, topology):
     message = str(excinfo.value)
     assert "sites[1].locations[1] (cologne/lta)" in message
     assert "storage kind cannot change from disk to s3" in message
-    assert "add a new location" in message and "active: false" in message
+    assert "add a new location" in message
+    assert "active: false" in message
     session.expire_all()
     lta = session.scalars(
         select(DataLocation)

@@ -74,7 +74,8 @@ def found(report: dict) -> set[tuple[str, str, str | None]]:
 
 def assert_clean(*args: str) -> dict:
     code, report = verify(*args)
-    assert report["violations"] == [] and report["ok"], report["violations"]
+    assert report["violations"] == [], report["violations"]
+    assert report["ok"], report["violations"]
     assert code == 0
     return report
 
@@ -83,7 +84,8 @@ def assert_found(expected: set[tuple[str, str, str | None]], *args: str) -> dict
     """Exactly these violations (kind, object, location), exit 1."""
     code, report = verify(*args)
     assert found(report) == expected, json.dumps(report["violations"], indent=1)
-    assert code == 1 and not report["ok"]
+    assert code == 1
+    assert not report["ok"]
     return report
 
 
@@ -163,14 +165,17 @@ def test_healthy_pipeline_has_no_violation_at_any_stage(pipeline):
     # archived in both archives, every buffer still full (no cleanup yet)
     pipeline.drive(include_schedules=False)
     c = assert_clean()["counters"]
-    assert c["archived_packages"] == 4 and c["lta_copies_expected"] == 8
-    assert c["files_proven"] == 8 and c["copies_read"] == c["copies_checked"]
+    assert c["archived_packages"] == 4
+    assert c["lta_copies_expected"] == 8
+    assert c["files_proven"] == 8
+    assert c["copies_read"] == c["copies_checked"]
 
     # cleaned up by the rules: buffers empty, raw files DELETION_POSSIBLE
     pipeline.drive()
     report = assert_clean()
     c = report["counters"]
-    assert c["deleted_copies"] > 0 and c["deletion_records"] >= c["deleted_copies"]
+    assert c["deleted_copies"] > 0
+    assert c["deletion_records"] >= c["deleted_copies"]
     assert c["copies_checked"] == 8 + 8  # raw files at the SOURCE, two archive copies each
     assert not any((root / "ccat" / "buffer").rglob("*.tar"))
 
@@ -195,7 +200,9 @@ def test_planted_violations_are_reported_with_their_kind(pipeline):
     tar.write_bytes(original[:1000])
     report = assert_found({("size_mismatch", pkg(name1), "ccat/telescope_buffer")})
     (v,) = report["violations"]
-    assert v["check"] == "e" and v["key"] == key1 and "1000 bytes" in v["detail"]
+    assert v["check"] == "e"
+    assert v["key"] == key1
+    assert "1000 bytes" in v["detail"]
     assert v["action"]
     tar.write_bytes(original)
     assert_clean()
@@ -403,12 +410,15 @@ def test_sample_and_scope_limit_what_is_read(pipeline):
 
     # one archive: its four copies, nothing else read; catalogue clauses for it only
     c = assert_clean("--location", "us/lta")["counters"]
-    assert c["locations"] == 1 and c["copies_checked"] == c["copies_read"] == 4
+    assert c["locations"] == 1
+    assert c["copies_checked"] == c["copies_read"] == 4
     assert c["bytes_read"] == sum(sizes.values())
     assert c["lta_copies_expected"] == 4
     # one site: the SOURCE files (and empty buffer), no archive
     c = assert_clean("--site", "ccat")["counters"]
-    assert c["locations"] == 2 and c["copies_checked"] == 8 and c["lta_copies_expected"] == 0
+    assert c["locations"] == 2
+    assert c["copies_checked"] == 8
+    assert c["lta_copies_expected"] == 0
     assert c["files_checked"] == c["files_proven"] == 8
     # a location that holds nothing of theirs judges no file
     c = assert_clean("--location", "us/buffer")["counters"]
@@ -429,7 +439,8 @@ def test_sample_and_scope_limit_what_is_read(pipeline):
     _, again = verify("--sample", "0.3", "--seed", "5")
     assert again["counters"] == c
     c = verify("--sample", "0.000001")[1]["counters"]
-    assert c["copies_read"] == 3 and c["copies_checked"] == 16
+    assert c["copies_read"] == 3
+    assert c["copies_checked"] == 16
 
     # a flipped byte is found where the scope reads, not elsewhere; a short object always
     key = next(iter(sizes))
@@ -498,7 +509,7 @@ def test_s3_and_ssh_copies_are_read_not_trusted(
     c = assert_clean()["counters"]
     # 4 files; 2 tars in 3 buffers and 2 archives; the bundle in 3 buffers
     assert c["copies_read"] == c["copies_checked"] == 4 + 2 * 5 + 3
-    (p1, name1, key1), (p2, name2, key2) = packages(url)
+    (_p1, name1, key1), (_p2, name2, key2) = packages(url)
 
     # an S3 object overwritten with other bytes of the same size, its metadata kept: the
     # stored checksum still says it is fine, the bytes do not
@@ -577,7 +588,8 @@ def test_cli_reads_dead_runs_and_stale_temporaries_from_the_dagster_instance(
     leftover.write_bytes(b"partial")
     os.utime(leftover, (1_000_000_000, 1_000_000_000))
     code, report = verify()
-    assert code == 1 and report["not_checked"] == []
+    assert code == 1
+    assert report["not_checked"] == []
     kinds = {(v["kind"], v["location"], v["key"]) for v in report["violations"]}
     assert kinds == {
         ("stale_temporary", "us/buffer", ".ccat-partial/0123-killed.tar"),

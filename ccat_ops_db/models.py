@@ -1,6 +1,6 @@
 """The operations database: the system of record for sites, locations, data and every copy.
 
-Entities and statuses follow the seeds (core_concepts.md, data_lifecycle.rst). PhysicalCopy rows
+Entities and statuses are described in docs/lifecycle.md. PhysicalCopy rows
 are never deleted, only marked; every status change is written to ``audit_log`` (see
 :mod:`ccat_ops_db.audit`). Checksums are always stored together with their algorithm.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -29,6 +29,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class, typed as a Table (``__table__`` is typed FromClause)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:
@@ -175,8 +180,8 @@ class DataLocation(Base):
     storage_type: Mapped[StorageType] = mapped_column(_enum(StorageType))
     priority: Mapped[int] = mapped_column(Integer, default=1)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Location-specific override of the policy's retention period (seeds: Location-Specific
-    # Overrides); None means the policy default.
+    # Location-specific override of the policy's retention period (docs/lifecycle.md:
+    # retention); None means the policy default.
     retention_period_minutes: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -228,7 +233,7 @@ class S3DataLocation(DataLocation):
 
 
 class TapeDataLocation(DataLocation):
-    """Declared for completeness (seeds: future capability); using it raises NotImplementedError."""
+    """Declared for completeness (a future capability); using it raises NotImplementedError."""
 
     __tablename__ = "tape_data_location"
 
@@ -475,7 +480,7 @@ class PhysicalCopy(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     verified_at: Mapped[datetime | None] = mapped_column()
     deleted_at: Mapped[datetime | None] = mapped_column()
-    # Deletion bookkeeping: retries (seeds: get_retry_count) and a claim so that two cleanup
+    # Deletion bookkeeping: retries (max_retries of the policy) and a claim so that two cleanup
     # runs never work on the same copy at once.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text)
@@ -522,7 +527,7 @@ class DataTransferPackagePhysicalCopy(PhysicalCopy):
 
 
 class DataTransferRoute(Base):
-    """A manual route override (seeds: Custom Routes)."""
+    """A manual route override (docs/lifecycle.md: routes)."""
 
     __tablename__ = "data_transfer_route"
 
@@ -547,7 +552,7 @@ class DataTransferRoute(Base):
 
 
 class RoundRobinState(Base):
-    """Durable round-robin position (the seeds kept it in Redis): one row per routing key."""
+    """Durable round-robin position: one row per routing key."""
 
     __tablename__ = "round_robin_state"
 
@@ -608,7 +613,7 @@ class PlannerLock(Base):
 
 
 class DiskUsageSample(Base):
-    """One disk-usage measurement of a disk location (replaces the seeds' Redis buffer status)."""
+    """One disk-usage measurement of a disk location (docs/lifecycle.md: buffer levels)."""
 
     __tablename__ = "disk_usage_sample"
 

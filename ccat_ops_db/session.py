@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ccat_ops_db.config import ops_db_url
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # Foreign keys are off by default in SQLite; WAL lets readers (the UI, sensors) run beside
     # a writer; busy_timeout makes concurrent writers wait instead of failing at once.
     cursor = dbapi_connection.cursor()

@@ -1,8 +1,9 @@
 """The sites-and-locations topology: load the YAML, validate all of it, apply it idempotently.
 
-The YAML format is the contract of ARCHITECTURE.md (``sites`` with their ``locations`` and a
-``storage`` each, plus a ``policy`` section). Validation collects every problem before anything is
-written and raises them together as one :class:`TopologyError` that names each entry
+The YAML format is the contract of docs/configuration.md (``sites`` with their ``locations`` and a
+``storage`` each, plus a ``policy`` section). Validation (the pydantic models of
+:mod:`ccat_ops_db.topology_schema` and :mod:`ccat_ops_db.policy`) collects every problem before
+anything is written and raises them together as one :class:`TopologyError` that names each entry
 (``sites[1].locations[2] (cologne/lta)``) and the fix. Applying is one transaction that only
 touches what differs: re-applying the same file issues no UPDATE; a location or site missing from
 the file is deactivated, never deleted, because copies and history still point at it.
@@ -10,11 +11,9 @@ the file is deactivated, never deleted, because copies and history still point a
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -24,7 +23,6 @@ from sqlalchemy.orm import Session, selectinload
 from ccat_ops_db.models import (
     DataLocation,
     DiskDataLocation,
-    LocationType,
     PhysicalCopy,
     PolicySetting,
     RawDataFile,
@@ -33,46 +31,43 @@ from ccat_ops_db.models import (
     StorageType,
     TapeDataLocation,
 )
+from ccat_ops_db.policy import POLICY_DEFAULTS, THRESHOLD_KEYS, validate_policy
+from ccat_ops_db.topology_schema import (
+    LOCATION_KEYS,
+    SITE_KEYS,
+    STORAGE_KEYS,
+    TOP_LEVEL_KEYS,
+    LocationSpec,
+    SiteSpec,
+    check_sites,
+    validate_site,
+)
+from ccat_ops_db.validators import SAFE_IDENTIFIER, unknown_key
 
-# Site and location names go into asset keys, pool names and package paths.
-SAFE_IDENTIFIER = re.compile(r"^[a-z0-9_]+$")
+__all__ = [
+    "LOCATION_KEYS",
+    "POLICY_DEFAULTS",
+    "SAFE_IDENTIFIER",
+    "SITE_KEYS",
+    "STORAGE_KEYS",
+    "THRESHOLD_KEYS",
+    "TOP_LEVEL_KEYS",
+    "ApplySummary",
+    "LocationSpec",
+    "SiteSpec",
+    "Topology",
+    "TopologyError",
+    "apply_topology",
+    "dump_topology",
+    "load_topology",
+    "parse_topology",
+    "show_topology",
+]
 
-TOP_LEVEL_KEYS = ("sites", "policy")
-SITE_KEYS = ("short_name", "name", "location", "active", "locations")
-LOCATION_KEYS = ("name", "type", "priority", "active", "retention_period_minutes", "storage")
-STORAGE_KEYS: dict[StorageType, tuple[str, ...]] = {
-    StorageType.DISK: ("kind", "path", "host", "port", "user", "known_hosts"),
-    StorageType.S3: ("kind", "bucket", "endpoint_url", "prefix", "region"),
-    StorageType.TAPE: ("kind", "library"),
-}
 STORAGE_MODELS: dict[StorageType, type[DataLocation]] = {
     StorageType.DISK: DiskDataLocation,
     StorageType.S3: S3DataLocation,
     StorageType.TAPE: TapeDataLocation,
-}
-THRESHOLD_KEYS = ("warning", "critical", "emergency")
-
-# Keys and defaults of the ``policy`` section; ccat_dagster.lifecycle.policy.Policy mirrors them
-# (a test keeps the two in step; this layer must not import the one above).
-POLICY_DEFAULTS: dict[str, Any] = {
-    "data_transfer_package_max_bytes": 100_000_000_000,
-    "data_transfer_package_max_wait_minutes": 60,
-    "retention_period_minutes": 43_200,
-    "buffer_thresholds_percent": {"warning": 70, "critical": 85, "emergency": 95},
-    "max_normal_transfers": 5,
-    "max_critical_transfers": 1,
-    "max_retries": 3,
-    "lta_reverify_interval_minutes": 43_200,
-}
-# Smallest allowed value of each integer policy key.
-_POLICY_INT_MINIMUM = {
-    "data_transfer_package_max_bytes": 1,
-    "data_transfer_package_max_wait_minutes": 0,
-    "retention_period_minutes": 0,
-    "max_normal_transfers": 1,
-    "max_critical_transfers": 1,
-    "max_retries": 0,
-    "lta_reverify_interval_minutes": 1,
 }
 
 _RENAME_HINT = "add a new location with the new settings and set active: false on the old one"
@@ -89,37 +84,6 @@ class TopologyError(ValueError):
             "(fix them and apply again)"
         )
         super().__init__("\n".join([header, *(f"  - {e}" for e in errors)]))
-
-
-# --------------------------------------------------------------------------- parsed form
-
-
-@dataclass(frozen=True)
-class StorageSpec:
-    kind: StorageType
-    # Every column of the storage model except ``kind``; keys absent from the file are None.
-    settings: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class LocationSpec:
-    name: str
-    location_type: LocationType
-    priority: int
-    active: bool
-    retention_period_minutes: int | None
-    storage: StorageSpec
-    where: str
-
-
-@dataclass(frozen=True)
-class SiteSpec:
-    short_name: str
-    name: str
-    location: str | None
-    active: bool
-    locations: tuple[LocationSpec, ...]
-    where: str
 
 
 @dataclass(frozen=True)
@@ -171,309 +135,29 @@ def load_topology(source: str | Path) -> dict[str, Any]:
     return data
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_keys(where: str, mapping: Mapping, allowed: Iterable[str], errors: list[str]) -> None:
-    allowed = tuple(allowed)
-    for key in mapping:
-        if key in allowed:
-            continue
-        guess = difflib.get_close_matches(str(key), allowed, n=1)
-        hint = f"did you mean {guess[0]!r}? " if guess else ""
-        errors.append(f"{where}: unknown key {key!r}; {hint}allowed: {', '.join(allowed)}")
-
-
-def _check_identifier(where: str, what: str, value: Any, errors: list[str]) -> bool:
-    if not isinstance(value, str) or not value:
-        errors.append(f"{where}: {what} is missing; give a name of [a-z0-9_]")
-        return False
-    if not SAFE_IDENTIFIER.match(value):
-        suggestion = re.sub(r"[^a-z0-9_]", "_", value.lower())
-        errors.append(
-            f"{where}: {what} {value!r} is not a safe identifier (only a-z, 0-9 and _, since it "
-            f"goes into asset keys and pool names); e.g. {suggestion!r}"
-        )
-        return False
-    return True
-
-
-def _optional_str(where: str, key: str, value: Any, errors: list[str]) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        errors.append(f"{where}: {key} must be a non-empty string, got {value!r}")
-
-
-def _parse_storage(where: str, raw: Any, errors: list[str]) -> StorageSpec | None:
-    if not isinstance(raw, dict):
-        errors.append(
-            f"{where}: storage is missing or not a mapping; e.g. "
-            "storage: {kind: disk, path: /data/buffer} or {kind: s3, bucket: ccat-lta}"
-        )
-        return None
-    kinds = {k.value: k for k in StorageType}
-    kind = kinds.get(raw.get("kind"))
-    if kind is None:
-        errors.append(
-            f"{where}: unknown storage kind {raw.get('kind')!r}; use one of: {', '.join(kinds)}"
-        )
-        return None
-    _check_keys(f"{where}.storage", raw, STORAGE_KEYS[kind], errors)
-    settings = {k: raw.get(k) for k in STORAGE_KEYS[kind] if k != "kind"}
-    for key, value in settings.items():
-        if key != "port":
-            _optional_str(where, f"storage.{key}", value, errors)
-    if kind is StorageType.DISK:
-        path = settings["path"]
-        if not path:
-            errors.append(f"{where}: disk storage needs a path, e.g. path: /data/buffer")
-        elif isinstance(path, str) and not PurePosixPath(path).is_absolute():
-            errors.append(f"{where}: disk path {path!r} must be absolute (start with /)")
-        port = settings["port"]
-        if port is not None and not (_is_int(port) and 0 < port < 65536):
-            errors.append(f"{where}: storage.port must be a TCP port (1-65535), got {port!r}")
-    elif kind is StorageType.S3 and not settings["bucket"]:
-        errors.append(f"{where}: s3 storage needs a bucket, e.g. bucket: ccat-lta")
-    return StorageSpec(kind=kind, settings=settings)
-
-
-def _parse_location(where: str, raw: Any, errors: list[str]) -> LocationSpec | None:
-    if not isinstance(raw, dict):
-        errors.append(f"{where}: a location must be a mapping with name, type and storage")
-        return None
-    _check_keys(where, raw, LOCATION_KEYS, errors)
-    ok = _check_identifier(where, "location name", raw.get("name"), errors)
-    types = {t.value: t for t in LocationType}
-    location_type = types.get(raw.get("type"))
-    if location_type is None:
-        errors.append(
-            f"{where}: unknown location type {raw.get('type')!r}; use one of: {', '.join(types)}"
-        )
-    priority = raw.get("priority", 1)
-    if not (_is_int(priority) and priority >= 0):
-        errors.append(
-            f"{where}: priority must be a whole number >= 0 (1 = first), got {priority!r}"
-        )
-    active = raw.get("active", True)
-    if not isinstance(active, bool):
-        errors.append(f"{where}: active must be true or false, got {active!r}")
-    retention = raw.get("retention_period_minutes")
-    if retention is not None and not (_is_int(retention) and retention >= 0):
-        errors.append(f"{where}: retention_period_minutes must be minutes >= 0, got {retention!r}")
-    storage = _parse_storage(where, raw.get("storage"), errors)
-    if (
-        location_type is LocationType.SOURCE
-        and storage is not None
-        and storage.kind is not StorageType.DISK
-    ):
-        errors.append(
-            f"{where}: a SOURCE location must be on disk storage (instruments write files "
-            f"there and they are registered from the filesystem), not {storage.kind.value}"
-        )
-    if not ok or location_type is None or storage is None:
-        return None
-    return LocationSpec(
-        name=raw["name"],
-        location_type=location_type,
-        priority=priority,
-        active=active,
-        retention_period_minutes=retention,
-        storage=storage,
-        where=where,
-    )
-
-
-def _parse_site(index: int, raw: Any, errors: list[str]) -> SiteSpec | None:
-    short = raw.get("short_name") if isinstance(raw, dict) else None
-    where = f"sites[{index}]" + (f" ({short})" if isinstance(short, str) else "")
-    if not isinstance(raw, dict):
-        errors.append(f"{where}: a site must be a mapping with short_name, name and locations")
-        return None
-    _check_keys(where, raw, SITE_KEYS, errors)
-    ok = _check_identifier(where, "short_name", short, errors)
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        errors.append(
-            f"{where}: name (the full site name, e.g. 'University of Cologne') is missing"
-        )
-        ok = False
-    _optional_str(where, "location", raw.get("location"), errors)
-    active = raw.get("active", True)
-    if not isinstance(active, bool):
-        errors.append(f"{where}: active must be true or false, got {active!r}")
-    raw_locations = raw.get("locations")
-    if not isinstance(raw_locations, list) or not raw_locations:
-        errors.append(f"{where}: locations must be a non-empty list")
-        raw_locations = []
-    locations: list[LocationSpec] = []
-    seen: dict[str, int] = {}
-    for j, raw_location in enumerate(raw_locations):
-        lname = raw_location.get("name") if isinstance(raw_location, dict) else None
-        lwhere = f"sites[{index}].locations[{j}]" + (
-            f" ({short}/{lname})" if isinstance(lname, str) else ""
-        )
-        spec = _parse_location(lwhere, raw_location, errors)
-        if spec is None:
-            continue
-        if spec.name in seen:
-            errors.append(
-                f"{lwhere}: duplicate location name {spec.name!r} in site {short!r} (also "
-                f"locations[{seen[spec.name]}]); give each location of a site its own name"
-            )
-            continue
-        seen[spec.name] = j
-        locations.append(spec)
-    if active is False:
-        for spec in locations:
-            if spec.active:
-                errors.append(
-                    f"{spec.where}: site {short!r} is inactive (active: false) but this location "
-                    "is active; set active: false on the location too"
-                )
-    if not ok:
-        return None
-    return SiteSpec(
-        short_name=short,
-        name=name.strip(),
-        location=raw.get("location"),
-        active=active is not False,
-        locations=tuple(locations),
-        where=where,
-    )
-
-
-def _parse_policy(raw: Any, errors: list[str]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        errors.append("policy: must be a mapping, e.g. policy: {max_normal_transfers: 5}")
-        return {}
-    _check_keys("policy", raw, POLICY_DEFAULTS, errors)
-    policy: dict[str, Any] = {}
-    for key, minimum in _POLICY_INT_MINIMUM.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if not (_is_int(value) and value >= minimum):
-            errors.append(f"policy.{key}: must be a whole number >= {minimum}, got {value!r}")
-        else:
-            policy[key] = value
-    normal = policy.get("max_normal_transfers", POLICY_DEFAULTS["max_normal_transfers"])
-    critical = policy.get("max_critical_transfers", POLICY_DEFAULTS["max_critical_transfers"])
-    if critical > normal:
-        errors.append(
-            f"policy: max_critical_transfers ({critical}) must not exceed max_normal_transfers "
-            f"({normal}): a full buffer must slow transfers down, not speed them up"
-        )
-    if "buffer_thresholds_percent" in raw:
-        thresholds = _parse_thresholds(raw["buffer_thresholds_percent"], errors)
-        if thresholds is not None:
-            policy["buffer_thresholds_percent"] = thresholds
-    return policy
-
-
-def _parse_thresholds(raw: Any, errors: list[str]) -> dict[str, float] | None:
-    where = "policy.buffer_thresholds_percent"
-    if not isinstance(raw, dict):
-        errors.append(
-            f"{where}: must be a mapping, e.g. {{warning: 70, critical: 85, emergency: 95}}"
-        )
-        return None
-    n_errors = len(errors)
-    _check_keys(where, raw, THRESHOLD_KEYS, errors)
-    merged = {**POLICY_DEFAULTS["buffer_thresholds_percent"], **raw}
-    for key in THRESHOLD_KEYS:
-        if not _is_number(merged[key]):
-            errors.append(f"{where}.{key}: must be a number (percent), got {merged[key]!r}")
-    if len(errors) > n_errors:
-        return None
-    w, c, e = (merged[k] for k in THRESHOLD_KEYS)
-    if not 0 < w < c < e <= 100:
-        errors.append(
-            f"{where}: need 0 < warning < critical < emergency <= 100, got warning={w}, "
-            f"critical={c}, emergency={e}"
-        )
-        return None
-    return {k: merged[k] for k in THRESHOLD_KEYS}
-
-
 def parse_topology(data: Mapping[str, Any], source: str | None = None) -> Topology:
     """Validate a raw topology mapping completely; raise one TopologyError listing every problem."""
-    errors: list[str] = []
     if not isinstance(data, Mapping):
         raise TopologyError(["the topology must be a mapping with a 'sites' list"], source)
-    _check_keys("topology", data, TOP_LEVEL_KEYS, errors)
+    errors = [
+        f"topology: {unknown_key(k, TOP_LEVEL_KEYS)}" for k in data if k not in TOP_LEVEL_KEYS
+    ]
     raw_sites = data.get("sites")
     if not isinstance(raw_sites, list) or not raw_sites:
         errors.append("sites: must be a non-empty list of sites")
         raw_sites = []
     sites: list[SiteSpec] = []
-    short_names: dict[str, int] = {}
-    names: dict[str, int] = {}
-    for i, raw_site in enumerate(raw_sites):
-        spec = _parse_site(i, raw_site, errors)
-        if spec is None:
-            continue
-        if spec.short_name in short_names:
-            errors.append(
-                f"{spec.where}: duplicate site short_name {spec.short_name!r} (also "
-                f"sites[{short_names[spec.short_name]}]); merge the two entries"
-            )
-            continue
-        if spec.name in names:
-            errors.append(
-                f"{spec.where}: site name {spec.name!r} is already used by "
-                f"sites[{names[spec.name]}]; site names must be unique"
-            )
-            continue
-        short_names[spec.short_name] = i
-        names[spec.name] = i
-        sites.append(spec)
-    policy = _parse_policy(data.get("policy"), errors)
-    _check_whole_topology(sites, errors, complete=not errors)
+    for index, raw_site in enumerate(raw_sites):
+        site, problems = validate_site(index, raw_site)
+        errors += problems
+        if site is not None:
+            sites.append(site)
+    policy, problems = validate_policy(data.get("policy"))
+    errors += problems
+    errors += check_sites(sites, complete=not errors)
     if errors:
         raise TopologyError(errors, source)
     return Topology(sites=tuple(sites), policy=policy)
-
-
-def _check_whole_topology(sites: list[SiteSpec], errors: list[str], complete: bool) -> None:
-    prefixes: dict[str, str] = {}
-    for site in sites:
-        for loc in site.locations:
-            # Pool names are "{site}_{location}_{operation}": two entries must not share a prefix.
-            prefix = f"{site.short_name}_{loc.name}"
-            if prefix in prefixes:
-                errors.append(
-                    f"{loc.where}: its pool names ({prefix}_...) collide with those of "
-                    f"{prefixes[prefix]}; rename one of the two"
-                )
-            prefixes[prefix] = loc.where
-        active = [loc for loc in site.locations if loc.active]
-        has_source = any(loc.location_type is LocationType.SOURCE for loc in active)
-        has_buffer = any(loc.location_type is LocationType.BUFFER for loc in active)
-        if site.active and has_source and not has_buffer:
-            errors.append(
-                f"{site.where}: has an active SOURCE location but no active BUFFER; raw data "
-                "packages are built into a buffer, so add one (type: BUFFER) or activate one"
-            )
-    # Only meaningful when every site parsed; otherwise a typo elsewhere would cause a false alarm.
-    if complete and not any(
-        loc.location_type is LocationType.LONG_TERM_ARCHIVE and loc.active
-        for site in sites
-        if site.active
-        for loc in site.locations
-    ):
-        errors.append(
-            "sites: no active LONG_TERM_ARCHIVE location anywhere; data could never be archived "
-            "(and so never safely deleted); add one (type: LONG_TERM_ARCHIVE)"
-        )
 
 
 # --------------------------------------------------------------------------- applying

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-import click
 import typer
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -65,18 +65,17 @@ def operator_error_message(exc: BaseException) -> str | None:
 class CcatGroup(TyperGroup):
     """The top-level group: turns operator errors into a message and exit code 1."""
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 (click's signature)
+    def invoke(self, ctx: typer.Context) -> Any:
+        # Exit, Abort and usage errors are no operator errors (message None): they pass through.
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
         except Exception as exc:
             if os.environ.get("CCAT_DEBUG"):
                 raise
             message = operator_error_message(exc)
             if message is None:
                 raise
-            click.echo(f"Error: {message}", err=True)
+            typer.echo(f"Error: {message}", err=True)
             ctx.exit(1)
 
 
@@ -85,7 +84,10 @@ def head_revision() -> str:
 
     from ccat_ops_db.migrate import alembic_config
 
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    if head is None:
+        raise RuntimeError("the ops database migrations have no head revision")
+    return head
 
 
 def ensure_schema(url: str, *, create: bool) -> None:

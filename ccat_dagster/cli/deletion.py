@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ccat_dagster.cli._common import ops_session
+from ccat_dagster.cli._tables import show, table, tracked
 
 
 def deletion_plan_command(
@@ -57,16 +58,27 @@ def disk_monitor_command(
         disks = [loc for loc in locations if isinstance(loc, DiskDataLocation)]
         if not disks:
             raise typer.BadParameter("no active disk location matches")
-        for loc in disks:
+        usage_table = table(
+            "LOCATION",
+            "USED",
+            "LEVEL",
+            "USED GB",
+            "TOTAL GB",
+            right=("USED", "USED GB", "TOTAL GB"),
+        )
+        for loc in tracked(disks, "measuring disk usage"):
             usage = storages.get(loc).disk_usage()
             status = record_disk_usage(
                 session, loc, used_bytes=usage.used_bytes, total_bytes=usage.total_bytes
             )
-            typer.echo(
-                f"{loc.site.short_name + '/' + loc.name:<34} {status.percent:6.1f}%  "
-                f"{status.level.name:<9} {usage.used_bytes / 1e9:,.1f} of "
-                f"{usage.total_bytes / 1e9:,.1f} GB"
+            usage_table.add_row(
+                f"{loc.site.short_name}/{loc.name}",
+                f"{status.percent:.1f}%",
+                status.level.name,
+                f"{usage.used_bytes / 1e9:,.1f}",
+                f"{usage.total_bytes / 1e9:,.1f}",
             )
+        show(usage_table)
 
 
 def register(app: typer.Typer) -> None:

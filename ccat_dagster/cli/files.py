@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ccat_dagster.cli._common import ops_session, register_operator_error
+from ccat_dagster.cli._tables import progress
 from ccat_dagster.lifecycle.filing import register_raw_data_files
 from ccat_dagster.lifecycle.lost_files import LostFileError
 
@@ -37,8 +38,10 @@ def register_command(
     """
     # In a shell a relative path means "from here" (the library takes them from the root).
     absolute = [os.path.abspath(p) for p in paths]
-    with ops_session(create_schema=True) as session:
-        result = register_raw_data_files(session, location, obs_unit, instrument_module, absolute)
+    with ops_session(create_schema=True) as session, progress() as update:
+        result = register_raw_data_files(
+            session, location, obs_unit, instrument_module, absolute, progress=update
+        )
     typer.echo(
         f"registered {result.registered} new file(s) at {result.location} "
         f"(obs unit {result.obs_unit}, instrument module {result.instrument_module}); "

@@ -7,48 +7,54 @@ import json
 from dataclasses import asdict
 
 import typer
+from rich.table import Table
 
 from ccat_dagster.cli._common import ops_session
+from ccat_dagster.cli._tables import render, show, table
 from ccat_dagster.lifecycle.locations import LocationInfo, describe_locations
 
 _COLUMNS = ("SITE", "LOCATION", "TYPE", "STORAGE", "PRIORITY", "ACTIVE")
 
 
-def format_locations_table(rows: list[LocationInfo]) -> str:
-    """A plain-text table: one line per location, its operations and pools indented below."""
-    cells = [
-        (
-            r.site,
-            r.location,
-            r.location_type,
-            r.storage,
-            str(r.priority),
-            "yes" if r.active else "no",
+def locations_tables(rows: list[LocationInfo]) -> list[Table]:
+    """The locations; the operations valid at each with their pools; where one is unavailable."""
+    locations = table(*_COLUMNS, right=("PRIORITY",))
+    pools = table("LOCATION", "OPERATION", "POOL", title="operations and their pools")
+    unavailable = table(
+        "LOCATION",
+        "STATE",
+        "SINCE",
+        "REASON",
+        title="unavailable locations (work needing them waits)",
+    )
+    for row in rows:
+        locations.add_row(
+            row.site,
+            row.location,
+            row.location_type,
+            row.storage,
+            str(row.priority),
+            "yes" if row.active else "no",
         )
-        for r in rows
-    ]
-    widths = [max(len(c[i]) for c in [_COLUMNS, *cells]) for i in range(len(_COLUMNS))]
-
-    def line(values: tuple[str, ...]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
-
-    out = [line(_COLUMNS)]
-    for row, cell in zip(rows, cells, strict=True):
-        out.append(line(cell))
+        name = f"{row.site}/{row.location}"
+        for i, (op, pool) in enumerate(row.pools):
+            pools.add_row(name if i == 0 else "", op, pool, end_section=i == len(row.pools) - 1)
         for observer, since, reason in row.unavailable:
-            out.append(f"    UNAVAILABLE: unavailable from {observer} since {since}: {reason}")
-        op_width = max((len(op) for op, _ in row.pools), default=0)
-        for op, pool in row.pools:
-            out.append(f"    {op.ljust(op_width)}  pool {pool}")
-    return "\n".join(out)
+            unavailable.add_row(name, f"unavailable from {observer}", str(since), reason)
+    return [locations, pools] + ([unavailable] if unavailable.row_count else [])
+
+
+def format_locations_table(rows: list[LocationInfo]) -> str:
+    """The tables of ``ccat list-locations`` as plain text."""
+    return render(*locations_tables(rows))
 
 
 def list_locations_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List every site and location (type, storage, priority, active) and, below each, the
-    sites it is unavailable from (work needing it waits) and the operations that run there
-    with the names of their concurrency pools (exactly the pools the Dagster ops use)."""
+    """List every site and location (type, storage, priority, active), the operations that run
+    at each with the names of their concurrency pools (exactly the pools the Dagster ops use),
+    and the sites a location is unavailable from (work needing it waits)."""
     with ops_session() as session:
         rows = describe_locations(session)
     if as_json:
@@ -56,7 +62,7 @@ def list_locations_command(
     elif not rows:
         typer.echo("no locations yet; apply a topology with `ccat topology apply FILE`")
     else:
-        typer.echo(format_locations_table(rows))
+        show(*locations_tables(rows))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ccat_dagster.cli._common import ops_session, register_operator_error
+from ccat_dagster.cli._summary import show_summary
 from ccat_dagster.lifecycle.recovery import RetryError
 
 register_operator_error(RetryError)
@@ -85,7 +86,7 @@ def status_command() -> None:
     from ccat_dagster.lifecycle.summary import pipeline_summary
 
     with ops_session() as session:
-        typer.echo(pipeline_summary(session).render())
+        show_summary(pipeline_summary(session))
 
 
 def demo_command(
@@ -121,7 +122,7 @@ def demo_command(
     for job, n in sorted(report.by_job.items()):
         typer.echo(f"  {job}: {n} run(s)")
     with ops_session() as session:
-        typer.echo(pipeline_summary(session).render())
+        show_summary(pipeline_summary(session))
         problems = verify_demo(session)
     problems += [f"blocked: {b.describe()}" for b in report.blocked]
     problems += [report.stopped] if report.stopped else []

@@ -7,6 +7,7 @@ import getpass
 import typer
 
 from ccat_dagster.cli._common import ops_session, register_operator_error
+from ccat_dagster.cli._tables import show, table
 from ccat_dagster.lifecycle.staging import StagingError
 
 register_operator_error(StagingError)
@@ -60,7 +61,7 @@ def create_command(
         typer.echo(
             f"staging job {job.id} created: {len(job.raw_data_packages)} package(s) to "
             f"{dest.qualified_name}, retention "
-            f"{job.retention_period_minutes / (24 * 60):g} days. The "
+            f"{(job.retention_period_minutes or 0) / (24 * 60):g} days. The "
             f"{dest.site.short_name}_staging_sensor stages them (or run `ccat run-until-idle`); "
             f"when done: `ccat staging complete {job.id}`"
         )
@@ -85,9 +86,15 @@ def list_command(
         if not jobs:
             typer.echo("no staging jobs")
             return
-        typer.echo(
-            f"{'id':>5}  {'active':<6}  {'status':<11}  {'location':<28}  {'pkgs':>4}  "
-            f"{'retention ends':<19}  requested by / failure"
+        jobs_table = table(
+            "ID",
+            "ACTIVE",
+            "STATUS",
+            "LOCATION",
+            "PKGS",
+            "RETENTION ENDS",
+            "REQUESTED BY / FAILURE",
+            right=("ID", "PKGS"),
         )
         now = utcnow()
         for job in jobs:
@@ -97,12 +104,16 @@ def list_command(
             if job.active and ends is not None and ends <= now:
                 # Active past its retention: the files stay; the requester should complete it.
                 extra = f"retention over, still active: complete it when done. {extra}".strip()
-            typer.echo(
-                f"{job.id:>5}  {'yes' if job.active else 'no':<6}  {job.status.value:<11}  "
-                f"{dest.site.short_name + '/' + dest.name:<28}  "
-                f"{len(job.raw_data_packages):>4}  "
-                f"{ends.strftime('%Y-%m-%d %H:%M') if ends else '-':<19}  {extra}"
+            jobs_table.add_row(
+                str(job.id),
+                "yes" if job.active else "no",
+                job.status.value,
+                f"{dest.site.short_name}/{dest.name}",
+                str(len(job.raw_data_packages)),
+                ends.strftime("%Y-%m-%d %H:%M") if ends else "-",
+                extra,
             )
+        show(jobs_table)
 
 
 @staging_app.command("complete")

@@ -14,7 +14,7 @@ topology_app = typer.Typer(help="Sites, data locations and policy (the topology 
 
 @topology_app.command("apply")
 def apply_command(
-    file: Path = typer.Argument(..., help="Topology YAML (format: ARCHITECTURE.md)."),
+    file: Path = typer.Argument(..., help="Topology YAML (format: docs/configuration.md)."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Validate and print the changes, write nothing."
     ),

@@ -5,45 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import typer
 
 from ccat_dagster.cli._common import operator_error_message, ops_session, register_operator_error
+from ccat_dagster.cli._tables import progress as progress_bar
 from ccat_dagster.lifecycle.integrity import VerifyScopeError
 
 register_operator_error(VerifyScopeError)
 
 #: exit code when verify could not run at all (1 means: it ran and found violations)
 EXIT_UNUSABLE = 2
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator:
-    """A progress bar on stderr (stdout stays clean for --json), only on a terminal."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        tasks: dict[str, object] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
-        yield update
 
 
 def _run_clauses():
@@ -113,13 +85,12 @@ def verify_command(
         raise _fail(f"--sample must be a fraction in (0, 1], e.g. 0.01 for 1 %; got {sample}")
     if workers < 1:
         raise _fail(f"--workers must be at least 1; got {workers}")
-    show_progress = sys.stderr.isatty()
     try:
         stale_temporaries, dead = _run_clauses()
         with (
             ops_session() as session,
             StorageRegistry(local_site=from_site) as storages,
-            _progress(show_progress) as progress,
+            progress_bar() as progress,
         ):
             report = verify_catalogue(
                 session,

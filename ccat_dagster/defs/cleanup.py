@@ -13,7 +13,7 @@ other locations' steps do nothing) and ``dry_run``. The last step ``..._temporar
 ``location`` and ``dry_run``) removes what killed runs left behind (defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
-reports it as an asset observation (plotted in the UI) and escalates as the seeds describe:
+reports it as an asset observation (plotted in the UI) and escalates as docs/lifecycle.md describes:
 pools lowered to max_critical_transfers and an immediate cleanup at CRITICAL, packaging paused
 and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. The
 cleanup cron and the monitor's interval come from ``defs.settings.Settings`` (read when the
@@ -412,7 +412,7 @@ def build_buffer_monitor_sensor(
         default_status=DefaultSensorStatus.STOPPED,
         description=(
             f"Disk usage of every disk location at {s}; escalates at warning/critical/emergency "
-            "(seeds: buffer thresholds)."
+            "(docs/lifecycle.md: buffer levels)."
         ),
     )
     def buffer_monitor(

@@ -1,4 +1,4 @@
-"""Batched stage jobs: one run handles many packages (seeds: bulk operations).
+"""Batched stage jobs: one run handles many packages (docs/design.md: why batched op jobs).
 
 The op throttles through the concurrency pool of its stage (``lifecycle.names``), retries
 transient storage faults with exponential backoff (Dagster RetryPolicy; every stage is idempotent

@@ -176,7 +176,7 @@ def build_stage_sensor(
 
 
 def _paused(session: Session, site, stage: Stage) -> bool:
-    """Emergency buffer pressure pauses new packaging at the site (seeds: escalation)."""
+    """Emergency buffer pressure pauses new packaging at the site (docs/lifecycle.md)."""
     if stage is not PACKAGE:
         return False
     action = site_buffer_action(session, site)

@@ -120,7 +120,7 @@ def _bundle_sizes(session: Session, dtp_ids: list[int]) -> dict[int, tuple[int, 
         .where(RawDataPackage.data_transfer_package_id.in_(dtp_ids))
         .group_by(RawDataPackage.data_transfer_package_id)
     ).all()
-    return {dtp: (int(b), int(n), int(c)) for dtp, b, n, c in rows}
+    return {dtp: (int(b or 0), int(n), int(c or 0)) for dtp, b, n, c in rows if dtp is not None}
 
 
 def _bundle_claims(session: Session, buffer: DataLocation) -> list[Claim]:
@@ -174,7 +174,7 @@ def _bundle_share_claims(session: Session, buffer: DataLocation) -> list[Claim]:
     ).one()
     if not count:
         return []
-    need = int(total) + int(count) * (_MEMBER_OVERHEAD + _MANIFEST_PER_MEMBER)
+    need = int(total or 0) + int(count) * (_MEMBER_OVERHEAD + _MANIFEST_PER_MEMBER)
     return [Claim(None, need, f"bundle share of {count} packaged, unbundled packages")]
 
 

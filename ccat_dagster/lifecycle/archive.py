@@ -1,6 +1,6 @@
 """Stage 5: RawDataPackages at an LTA-site BUFFER are copied into the site's LONG_TERM_ARCHIVE.
 
-Seeds: archive_manager (send_data_to_long_term_archive, LongTermArchiveTask). The copy is a
+docs/lifecycle.md (the path of the data, step 6). The copy is a
 verified streaming write (nothing appears under the final key unless the checksum matched);
 then ``confirm_lta_presence`` (the ``lta_presence`` check) looks at the stored object live, and
 only a confirmed copy becomes PRESENT and makes the package ARCHIVED.
@@ -156,12 +156,12 @@ def _lta_transfer(
             )
             .on_conflict_do_nothing()
         )
-        transfer = session.scalar(
+        transfer = session.scalars(
             select(LongTermArchiveTransfer).where(
                 LongTermArchiveTransfer.raw_data_package_id == package.id,
                 LongTermArchiveTransfer.destination_location_id == lta.id,
             )
-        )
+        ).one()
     transfer.origin_location_id = buffer.id
     return transfer
 

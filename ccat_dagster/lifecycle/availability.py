@@ -38,8 +38,10 @@ from ccat_ops_db.models import (
     Site,
     as_utc,
     qualified_location_name,
+    table_of,
     utcnow,
 )
+from ccat_ops_db.results import count, rowcount
 
 #: first delay before re-probing an unavailable location; doubles per consecutive failure
 PROBE_BACKOFF_BASE_SECONDS = 15
@@ -345,7 +347,7 @@ def make_probes_due(
 ) -> int:
     """Make the probe of every unavailable location (from ``observer``, or every observer)
     due now, e.g. at the start of ``ccat run-until-idle``; returns how many. Commits."""
-    table = LocationAvailability.__table__
+    table = table_of(LocationAvailability)
     stmt = (
         sa.update(table)
         .where(table.c.available.is_(False))
@@ -354,9 +356,9 @@ def make_probes_due(
     )
     if observer is not None:
         stmt = stmt.where(table.c.observer == observer)
-    count = session.execute(stmt).rowcount
+    due = rowcount(session.execute(stmt))
     session.commit()
-    return count
+    return due
 
 
 # --------------------------------------------------------------------------- probing
@@ -373,13 +375,14 @@ class ProbeResult:
 
 
 def _has_present_copies(session: Session, location: DataLocation) -> int:
-    return session.scalar(
+    return count(
+        session,
         sa.select(sa.func.count())
         .select_from(PhysicalCopy)
         .where(
             PhysicalCopy.data_location_id == location.id,
             PhysicalCopy.status == PhysicalCopyStatus.PRESENT,
-        )
+        ),
     )
 
 

@@ -1,8 +1,8 @@
 """Buffer pressure: disk-usage samples, the level they mean, and what a site does about it.
 
-The seeds kept buffer status in Redis; here every measurement is a durable ``DiskUsageSample``
+Every measurement is a durable ``DiskUsageSample``
 row and the level is recomputed from its percent with the policy in force, so changing the
-thresholds takes effect at once. The escalation (seeds: "Escalating Response to Disk Pressure")
+thresholds takes effect at once. The escalation (docs/lifecycle.md: buffer levels)
 is a pure function of the latest level: < warning normal; warning logged; critical -> fewer
 parallel transfers and immediate cleanup of eligible data; emergency -> additionally pause new
 packaging and alert an operator. When pressure falls the limits go back on the next decision.
@@ -23,6 +23,7 @@ from ccat_ops_db.models import (
     DiskUsageSample,
     LocationType,
     Site,
+    table_of,
     utcnow,
 )
 
@@ -50,7 +51,7 @@ def buffer_level(percent: float, policy: Policy) -> BufferLevel:
 
 @dataclass(frozen=True)
 class BufferStatus:
-    """The latest measurement of one location (seeds: get_buffer_status_for_location)."""
+    """The latest measurement of one location."""
 
     data_location_id: int
     percent: float
@@ -101,7 +102,7 @@ def latest_buffer_statuses(
 ) -> dict[int, BufferStatus]:
     """The latest sample of every location (or of ``location_ids``), in one query."""
     policy = policy or get_policy(session)
-    s = DiskUsageSample.__table__
+    s = table_of(DiskUsageSample)
     latest = sa.select(
         s.c.data_location_id, sa.func.max(s.c.measured_at).label("measured_at")
     ).group_by(s.c.data_location_id)

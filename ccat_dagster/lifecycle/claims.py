@@ -1,14 +1,14 @@
 """Claiming copies for deletion so two cleanup runs never delete or count the same copy twice.
 
-States (seeds): PRESENT (or DELETION_POSSIBLE for raw-file copies) -> DELETION_SCHEDULED ->
-DELETION_IN_PROGRESS -> DELETED, or DELETION_FAILED, retried by later cycles until the policy's
-``max_retries`` and then left DELETION_FAILED and reported. A claim sets ``claimed_by`` (the run
-id) and ``claimed_at``. On PostgreSQL the claim locks candidate rows with ``SELECT ... FOR UPDATE
-SKIP LOCKED`` and then updates them; on SQLite (which serializes writers) it is one conditional
-``UPDATE ... WHERE id IN (...) AND <still claimable> RETURNING id``. Either way only the returned
-ids belong to the claimer. A claim older than the stale timeout (a crashed run) is claimable
-again; so is, at once, a claim whose run is known dead (``release_claims_of_dead_runs``). Every
-status change is audited in bulk with the rule name as reason.
+States (docs/lifecycle.md: physical copy status): PRESENT (or DELETION_POSSIBLE for raw-file copies)
+-> DELETION_SCHEDULED -> DELETION_IN_PROGRESS -> DELETED, or DELETION_FAILED, retried by later
+cycles until the policy's ``max_retries`` and then left DELETION_FAILED and reported. A claim sets
+``claimed_by`` (the run id) and ``claimed_at``. On PostgreSQL the claim locks candidate rows with
+``SELECT ... FOR UPDATE SKIP LOCKED`` and then updates them; on SQLite (which serializes writers) it
+is one conditional ``UPDATE ... WHERE id IN (...) AND <still claimable> RETURNING id``. Either way
+only the returned ids belong to the claimer. A claim older than the stale timeout (a crashed run) is
+claimable again; so is, at once, a claim whose run is known dead (``release_claims_of_dead_runs``).
+Every status change is audited in bulk with the rule name as reason.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """The cleanup cycle: plan what the deletion rules allow, claim it, re-verify the archive live,
 delete through the Storage interface, and record every step.
 
-``plan_deletions`` only reads: what would be deleted now and by which rule, bytes per location,
-and what is blocked and why. ``run_cleanup_cycle`` runs the rules in the seeds' order (transfer
-packages, raw data packages, processing files, staged files, DELETION_POSSIBLE files) and
+``plan_deletions`` only reads: what would be deleted now and by which rule, bytes per location, and
+what is blocked and why. ``run_cleanup_cycle`` runs the rules in the order of docs/lifecycle.md
+(transfer packages, raw data packages, processing files, staged files, DELETION_POSSIBLE files) and
 handles all deletable copies of a location in bulk: claim, re-check, pass the gate of
 :mod:`ccat_dagster.lifecycle.last_copy` (the archive copies re-verified live before the last copy
-outside the archives goes, the evidence written to the audit log with the deletion), delete
-through the Storage interface, record. Copies the gate keeps go back to their status, the report
-carries an error for the operator, and archive copies found missing or different are marked LOST
-or BAD for repair. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules never
-return one and the executor raises if handed one.
+outside the archives goes, the evidence written to the audit log with the deletion), delete through
+the Storage interface, record. Copies the gate keeps go back to their status, the report carries an
+error for the operator, and archive copies found missing or different are marked LOST or BAD for
+repair. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules never return one and the
+executor raises if handed one.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from ccat_ops_db.models import (
     PhysicalCopyStatus,
     RawDataPackage,
     qualified_location_name,
+    table_of,
 )
 
 S = PhysicalCopyStatus
@@ -320,7 +321,7 @@ def _keep_refused(cycle: _Cycle, gate: GateResult) -> None:
             reason=RULE_LTA_VERIFICATION_FAILED,
             evidence=error_evidence,
         )
-    rdp_t = RawDataPackage.__table__
+    rdp_t = table_of(RawDataPackage)
     session.execute(
         sa.update(rdp_t)
         .where(rdp_t.c.id == sa.bindparam("b_id"))

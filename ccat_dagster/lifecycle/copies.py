@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.storage.base import Storage
 from ccat_ops_db.audit import audit
-from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus, utcnow
+from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus, table_of, utcnow
+from ccat_ops_db.results import required, rowcount
 
 
 def find_copy(
@@ -51,7 +52,10 @@ def upsert_copy(
     old = None
     if copy is None:
         created = _insert_if_absent(session, copy_cls, fk, object_id, location.id)
-        copy = find_copy(session, copy_cls, fk, object_id, location.id)
+        copy = required(
+            find_copy(session, copy_cls, fk, object_id, location.id),
+            f"the {copy_cls.__name__} just recorded at location {location.id}",
+        )
         old = None if created else copy.status
     else:
         old = copy.status
@@ -90,7 +94,7 @@ def _insert_if_absent(
     dialect = session.get_bind().dialect.name
     dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     result = session.execute(
-        dialect_insert(PhysicalCopy.__table__)
+        dialect_insert(table_of(PhysicalCopy))
         .values(
             type=copy_cls.__mapper__.polymorphic_identity,
             data_location_id=location_id,
@@ -98,7 +102,7 @@ def _insert_if_absent(
         )
         .on_conflict_do_nothing()
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def discard_bad_copy(

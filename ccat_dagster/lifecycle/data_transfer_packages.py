@@ -38,6 +38,7 @@ from ccat_ops_db.models import (
     as_utc,
     utcnow,
 )
+from ccat_ops_db.results import required, rowcount
 
 StorageFor = Callable[[DataLocation], Storage]
 
@@ -130,16 +131,18 @@ def _create_bundle(
     session.add(dtp)
     session.flush()
     ids = [p.id for p in bundle]
-    bundled = session.execute(
-        update(RawDataPackage)
-        .where(
-            RawDataPackage.id.in_(ids),
-            RawDataPackage.data_transfer_package_id.is_(None),
-            RawDataPackage.state == PackageState.WAITING,
+    bundled = rowcount(
+        session.execute(
+            update(RawDataPackage)
+            .where(
+                RawDataPackage.id.in_(ids),
+                RawDataPackage.data_transfer_package_id.is_(None),
+                RawDataPackage.state == PackageState.WAITING,
+            )
+            .values(data_transfer_package_id=dtp.id, state=PackageState.TRANSFERRING)
+            .execution_options(synchronize_session=False)
         )
-        .values(data_transfer_package_id=dtp.id, state=PackageState.TRANSFERRING)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     if bundled != len(ids):
         # A twin bundled some of them first: undo this bundle, its packages stay where they were.
         session.execute(
@@ -251,8 +254,8 @@ def build_data_transfer_package(
     members = [
         PackageMember(
             arcname=f"{p.name}.tar",
-            size=p.size,
-            checksum=p.checksum,
+            size=required(p.size, f"size of package {p.name}"),
+            checksum=required(p.checksum, f"checksum of package {p.name}"),
             open=partial(storage.open_read, p.relative_path),
         )
         for p in packages

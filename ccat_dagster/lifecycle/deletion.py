@@ -1,4 +1,4 @@
-"""The deletion matrix of the seeds (data_lifecycle.rst, deletion_manager_api.txt) as set-based SQL.
+"""The deletion matrix (docs/lifecycle.md, row by row) as set-based SQL.
 
 Each row of the matrix is one named query function whose docstring is that row; it returns
 lightweight :class:`DeletableCopy` rows (never ORM objects) of the copies that may be deleted
@@ -44,6 +44,7 @@ from ccat_ops_db.models import (
     StagingJob,
     Status,
     staging_job_raw_data_package,
+    table_of,
     utcnow,
 )
 
@@ -71,13 +72,13 @@ DEFAULT_STALE_CLAIM_AFTER = timedelta(minutes=60)
 
 _IN_CHUNK = 5000  # ids per IN (...) list: SQLite's bound-parameter limit is 32766
 
-pc_t = PhysicalCopy.__table__
-dl_t = DataLocation.__table__
-rdp_t = RawDataPackage.__table__
-dtp_t = DataTransferPackage.__table__
-rdf_t = RawDataFile.__table__
-dt_t = DataTransfer.__table__
-sj_t = StagingJob.__table__
+pc_t = table_of(PhysicalCopy)
+dl_t = table_of(DataLocation)
+rdp_t = table_of(RawDataPackage)
+dtp_t = table_of(DataTransferPackage)
+rdf_t = table_of(RawDataFile)
+dt_t = table_of(DataTransfer)
+sj_t = table_of(StagingJob)
 sjp_t = staging_job_raw_data_package
 
 S = PhysicalCopyStatus
@@ -211,12 +212,12 @@ def _active_sites_with(location_type: LocationType) -> sa.Select:
 
 
 def source_site_ids() -> sa.Select:
-    """Sites with an active SOURCE location (seeds: ``is_source_site``)."""
+    """Sites with an active SOURCE location."""
     return _active_sites_with(LocationType.SOURCE)
 
 
 def lta_site_ids() -> sa.Select:
-    """Sites with an active LONG_TERM_ARCHIVE location (seeds: ``is_lta_site``)."""
+    """Sites with an active LONG_TERM_ARCHIVE location."""
     return _active_sites_with(_LTA)
 
 
@@ -285,7 +286,7 @@ def _completed_transfer(dtp_id: Any, *conditions: Any) -> sa.Exists:
 
 def _live_staging_job(package_id: Any, location_id: Any) -> sa.Exists:
     """EXISTS an active StagingJob to ``location_id`` for ``package_id``. Staged files stay
-    while any job using them is active, whatever its retention (seeds: PROCESSING files go once
+    while any job using them is active, whatever its retention (PROCESSING files go once
     every StagingJob using them has ``active=False``); a job's retention is only the date its
     requester expects to be done by (:func:`ccat_dagster.lifecycle.staging.retention_ends_at`)."""
     return (
@@ -608,7 +609,7 @@ _RULES: dict[str, Callable[[RuleContext], _Rule]] = {
     RULE_RDF_STAGED: lambda ctx: _rule_rdf_processing(ctx, staged=True),
     RULE_RDF_DELETION_POSSIBLE: _rule_rdf_deletion_possible,
 }
-#: The order of one cleanup cycle (seeds: delete_data_packages).
+#: The order of one cleanup cycle (docs/lifecycle.md: the deletion matrix).
 RULE_ORDER: tuple[str, ...] = tuple(_RULES)
 #: Rules whose condition a concurrent user action can make false again (see still_allowed).
 RECHECKED_AFTER_CLAIM = frozenset({RULE_RDF_PROCESSING, RULE_RDF_STAGED})

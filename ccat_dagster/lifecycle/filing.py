@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from ccat_ops_db.models import (
     PhysicalCopy,
     PhysicalCopyStatus,
     RawDataFile,
+    table_of,
     utcnow,
 )
 
@@ -298,7 +299,7 @@ def _get_or_create_id(session: Session, model: type, name: str) -> int:
     session.execute(
         dialect_insert(model).values(name=name).on_conflict_do_nothing(index_elements=["name"])
     )
-    return session.scalar(select(model.id).where(model.name == name))
+    return session.scalars(select(model.id).where(model.name == name)).one()
 
 
 def register_raw_data_files(
@@ -310,13 +311,15 @@ def register_raw_data_files(
     *,
     algorithm: str = DEFAULT_ALGORITHM,
     run_id: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> FilingResult:
     """Register files (or every regular file under directories) at a SOURCE disk location.
 
     ``location``: a DataLocation or a name for :func:`resolve_location`. Relative ``paths`` are
     relative to the location root. Raises FilingError (nothing written) for any bad path,
     changed content or a location that is not an active local SOURCE on disk. Runs in the
-    caller's transaction and flushes; the caller commits.
+    caller's transaction and flushes; the caller commits. ``progress(stage, done, total)`` is
+    called as files are checked (e.g. a progress bar of ``ccat files register``).
     """
     source = _check_location(session, location)
     name = source.qualified_name
@@ -329,9 +332,13 @@ def register_raw_data_files(
 
     candidates = [collector.files[k] for k in sorted(collector.files)]
     new: list[tuple[_Candidate, str]] = []
+    done = 0
     for chunk in _chunks(candidates):
         registered = _existing_rows(session, source.id, [c.relative_path for c in chunk])
         for candidate in chunk:
+            done += 1
+            if progress is not None:
+                progress("checking and checksumming files", done, len(candidates))
             if candidate.relative_path in registered:
                 problem = _compare_with_registered(
                     candidate, registered[candidate.relative_path], obs_unit, instrument_module
@@ -372,9 +379,10 @@ def _insert_new_files(
 ) -> None:
     obs_unit_id = _get_or_create_id(session, ExecutedObsUnit, obs_unit)
     module_id = _get_or_create_id(session, InstrumentModule, instrument_module)
-    files, copies = RawDataFile.__table__, PhysicalCopy.__table__
-    where = source.qualified_name
-    reason = f"raw data file registered at {where} ({obs_unit}, {instrument_module})"
+    files, copies = table_of(RawDataFile), table_of(PhysicalCopy)
+    reason = (
+        f"raw data file registered at {source.qualified_name} ({obs_unit}, {instrument_module})"
+    )
     now = utcnow()
     for chunk in _chunks(new):
         file_ids = dict(

@@ -40,6 +40,7 @@ from ccat_ops_db.models import (
     LocationType,
     PhysicalCopyStatus,
     RawDataPackage,
+    table_of,
 )
 
 S = PhysicalCopyStatus
@@ -47,7 +48,7 @@ RULE_LTA_VERIFICATION_FAILED = "lta_verification_failed"
 #: rules whose copies are the origin of the data: their archive copies are checked every time
 ALWAYS_VERIFIED = frozenset({RULE_RDP_SOURCE_BUFFER, RULE_RDF_DELETION_POSSIBLE})
 
-rdp_t = RawDataPackage.__table__
+rdp_t = table_of(RawDataPackage)
 
 
 @dataclass

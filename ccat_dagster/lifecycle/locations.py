@@ -1,7 +1,7 @@
 """Finding sites and data locations: primary buffers with failover, SOURCE and LTA sites, names.
 
 A location is usable when it and its site are active. Among several active BUFFERs of a site the
-one with the lowest priority number is the primary (seeds: Priority and Failover); deactivating
+one with the lowest priority number is the primary (docs/lifecycle.md: routes); deactivating
 it makes the next one primary without any other change.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ccat_dagster.lifecycle.names import site_pools
+from ccat_dagster.lifecycle.names import Placed, site_pools
 from ccat_dagster.lifecycle.operations import operations_for_type
 from ccat_ops_db.models import (
     DataLocation,
@@ -175,7 +176,9 @@ def describe_locations(session: Session) -> list[LocationInfo]:
     rows = []
     for site in sites:
         # the pools the site's Dagster ops use (its code location loads its active locations)
-        pools = site_pools([loc for loc in site.locations if loc.active])
+        # a DataLocation is Placed; pyright does not see Mapped[...] columns as plain attributes
+        active = cast("list[Placed]", [loc for loc in site.locations if loc.active])
+        pools = site_pools(active)
         for loc in sorted(site.locations, key=_pipeline_order):
             ops = [op for op in operations_for_type(loc.location_type) if (loc.name, op) in pools]
             rows.append(

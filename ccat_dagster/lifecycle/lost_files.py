@@ -42,6 +42,7 @@ from ccat_ops_db.models import (
     qualified_location_name,
     utcnow,
 )
+from ccat_ops_db.results import count
 
 MAX_LISTED_PROBLEMS = 20
 #: copy statuses that no longer hold the bytes: a copy in any other status still does
@@ -231,7 +232,12 @@ def declare_files_lost(
         raise LostFileError(name, problems)
     if new:
         _mark_lost(session, source, new, reason, declared_by, run_id)
-        _settle_packages(session, {r.raw_data_package_id for r in new} - {None}, result, run_id)
+        _settle_packages(
+            session,
+            {r.raw_data_package_id for r in new if r.raw_data_package_id is not None},
+            result,
+            run_id,
+        )
     result.declared = [r.relative_path for r in new]
     session.flush()
     return result
@@ -249,11 +255,15 @@ def _mark_lost(
     who = declared_by or "an operator"
     text = f"declared lost by {who}: {reason}"
     ids = [r.id for r in files]
-    copies = session.execute(
-        select(PhysicalCopy.id, PhysicalCopy.raw_data_file_id, PhysicalCopy.status).where(
-            PhysicalCopy.raw_data_file_id.in_(ids), PhysicalCopy.data_location_id == source.id
+    copies = (
+        session.execute(
+            select(PhysicalCopy.id, PhysicalCopy.raw_data_file_id, PhysicalCopy.status).where(
+                PhysicalCopy.raw_data_file_id.in_(ids), PhysicalCopy.data_location_id == source.id
+            )
         )
-    ).all()
+        .tuples()
+        .all()
+    )
     session.execute(
         update(PhysicalCopy)
         .where(PhysicalCopy.id.in_([c for c, _, _ in copies]))
@@ -280,6 +290,7 @@ def _mark_lost(
             "evidence": {**evidence, "relative_path": by_id[file_id].relative_path},
         }
         for copy_id, file_id, status in copies
+        if file_id is not None  # the query asked for these files' copies
     ]
     rows += [
         {
@@ -307,10 +318,11 @@ def _settle_packages(
     for package in session.scalars(
         select(RawDataPackage).where(RawDataPackage.id.in_(package_ids)).order_by(RawDataPackage.id)
     ):
-        left = session.scalar(
+        left = count(
+            session,
             select(func.count(RawDataFile.id)).where(
                 RawDataFile.raw_data_package_id == package.id, RawDataFile.lost_at.is_(None)
-            )
+            ),
         )
         if left == 0:
             close_package_without_files(session, package, run_id=run_id)

@@ -1,10 +1,11 @@
 """The operations of the data lifecycle and the location types where each may run.
 
-The operation-location matrix ``QUEUE_OPERATIONS_BY_LOCATION_TYPE`` says which operations are
-valid at which type of location; an operation valid at a location may have a Dagster concurrency
-pool there, named ``{site}_{location}_{operation}`` (``lifecycle.names``, which also says which
-ones the ops use). LONG_TERM_ARCHIVE locations have no DELETION on purpose: nothing is ever
-deleted from a long-term archive.
+The operation-location matrix ``QUEUE_OPERATIONS_BY_LOCATION_TYPE`` is the table of
+docs/lifecycle.md (operations per location type): which operations are valid at which type of
+location. An operation valid at a location may have a Dagster concurrency pool there, named
+``{site}_{location}_{operation}`` (``lifecycle.names``, which also says which ones the ops use).
+LONG_TERM_ARCHIVE locations have no DELETION on purpose: nothing is ever deleted from a
+long-term archive.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stage 1: filed RawDataFiles at a SOURCE become RawDataPackages in the site's primary BUFFER.
 
-Seeds: raw_data_package_manager (get_unpackaged_raw_data_files,
-group_files_by_execution_and_module, get_primary_buffer_for_site, create_raw_data_package_task).
+Steps: find the unpackaged files, group them by ExecutedObsUnit x InstrumentModule, pick the
+site's primary buffer, write the tar (docs/lifecycle.md: the path of the data).
 Records are created set-based (one INSERT per package, one UPDATE per package claiming its files);
 the tar is then written in one read pass by :mod:`ccat_dagster.packaging`.
 """
@@ -42,6 +42,7 @@ from ccat_ops_db.models import (
     Status,
     utcnow,
 )
+from ccat_ops_db.results import count, rowcount
 
 StorageFor = Callable[[DataLocation], Storage]
 
@@ -67,7 +68,7 @@ def raw_data_package_key(name: str) -> str:
 
 
 def unpackaged_raw_data_files(source_location: DataLocation):
-    """Seeds: get_unpackaged_raw_data_files: filed, PRESENT at the SOURCE, in no package."""
+    """Files filed and PRESENT at the SOURCE that are in no package yet."""
     present = exists().where(
         RawDataFilePhysicalCopy.raw_data_file_id == RawDataFile.id,
         RawDataFilePhysicalCopy.data_location_id == source_location.id,
@@ -81,8 +82,9 @@ def unpackaged_raw_data_files(source_location: DataLocation):
 
 
 def count_unpackaged_files(session: Session, source_location: DataLocation) -> int:
-    return session.scalar(
-        select(func.count(RawDataFile.id)).where(unpackaged_raw_data_files(source_location))
+    return count(
+        session,
+        select(func.count(RawDataFile.id)).where(unpackaged_raw_data_files(source_location)),
     )
 
 
@@ -142,16 +144,18 @@ def _create_packages(
         session.flush()
         # Only files still in no package: on PostgreSQL a twin's claim of the same rows waits
         # for this one and then matches none of them.
-        claimed = session.execute(
-            update(RawDataFile)
-            .where(
-                unpackaged_raw_data_files(source_location),
-                RawDataFile.executed_obs_unit_id == obs_unit_id,
-                RawDataFile.instrument_module_id == module_id,
+        claimed = rowcount(
+            session.execute(
+                update(RawDataFile)
+                .where(
+                    unpackaged_raw_data_files(source_location),
+                    RawDataFile.executed_obs_unit_id == obs_unit_id,
+                    RawDataFile.instrument_module_id == module_id,
+                )
+                .values(raw_data_package_id=package.id)
+                .execution_options(synchronize_session=False)
             )
-            .values(raw_data_package_id=package.id)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
         if claimed == 0:
             # A twin packaged them first: this package is not created (never an empty one).
             session.delete(package)
@@ -256,7 +260,7 @@ def build_raw_data_package(
     storage_for: StorageFor,
     run_id: str | None = None,
 ) -> StageOutcome:
-    """Seeds: create_raw_data_package_task: write the tar to the site's primary BUFFER.
+    """Write the package's tar to the site's primary BUFFER.
 
     Each file is read once; its checksum is compared with the one recorded at filing while the
     tar is written. A mismatch (the file changed or rotted at the SOURCE) is retried up to

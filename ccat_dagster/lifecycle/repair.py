@@ -36,15 +36,17 @@ from ccat_ops_db.models import (
     RawDataPackage,
     RawDataPackagePhysicalCopy,
     Status,
+    table_of,
 )
+from ccat_ops_db.results import rowcount
 
 S = PhysicalCopyStatus
 RULE_LTA_COPY_UNUSABLE = "lta_presence_failed"
 REASON_REPACKAGE = "re-packaging from the SOURCE files: no good copy of the package tar is left"
 
-pc_t = PhysicalCopy.__table__
-dl_t = DataLocation.__table__
-rdf_t = RawDataFile.__table__
+pc_t = table_of(PhysicalCopy)
+dl_t = table_of(DataLocation)
+rdf_t = table_of(RawDataFile)
 
 
 def unusable_status(evidence: LtaEvidence) -> PhysicalCopyStatus:
@@ -177,7 +179,7 @@ def packages_to_repackage(session: Session, source_location_ids: Sequence[int]) 
     tar left anywhere, and every raw file still on disk at the SOURCE (one SELECT)."""
     if not source_location_ids:
         return []
-    rdp = RawDataPackage.__table__.alias("rdp")
+    rdp = table_of(RawDataPackage).alias("rdp")
     return list(
         session.scalars(
             sa.select(rdp.c.id)
@@ -209,14 +211,16 @@ def mark_for_repackaging(
 ) -> int:
     """Send these packages back to the packaging stage (COMPLETED -> PENDING, audited, retries
     reset); conditional, so two planners cannot both do it. The caller commits."""
-    rdp = RawDataPackage.__table__
+    rdp = table_of(RawDataPackage)
     marked = 0
     for package_id in package_ids:
-        done = session.execute(
-            sa.update(rdp)
-            .where(rdp.c.id == package_id, rdp.c.status == Status.COMPLETED)
-            .values(status=Status.PENDING, retry_count=0, failure_reason=REASON_REPACKAGE)
-        ).rowcount
+        done = rowcount(
+            session.execute(
+                sa.update(rdp)
+                .where(rdp.c.id == package_id, rdp.c.status == Status.COMPLETED)
+                .values(status=Status.PENDING, retry_count=0, failure_reason=REASON_REPACKAGE)
+            )
+        )
         if done:
             marked += 1
             audit(

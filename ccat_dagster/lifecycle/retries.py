@@ -1,5 +1,5 @@
-"""Retry bookkeeping kept from the seeds: get_retry_count, reset_state_on_failure,
-mark_permanent_failure.
+"""Retry bookkeeping: get_retry_count, reset_state_on_failure, mark_permanent_failure
+(docs/lifecycle.md: operation status).
 
 Transient storage faults are retried by Dagster's RetryPolicy inside a run and never count here.
 What counts is a failure that a fresh attempt from the source may cure (a checksum mismatch,

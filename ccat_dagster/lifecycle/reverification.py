@@ -53,7 +53,7 @@ def copies_due_for_reverification(
         .order_by(copy.verified_at.is_not(None), copy.verified_at, copy.id)
         .limit(limit)
     ).all()
-    return [(package_id, location_id) for package_id, location_id in rows]
+    return [(int(package_id), location_id) for package_id, location_id in rows if package_id]
 
 
 def reverify_lta_copy(
@@ -71,7 +71,7 @@ def reverify_lta_copy(
     except LocationUnavailableError:
         raise
     except StorageError as exc:
-        evidence = LtaEvidence.cannot_verify(lta.qualified_name, package.relative_path, exc)
+        evidence = LtaEvidence.cannot_verify(package, lta, exc)
     record_lta_check(session, package, lta, evidence, run_id=run_id)
     session.commit()
     return evidence

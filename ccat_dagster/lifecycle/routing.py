@@ -1,8 +1,8 @@
 """Stage 3 decisions: which site each DataTransferPackage goes to.
 
 Primary routes (SOURCE site -> LTA sites) are chosen round-robin per source site, with the
-position kept durably in ``round_robin_state`` (the seeds kept it in Redis) and advanced by one
-atomic UPDATE so two callers never get the same slot. Every planner here runs under a planner
+position kept in ``round_robin_state`` (durable across restarts) and advanced by one atomic
+UPDATE so two callers never get the same slot. Every planner here runs under a planner
 lock (:mod:`ccat_dagster.lifecycle.locks`): a bundle is routed once even when the bundle sensor
 and a bundle run plan at the same time. Secondary routes (LTA site -> every other
 LTA site) make sure each package reaches every archive. Active DataTransferRoute rows override
@@ -61,13 +61,13 @@ def next_lta_site(session: Session, source_site: Site) -> Site:
         .values(key=key, last_index=-1, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["key"])
     )
-    index = session.scalar(
+    index = session.scalars(
         update(RoundRobinState)
         .where(RoundRobinState.key == key)
         .values(last_index=(RoundRobinState.last_index + 1) % len(sites), updated_at=utcnow())
         .returning(RoundRobinState.last_index)
         .execution_options(synchronize_session=False)
-    )
+    ).one()
     return sites[index]
 
 

@@ -1,6 +1,6 @@
 """Staging for processing: scientists' StagingJobs bring archived RawDataPackages to a PROCESSING
-location, unpacked, and say when they are done with them (seeds: Staging and STAGED Status,
-Processing Location Cleanup, Recovery from LTA). A job names a PROCESSING location and packages
+location, unpacked, and say when they are done with them (docs/lifecycle.md: staging job,
+retention, the deletion matrix). A job names a PROCESSING location and packages
 (directly or by ExecutedObsUnit); it is accepted only when every package has a PRESENT, verified
 copy in a LONG_TERM_ARCHIVE, and nothing is written otherwise. Staging one package at one location
 streams its tar from the nearest such archive (same site first, then any) straight into
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -64,8 +64,10 @@ from ccat_ops_db.models import (
     as_utc,
     qualified_location_name,
     staging_job_raw_data_package,
+    table_of,
     utcnow,
 )
+from ccat_ops_db.results import count
 
 StorageFor = Callable[[DataLocation], Storage]
 S = PhysicalCopyStatus
@@ -218,7 +220,7 @@ def retention_minutes(
     session: Session, location: DataLocation, retention_days: float | None
 ) -> int:
     """Retention of a new job: the requested days, else the location's override, else the
-    policy's ``retention_period_minutes`` (seeds: default retention for processing data)."""
+    policy's ``retention_period_minutes`` (docs/lifecycle.md: retention)."""
     if retention_days is None:
         return location.retention_period_minutes or get_policy(session).retention_period_minutes
     if retention_days <= 0:
@@ -332,10 +334,10 @@ def list_staging_jobs(
 
 
 def retention_ends_at(job: StagingJob) -> datetime | None:
-    """When the job's retention ends (counted from when staging finished, else from its
-    creation), None = no retention. Information only: the files stay while the job is active,
-    whatever this says (seeds: only ``active=False`` on every job releases them); ``ccat staging
-    list`` flags active jobs past it so someone asks the requester to complete them."""
+    """When the job's retention ends (counted from when staging finished, else from its creation),
+    None = no retention. Information only: the files stay while the job is active, whatever this
+    says (only ``active=False`` on every job releases them: docs/lifecycle.md, retention); ``ccat
+    staging list`` flags active jobs past it so someone asks the requester to complete them."""
     if job.retention_period_minutes is None:
         return None
     start = as_utc(job.completed_at or job.created_at)
@@ -348,10 +350,10 @@ def retention_ends_at(job: StagingJob) -> datetime | None:
 def _claimed_at_location() -> sa.ColumnElement[bool]:
     """A copy of the package (its tar or one of its files) at the job's location that a cleanup
     run has claimed: staging waits until that deletion has finished."""
-    sj, sjp = StagingJob.__table__, staging_job_raw_data_package
-    package_copy = RawDataPackagePhysicalCopy.__table__.alias("claimed_package_copy")
-    file_copy = RawDataFilePhysicalCopy.__table__.alias("claimed_file_copy")
-    rdf = RawDataFile.__table__.alias("claimed_file")
+    sj, sjp = table_of(StagingJob), staging_job_raw_data_package
+    package_copy = table_of(RawDataPackagePhysicalCopy).alias("claimed_package_copy")
+    file_copy = table_of(RawDataFilePhysicalCopy).alias("claimed_file_copy")
+    rdf = table_of(RawDataFile).alias("claimed_file")
     claimed_package = (
         sa.exists()
         .where(
@@ -378,9 +380,9 @@ def staging_candidates(session: Session, site: Site) -> list[tuple[int, int]]:
     """(package id, PROCESSING location id) that an open, active job at one of ``site``'s
     PROCESSING locations wants, oldest job first; every one is checked (and restored if
     needed) by :func:`stage_raw_data_package`, even if the catalogue says it is staged."""
-    sj = StagingJob.__table__
+    sj = table_of(StagingJob)
     sjp = staging_job_raw_data_package
-    dl = DataLocation.__table__
+    dl = table_of(DataLocation)
     rows = session.execute(
         sa.select(sjp.c.raw_data_package_id, sj.c.destination_location_id, sa.func.min(sj.c.id))
         .select_from(sj.join(sjp, sjp.c.staging_job_id == sj.c.id))
@@ -424,7 +426,8 @@ def open_jobs_for(session: Session, package: RawDataPackage, location: DataLocat
 def has_active_job(session: Session, package: RawDataPackage, location: DataLocation) -> bool:
     """Is there an active job (any status) to ``location`` that includes ``package``?"""
     return (
-        session.scalar(
+        count(
+            session,
             sa.select(sa.func.count())
             .select_from(StagingJob)
             .join(
@@ -435,7 +438,7 @@ def has_active_job(session: Session, package: RawDataPackage, location: DataLoca
                 staging_job_raw_data_package.c.raw_data_package_id == package.id,
                 StagingJob.destination_location_id == location.id,
                 StagingJob.active.is_(True),
-            )
+            ),
         )
         > 0
     )
@@ -482,16 +485,18 @@ def staged_state(
             RawDataPackagePhysicalCopy.data_location_id == location.id,
         )
     )
-    file_copies = dict(
-        session.execute(
+    file_copies = {
+        file_id: status
+        for file_id, status in session.execute(
             sa.select(RawDataFilePhysicalCopy.raw_data_file_id, RawDataFilePhysicalCopy.status)
             .join(RawDataFile, RawDataFile.id == RawDataFilePhysicalCopy.raw_data_file_id)
             .where(
                 RawDataFile.raw_data_package_id == package.id,
                 RawDataFilePhysicalCopy.data_location_id == location.id,
             )
-        ).all()
-    )
+        ).tuples()
+        if file_id is not None  # joined on it
+    }
     missing = []
     for f in files:
         st = storage.stat(f.relative_path)
@@ -577,7 +582,7 @@ def _unpack_from(
             with storage_for(lta).open_read(package.relative_path) as stream:
                 reader = _CountingReader(stream)
                 unpack_package(
-                    reader,
+                    cast(BinaryIO, reader),  # read() is all unpack_package uses
                     root,
                     expected=expected,
                     kind=RAW_DATA_PACKAGE,
@@ -610,14 +615,15 @@ def staging_retry_count(session: Session, job: StagingJob) -> int:
     """Failed attempts of ``job`` so far (kept in the audit log: StagingJob has no counter)."""
     from ccat_ops_db.models import AuditLog
 
-    return session.scalar(
+    return count(
+        session,
         sa.select(sa.func.count())
         .select_from(AuditLog)
         .where(
             AuditLog.entity_type == ENTITY,
             AuditLog.entity_id == job.id,
             AuditLog.reason.like(f"{_RETRY_PREFIX}%"),
-        )
+        ),
     )
 
 

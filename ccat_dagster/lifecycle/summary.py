@@ -1,4 +1,5 @@
-"""A per-stage summary of the pipeline from the ops DB: what the demo and ``ccat status`` print."""
+"""A per-stage summary of the pipeline from the ops DB: what the demo and ``ccat status`` print
+(rendered by :mod:`ccat_dagster.cli._summary`)."""
 
 from __future__ import annotations
 
@@ -40,63 +41,14 @@ class PipelineSummary:
     # (package, obs unit x module, files lost, files in all, what became of it + reasons)
     lost_files: list[tuple[str, str, int, int, str]] = field(default_factory=list)
 
-    def render(self) -> str:
-        lines = [
-            f"raw data files filed: {self.files[0]} ({_bytes(self.files[1])})",
-            "raw data packages by state: " + _kv(self.packages_by_state),
-            "raw data packages by packaging status: " + _kv(self.packages_by_status),
-            "data transfer packages by status: " + _kv(self.bundles_by_status),
-            "data transfers (route, destination, status, unpack):",
-        ]
-        lines += [
-            f"  {r:<10} {d:<28} {s:<10} unpack {u:<10} x{n}" for r, d, s, u, n in self.transfers
-        ]
-        lines.append("long-term archive transfers: " + _kv(self.archive_transfers))
-        lines.append("physical copies (location, kind, status: count, bytes):")
-        for (loc, kind, status), (n, size) in sorted(self.copies.items()):
-            lines.append(f"  {loc:<34} {kind:<22} {status:<20} {n:>6}  {_bytes(size)}")
-        if self.unusable_lta_copies:
-            lines.append(
-                f"ARCHIVE COPIES FAILED A LIVE CHECK: {len(self.unusable_lta_copies)} (kept out "
-                "of every decision; re-archived from a good copy by the archive stage, repair "
-                "pending):"
-            )
-            lines += [
-                f"  {package} at {loc}: {status} - {reason or 'no detail'}"
-                for package, loc, status, reason in self.unusable_lta_copies[:50]
-            ]
-            if len(self.unusable_lta_copies) > 50:
-                lines.append(f"  ... and {len(self.unusable_lta_copies) - 50} more")
-        lines.append(f"locations unavailable: {len(self.unavailable) or 'none'}")
-        lines += [f"  {u.location:<24} {u.describe()}" for u in self.unavailable]
-        if self.lost_files:
-            lines.append("packages with raw data files declared lost (`ccat files declare-lost`):")
-            lines += [
-                f"  {package} ({unit_module}): {lost} of {total} files lost, {detail}"
-                for package, unit_module, lost, total, detail in self.lost_files
-            ]
-        return "\n".join(lines)
-
-
-def _kv(d: dict[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
-
-
-def _bytes(n: int | None) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
 
 def pipeline_summary(session: Session) -> PipelineSummary:
     """Counts per stage, set-based (a handful of GROUP BY queries)."""
     s = PipelineSummary(unavailable=unavailable_locations(session))
-    s.files = tuple(
-        session.execute(select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))).one()
-    )
+    files, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(RawDataFile.size), 0))
+    ).one()
+    s.files = (int(files), int(size or 0))
     s.packages_by_state = {
         k.value: n
         for k, n in session.execute(
@@ -163,7 +115,7 @@ def pipeline_summary(session: Session) -> PipelineSummary:
                 CopyType(kind).value if not isinstance(kind, CopyType) else kind.value,
                 status.value,
             )
-        ] = (n, size)
+        ] = (int(n), int(size or 0))
     return s
 
 

@@ -35,6 +35,7 @@ from ccat_ops_db.models import (
     Site,
     Status,
 )
+from ccat_ops_db.results import required
 
 StorageFor = Callable[[DataLocation], Storage]
 
@@ -177,7 +178,9 @@ def unpack_data_transfer(
     packages = list(dtp.raw_data_packages)
     expected = {
         f"{p.name}.tar": ExpectedMember(
-            size=p.size, checksum=p.checksum, algorithm=p.checksum_algorithm or "sha256"
+            size=required(p.size, f"size of package {p.name}"),
+            checksum=required(p.checksum, f"checksum of package {p.name}"),
+            algorithm=p.checksum_algorithm or "sha256",
         )
         for p in packages
     }

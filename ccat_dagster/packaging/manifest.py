@@ -136,8 +136,11 @@ def _check_checksum(checksum: object, algorithm: object, *, package: str | None,
         digest_size = new_hasher(algorithm).digest_size
     except ValueError as exc:
         raise PackageVerificationError(str(exc), package=package, member=member) from None
-    valid_hex = isinstance(checksum, str) and all(c in "0123456789abcdef" for c in checksum)
-    if not valid_hex or len(checksum) != 2 * digest_size:
+    if (
+        not isinstance(checksum, str)
+        or not all(c in "0123456789abcdef" for c in checksum)
+        or len(checksum) != 2 * digest_size
+    ):
         raise PackageVerificationError(
             f"invalid {algorithm} checksum {checksum!r} (expected {2 * digest_size} lowercase "
             "hex digits)",

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ccat_dagster.packaging.errors import (
     InvalidPackageMemberError,
@@ -111,9 +111,10 @@ def write_package(
     )
 
 
-def _lower(checksum: object) -> object:
-    # Anything but a str (e.g. None from an unfiled row) is reported by check_entries.
-    return checksum.lower() if isinstance(checksum, str) else checksum
+def _lower(checksum: object) -> str:
+    # Anything but a str (e.g. None from an unfiled row) is passed on as it is, for
+    # check_entries to report.
+    return checksum.lower() if isinstance(checksum, str) else cast(str, checksum)
 
 
 def _header(arcname: str, size: int, mtime: int) -> bytes:
@@ -184,7 +185,7 @@ class _TarOutput:
             if self._error is None and not self._abort:
                 try:
                     self._writer.write(item)  # type: ignore[arg-type]
-                except BaseException as exc:  # re-raised in the caller's thread
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                     self._error = exc
 
     @property

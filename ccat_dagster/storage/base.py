@@ -174,7 +174,7 @@ class Storage(abc.ABC):
         """Every temporary at the location (writes in progress and leftovers of dead ones)."""
         return iter(())
 
-    def remove_temporary(self, temporary: TemporaryObject) -> bool:  # noqa: ARG002
+    def remove_temporary(self, temporary: TemporaryObject) -> bool:
         """Remove a temporary ``list_temporaries`` returned; False if it was already gone. Only
         for temporaries no live process writes any more: the caller decides that."""
         return False

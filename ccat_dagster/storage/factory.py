@@ -55,13 +55,13 @@ def storage_for_location(
             location=name,
         )
     if isinstance(location, DiskDataLocation):
-        remote = location.host and (local_site is None or local_site != location.site.short_name)
-        if remote:
+        host = location.host
+        if host and (local_site is None or local_site != location.site.short_name):
             from ccat_dagster.storage.ssh import SSHStorage  # paramiko only where SSH is used
 
             return SSHStorage(
                 name,
-                location.host,
+                host,
                 location.port or 22,
                 location.user,
                 location.path,

@@ -98,7 +98,7 @@ def make_s3_client(
     """A boto3 S3 client configured like dagster-aws ``S3Resource(endpoint_url=...,
     region_name=...).get_client()`` (standard retry mode, ``max_attempts``), plus a connection pool
     large enough for parallel part uploads. Credentials: boto3's default chain (environment)."""
-    return boto3.session.Session().client(
+    return boto3.Session().client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,

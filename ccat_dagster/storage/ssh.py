@@ -458,7 +458,7 @@ class SSHStorage(Storage):
         """Size check, fsync (unless ``synced``), rename: the temporary file becomes the object.
         ``sftp`` is a session of the caller's own, or None for the shared one."""
 
-        def call(operation):  # noqa: ANN001, ANN202
+        def call(operation):
             with self._errors(key, "write"):
                 if sftp is not None:
                     return operation(sftp)
@@ -710,7 +710,7 @@ class _CatReader(io.RawIOBase):
             want -= len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - memoryview/bytearray
+    def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -783,7 +783,7 @@ class _ProcessReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - memoryview/bytearray
+    def readinto(self, buffer) -> int:
         if self._done:
             return 0
         fd = self._process.fd
@@ -840,7 +840,7 @@ class _ProcessWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+    def write(self, data) -> int:
         view = memoryview(data).cast("B")
         fd, sent = self._process.fd, 0
         while sent < len(view):
@@ -914,7 +914,7 @@ class _SFTPWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+    def write(self, data) -> int:
         with self._storage._errors(self._key, "write"):
             self._handle.write(data)
         n = len(data)

@@ -230,27 +230,20 @@ class SSHConnection:
         transport = self.transport()
         with self._lock:
             sftp = self._sftp
+            channel = sftp.get_channel() if sftp is not None else None
             if (
                 sftp is None
-                or sftp.get_channel().get_transport() is not transport
-                or sftp.get_channel().closed
+                or channel is None
+                or channel.get_transport() is not transport
+                or channel.closed
             ):
-                sftp = paramiko.SFTPClient.from_transport(
-                    transport,
-                    window_size=WINDOW_SIZE,
-                    max_packet_size=MAX_PACKET_SIZE,
-                )
-                sftp.get_channel().settimeout(CONNECT_TIMEOUT * 4)
+                sftp = _new_sftp(transport, CONNECT_TIMEOUT * 4)
                 self._sftp = sftp
             return sftp
 
     def open_sftp(self, timeout: float) -> paramiko.SFTPClient:
         """A new SFTP session of its own (for one upload); the caller closes it."""
-        sftp = paramiko.SFTPClient.from_transport(
-            self.transport(), window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
-        )
-        sftp.get_channel().settimeout(timeout)
-        return sftp
+        return _new_sftp(self.transport(), timeout)
 
     def open_channel(self, timeout: float) -> paramiko.Channel:
         """A fresh session channel (for one exec command)."""
@@ -336,3 +329,14 @@ class ConnectionPool:
 POOL = ConnectionPool()
 # OpenSSH masters outlive this process by ControlPersist seconds unless told to exit.
 atexit.register(POOL.close_all)
+
+
+def _new_sftp(transport: paramiko.Transport, timeout: float) -> paramiko.SFTPClient:
+    sftp = paramiko.SFTPClient.from_transport(
+        transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
+    )
+    channel = sftp.get_channel() if sftp is not None else None
+    if sftp is None or channel is None:
+        raise paramiko.SSHException("the SSH transport refused to open an SFTP session")
+    channel.settimeout(timeout)
+    return sftp

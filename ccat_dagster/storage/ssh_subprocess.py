@@ -285,7 +285,8 @@ class OpenSSHClient:
                 return control
             self._stop_master_locked()
             control = self._control_path()
-            command = self.base_args() + [
+            command = [
+                *self.base_args(),
                 "-o",
                 "ControlMaster=yes",
                 "-o",
@@ -337,7 +338,7 @@ class OpenSSHClient:
 
     def _check_master(self, control: str) -> int | None:
         result = subprocess.run(
-            self.base_args() + ["-o", f"ControlPath={control}", "-O", "check", self.host],
+            [*self.base_args(), "-o", f"ControlPath={control}", "-O", "check", self.host],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=CONNECT_TIMEOUT,
@@ -358,7 +359,7 @@ class OpenSSHClient:
         if self._control_socket() is not None:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 subprocess.run(
-                    self.base_args() + ["-o", f"ControlPath={control}", "-O", "exit", self.host],
+                    [*self.base_args(), "-o", f"ControlPath={control}", "-O", "exit", self.host],
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     timeout=10,
@@ -392,7 +393,8 @@ class OpenSSHClient:
         """Run ``remote_command`` (already shell-quoted) with a pipe to its stdout (``write``
         False) or its stdin (``write`` True); the other standard stream is /dev/null."""
         control = self.ensure_master()
-        command = self.base_args() + [
+        command = [
+            *self.base_args(),
             "-o",
             "ControlMaster=no",
             "-o",

@@ -126,7 +126,7 @@ class _StepRun:
             self.mark(kind, f"at {now:.1f}s")
         return True
 
-    def _flip(self, kind: str, flip) -> bool:  # noqa: ANN001
+    def _flip(self, kind: str, flip) -> bool:
         done = flip(self.world, self.rng)
         if done is None:
             return False

@@ -61,7 +61,7 @@ def _write_rc(path: str, status: int) -> None:
 
 
 def serve() -> None:
-    import ccat_dagster.cli  # noqa: F401 - the expensive import, done once
+    import ccat_dagster.cli
     import ccat_dagster.runner  # noqa: F401
 
     if threading.active_count() != 1:

@@ -41,7 +41,8 @@ def corrupt_lta_copy(ops_db_url, tmp_path):
     write_instance_config(home)
     with DagsterInstance.from_config(str(home)) as instance:
         report = drive(ops_db_url, instance, include_schedules=False)
-        assert not report.failed_runs and report.idle
+        assert not report.failed_runs
+        assert report.idle
     with session_scope(ops_db_url) as session:
         package = session.scalars(select(RawDataPackage).order_by(RawDataPackage.id)).first()
         name, key = package.name, package.relative_path
@@ -55,9 +56,11 @@ def test_failing_cleanup_is_blocked_after_a_few_runs_not_spun(corrupt_lta_copy):
         report = drive(url, instance, max_passes=200)
     # Before: 200 passes and hundreds of failed cleanup runs. A fix of the corrupt copy itself
     # (re-archiving it) may make the cleanup succeed instead; it must never spin.
-    assert report.passes <= 20 and report.runs <= 30
+    assert report.passes <= 20
+    assert report.runs <= 30
     if report.blocked:
-        assert not report.idle and report.stopped is None
+        assert not report.idle
+        assert report.stopped is None
         blocked = [b for b in report.blocked if package in b.reason]
         assert blocked, [b.describe() for b in report.blocked]
         assert all(b.job_name.endswith("_cleanup") for b in blocked)
@@ -75,4 +78,5 @@ def test_cli_exits_2_and_names_what_is_blocked(corrupt_lta_copy, monkeypatch):
         return
     assert result.exit_code == 2, result.output
     assert "NOT idle" in result.output
-    assert package in result.output and "failed 5 times in a row" in result.output
+    assert package in result.output
+    assert "failed 5 times in a row" in result.output

@@ -70,13 +70,15 @@ def test_scheduled_cleanup_removes_telescope_copies_and_never_the_ltas(archived)
     assert not report.failed_runs
     assert report.by_job.get("ccat_cleanup")
     telescope = _copies(url, "ccat", LocationType.BUFFER)
-    assert telescope and all(status == PhysicalCopyStatus.DELETED for _, status in telescope)
+    assert telescope
+    assert all(status == PhysicalCopyStatus.DELETED for _, status in telescope)
     assert not any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
     source_files = _copies(url, "ccat", LocationType.SOURCE)
     assert all(status == PhysicalCopyStatus.DELETED for _, status in source_files)
     for site in ("cologne", "us"):
         lta = _copies(url, site, LocationType.LONG_TERM_ARCHIVE)
-        assert lta and all(status == PhysicalCopyStatus.PRESENT for _, status in lta)
+        assert lta
+        assert all(status == PhysicalCopyStatus.PRESENT for _, status in lta)
         assert any((root / site / "lta" / "raw_data_packages").iterdir())
     with session_scope(url) as session:
         deletions = session.scalars(
@@ -104,7 +106,8 @@ def test_failed_lta_presence_blocks_deletion_and_fails_the_run(archived):
     assert not result.success
     telescope = _copies(url, "ccat", LocationType.BUFFER)
     packages = [s for t, s in telescope if t.value == "raw_data_package"]
-    assert packages and all(s == PhysicalCopyStatus.PRESENT for s in packages)
+    assert packages
+    assert all(s == PhysicalCopyStatus.PRESENT for s in packages)
     assert any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
     evaluations = [
         r.event_log_entry.dagster_event.event_specific_data
@@ -113,11 +116,13 @@ def test_failed_lta_presence_blocks_deletion_and_fails_the_run(archived):
         )
         if r.event_log_entry.run_id == result.run_id
     ]
-    assert evaluations and not any(e.passed for e in evaluations)
+    assert evaluations
+    assert not any(e.passed for e in evaluations)
     with session_scope(url) as session:
         # the catalogue no longer claims the archive copies: LOST, waiting for their repair
         unusable = unusable_lta_copies(session)
-        assert unusable and {status for *_, status, _ in unusable} == {"LOST"}
+        assert unusable
+        assert {status for *_, status, _ in unusable} == {"LOST"}
         assert {loc for _, loc, *_ in unusable} == {"cologne/lta", "us/lta"}
 
 
@@ -125,7 +130,7 @@ def test_manual_cleanup_with_dagster_cli_dry_run_then_one_location(archived, tmp
     """The same run config as the README's `dagster job launch ... --config-json` example,
     executed synchronously (`launch` only enqueues for the daemon; the deployment test covers
     that path)."""
-    url, root, _ = archived
+    url, _root, _ = archived
     config_file = tmp_path / "cleanup.json"
     env = {**__import__("os").environ, "CCAT_OPS_DB_URL": url}
     config = {
@@ -195,7 +200,8 @@ def test_buffer_monitor_escalates_at_emergency_and_pauses_packaging(ops_db_url, 
             result = defs.resolve_sensor_def("ccat_buffer_monitor_sensor")(ctx)
         assert isinstance(result, SensorResult)
         checks = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
-        assert checks and not any(c.passed for c in checks)
+        assert checks
+        assert not any(c.passed for c in checks)
         assert "EMERGENCY" in checks[0].description
         assert (
             instance.event_log_storage.get_concurrency_info(

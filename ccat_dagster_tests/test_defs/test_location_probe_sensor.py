@@ -73,10 +73,12 @@ def test_probe_sensor_backs_off_and_marks_a_recovered_location_available(ops_db_
         result = _evaluate(defs, instance)
         assert isinstance(result, SensorResult)
         [check] = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
-        assert check.check_name == "location_available" and not check.passed
+        assert check.check_name == "location_available"
+        assert not check.passed
         with session_scope(url) as session:
             row = session.get(LocationAvailability, (_us_lta(session).id, "us"))
-            assert row.consecutive_failures == 2 and not row.available
+            assert row.consecutive_failures == 2
+            assert not row.available
             assert "missing" in row.reason
         assert isinstance(_evaluate(defs, instance), SkipReason), "backed off"
 

@@ -49,7 +49,8 @@ def test_package_sensor_creates_packages_adds_partitions_and_requests_one_batche
         assert isinstance(result, SensorResult)
         packages = session.scalars(select(RawDataPackage).order_by(RawDataPackage.id)).all()
         # grouped by obs unit x instrument module: 2 x 2
-        assert len(packages) == 4 and all(p.status == Status.PENDING for p in packages)
+        assert len(packages) == 4
+        assert all(p.status == Status.PENDING for p in packages)
         assert len(result.run_requests) == 1, "one run for the whole batch, not one per package"
         items = result.run_requests[0].run_config["ops"]["ccat_raw_data_package_creation_batch"][
             "config"

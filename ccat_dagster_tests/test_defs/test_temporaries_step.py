@@ -75,12 +75,14 @@ def test_cleanup_removes_temporaries_older_than_the_oldest_run_in_flight(
             dry = cleanup.execute_in_process(
                 run_config=cleanup_run_config(site, dry_run=True), instance=instance
             )
-            assert dry.success and before.exists(), "a dry run only lists them"
+            assert dry.success, "a dry run only lists them"
+            assert before.exists(), "a dry run only lists them"
             result = cleanup.execute_in_process(
                 run_config=cleanup_run_config(site), instance=instance
             )
             assert result.success
-            assert not before.exists() and not in_lta.exists()
+            assert not before.exists()
+            assert not in_lta.exists()
             assert during.exists(), "younger than a run in flight: it may be its write"
         finally:
             os.kill(sleeper.pid, signal.SIGKILL)
@@ -89,4 +91,5 @@ def test_cleanup_removes_temporaries_older_than_the_oldest_run_in_flight(
         result = defs.resolve_job_def("us_cleanup").execute_in_process(
             run_config=cleanup_run_config(site), instance=instance
         )
-        assert result.success and not during.exists(), "no run in flight any more"
+        assert result.success, "no run in flight any more"
+        assert not during.exists(), "no run in flight any more"

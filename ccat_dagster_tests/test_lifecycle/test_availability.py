@@ -3,6 +3,7 @@ local Storage, and what work waits for (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from datetime import timedelta
 
@@ -38,7 +39,7 @@ def test_probe_delay_doubles_from_15_seconds_and_is_capped_at_10_minutes():
     delays = [av.probe_delay(n).total_seconds() for n in range(1, 10)]
     assert delays[:6] == [15, 30, 60, 120, 240, 480]
     assert delays[6:] == [600, 600, 600]
-    assert all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
     assert av.probe_delay(10_000) == timedelta(minutes=10)
 
 
@@ -66,7 +67,8 @@ def test_marking_counts_failures_backs_off_and_audits_only_changes(session, topo
     assert av.unavailable_locations(session) == []
     assert _trail(session, lta) == [("AVAILABLE", "UNAVAILABLE"), ("UNAVAILABLE", "AVAILABLE")]
     stored = session.get(LocationAvailability, (lta.id, "cologne"))
-    assert stored.available and stored.reason == "still"
+    assert stored.available
+    assert stored.reason == "still"
 
 
 def test_failing_again_soon_after_a_recovery_keeps_backing_off(session, topo):
@@ -105,7 +107,8 @@ def test_due_probes_and_making_every_probe_due_now(session, topo):
 def test_a_location_error_is_resolved_to_its_location(session, topo):
     error = LocationUnavailableError("gone", location="cologne/lta", key="k")
     row = av.record_location_error(session, error, observer="cologne")
-    assert row is not None and row.location_id == topo.lta("cologne").id
+    assert row is not None
+    assert row.location_id == topo.lta("cologne").id
     unknown = LocationUnavailableError("gone", location="nowhere/lta")
     assert av.record_location_error(session, unknown, observer="cologne") is None
     assert av.record_location_error(session, LocationUnavailableError("x"), observer="c") is None
@@ -121,15 +124,19 @@ def test_probe_over_real_storage_keeps_it_unavailable_until_the_root_is_back(ses
     session.commit()
 
     result = av.probe_and_record(session, lta, storage, observer="cologne")
-    assert not result.ok and "missing" in result.detail
+    assert not result.ok
+    assert "missing" in result.detail
     row = session.get(LocationAvailability, (lta.id, "cologne"))
-    assert row.consecutive_failures == 2 and row.last_probe_at is not None
+    assert row.consecutive_failures == 2
+    assert row.last_probe_at is not None
     assert not root.exists(), "a probe never creates the root"
 
     shutil.move(away, root)
     av.make_probes_due(session)
     [(probed, result)] = av.probe_due_locations(session, f.local_storage_for, observer="cologne")
-    assert probed.id == lta.id and result.ok and result.recovered
+    assert probed.id == lta.id
+    assert result.ok
+    assert result.recovered
     assert av.unavailable_locations(session) == []
     # the probe object is removed again (the directory of writes in progress stays, empty)
     assert [p.name for p in root.iterdir()] in ([], [".ccat-partial"])
@@ -143,7 +150,9 @@ def test_probe_finds_a_gone_mount_by_the_catalogue(session, topo):
     f.file_raw_data_package(topo, write=False)  # PRESENT in the catalogue, nothing on disk
     session.commit()
     result = av.probe_location(session, buffer, f.local_storage_for(buffer))
-    assert not result.ok and "no objects" in result.detail and "1 PRESENT" in result.detail
+    assert not result.ok
+    assert "no objects" in result.detail
+    assert "1 PRESENT" in result.detail
 
 
 def test_a_full_location_blocks_writes_only(session, topo):
@@ -156,14 +165,17 @@ def test_a_full_location_blocks_writes_only(session, topo):
         observer="cologne",
         policy=everything_is_full,
     )
-    assert not result.ok and result.full and "EMERGENCY" in result.detail
+    assert not result.ok
+    assert result.full
+    assert "EMERGENCY" in result.detail
     down = av.unavailability(session, "cologne")
     assert down.blocks(buffer.id, write=True) is not None
     assert down.blocks(buffer.id, write=False) is None  # reads and deletions still work
 
     error = LocationFullError("disk full", location="cologne/lta")
     row = av.record_location_error(session, error, observer="cologne")
-    assert row.full and row.reason.startswith(av.FULL_PREFIX)
+    assert row.full
+    assert row.reason.startswith(av.FULL_PREFIX)
 
 
 def test_what_an_item_waits_for(session, topo):

@@ -60,13 +60,16 @@ def test_escalation_per_level():
     )
     assert normal.alert is None
     warning = buffer_action(BufferLevel.WARNING, POLICY, site="ccat")
-    assert warning.max_parallel_transfers == 5 and "WARNING" in warning.alert
+    assert warning.max_parallel_transfers == 5
+    assert "WARNING" in warning.alert
     critical = buffer_action(BufferLevel.CRITICAL, POLICY, site="ccat")
     assert (critical.max_parallel_transfers, critical.run_cleanup_now) == (1, True)
     assert not critical.pause_packaging
     emergency = buffer_action(BufferLevel.EMERGENCY, POLICY, site="ccat")
-    assert emergency.pause_packaging and emergency.run_cleanup_now
-    assert "EMERGENCY" in emergency.alert and "ccat" in emergency.alert
+    assert emergency.pause_packaging
+    assert emergency.run_cleanup_now
+    assert "EMERGENCY" in emergency.alert
+    assert "ccat" in emergency.alert
 
 
 def test_should_delete_only_at_source_and_buffer_under_critical_pressure(session, tmp_path):
@@ -88,7 +91,8 @@ def test_latest_sample_wins_and_is_durable(session, tmp_path):
     record_disk_usage(session, buf, used_bytes=40, total_bytes=100)
     session.commit()
     status = latest_buffer_status(session, buf)
-    assert status.level is BufferLevel.NORMAL and status.percent == pytest.approx(40)
+    assert status.level is BufferLevel.NORMAL
+    assert status.percent == pytest.approx(40)
     assert session.query(DiskUsageSample).count() == 2
     assert latest_buffer_status(session, topo.source) is None
     assert set(latest_buffer_statuses(session)) == {buf.id}
@@ -120,11 +124,13 @@ def test_site_actions_follow_worst_buffer_and_relax_when_pressure_falls(session,
     record_disk_usage(session, topo.lta("us"), used_bytes=99, total_bytes=100)
     session.commit()
     actions = decide_buffer_actions(session)
-    assert actions["ccat"].level is BufferLevel.EMERGENCY and actions["ccat"].pause_packaging
+    assert actions["ccat"].level is BufferLevel.EMERGENCY
+    assert actions["ccat"].pause_packaging
     assert actions["ccat"].max_parallel_transfers == 1
     assert "telescope_buffer" in actions["ccat"].alert
     assert actions["cologne"].level is BufferLevel.WARNING
-    assert actions["us"].level is BufferLevel.NORMAL and actions["us"].max_parallel_transfers == 5
+    assert actions["us"].level is BufferLevel.NORMAL
+    assert actions["us"].max_parallel_transfers == 5
     record_disk_usage(session, topo.source_buffer, used_bytes=30, total_bytes=100)
     session.commit()
     relaxed = decide_buffer_actions(session)["ccat"]

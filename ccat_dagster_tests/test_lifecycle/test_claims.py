@@ -56,7 +56,8 @@ def test_claim_moves_to_scheduled_and_second_claim_gets_nothing(session, topo):
     session.commit()
     second = claim_for_deletion(session, rows, run_id="b", ctx=ctx)
     session.commit()
-    assert len(first) == 3 and second == []
+    assert len(first) == 3
+    assert second == []
     copies = session.scalars(
         select(PhysicalCopy).where(PhysicalCopy.id.in_([r.copy_id for r in rows]))
     )
@@ -117,7 +118,8 @@ def test_failed_deletion_counts_retries_until_permanent(session, topo):
         session.commit()
     assert [(count, permanent) for _, count, permanent in results] == [(1, False), (2, True)]
     copy = session.get(PhysicalCopy, results[0][0].copy_id)
-    assert copy.status == S.DELETION_FAILED and copy.failure_reason == "disk on fire"
+    assert copy.status == S.DELETION_FAILED
+    assert copy.failure_reason == "disk on fire"
 
 
 def test_released_claim_returns_to_present(session, topo):
@@ -238,7 +240,9 @@ def test_claims_of_a_dead_run_are_released_at_once(session, topo):
     mine = [r for r in package_rows if r.entity_id == pkg.id]
     theirs = [r for r in package_rows if r.entity_id == other.id]
     files = d.process_deletion_possible_raw_data_files(session, ctx=ctx)
-    assert len(files) == 2 and mine and theirs
+    assert len(files) == 2
+    assert mine
+    assert theirs
     claim_for_deletion(session, mine + files, run_id="dead", ctx=ctx)
     claim_for_deletion(session, theirs, run_id="alive", ctx=ctx)
     session.commit()

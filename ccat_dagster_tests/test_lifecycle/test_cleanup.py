@@ -114,16 +114,20 @@ def test_deletion_audit_carries_live_lta_evidence(session, topo):
     assert {a.reason for a in trail} == {d.RULE_RDP_SOURCE_BUFFER}
     assert {a.run_id for a in trail} == {"run-1"}
     (evidence,) = trail[-1].evidence["lta_verification"]
-    assert evidence["ok"] is True and evidence["exists"] is True
-    assert evidence["checksum"] == pkg.checksum and evidence["size"] == pkg.size
-    assert evidence["location"] == "cologne/lta" and evidence["checked_at"]
+    assert evidence["ok"] is True
+    assert evidence["exists"] is True
+    assert evidence["checksum"] == pkg.checksum
+    assert evidence["size"] == pkg.size
+    assert evidence["location"] == "cologne/lta"
+    assert evidence["checked_at"]
 
 
 def test_cycle_opens_its_own_session_from_a_factory(engine, session, topo):
     pkg, _ = f.archived_package(topo)
     session.commit()
     report = cycle(sessionmaker(engine))
-    assert report.ok and report.deleted_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
+    assert report.ok
+    assert report.deleted_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
     assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.DELETED
 
 
@@ -132,17 +136,20 @@ def test_nothing_deletable_before_archive(session, topo):
     dtp = f.bundle(topo, [pkg])
     session.commit()
     report = cycle(session)
-    assert report.deleted == 0 and report.ok
+    assert report.deleted == 0
+    assert report.ok
     assert exists(topo.source_buffer, pkg.relative_path)
     assert exists(topo.source_buffer, dtp.relative_path)
 
 
 def test_dry_run_changes_nothing(session, topo):
-    pkg, dtp = f.archived_package(topo)
+    pkg, _dtp = f.archived_package(topo)
     session.commit()
     calls = []
     report = cycle(session, dry_run=True, verify_lta_copy=lambda p, loc: calls.append(p))
-    assert report.dry_run and report.deleted == 0 and calls == []
+    assert report.dry_run
+    assert report.deleted == 0
+    assert calls == []
     assert report.plan.count_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
     assert exists(topo.source_buffer, pkg.relative_path)
     assert copy_of(session, topo.source_buffer, raw_data_package=pkg).status == S.PRESENT
@@ -162,14 +169,16 @@ def test_source_copy_kept_when_lta_object_deleted_behind_catalogues_back(session
     assert exists(topo.source_buffer, pkg.relative_path)
     assert exists(topo.buffer("cologne"), pkg.relative_path)  # last non-LTA copies: both kept
     src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
-    assert src.status == S.PRESENT and src.claimed_by is None
+    assert src.status == S.PRESENT
+    assert src.claimed_by is None
     assert RULE_LTA_VERIFICATION_FAILED in src.failure_reason
     session.expire_all()
     assert RULE_LTA_VERIFICATION_FAILED in session.get(RawDataPackage, pkg.id).failure_reason
     errors = session.scalars(
         select(AuditLog).where(AuditLog.reason == RULE_LTA_VERIFICATION_FAILED)
     ).all()
-    assert errors and all(a.evidence["level"] == "ERROR" for a in errors)
+    assert errors
+    assert all(a.evidence["level"] == "ERROR" for a in errors)
     # The raw files were not marked DELETION_POSSIBLE: their package was not deleted.
     for rdf in pkg.raw_data_files:
         assert copy_of(session, topo.source, raw_data_file=rdf).status == S.PRESENT
@@ -206,7 +215,8 @@ def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo,
 
     report = cycle(session, verify_lta_copy=make_storage_lta_verifier(storage_for))
     # an archive that does not answer is a wait, not an incident: reported for the location
-    assert report.ok and d.RULE_RDP_SOURCE_BUFFER not in report.deleted_by_rule
+    assert report.ok
+    assert d.RULE_RDP_SOURCE_BUFFER not in report.deleted_by_rule
     assert {e.location for e in report.unavailable} == {"cologne/lta"}
     assert "unreachable" in str(report.unavailable[0])
     assert exists(topo.source_buffer, pkg.relative_path)
@@ -228,7 +238,8 @@ def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo,
     session.commit()
     # Later, with the endpoint back, the same copy goes.
     report = cycle(session, run_id="run-2")
-    assert report.ok and not exists(topo.source_buffer, pkg.relative_path)
+    assert report.ok
+    assert not exists(topo.source_buffer, pkg.relative_path)
 
 
 def test_executor_refuses_a_copy_at_a_long_term_archive(session, topo):
@@ -288,7 +299,8 @@ def test_storage_error_marks_copy_failed_and_next_cycle_retries(session, topo):
     path.mkdir()
     report = cycle(session)
     failed = copy_of(session, topo.source_buffer, data_transfer_package=dtp)
-    assert failed.status == S.DELETION_FAILED and failed.retry_count == 1
+    assert failed.status == S.DELETION_FAILED
+    assert failed.retry_count == 1
     assert "not a regular file" in failed.failure_reason
     assert [x.copy_id for x in report.failures] == [failed.id]
     # Nothing else lost or blocked by it.
@@ -312,7 +324,8 @@ def test_deletion_failing_max_retries_times_stays_failed_and_is_reported(session
     report = cycle(session, run_id="c")  # no third attempt
     assert report.failures == []
     failed = copy_of(session, topo.source_buffer, data_transfer_package=dtp)
-    assert failed.status == S.DELETION_FAILED and failed.retry_count == 2
+    assert failed.status == S.DELETION_FAILED
+    assert failed.retry_count == 2
     assert [p[0] for p in report.permanent_failures] == [failed.id]
     assert "PERMANENT FAILURE" in plan_deletions(session).summary()
 
@@ -334,7 +347,8 @@ def test_crash_between_claim_and_delete_is_reclaimed_next_cycle(session, topo):
     # Once the claim is older than the stale timeout it is taken over and finished.
     report = cycle(session, run_id="next", now=utcnow() + timedelta(hours=2))
     src = copy_of(session, topo.source_buffer, raw_data_package=pkg)
-    assert src.status == S.DELETED and src.claimed_by == "next"
+    assert src.status == S.DELETED
+    assert src.claimed_by == "next"
     assert not exists(topo.source_buffer, pkg.relative_path)
     assert report.deleted_by_rule[d.RULE_RDP_SOURCE_BUFFER] == 1
 

@@ -309,7 +309,8 @@ def test_deletion_possible_files_wait_for_retention_period(session, topo):
     session.commit()
     assert d.process_deletion_possible_raw_data_files(session) == []
     blocked = d.explain_blocked(session, d.RULE_RDF_DELETION_POSSIBLE)
-    assert len(blocked) == 2 and "retention period not over" in blocked[0].reason
+    assert len(blocked) == 2
+    assert "retention period not over" in blocked[0].reason
     later = d.rule_context(session, now=utcnow() + timedelta(days=31))
     assert len(d.process_deletion_possible_raw_data_files(session, ctx=later)) == 2
 
@@ -319,7 +320,8 @@ def test_location_retention_override_applies(session, topo):
     session.get(DataLocation, topo.source.id).retention_period_minutes = 5
     session.commit()
     rows = d.process_deletion_possible_raw_data_files(session)
-    assert len(rows) == 2 and {r.rule for r in rows} == {d.RULE_RDF_DELETION_POSSIBLE}
+    assert len(rows) == 2
+    assert {r.rule for r in rows} == {d.RULE_RDF_DELETION_POSSIBLE}
 
 
 def test_deletion_possible_files_deleted_at_once_under_critical_pressure(session, topo):
@@ -352,11 +354,13 @@ def test_processing_files_kept_while_active_staging_job_uses_them(session, topo)
     session.commit()
     assert d.find_deletable_processing_raw_data_files(session) == []
     blocked = d.explain_blocked(session, d.RULE_RDF_PROCESSING)
-    assert len(blocked) == 2 and "active StagingJob" in blocked[0].reason
+    assert len(blocked) == 2
+    assert "active StagingJob" in blocked[0].reason
     job.active = False
     session.commit()
     rows = d.find_deletable_processing_raw_data_files(session)
-    assert len(rows) == 2 and {r.data_location_id for r in rows} == {topo.processing.id}
+    assert len(rows) == 2
+    assert {r.data_location_id for r in rows} == {topo.processing.id}
 
 
 def test_processing_files_kept_by_an_active_job_past_its_retention(session, topo):
@@ -387,7 +391,8 @@ def test_staged_files_and_package_copy_rule(session, topo):
     job.active = False
     session.commit()
     rows = d.find_deletable_staged_raw_data_files_by_location(session)
-    assert len(rows) == 2 and {r.rule for r in rows} == {d.RULE_RDF_STAGED}
+    assert len(rows) == 2
+    assert {r.rule for r in rows} == {d.RULE_RDF_STAGED}
     # The STAGED package copy closes only after its files are gone.
     assert d.find_closable_staged_raw_data_packages(session) == []
     for c in session.scalars(

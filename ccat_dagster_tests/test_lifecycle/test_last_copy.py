@@ -96,7 +96,8 @@ def test_deletion_possible_files_kept_and_archive_copy_marked_lost(session, topo
     _source_files_deletion_possible(session, topo, pkg)
     f.object_path(topo.lta("cologne"), pkg.relative_path).unlink()
     report = cycle(session)
-    assert not report.ok and report.deleted == 0
+    assert not report.ok
+    assert report.deleted == 0
     files = session.scalars(select(RawDataFilePhysicalCopy)).all()
     assert {c.status for c in files} == {S.DELETION_POSSIBLE}
     assert all(c.claimed_by is None for c in files)
@@ -108,12 +109,14 @@ def test_deletion_possible_files_kept_and_archive_copy_marked_lost(session, topo
             PhysicalCopy.data_location_id == topo.lta("cologne").id,
         )
     )
-    assert lta_copy.status == S.LOST and "missing" in lta_copy.failure_reason
+    assert lta_copy.status == S.LOST
+    assert "missing" in lta_copy.failure_reason
     # the archive transfer goes back for a re-archive
     transfer = session.scalar(
         select(LongTermArchiveTransfer).where(LongTermArchiveTransfer.raw_data_package_id == pkg.id)
     )
-    assert transfer.status == Status.PENDING and transfer.retry_count == 0
+    assert transfer.status == Status.PENDING
+    assert transfer.retry_count == 0
     # nothing left to claim: the rule now refuses, with the reason
     assert d.process_deletion_possible_raw_data_files(session) == []
     reasons = {b.reason for b in d.explain_blocked(session, d.RULE_RDF_DELETION_POSSIBLE)}
@@ -157,7 +160,8 @@ def test_processing_file_that_is_the_last_copy_waits_for_the_archive_check(sessi
             AuditLog.new_status == S.DELETED.value, AuditLog.run_id == "with-buffer-copy"
         )
     ).all()
-    assert report.ok and rows
+    assert report.ok
+    assert rows
     assert all(r.evidence["last_copy_outside_lta"] is False for r in rows)
     assert all("lta_verification" not in r.evidence for r in rows)
 
@@ -176,13 +180,15 @@ def test_processing_file_last_copy_kept_when_the_archive_copy_is_gone(session, t
     session.commit()
     f.object_path(topo.lta("cologne"), pkg.relative_path).unlink()
     report = cycle(session, location=topo.processing)
-    assert report.deleted == 0 and report.errors
+    assert report.deleted == 0
+    assert report.errors
     processing = session.scalars(
         select(RawDataFilePhysicalCopy).where(
             RawDataFilePhysicalCopy.data_location_id == topo.processing.id
         )
     ).all()
-    assert processing and {c.status for c in processing} == {S.PRESENT}
+    assert processing
+    assert {c.status for c in processing} == {S.PRESENT}
 
 
 def test_transfer_package_that_holds_the_last_tar_is_checked(session, topo):

@@ -69,7 +69,8 @@ def test_custom_route_overrides_round_robin(session, tmp_path):
     session.flush()
     for _ in range(3):
         destination, kind = primary_destination(session, sites["ccat"])
-        assert destination.qualified_name == "us/buffer" and kind == "direct"
+        assert destination.qualified_name == "us/buffer"
+        assert kind == "direct"
 
 
 def test_retry_then_permanent_failure_marks_packages_failed(session, tmp_path):
@@ -102,5 +103,7 @@ def test_retry_then_permanent_failure_marks_packages_failed(session, tmp_path):
         for _ in range(4)
     ]
     assert outcomes == [False, False, False, True]
-    assert package.status == Status.FAILED and package.state == PackageState.FAILED
-    assert package.retry_count == 4 and package.failure_reason == "checksum mismatch"
+    assert package.status == Status.FAILED
+    assert package.state == PackageState.FAILED
+    assert package.retry_count == 4
+    assert package.failure_reason == "checksum mismatch"

@@ -206,10 +206,12 @@ def test_packaging_refuses_a_package_without_files(filed):
 
         outcome = rdps.build_raw_data_package(session, empty, storage_for=storages.get)
 
-        assert not outcome.ok and outcome.permanent
+        assert not outcome.ok
+        assert outcome.permanent
         assert "no files" in outcome.error
         session.refresh(empty)
-        assert empty.status == Status.FAILED and "nothing to archive" in empty.failure_reason
+        assert empty.status == Status.FAILED
+        assert "nothing to archive" in empty.failure_reason
         buffer = _location(session, "ccat", "telescope_buffer")
         assert not (f.object_path(buffer, empty.relative_path)).exists()
         assert _count(session, RawDataPackagePhysicalCopy) == 0
@@ -458,7 +460,8 @@ def test_two_staging_runs_of_one_package_record_it_once(ops_db_url, session, tmp
             RawDataFilePhysicalCopy.data_location_id == location_id
         )
     ).all()
-    assert len(copies) == 3 and all(c.status == PhysicalCopyStatus.PRESENT for c in copies)
+    assert len(copies) == 3
+    assert all(c.status == PhysicalCopyStatus.PRESENT for c in copies)
     package_copies = session.scalars(
         select(RawDataPackagePhysicalCopy).where(
             RawDataPackagePhysicalCopy.data_location_id == location_id

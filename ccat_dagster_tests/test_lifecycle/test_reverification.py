@@ -70,7 +70,8 @@ def test_a_good_copy_is_stamped_and_no_longer_due(session, topo):
     lta = topo.lta("cologne")
     evidence = reverify_lta_copy(session, pkg, lta, f.local_storage_for(lta), run_id="scrub")
     session.rollback()  # what it recorded is committed: a run's session is not committed after
-    assert evidence.ok and evidence.checksum_source == "computed"
+    assert evidence.ok
+    assert evidence.checksum_source == "computed"
     assert copy.status == S.PRESENT
     assert utcnow() - copy.verified_at < timedelta(minutes=1)
     assert copies_due_for_reverification(session, topo.sites["cologne"]) == []
@@ -87,7 +88,8 @@ def test_bytes_rotted_at_rest_mark_the_copy_bad_and_re_archive(session, topo):
 
     evidence = reverify_lta_copy(session, pkg, lta, f.local_storage_for(lta), run_id="scrub")
     session.rollback()  # what it recorded is committed: a run's session is not committed after
-    assert not evidence.ok and evidence.definite_failure
+    assert not evidence.ok
+    assert evidence.definite_failure
     assert "checksum mismatch" in evidence.detail
     assert copy.status == S.BAD
     record = session.scalars(
@@ -95,7 +97,8 @@ def test_bytes_rotted_at_rest_mark_the_copy_bad_and_re_archive(session, topo):
             AuditLog.entity_type == "physical_copy", AuditLog.entity_id == copy.id
         )
     ).all()[-1]
-    assert record.new_status == S.BAD.value and record.evidence["checksum_source"] == "computed"
+    assert record.new_status == S.BAD.value
+    assert record.evidence["checksum_source"] == "computed"
     # the archive stage takes the package again, from the good buffer copy
     candidates = archive_stage.archive_candidates(session, topo.sites["cologne"])
     assert [(p.id, lta_.id) for p, _source, lta_ in candidates] == [(pkg.id, lta.id)]

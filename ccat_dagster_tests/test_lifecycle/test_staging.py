@@ -165,11 +165,13 @@ def test_staging_unpacks_verified_files_and_marks_the_package_staged(session, to
     job = st.create_staging_job(
         session, location="cologne/processing", packages=[pkg.name], requested_by="alice"
     )
-    assert job.status == Status.PENDING and job.active
+    assert job.status == Status.PENDING
+    assert job.active
 
     [outcome] = stage_all(session, topo)
 
-    assert outcome.ok and not outcome.skipped, outcome.error
+    assert outcome.ok, outcome.error
+    assert not outcome.skipped, outcome.error
     assert outcome.metadata["source"] == "cologne/lta"
     assert outcome.metadata["file_count"] == 3
     source_root = Path(topo.source.path)
@@ -179,12 +181,14 @@ def test_staging_unpacks_verified_files_and_marks_the_package_staged(session, to
             == (source_root / rdf.relative_path).read_bytes()
         )
         copy = file_copy(session, topo, rdf)
-        assert copy.status == S.PRESENT and copy.verified_at is not None
+        assert copy.status == S.PRESENT
+        assert copy.verified_at is not None
         assert copy.checksum == rdf.checksum
     assert package_copy(session, topo, pkg).status == S.STAGED
     assert not (Path(topo.processing.path) / pkg.relative_path).exists(), "no tar is kept"
     session.refresh(job)
-    assert job.status == Status.COMPLETED and job.completed_at is not None
+    assert job.status == Status.COMPLETED
+    assert job.completed_at is not None
     assert job_trail(session, job) == ["PENDING", "IN_PROGRESS", "COMPLETED"]
     assert st.staging_candidates(session, topo.sites["cologne"]) == []
 
@@ -211,7 +215,8 @@ def test_second_job_shares_the_files_without_a_second_fetch(session, topo):
     second = st.create_staging_job(session, location="processing", packages=[pkg.name])
     [outcome] = stage_all(session, topo, storages)
 
-    assert outcome.ok and outcome.skipped
+    assert outcome.ok
+    assert outcome.skipped
     assert storages.reads_from(topo.lta("cologne")) == 1, "shared, not fetched again"
     session.refresh(first)
     session.refresh(second)
@@ -227,8 +232,10 @@ def test_same_site_archive_first_then_any_and_a_bad_copy_falls_back(session, top
 
     outcomes = {o.partition: o for o in stage_all(session, topo)}
 
-    assert outcomes[both.name].ok and outcomes[both.name].metadata["source"] == "us/lta"
-    assert outcomes[us_only.name].ok and outcomes[us_only.name].metadata["source"] == "us/lta"
+    assert outcomes[both.name].ok
+    assert outcomes[both.name].metadata["source"] == "us/lta"
+    assert outcomes[us_only.name].ok
+    assert outcomes[us_only.name].metadata["source"] == "us/lta"
     assert st.lta_sources(session, both, topo.processing)[0] == topo.lta("cologne")
 
 
@@ -239,14 +246,17 @@ def test_corrupt_archive_copy_fails_the_job_after_retries_and_writes_nothing(ses
 
     for attempt in range(1, 4):
         [outcome] = stage_all(session, topo)
-        assert not outcome.ok and not outcome.permanent, attempt
+        assert not outcome.ok, attempt
+        assert not outcome.permanent, attempt
         session.refresh(job)
         assert job.status == Status.PENDING
     [outcome] = stage_all(session, topo)
 
-    assert not outcome.ok and outcome.permanent
+    assert not outcome.ok
+    assert outcome.permanent
     session.refresh(job)
-    assert job.status == Status.FAILED and pkg.name in job.failure_reason
+    assert job.status == Status.FAILED
+    assert pkg.name in job.failure_reason
     assert "checksum" in job.failure_reason or "does not match" in job.failure_reason
     assert st.staging_candidates(session, topo.sites["cologne"]) == []
     assert all(not processing_file(topo, r).exists() for r in pkg.raw_data_files)
@@ -264,7 +274,8 @@ def test_a_different_file_in_the_way_is_never_overwritten(session, topo):
 
     [outcome] = stage_all(session, topo)
 
-    assert not outcome.ok and "nothing was overwritten" in outcome.error
+    assert not outcome.ok
+    assert "nothing was overwritten" in outcome.error
     assert path.read_bytes() == b"a scientist's own file"
 
 
@@ -402,7 +413,8 @@ def test_new_job_restores_files_deleted_by_hand(session, topo):
     st.create_staging_job(session, location="processing", packages=[pkg.name])
     [outcome] = stage_all(session, topo, storages)
 
-    assert outcome.ok and not outcome.skipped
+    assert outcome.ok
+    assert not outcome.skipped
     assert outcome.metadata["files_restored"] == 1
     assert storages.reads_from(topo.lta("cologne")) == 2
     assert (
@@ -429,11 +441,14 @@ def test_new_job_after_cleanup_revives_the_same_copy_rows(session, topo):
     again = st.create_staging_job(session, location="processing", packages=[pkg.name])
     [outcome] = stage_all(session, topo)
 
-    assert outcome.ok and not outcome.skipped
+    assert outcome.ok
+    assert not outcome.skipped
     session.expire_all()
     for rdf in pkg.raw_data_files:
         copy = file_copy(session, topo, rdf)
-        assert copy.id == ids[rdf.id] and copy.status == S.PRESENT and copy.deleted_at is None
+        assert copy.id == ids[rdf.id]
+        assert copy.status == S.PRESENT
+        assert copy.deleted_at is None
         assert processing_file(topo, rdf).exists()
     assert package_copy(session, topo, pkg).status == S.STAGED
     session.refresh(again)
@@ -454,7 +469,9 @@ def test_staging_waits_while_a_cleanup_run_is_deleting_the_files(session, topo):
     outcome = st.stage_raw_data_package(
         session, pkg, topo.processing, storage_for=RecordingStorages()
     )
-    assert not outcome.ok and not outcome.permanent and "cleanup run" in outcome.error
+    assert not outcome.ok
+    assert not outcome.permanent
+    assert "cleanup run" in outcome.error
 
     claimed.status, claimed.claimed_by = S.DELETED, None  # that cleanup finished
     session.commit()

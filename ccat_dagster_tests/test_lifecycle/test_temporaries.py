@@ -48,13 +48,19 @@ def test_sweep_removes_only_what_is_older_than_the_cutoff(topo):
         "ccat/telescope_buffer: .ccat-partial/a-pkg.tar",
         "cologne/lta: .ccat-partial/b-pkg.tar",
     ]
-    assert listed.younger == 1 and listed.removed == []
+    assert listed.younger == 1
+    assert listed.removed == []
     dry = sweep_temporaries(locations, f.local_storage_for, older_than=cutoff, dry_run=True)
-    assert len(dry.stale) == 2 and dry.removed == [] and old_buffer.exists()
+    assert len(dry.stale) == 2
+    assert dry.removed == []
+    assert old_buffer.exists()
 
     report = sweep_temporaries(locations, f.local_storage_for, older_than=cutoff)
-    assert len(report.removed) == 2 and report.removed_bytes == 15 and not report.errors
-    assert not old_buffer.exists() and not old_lta.exists()
+    assert len(report.removed) == 2
+    assert report.removed_bytes == 15
+    assert not report.errors
+    assert not old_buffer.exists()
+    assert not old_lta.exists()
     assert young.exists(), "a run in flight may still be writing it"
     assert f.object_path(buffer, "raw/pkg.tar").read_bytes() == b"object"
     assert "2 removed (15 bytes), 1 younger kept" in report.summary()
@@ -73,5 +79,7 @@ def test_a_location_that_cannot_be_listed_is_reported_and_the_rest_swept(topo):
     report = sweep_temporaries(
         [broken, buffer], storage_for, older_than=datetime.now(UTC) - timedelta(hours=1)
     )
-    assert not old.exists() and len(report.removed) == 1
-    assert report.errors and "cologne/buffer" in report.errors[0]
+    assert not old.exists()
+    assert len(report.removed) == 1
+    assert report.errors
+    assert "cologne/buffer" in report.errors[0]

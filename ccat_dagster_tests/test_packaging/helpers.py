@@ -32,7 +32,7 @@ def make_source(root: Path, files: dict[str, bytes] = SOURCE_FILES) -> Path:
 
 
 def opener(path: Path):
-    return lambda: open(path, "rb")  # noqa: SIM115 - write_package enters it in a with block
+    return lambda: open(path, "rb")
 
 
 def members_for(root: Path) -> list[PackageMember]:

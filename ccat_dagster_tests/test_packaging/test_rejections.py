@@ -250,6 +250,7 @@ def test_error_names_package_member_and_what_to_do(tmp_path):
     with pytest.raises(PackageVerificationError) as err:
         unpack_package(io.BytesIO(data), tmp_path / "new_dest")
     message = str(err.value)
-    assert "package 'pkg'" in message and "member 'b.txt'" in message
+    assert "package 'pkg'" in message
+    assert "member 'b.txt'" in message
     assert "transfer it again from a verified copy" in message
     assert not (tmp_path / "new_dest").exists()  # a destination we created is removed again

@@ -168,7 +168,8 @@ def test_existing_different_file_at_destination_is_never_overwritten(tmp_path):
 
     with open(tar_path, "rb") as stream, pytest.raises(PackageVerificationError) as err:
         unpack_package(stream, dest)
-    assert "scan_001.dat" in str(err.value) and "rdp_obs_0001" in str(err.value)
+    assert "scan_001.dat" in str(err.value)
+    assert "rdp_obs_0001" in str(err.value)
     assert "nothing was overwritten" in str(err.value)
     assert tree(dest) == before
 
@@ -246,7 +247,8 @@ def test_writer_refuses_a_source_file_changed_since_filing(tmp_path, content, wh
     (src / "README").write_bytes(content)
     with pytest.raises(PackageSourceChangedError) as err:
         write_package(io.BytesIO(), members, kind=RAW_DATA_PACKAGE, name="rdp_obs_0001")
-    assert "README" in str(err.value) and "rdp_obs_0001" in str(err.value)
+    assert "README" in str(err.value)
+    assert "rdp_obs_0001" in str(err.value)
     assert why in str(err.value)
 
 
@@ -351,4 +353,5 @@ def test_unpack_builds_its_temporary_directory_in_tmp_parent(tmp_path):
     unpack_package(Watching(), dest, expected=expected_for(members), tmp_parent=partial)
     assert tree(dest) == tree(src)
     assert any(names and names[0].startswith(".ccat-unpack-") for names in seen)
-    assert list(partial.iterdir()) == [] and not any(p.name.startswith(".") for p in dest.iterdir())
+    assert list(partial.iterdir()) == []
+    assert not any(p.name.startswith(".") for p in dest.iterdir())

@@ -72,7 +72,8 @@ def test_copy_between_backends_is_byte_for_byte(make_storage, src_kind, dst_kind
     )
 
     assert (result.size, result.checksum, result.algorithm) == (size, digest, "sha256")
-    assert result.seconds > 0 and result.bytes_per_s > 0
+    assert result.seconds > 0
+    assert result.bytes_per_s > 0
     assert read_all(dst, "arrived/obs_0001.tar") == data
     assert dst.checksum("arrived/obs_0001.tar") == (digest, size)
     assert dict(dst.list()) == {"arrived/obs_0001.tar": size}
@@ -90,7 +91,9 @@ def test_checksum_mismatch_leaves_nothing_at_destination_and_names_both(make_sto
         copy_object(src, "pkg/a.tar", dst, "pkg/a.tar", expected_checksum=recorded)
 
     message = str(info.value)
-    assert src.name in message and dst.name in message and "pkg/a.tar" in message
+    assert src.name in message
+    assert dst.name in message
+    assert "pkg/a.tar" in message
     assert "nothing was stored" in message
     assert not dst.stat("pkg/a.tar").exists
     assert list(dst.list()) == []
@@ -112,5 +115,6 @@ def test_missing_source_is_permanent_and_writes_nothing(make_storage, src_kind):
     src, dst = make_storage(src_kind, "src"), make_storage("disk", "dst")
     with pytest.raises(PermanentStorageError, match="missing source") as info:
         copy_object(src, "pkg/gone.tar", dst, "pkg/gone.tar", expected_checksum=None)
-    assert src.name in str(info.value) and "pkg/gone.tar" in str(info.value)
+    assert src.name in str(info.value)
+    assert "pkg/gone.tar" in str(info.value)
     assert list(dst.list()) == []

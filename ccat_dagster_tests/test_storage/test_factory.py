@@ -53,7 +53,8 @@ def test_disk_location_of_own_site_is_local_disk_even_with_host(tmp_path):
     location = buffer_with_host(cologne, path=str(tmp_path))
     storage = storage_for_location(location, local_site="cologne")
     assert isinstance(storage, LocalDiskStorage)
-    assert storage.root == tmp_path and storage.name == "cologne/buffer"
+    assert storage.root == tmp_path
+    assert storage.name == "cologne/buffer"
 
 
 def test_disk_location_without_host_is_local_from_anywhere(tmp_path):
@@ -130,7 +131,8 @@ def test_s3_client_factory_supplies_the_client(s3_endpoint, s3_bucket):
         return client
 
     storage = storage_for_location(location, s3_client_factory=from_resource)
-    assert made and storage.client is made[0]
+    assert made
+    assert storage.client is made[0]
     storage.write_stream("x", io.BytesIO(b"1"))
     assert storage.stat("x").size == 1
 
@@ -172,7 +174,8 @@ def test_registry_builds_each_storage_once_from_db_rows_and_closes_them(
         buffer, lta = storages.get(locations["buffer"]), storages.get(locations["lta"])
         assert storages.get(locations["buffer"]) is buffer
         assert storages.get(locations["lta"]) is lta
-        assert isinstance(buffer, LocalDiskStorage) and isinstance(lta, S3Storage)
+        assert isinstance(buffer, LocalDiskStorage)
+        assert isinstance(lta, S3Storage)
         lta.write_stream("k", io.BytesIO(b"v"))
     assert closed == ["lta"]
     assert storages.get(locations["lta"]) is not lta  # a new run builds new storages

@@ -40,7 +40,8 @@ def test_open_write_publishes_bytes_only_when_block_completes(disk: LocalDiskSto
     with disk.open_write("pkg/a.tar") as out:
         out.write(b"hello ")
         out.write(b"world")
-        assert not final.exists() and list(final.parent.iterdir()) == []
+        assert not final.exists()
+        assert list(final.parent.iterdir()) == []
         [part] = list((disk.root / ".ccat-partial").iterdir())
         assert part.name.endswith("-a.tar")
         [temporary] = list(disk.list_temporaries())
@@ -77,7 +78,8 @@ def test_write_stream_verifies_checksum_and_leaves_nothing_on_mismatch(disk: Loc
 
     with pytest.raises(ChecksumMismatchError) as info:
         disk.write_stream("bad.bin", io.BytesIO(data), expected_checksum="0" * 64)
-    assert NAME in str(info.value) and "bad.bin" in str(info.value)
+    assert NAME in str(info.value)
+    assert "bad.bin" in str(info.value)
     assert not disk.stat("bad.bin").exists
     assert files_under(disk.root) == ["ok.bin"]
 
@@ -127,7 +129,8 @@ def test_invalid_keys_are_refused_naming_location_and_key(disk: LocalDiskStorage
     ):
         with pytest.raises(PermanentStorageError) as info:
             call()
-        assert NAME in str(info.value) and repr(key) in str(info.value)
+        assert NAME in str(info.value)
+        assert repr(key) in str(info.value)
     assert not disk.root.exists() or files_under(disk.root) == []
 
 
@@ -136,7 +139,8 @@ def test_reading_a_missing_object_is_a_permanent_missing_source_error(disk: Loca
         out.write(b"x")
     with pytest.raises(PermanentStorageError, match="missing source") as info:
         disk.open_read("pkg/nope.tar").__enter__()
-    assert NAME in str(info.value) and "pkg/nope.tar" in str(info.value)
+    assert NAME in str(info.value)
+    assert "pkg/nope.tar" in str(info.value)
     with pytest.raises(PermanentStorageError, match="missing source"):
         disk.checksum("pkg/nope.tar")
 
@@ -159,7 +163,9 @@ def test_reading_a_missing_object_is_a_permanent_missing_source_error(disk: Loca
 def test_os_errors_are_classified(code: int, kind: type, phrase: str):
     err = map_os_error(OSError(code, os.strerror(code)), location=NAME, key="k", reading=True)
     assert type(err) is kind
-    assert phrase in str(err) and NAME in str(err) and "object=k" in str(err)
+    assert phrase in str(err)
+    assert NAME in str(err)
+    assert "object=k" in str(err)
 
 
 def test_permission_denied_on_real_directory_is_permanent(disk: LocalDiskStorage):
@@ -193,7 +199,8 @@ def test_disk_full_is_a_location_condition_and_leaves_no_partial_file(tiny_tmpfs
     with pytest.raises(LocationFullError, match="disk full") as info:
         disk.write_stream("big.bin", io.BytesIO(b"x" * (3 * 1024 * 1024)))
     assert "big.bin" in str(info.value)
-    assert files_under(tiny_tmpfs) == [] and list(disk.list_temporaries()) == []
+    assert files_under(tiny_tmpfs) == []
+    assert list(disk.list_temporaries()) == []
 
 
 def test_read_only_filesystem_is_a_location_condition(tiny_tmpfs: Path):
@@ -205,7 +212,8 @@ def test_read_only_filesystem_is_a_location_condition(tiny_tmpfs: Path):
 
 def test_disk_usage_reports_filesystem_of_root(disk: LocalDiskStorage):
     usage = disk.disk_usage()
-    assert usage.total_bytes > 0 and 0 <= usage.percent <= 100
+    assert usage.total_bytes > 0
+    assert 0 <= usage.percent <= 100
 
 
 def test_leftovers_of_a_killed_write_and_unpack_are_listed_and_removed(disk: LocalDiskStorage):
@@ -226,7 +234,8 @@ def test_leftovers_of_a_killed_write_and_unpack_are_listed_and_removed(disk: Loc
     for temporary in found.values():
         assert disk.remove_temporary(temporary) is True
         assert disk.remove_temporary(temporary) is False
-    assert list(disk.list_temporaries()) == [] and files_under(disk.root) == ["raw/kept.bin"]
+    assert list(disk.list_temporaries()) == []
+    assert files_under(disk.root) == ["raw/kept.bin"]
 
 
 @pytest.mark.parametrize("name", ["raw/kept.bin", ".ccat-partial/../raw/kept.bin", ".ccat-partial"])
@@ -257,7 +266,8 @@ def test_missing_root_is_a_location_condition_and_is_never_recreated(tmp_path: P
     ):
         with pytest.raises(LocationUnavailableError) as info:
             call()
-        assert info.value.location == NAME and "unmounted" in str(info.value)
+        assert info.value.location == NAME
+        assert "unmounted" in str(info.value)
     assert not (tmp_path / "unmounted").exists()
 
 

@@ -98,7 +98,8 @@ def test_round_trip_keeps_every_byte_and_checksum(storage, remote_root):
 
     result = storage.write_stream("pkg/raw_data_package_1.tar", io.BytesIO(data))
 
-    assert result.checksum == expected and result.size == len(data)
+    assert result.checksum == expected
+    assert result.size == len(data)
     assert (remote_root / "pkg" / "raw_data_package_1.tar").read_bytes() == data
     assert storage.stat("pkg/raw_data_package_1.tar").size == len(data)
     with storage.open_read("pkg/raw_data_package_1.tar") as stream:
@@ -264,7 +265,8 @@ def test_changed_host_key_is_refused(sshd_server, tmp_path):
     message = str(caught.value)
     assert "CHANGED" in message
     assert f"{sshd_server.host}:{sshd_server.port}" in message
-    assert known_hosts in message and "test/changed_key" in message
+    assert known_hosts in message
+    assert "test/changed_key" in message
     storage.close()
 
 
@@ -362,7 +364,8 @@ def test_connection_dropped_mid_write_leaves_no_file_and_is_transient(
         storage.write_stream("pkg/big.tar", source)
 
     assert source.killed >= 1
-    assert "test/ssh_buffer" in str(caught.value) and "pkg/big.tar" in str(caught.value)
+    assert "test/ssh_buffer" in str(caught.value)
+    assert "pkg/big.tar" in str(caught.value)
     assert not (remote_root / "pkg" / "big.tar").exists()
     assert not storage.stat("pkg/big.tar").exists  # and the next call reconnects
     assert files_under(remote_root) == []  # the temporary file was removed after reconnecting
@@ -484,7 +487,8 @@ def test_openssh_transfers_share_one_master_connection(sshd_server, tmp_path):
         with storage.open_read(f"b{i}.bin") as stream:
             assert stream.read() == b"x" * i
 
-    assert client.master_pid == master and client.masters_started == 1
+    assert client.master_pid == master
+    assert client.masters_started == 1
     assert len(sshd_server.connection_pids()) == connections  # no new SSH connection
     storage.close()
 
@@ -494,7 +498,8 @@ def test_closing_the_last_storage_leaves_no_ssh_process(sshd_server, tmp_path):
     storage.write_stream("a.bin", io.BytesIO(b"a"))
     client = storage.connection.openssh()
     master, control_dir = client.master_pid, client._control_dir
-    assert master is not None and pid_alive(master)
+    assert master is not None
+    assert pid_alive(master)
 
     storage.close()
 
@@ -534,7 +539,8 @@ def test_object_vanished_between_stat_and_read_is_permanent(storage, monkeypatch
         storage.open_read("gone.tar") as stream,
     ):
         stream.read()
-    assert "gone.tar" in str(caught.value) and "test/ssh_buffer" in str(caught.value)
+    assert "gone.tar" in str(caught.value)
+    assert "test/ssh_buffer" in str(caught.value)
 
 
 def test_short_read_is_detected_as_transient(storage, remote_root, monkeypatch):
@@ -604,7 +610,8 @@ def test_openssh_client_refuses_an_unknown_host(sshd_server, tmp_path):
         process.stop()
     finally:
         client.close()
-    assert isinstance(error, PermanentStorageError) and "host key" in str(error)
+    assert isinstance(error, PermanentStorageError)
+    assert "host key" in str(error)
     assert empty.read_text() == ""
 
 
@@ -628,7 +635,9 @@ def test_ssh_client_failures_are_classified(status, stderr, expected):
     if expected is None:
         assert error is None
     else:
-        assert type(error) is expected and "loc" in str(error) and "k" in str(error)
+        assert type(error) is expected
+        assert "loc" in str(error)
+        assert "k" in str(error)
 
 
 def test_missing_object_in_an_empty_root_is_a_gone_mount(storage):

@@ -43,16 +43,17 @@ from ccat_ops_db.models import (
     RawDataFile,
     RawDataPackage,
     Site,
+    table_of,
 )
 
 S = PhysicalCopyStatus
-pc_t = PhysicalCopy.__table__
-rdp_t = RawDataPackage.__table__
-dtp_t = DataTransferPackage.__table__
-rdf_t = RawDataFile.__table__
-dl_t = DataLocation.__table__
-site_t = Site.__table__
-audit_t = AuditLog.__table__
+pc_t = table_of(PhysicalCopy)
+rdp_t = table_of(RawDataPackage)
+dtp_t = table_of(DataTransferPackage)
+rdf_t = table_of(RawDataFile)
+dl_t = table_of(DataLocation)
+site_t = table_of(Site)
+audit_t = table_of(AuditLog)
 
 #: statuses that mean "on its way out or gone": never allowed for an archive copy
 DELETION_STATUSES = (
@@ -74,7 +75,7 @@ _LABEL = {
 }
 
 
-def _copy_columns() -> tuple[sa.Select, Any, Any]:
+def _copy_columns() -> tuple[sa.FromClause, Any, Any]:
     """SELECT base over physical_copy with the object's name and key (any copy type)."""
     rdp, dtp, rdf = rdp_t.alias("o_rdp"), dtp_t.alias("o_dtp"), rdf_t.alias("o_rdf")
     joined = (

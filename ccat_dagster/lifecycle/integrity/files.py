@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import groupby
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -29,12 +30,13 @@ from ccat_ops_db.models import (
     PhysicalCopyStatus,
     RawDataFile,
     RawDataPackage,
+    table_of,
 )
 
 S = PhysicalCopyStatus
-pc_t = PhysicalCopy.__table__
-rdf_t = RawDataFile.__table__
-rdp_t = RawDataPackage.__table__
+pc_t = table_of(PhysicalCopy)
+rdf_t = table_of(RawDataFile)
+rdp_t = table_of(RawDataPackage)
 _CHUNK = 5000
 _FILE_COPY_STATUSES = (S.PRESENT, S.DELETION_POSSIBLE)
 
@@ -192,7 +194,7 @@ class FileCheck:
         path: str,
         source_id: int,
         package_id: int | None,
-        copies: list[tuple[int, int, int]],
+        copies: Sequence[Any],  # rows of (file id, location id, status)
     ) -> None:
         c = self.report.counters
         c.files_checked += 1

@@ -42,13 +42,14 @@ from ccat_ops_db.models import (
     RawDataFile,
     RawDataPackage,
     StorageType,
+    table_of,
 )
 
 S = PhysicalCopyStatus
-pc_t = PhysicalCopy.__table__
-rdp_t = RawDataPackage.__table__
-dtp_t = DataTransferPackage.__table__
-rdf_t = RawDataFile.__table__
+pc_t = table_of(PhysicalCopy)
+rdp_t = table_of(RawDataPackage)
+dtp_t = table_of(DataTransferPackage)
+rdf_t = table_of(RawDataFile)
 
 #: outcome of one copy, ordered so that max() is the best of several copies
 BAD, UNPROVEN, GOOD = 0, 1, 2
@@ -252,7 +253,7 @@ class LocationReader:
             return
         name = self.scope.names[location_id]
         try:
-            location = self.session.get(DataLocation, location_id)
+            location = self.session.get_one(DataLocation, location_id)
             storage = self.storage_for(location)
             if location.storage_type == StorageType.DISK:
                 # a missing root or an unreachable host is one location problem, not a

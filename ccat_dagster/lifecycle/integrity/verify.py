@@ -136,8 +136,9 @@ def _check_temporaries(
     for location_id in scope.location_ids:
         name = scope.names[location_id]
         try:
-            storage = storage_for(session.get(DataLocation, location_id))
-            found = list(stale_temporaries(session.get(DataLocation, location_id), storage))
+            location = session.get_one(DataLocation, location_id)
+            storage = storage_for(location)
+            found = list(stale_temporaries(location, storage))
         except Exception as exc:  # noqa: BLE001 - reported, the other locations go on
             report.add(
                 Violation(

@@ -1,0 +1,100 @@
+"""``ccat status`` and the end of ``ccat demo``: the per-stage summary as text and tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccat_dagster.cli._tables import render, show, table
+from ccat_dagster.lifecycle.summary import PipelineSummary
+
+#: archive copies that failed a live check listed one by one (the rest counted)
+_LISTED = 50
+
+
+def _kv(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
+
+
+def _bytes(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def summary_parts(s: PipelineSummary) -> list[Any]:
+    """The summary as a sequence of text blocks and tables."""
+    parts: list[Any] = [
+        "\n".join(
+            [
+                f"raw data files filed: {s.files[0]} ({_bytes(s.files[1])})",
+                "raw data packages by state: " + _kv(s.packages_by_state),
+                "raw data packages by packaging status: " + _kv(s.packages_by_status),
+                "data transfer packages by status: " + _kv(s.bundles_by_status),
+                "long-term archive transfers: " + _kv(s.archive_transfers),
+            ]
+        )
+    ]
+    transfers = table(
+        "ROUTE",
+        "DESTINATION",
+        "STATUS",
+        "UNPACK",
+        "TRANSFERS",
+        title="data transfers",
+        right=("TRANSFERS",),
+    )
+    for route, destination, status, unpack, n in s.transfers:
+        transfers.add_row(route, destination, status, unpack, str(n))
+    copies = table(
+        "LOCATION",
+        "KIND",
+        "STATUS",
+        "COPIES",
+        "BYTES",
+        title="physical copies",
+        right=("COPIES", "BYTES"),
+    )
+    for (location, kind, status), (n, size) in sorted(s.copies.items()):
+        copies.add_row(location, kind, status, str(n), _bytes(size))
+    parts += [transfers, copies]
+    if s.unusable_lta_copies:
+        lines = [
+            f"ARCHIVE COPIES FAILED A LIVE CHECK: {len(s.unusable_lta_copies)} (kept out of "
+            "every decision; re-archived from a good copy by the archive stage, repair pending):"
+        ]
+        lines += [
+            f"  {package} at {location}: {status} - {reason or 'no detail'}"
+            for package, location, status, reason in s.unusable_lta_copies[:_LISTED]
+        ]
+        if len(s.unusable_lta_copies) > _LISTED:
+            lines.append(f"  ... and {len(s.unusable_lta_copies) - _LISTED} more")
+        parts.append("\n".join(lines))
+    if s.unavailable:
+        unavailable = table(
+            "LOCATION", "STATE", title=f"locations unavailable: {len(s.unavailable)}"
+        )
+        for u in s.unavailable:
+            unavailable.add_row(u.location, u.describe())
+        parts.append(unavailable)
+    else:
+        parts.append("locations unavailable: none")
+    if s.lost_files:
+        lines = ["packages with raw data files declared lost (`ccat files declare-lost`):"]
+        lines += [
+            f"  {package} ({unit_module}): {lost} of {total} files lost, {detail}"
+            for package, unit_module, lost, total, detail in s.lost_files
+        ]
+        parts.append("\n".join(lines))
+    return parts
+
+
+def render_summary(s: PipelineSummary) -> str:
+    """The summary as plain text (what ``ccat status`` prints when piped)."""
+    return render(*summary_parts(s))
+
+
+def show_summary(s: PipelineSummary) -> None:
+    show(*summary_parts(s))

@@ -1,0 +1,128 @@
+"""The lifecycle policy (the topology's ``policy`` section): one validated model.
+
+The topology loader validates a file's ``policy`` mapping with it and the lifecycle decides
+with it (``ccat_dagster.lifecycle.policy.get_policy``: these defaults overridden key by key by
+the ``policy_setting`` rows that ``ccat topology apply`` writes). What each key means is in
+docs/configuration.md and docs/lifecycle.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+from ccat_ops_db.validators import fail, is_number, messages, whole_number
+
+_CONFIG = ConfigDict(extra="forbid")
+
+
+def _percent(value: Any) -> Any:
+    if not is_number(value):
+        fail(f"must be a number (percent), got {value!r}")
+    return value
+
+
+Percent = Annotated[float, BeforeValidator(_percent)]
+
+
+def _count(minimum: int) -> Any:
+    return BeforeValidator(
+        whole_number(minimum, "must be a whole number >= {minimum}, got {value}")
+    )
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class BufferThresholds:
+    """Disk-usage levels of a BUFFER in percent: 0 < warning < critical < emergency <= 100."""
+
+    warning: Percent = 70
+    critical: Percent = 85
+    emergency: Percent = 95
+
+    @model_validator(mode="after")
+    def _in_order(self) -> BufferThresholds:
+        w, c, e = self.warning, self.critical, self.emergency
+        if not 0 < w < c < e <= 100:
+            fail(
+                "need 0 < warning < critical < emergency <= 100, got "
+                f"warning={_shown(w)}, critical={_shown(c)}, emergency={_shown(e)}"
+            )
+        return self
+
+
+def _thresholds(value: Any) -> Any:
+    if not isinstance(value, dict | BufferThresholds):
+        fail("must be a mapping, e.g. {warning: 70, critical: 85, emergency: 95}")
+    return value
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class Policy:
+    data_transfer_package_max_bytes: Annotated[int, _count(1)] = 100_000_000_000
+    # A DataTransferPackage smaller than max_bytes is still built once its oldest
+    # RawDataPackage has waited this long, so a quiet night does not strand data at the telescope.
+    data_transfer_package_max_wait_minutes: Annotated[int, _count(0)] = 60
+    retention_period_minutes: Annotated[int, _count(0)] = 43_200
+    buffer_thresholds_percent: Annotated[BufferThresholds, BeforeValidator(_thresholds)] = (
+        BufferThresholds()
+    )
+    max_normal_transfers: Annotated[int, _count(1)] = 5
+    max_critical_transfers: Annotated[int, _count(1)] = 1
+    max_retries: Annotated[int, _count(0)] = 3
+    # Every archive copy is read back in full and checksummed this often (the scrub).
+    lta_reverify_interval_minutes: Annotated[int, _count(1)] = 43_200
+
+    @model_validator(mode="after")
+    def _critical_slows_down(self) -> Policy:
+        normal, critical = self.max_normal_transfers, self.max_critical_transfers
+        if critical > normal:
+            fail(
+                f"max_critical_transfers ({critical}) must not exceed max_normal_transfers "
+                f"({normal}): a full buffer must slow transfers down, not speed them up"
+            )
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Policy:
+        """A Policy from stored ``policy`` values; keys it does not know are ignored (rows of
+        an older version), missing keys keep their defaults."""
+        return _ADAPTER.validate_python({k: v for k, v in values.items() if k in POLICY_KEYS})
+
+
+def _shown(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+_ADAPTER = TypeAdapter(Policy)
+POLICY_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Policy))
+THRESHOLD_KEYS: tuple[str, ...] = tuple(f.name for f in fields(BufferThresholds))
+#: Keys and defaults of the ``policy`` section, as a topology file writes them.
+POLICY_DEFAULTS: dict[str, Any] = asdict(Policy())
+
+
+def validate_policy(raw: Any) -> tuple[dict[str, Any], list[str]]:
+    """The policy keys of a topology file as given (thresholds completed with their
+    defaults), and the operator messages of every problem (``policy.<key>: ...``)."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        return {}, ["policy: must be a mapping, e.g. policy: {max_normal_transfers: 5}"]
+    try:
+        _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        return {}, messages(
+            exc.errors(),
+            where=lambda loc: ".".join(["policy", *map(str, loc)]),
+            keys_of=lambda loc: THRESHOLD_KEYS if loc else POLICY_KEYS,
+            not_a_mapping=lambda loc: "must be a mapping",
+        )
+    policy = dict(raw)
+    if "buffer_thresholds_percent" in policy:
+        policy["buffer_thresholds_percent"] = {
+            **POLICY_DEFAULTS["buffer_thresholds_percent"],
+            **raw["buffer_thresholds_percent"],
+        }
+    return policy, []
