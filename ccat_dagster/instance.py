@@ -8,8 +8,11 @@ the repository; ``ccat instance init`` writes one to ``$DAGSTER_HOME/dagster.yam
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -64,3 +67,27 @@ def write_instance_config(home: Path, *, replace: bool = True) -> Path:
         )
     shutil.copyfile(template_path(template_name()), target)
     return target
+
+
+#: the lock file beside ``dagster.yaml`` that serializes opening the instance
+LOCK_FILE = ".ccat-instance.lock"
+
+
+@contextmanager
+def instance_lock(home: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``home`` while a process opens its Dagster instance.
+
+    The SQLite storages are created and stamped with their schema version when a process first
+    opens a new DAGSTER_HOME; two processes doing that at once (a cron job and an operator, two
+    ``run-until-idle``) fail with "table already exists" or "database is locked", or stamp the
+    version twice, after which every open fails ("more than one head present"). Opening under
+    this lock (``fcntl.flock``, released when the process dies) makes it one at a time; it costs
+    nothing once the storages exist.
+    """
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -17,10 +17,11 @@ register_operator_error(RetryError)
 def _instance():
     from dagster import DagsterInstance
 
+    from ccat_dagster.instance import instance_lock
     from ccat_dagster.runner import default_dagster_home
 
-    default_dagster_home()
-    return DagsterInstance.get()
+    with instance_lock(default_dagster_home()):
+        return DagsterInstance.get()
 
 
 def run_until_idle_command(

@@ -1,0 +1,50 @@
+"""Bug (found by the fault suite, twin_cleanup): two ``ccat`` commands opening a new SQLite
+DAGSTER_HOME at the same moment failed ("table already exists", "database is locked") or
+stamped the schema version twice, after which every command failed ("more than one head
+present"). Six processes open a fresh home at once through the CLI's path, four times over
+(forked after the imports, so they race on the open alone)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+from ccat_dagster.cli.pipeline import _instance
+from ccat_dagster.instance import write_instance_config
+
+PROCESSES = 6
+TRIALS = 4
+
+
+def _open(home: str, barrier, results) -> None:
+    import os
+
+    os.environ["DAGSTER_HOME"] = home
+    barrier.wait()
+    try:
+        with _instance() as instance:
+            instance.get_runs(limit=1)
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(repr(exc))
+
+
+def test_commands_opening_a_new_home_at_once_all_succeed(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for trial in range(TRIALS):
+        home = tmp_path / f"home-{trial}"
+        write_instance_config(home)
+        barrier, results = context.Barrier(PROCESSES), context.Queue()
+        processes = [
+            context.Process(target=_open, args=(str(home), barrier, results))
+            for _ in range(PROCESSES)
+        ]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(120)
+        outcomes = [results.get(timeout=5) for _ in processes]
+        assert outcomes == ["ok"] * PROCESSES, outcomes
+        with sqlite3.connect(home / "schedules" / "schedules.db") as db:
+            (heads,) = db.execute("SELECT count(*) FROM alembic_version").fetchone()
+        assert heads == 1
