@@ -7,7 +7,6 @@ import itertools
 import shutil
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from ccat_dagster.lifecycle import availability as av
@@ -15,13 +14,6 @@ from ccat_dagster.lifecycle.policy import BufferThresholds, Policy
 from ccat_dagster.storage.errors import LocationFullError, LocationUnavailableError
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, LocationAvailability, utcnow
-
-
-@pytest.fixture
-def topo(session, tmp_path):
-    topology = f.make_topology(session, tmp_path)
-    session.commit()
-    return topology
 
 
 def _trail(session, location) -> list[tuple[str, str]]:

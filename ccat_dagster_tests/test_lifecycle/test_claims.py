@@ -7,7 +7,6 @@ import threading
 from collections import Counter
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -29,13 +28,6 @@ from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcno
 from ccat_ops_db.session import make_engine
 
 S = PhysicalCopyStatus
-
-
-@pytest.fixture
-def topo(session, tmp_path):
-    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
-    session.commit()
-    return t
 
 
 def statuses(session, ids):

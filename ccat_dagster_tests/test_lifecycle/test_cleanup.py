@@ -35,13 +35,6 @@ S = PhysicalCopyStatus
 verify = make_storage_lta_verifier(f.local_storage_for)
 
 
-@pytest.fixture
-def topo(session, tmp_path):
-    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
-    session.commit()
-    return t
-
-
 cycle = f.cleanup_cycle
 
 

@@ -26,13 +26,6 @@ S = PhysicalCopyStatus
 
 
 @pytest.fixture
-def topo(session, tmp_path):
-    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
-    session.commit()
-    return t
-
-
-@pytest.fixture
 def topo2(session, tmp_path):
     t = f.make_topology(session, tmp_path, lta_sites=("cologne", "us"))
     session.commit()

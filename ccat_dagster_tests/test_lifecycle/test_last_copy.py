@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from ccat_dagster.lifecycle import deletion as d
@@ -30,13 +29,6 @@ from ccat_ops_db.models import (
 
 S = PhysicalCopyStatus
 verify = make_storage_lta_verifier(f.local_storage_for)
-
-
-@pytest.fixture
-def topo(session, tmp_path):
-    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
-    session.commit()
-    return t
 
 
 cycle = f.cleanup_cycle

@@ -26,13 +26,6 @@ from ccat_ops_db.models import (
 S = PhysicalCopyStatus
 
 
-@pytest.fixture
-def topo(session, tmp_path):
-    t = f.make_topology(session, tmp_path, lta_sites=("cologne",))
-    session.commit()
-    return t
-
-
 def _archived(session, topo):
     pkg, _dtp = f.archived_package(topo)
     copy = session.scalar(
