@@ -24,6 +24,8 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
+from ccat_dagster.defs.settings import PREFIX as SETTINGS_PREFIX
+from ccat_dagster.defs.settings import Settings
 from ccat_dagster_tests.fixtures.databases import postgres_admin_url, require_postgres
 from ccat_ops_db.models import LocationType, StorageType
 from ccat_ops_db.topology import load_topology, parse_topology
@@ -74,6 +76,8 @@ def env_vars_read_by_code() -> set[str]:
                 names.update(g for g in match.groups() if g)
     for path in (ROOT / "ccat_dagster" / "instance_templates").glob("*.yaml"):
         names.update(re.findall(r"\benv:\s*([A-Z][A-Z0-9_]+)", path.read_text()))
+    # the Dagster side reads its settings through one object: CCAT_<FIELD>
+    names.update(f"{SETTINGS_PREFIX}{field.upper()}" for field in Settings.model_fields)
     return names
 
 
