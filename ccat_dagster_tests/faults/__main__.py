@@ -3,7 +3,7 @@
 Exit status 0 when no schedule broke the invariant (no violation, no byte lost), else 1.
 ``--seed N`` replays one schedule alone (its files are kept for inspection when it fails).
 ``--workers N`` runs N harnesses side by side, each with its own components, on a share of the
-seeds.
+seed numbers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Running many schedules: one harness (its own components) or several side by side, each on a
-share of the seeds, results gathered as JSON lines."""
+share of the schedules, results gathered as JSON lines."""
 
 from __future__ import annotations
 

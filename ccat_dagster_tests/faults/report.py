@@ -1,5 +1,5 @@
 """The harness's summary: schedules run, faults injected by kind, violations, bytes lost,
-packages stuck and why, and the seeds of failing schedules (each can be replayed alone)."""
+packages stuck and why, and the seed of every failing schedule (each can be replayed alone)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def summarize(results: Iterable[ScheduleResult], *, seconds: float | None = None
         lines.append(f"steps that timed out: {timeouts}")
     not_idle = [r.seed for r in results if r.final_codes and r.final_codes[-1] != 0]
     if not_idle:
-        lines.append(f"final run-until-idle not clean in seeds: {not_idle}")
+        lines.append(f"final run-until-idle not clean in schedules (seed): {not_idle}")
     lines.append(f"failing schedules: {len(failing)}")
     for r in failing:
         lines.append(f"  seed {r.seed}: {REPLAY.format(seed=r.seed)}")
