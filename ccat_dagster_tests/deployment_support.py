@@ -201,7 +201,7 @@ class Deployment:
     def logs(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {p.name}:\n{p.log_tail(chars)}" for p in self.processes)
 
-    def stop(self, timeout: float = 20.0) -> list[str]:
+    def stop(self, timeout: float = 60.0) -> list[str]:
         """SIGTERM every process group (webserver and daemon first), then SIGKILL what is left.
         Returns the names of the processes that had to be killed."""
         killed: list[str] = []
