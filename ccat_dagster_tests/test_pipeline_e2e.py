@@ -162,7 +162,10 @@ def _flip_byte(path: Path, offset: int = 2048) -> bytes:
     return bytes(original)
 
 
-def test_byte_corrupted_in_transit_is_retried_and_archived(real_env):
+def test_bundle_rotted_at_origin_is_rebuilt_over_ssh_and_archived(real_env):
+    """The archive sites pull over SSH; a pull that mismatches re-reads the origin over SSH,
+    finds the bundle rotted there, and the telescope site rebuilds it (bytes spoiled in transit
+    with a good origin: test_bundle_at_origin.py)."""
     url, topology, root = real_env
     setup_pipeline(url, topology, root, n_obs_units=1, files_per_unit=2)
     with instance_for_test() as instance:
@@ -173,20 +176,20 @@ def test_byte_corrupted_in_transit_is_retried_and_archived(real_env):
                 select(DataTransferPackage).order_by(DataTransferPackage.id)
             ).first()
             bundle = root / "ccat" / "buffer" / dtp.relative_path
-            dtp_id = dtp.id
-        # a byte goes bad between origin and destination on the first attempt
-        original = _flip_byte(bundle)
+            dtp_id, checksum = dtp.id, dtp.checksum
+        _flip_byte(bundle)
         drive(url, instance, sites=["cologne", "us"], max_passes=1, include_schedules=False)
         with session_scope(url) as session:
             first = session.scalar(
                 select(DataTransfer).where(DataTransfer.data_transfer_package_id == dtp_id)
             )
-            assert first.retry_count == 1
+            assert first.retry_count == 0, "the origin's fault burns no retry of the transfer"
             assert first.status == Status.PENDING
             assert "checksum mismatch" in first.failure_reason
-        data = bytearray(bundle.read_bytes())
-        data[2048:2049] = original
-        bundle.write_bytes(bytes(data))
+            rebuilding = session.get(DataTransferPackage, dtp_id)
+            assert rebuilding.status == Status.PENDING
+            assert rebuilding.retry_count == 1
+        assert not bundle.exists(), "the rotted origin copy was removed"
 
         report = drive(url, instance, include_schedules=False)
         assert not report.failed_runs
@@ -194,7 +197,8 @@ def test_byte_corrupted_in_transit_is_retried_and_archived(real_env):
             assert packages_missing_from_ltas(session) == []
             retried = session.get(DataTransfer, first.id)
             assert retried.status == Status.COMPLETED
-            assert retried.retry_count == 1
+            assert retried.retry_count == 0
+            assert session.get(DataTransferPackage, dtp_id).checksum == checksum
 
 
 def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):

@@ -6,6 +6,12 @@ against the bundle's recorded checksum while they arrive; unpacking verifies eve
 RawDataPackage tar against the manifest and the ops DB. A mismatch marks the arrived copy bad
 (removed: the verified original is still at the origin), and the transfer is retried from the
 origin up to ``max_retries``; then FAILED, and the packages it carries with it.
+
+A pull that does not match the recorded checksum re-reads the origin copy before it counts: when
+the bundle rotted at rest at its origin, every further pull would fail the same way, so the bad
+origin copy is removed and the bundle goes back to bundling, which rebuilds it from its package
+tars (each verified on the way; the tar bytes are a function of the content, so the rebuilt
+bundle has the recorded checksum). That counts towards the bundle's retries, not the transfer's.
 """
 
 from __future__ import annotations
@@ -21,14 +27,19 @@ from ccat_dagster.lifecycle.locations import is_lta_site
 from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
 from ccat_dagster.lifecycle.policy import get_policy
 from ccat_dagster.lifecycle.progress import pending_on_transient, set_status, tracked_copy
-from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.lifecycle.retries import handle_failure, mark_permanent_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
-from ccat_dagster.storage.errors import PermanentStorageError
+from ccat_dagster.storage.errors import (
+    ChecksumMismatchError,
+    PermanentStorageError,
+    TransientStorageError,
+)
 from ccat_dagster.storage.local import map_os_error, partial_dir
 from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
+    DataTransferPackage,
     DataTransferPackagePhysicalCopy,
     DiskDataLocation,
     RawDataPackagePhysicalCopy,
@@ -49,6 +60,10 @@ def transfers_to_site(session: Session, site: Site) -> list[DataTransfer]:
             .where(
                 DataLocation.site_id == site.id,
                 DataTransfer.status.in_([Status.PENDING, Status.SCHEDULED, Status.IN_PROGRESS]),
+                # a bundle being rebuilt at its origin cannot be pulled until it is written again
+                DataTransfer.data_transfer_package.has(
+                    DataTransferPackage.status == Status.COMPLETED
+                ),
             )
             .order_by(DataTransfer.id)
         )
@@ -84,7 +99,8 @@ def execute_data_transfer(
 ) -> StageOutcome:
     """Pull the bundle from its origin into the destination buffer, verified on arrival."""
     dtp = transfer.data_transfer_package
-    if transfer.status == Status.COMPLETED:
+    if transfer.status == Status.COMPLETED or dtp.status != Status.COMPLETED:
+        # done already, or the bundle is being rebuilt at its origin (pulled once it is again)
         return StageOutcome(dtp.name, ok=True, skipped=True)
     origin, destination = transfer.origin_location, transfer.destination_location
     try:
@@ -103,6 +119,15 @@ def execute_data_transfer(
             destination_id=destination.id,
             run_id=run_id,
         )
+    except ChecksumMismatchError as exc:
+        session.refresh(dtp)
+        if dtp.status != Status.COMPLETED:
+            return _wait_for_rebuild(session, transfer, exc, run_id)
+        if transfer.origin_location_id == dtp.origin_location_id and _rotted_at_origin(
+            storage_for(origin), dtp
+        ):
+            return _rebuild_at_origin(session, transfer, storage_for(origin), exc, run_id)
+        return _transfer_failed(session, transfer, exc, run_id)
     except PermanentStorageError as exc:
         return _transfer_failed(session, transfer, exc, run_id)
     upsert_copy(
@@ -136,8 +161,27 @@ def execute_data_transfer(
 
 
 def _transfer_failed(
-    session: Session, transfer: DataTransfer, exc: BaseException, run_id: str | None
+    session: Session,
+    transfer: DataTransfer,
+    exc: BaseException | str,
+    run_id: str | None,
+    *,
+    permanent: bool = False,
 ) -> StageOutcome:
+    """Count the failure against the transfer's retries (FAILED at once when ``permanent``)."""
+    if permanent:
+        mark_permanent_failure(
+            session,
+            transfer,
+            exc,
+            entity_type="data_transfer",
+            packages=transfer.data_transfer_package.raw_data_packages,
+            run_id=run_id,
+        )
+        session.commit()
+        return StageOutcome(
+            transfer.data_transfer_package.name, ok=False, error=str(exc), permanent=True
+        )
     permanent = handle_failure(
         session,
         transfer,
@@ -151,6 +195,75 @@ def _transfer_failed(
     return StageOutcome(
         transfer.data_transfer_package.name, ok=False, error=str(exc), permanent=permanent
     )
+
+
+def _rotted_at_origin(origin: Storage, dtp: DataTransferPackage) -> bool:
+    """Re-read the bundle at its origin: True when those bytes are not the recorded ones (or
+    the object is gone). An origin that cannot be read now proves nothing: False."""
+    try:
+        checksum, size = origin.checksum(dtp.relative_path, dtp.checksum_algorithm or "sha256")
+    except TransientStorageError:
+        return False
+    except PermanentStorageError:
+        return True
+    return checksum != dtp.checksum or size != dtp.size
+
+
+def _rebuild_at_origin(
+    session: Session,
+    transfer: DataTransfer,
+    origin: Storage,
+    exc: ChecksumMismatchError,
+    run_id: str | None,
+) -> StageOutcome:
+    """The bundle rotted at rest at its origin: remove that copy and send the bundle back to
+    bundling (counted against the bundle's retries); this transfer waits for it, uncounted."""
+    dtp = transfer.data_transfer_package
+    location = transfer.origin_location
+    discard_bad_copy(
+        session,
+        origin,
+        DataTransferPackagePhysicalCopy,
+        "data_transfer_package_id",
+        dtp.id,
+        location,
+        dtp.relative_path,
+        reason=f"rotted at rest in {location.qualified_name} (re-read after a failed pull: "
+        f"{exc}); removed to rebuild the bundle from its package tars",
+        run_id=run_id,
+    )
+    why = f"bundle rotted at rest in {location.qualified_name}, rebuilding it: {exc}"
+    permanent = handle_failure(
+        session,
+        dtp,
+        why,
+        max_retries=get_policy(session).max_retries,
+        entity_type="data_transfer_package",
+        packages=dtp.raw_data_packages,
+        run_id=run_id,
+    )
+    if permanent:
+        return _transfer_failed(session, transfer, why, run_id, permanent=True)
+    return _wait_for_rebuild(session, transfer, exc, run_id)
+
+
+def _wait_for_rebuild(
+    session: Session, transfer: DataTransfer, exc: BaseException, run_id: str | None
+) -> StageOutcome:
+    """Back to PENDING without counting a retry: the bundle is rebuilt at its origin first."""
+    dtp = transfer.data_transfer_package
+    set_status(
+        session,
+        transfer,
+        Status.PENDING,
+        entity_type="data_transfer",
+        reason=f"waiting for {dtp.name} to be rebuilt at {dtp.origin_location.qualified_name}",
+        data_location_id=transfer.destination_location_id,
+        run_id=run_id,
+    )
+    transfer.failure_reason = str(exc)
+    session.commit()
+    return StageOutcome(dtp.name, ok=False, error=f"bundle rotted at its origin, rebuilding: {exc}")
 
 
 def local_root(location: DataLocation) -> Path:
