@@ -91,22 +91,20 @@ class World:
 
     def move_clock(self, by: timedelta) -> int:
         """Time passes for the retention rules: every copy's retention clock moves back."""
-        with session_scope(self.url) as session:
-            result = session.execute(
-                update(PhysicalCopy).values(updated_at=PhysicalCopy.updated_at - by)
-            )
-            return result.rowcount or 0
+        return self._move_back(PhysicalCopy.updated_at, by)
 
     def move_reverification_clock(self) -> int:
         """Time passes until every archive copy is due for its periodic re-verification (the
         scrub reads it back): without it bytes rotted at rest in an archive are found only
         within the interval, which a schedule does not last."""
         by = timedelta(minutes=Policy().lta_reverify_interval_minutes + 1)
+        return self._move_back(PhysicalCopy.verified_at, by)
+
+    def _move_back(self, column, by: timedelta) -> int:
+        """Move one timestamp of every physical copy that has it ``by`` into the past."""
         with session_scope(self.url) as session:
             result = session.execute(
-                update(PhysicalCopy)
-                .where(PhysicalCopy.verified_at.is_not(None))
-                .values(verified_at=PhysicalCopy.verified_at - by)
+                update(PhysicalCopy).where(column.is_not(None)).values({column: column - by})
             )
             return result.rowcount or 0
 
