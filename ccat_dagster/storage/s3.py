@@ -88,6 +88,25 @@ _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _ENDPOINT_DOWN_CODES = {"InternalError", "ServiceUnavailable", "SlowDown"}
 
 
+def s3_client_config(
+    *, max_attempts: int = 5, max_pool_connections: int = DEFAULT_CONCURRENCY + 2
+) -> Config:
+    """The botocore settings of every S3 client of the platform, the ones docs/performance.md
+    measures: dagster-aws ``S3Resource``'s retries (standard mode, ``max_attempts``), plus a
+    connection pool large enough for parallel part uploads and no SigV4 payload hash.
+
+    Used by ``make_s3_client`` and by the clients of Dagster runs (``TunedS3Resource``), so both
+    carry the same settings; change them here only."""
+    return Config(
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
+        # Each part carries a CRC32 request checksum and the whole object is verified against
+        # its sha256; a further SHA-256 of every part for SigV4 (which botocore does only on
+        # plain-http endpoints; over https it already skips it) would cost CPU, not safety.
+        s3={"payload_signing_enabled": False},
+    )
+
+
 def make_s3_client(
     *,
     endpoint_url: str | None = None,
@@ -95,20 +114,15 @@ def make_s3_client(
     max_attempts: int = 5,
     max_pool_connections: int = DEFAULT_CONCURRENCY + 2,
 ) -> Any:
-    """A boto3 S3 client configured like dagster-aws ``S3Resource(endpoint_url=...,
-    region_name=...).get_client()`` (standard retry mode, ``max_attempts``), plus a connection pool
-    large enough for parallel part uploads. Credentials: boto3's default chain (environment)."""
+    """A boto3 S3 client with the settings of ``s3_client_config``, configured like dagster-aws
+    ``S3Resource(endpoint_url=..., region_name=...)``. Credentials: boto3's default chain
+    (environment)."""
     return boto3.Session().client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,
-        config=Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            max_pool_connections=max_pool_connections,
-            # Each part carries a CRC32 request checksum and the whole object is verified against
-            # its sha256; a further SHA-256 of every part for SigV4 (which botocore does only on
-            # plain-http endpoints; over https it already skips it) would cost CPU, not safety.
-            s3={"payload_signing_enabled": False},
+        config=s3_client_config(
+            max_attempts=max_attempts, max_pool_connections=max_pool_connections
         ),
     )
 

@@ -229,10 +229,14 @@ def test_disk_usage_is_a_clear_not_implemented_error(lta):
         lta.disk_usage()
 
 
-def test_client_built_by_dagster_aws_s3_resource_works(s3_endpoint, s3_bucket, s3_client):
+@pytest.mark.parametrize("tuned", [False, True], ids=["S3Resource", "TunedS3Resource"])
+def test_client_built_by_dagster_aws_s3_resource_works(s3_endpoint, s3_bucket, s3_client, tuned):
     from dagster_aws.s3 import S3Resource
 
-    client = S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1").get_client()
+    from ccat_dagster.defs.resources import TunedS3Resource  # the client of Dagster runs
+
+    resource_class = TunedS3Resource if tuned else S3Resource
+    client = resource_class(endpoint_url=s3_endpoint, region_name="us-east-1").get_client()
     lta = S3Storage(NAME, s3_bucket, "via-resource", client=client, part_size=5 * MIB)
     data = os.urandom(11 * MIB)
     digest, _ = checksum_chunks([data])
