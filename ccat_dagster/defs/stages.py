@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ccat_dagster.defs.keys import (
@@ -352,9 +353,23 @@ def follow_max_runs(
     the buffer monitor both call it). Returns the limit."""
     limit = stage.max_runs(session, site_db)
     pool = stage.pool(site)
-    if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
-        instance.event_log_storage.set_concurrency_slots(pool, limit)
+    storage = instance.event_log_storage
+    for attempt in range(_POOL_WRITE_ATTEMPTS):
+        if storage.get_concurrency_info(pool).slot_count == limit:
+            break
+        try:
+            storage.set_concurrency_slots(pool, limit)
+            break
+        except IntegrityError:
+            # A twin (the other writer's tick, or a second run-until-idle) created the pool's
+            # row between Dagster's read and insert: read again, then write if still needed.
+            if attempt == _POOL_WRITE_ATTEMPTS - 1:
+                raise
     return limit
+
+
+#: a pool's limit is written again after a twin's concurrent first write (IntegrityError)
+_POOL_WRITE_ATTEMPTS = 3
 
 
 TRANSFER = Stage(

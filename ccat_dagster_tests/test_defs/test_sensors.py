@@ -93,3 +93,31 @@ def test_transfer_sensor_sets_the_transfer_pool_to_the_policy_limit(local_pipeli
         _evaluate(defs, "cologne_data_transfer_sensor", instance)
         info = instance.event_log_storage.get_concurrency_info("cologne_buffer_data_transfer")
         assert info.slot_count == 3
+
+
+def test_pool_limit_written_by_a_twin_at_the_same_moment_fails_no_tick(local_pipeline, monkeypatch):
+    """Two writers of a transfer pool's limit (the stage's sensor and the buffer monitor, or
+    two run-until-idle) raced on the pool's first row: the loser's tick failed with Dagster's
+    IntegrityError (seen in the fault suite). The loser reads again and the tick goes on."""
+    from sqlalchemy.exc import IntegrityError
+
+    url, _, _ = local_pipeline
+    defs = build_site_definitions("cologne", ops_db_url=url)
+    pool = "cologne_buffer_data_transfer"
+    with instance_for_test() as instance:
+        storage = instance.event_log_storage
+        real_set = storage.set_concurrency_slots
+        calls = []
+
+        def twin_first(key, num):
+            calls.append(key)
+            if len(calls) == 1:
+                real_set(key, num)  # the twin's write lands first ...
+                raise IntegrityError("INSERT INTO concurrency_limits", {}, Exception("UNIQUE"))
+            real_set(key, num)
+
+        monkeypatch.setattr(storage, "set_concurrency_slots", twin_first)
+        result = _evaluate(defs, "cologne_data_transfer_sensor", instance)
+        assert isinstance(result, SkipReason)
+        assert calls == [pool], "read again, found the twin's limit, wrote nothing more"
+        assert storage.get_concurrency_info(pool).slot_count > 0
