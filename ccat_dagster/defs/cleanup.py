@@ -68,7 +68,7 @@ from ccat_dagster.defs.topology import LocationView, SiteView
 from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.availability import record_location_error, unavailability
 from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
-from ccat_dagster.lifecycle.cleanup import plan_deletions, run_cleanup_cycle
+from ccat_dagster.lifecycle.cleanup import has_deletable, plan_deletions, run_cleanup_cycle
 from ccat_dagster.lifecycle.deletion import (
     RULE_RDF_DELETION_POSSIBLE,
     RULE_RDP_LTA_BUFFER,
@@ -340,11 +340,10 @@ def _has_deletable(session: Session, site: Site) -> bool:
     """Anything deletable at a location of ``site`` that answers from here (a full one does:
     deleting is what frees it); a location that does not answer waits for its probe."""
     down = unavailability(session, site.short_name)
-    return any(
-        plan_deletions(session, location=loc, observer=site.short_name).deletable
-        for loc in _site_locations(session, site, None)
-        if not down.blocks(loc.id, write=False)
-    )
+    answering = [
+        loc for loc in _site_locations(session, site, None) if not down.blocks(loc.id, write=False)
+    ]
+    return has_deletable(session, answering, observer=site.short_name)
 
 
 def _location_unavailable(

@@ -174,6 +174,23 @@ def plan_deletions(
     )
 
 
+def has_deletable(
+    session: Session,
+    locations: Sequence[DataLocation],
+    *,
+    now: datetime | None = None,
+    observer: str | None = None,
+) -> bool:
+    """Whether :func:`plan_deletions` would find anything deletable at any of ``locations``,
+    stopping at the first copy found (the question a schedule asks on every tick)."""
+    ctx = rule_context(session, now=now, observer=observer)
+    return any(
+        find_deletable(session, rule, location=location, ctx=ctx)
+        for location in locations
+        for rule in RULE_ORDER
+    )
+
+
 # --------------------------------------------------------------------------- report
 
 

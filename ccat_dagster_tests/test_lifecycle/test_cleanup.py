@@ -16,6 +16,7 @@ from ccat_dagster.lifecycle.cleanup import (
     RULE_LTA_VERIFICATION_FAILED,
     RefusedDeletionError,
     execute_deletions,
+    has_deletable,
     make_storage_lta_verifier,
     plan_deletions,
 )
@@ -23,6 +24,7 @@ from ccat_dagster.storage.s3 import S3Storage
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,
+    DataLocation,
     PhysicalCopy,
     PhysicalCopyStatus,
     PolicySetting,
@@ -128,6 +130,7 @@ def test_nothing_deletable_before_archive(session, topo):
     pkg = f.file_raw_data_package(topo)
     dtp = f.bundle(topo, [pkg])
     session.commit()
+    assert not has_deletable(session, session.scalars(select(DataLocation)).all())
     report = cycle(session)
     assert report.deleted == 0
     assert report.ok
@@ -410,6 +413,10 @@ def test_plan_explains_blocked_items_and_changes_nothing(session, topo):
     plan = plan_deletions(session)
     deletable = {(r.rule, r.name) for r in plan.deletable}
     assert (d.RULE_RDP_SOURCE_BUFFER, archived.name) in deletable
+    # the schedule's quick question agrees with the plan, location by location
+    for location in session.scalars(select(DataLocation)).all():
+        expected = bool(plan_deletions(session, location=location).deletable)
+        assert has_deletable(session, [location]) == expected, location.name
     blocked = {(b.rule, b.name): b.reason for b in plan.blocked}
     assert "not ARCHIVED" in blocked[(d.RULE_RDP_SOURCE_BUFFER, "waiting_pkg")]
     assert "not ARCHIVED" in blocked[(d.RULE_RDP_SOURCE_BUFFER, "in_flight_pkg")]
