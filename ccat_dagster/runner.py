@@ -86,7 +86,10 @@ def _cursor_key(name: str) -> str:
     return f"{CURSOR_PREFIX}:{name}"
 
 
-def _apply_partition_requests(instance: DagsterInstance, requests: Sequence) -> None:
+def _apply_partition_requests(
+    instance: DagsterInstance,
+    requests: Sequence[AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest] | None,
+) -> None:
     for request in requests or []:
         if isinstance(request, AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(
@@ -176,6 +179,8 @@ def _tick_sensors(loop: _Loop, defs: Definitions) -> int:
             instance.run_storage.set_cursor_values({key: data.cursor})
         for request in data.run_requests or []:
             job_name = request.job_name or sensor_def.job_name
+            if job_name is None:  # a sensor of ours targets one job
+                raise ValueError(f"sensor {sensor_def.name} requested a run of no job")
             launched += _execute(loop, defs, job_name, request)
     return launched
 

@@ -44,7 +44,7 @@ from ccat_dagster.defs.stages import (
     TRANSFER,
     UNPACK,
     ArchiveItem,
-    Item,
+    ItemT,
     Stage,
     StageReport,
     location_named,
@@ -65,7 +65,7 @@ from ccat_ops_db.models import (
 )
 
 # (session, site short name, location name, partition key) -> the stage's item
-ItemFinder = Callable[[Session, str, str, str], Item]
+ItemFinder = Callable[[Session, str, str, str], ItemT]
 
 
 def package_named(session: Session, name: str) -> RawDataPackage:
@@ -97,21 +97,21 @@ def _transfer_to(session: Session, dtp_id: int, location: DataLocation) -> DataT
     return transfer
 
 
-def _find_package_item(session, site, location, key) -> str:
+def _find_package_item(session: Session, site: str, location: str, key: str) -> str:
     return str(package_named(session, key).id)
 
 
-def _find_bundle_item(session, site, location, key) -> str:
+def _find_bundle_item(session: Session, site: str, location: str, key: str) -> str:
     return str(_bundle(session, key).id)
 
 
-def _find_transfer_item(session, site, location, key) -> str:
+def _find_transfer_item(session: Session, site: str, location: str, key: str) -> str:
     return str(
         _transfer_to(session, _bundle(session, key).id, location_named(session, site, location)).id
     )
 
 
-def _find_unpack_item(session, site, location, key) -> str:
+def _find_unpack_item(session: Session, site: str, location: str, key: str) -> str:
     package = package_named(session, key)
     if package.data_transfer_package_id is None:
         raise Failure(f"package {key} is in no data transfer package yet")
@@ -122,7 +122,7 @@ def _find_unpack_item(session, site, location, key) -> str:
     )
 
 
-def _find_archive_item(session, site, location, key) -> ArchiveItem:
+def _find_archive_item(session: Session, site: str, location: str, key: str) -> ArchiveItem:
     package = package_named(session, key)
     lta = location_named(session, site, location)
     buffer = package_copy_location(session, package, lta.site)
@@ -133,8 +133,8 @@ def _find_archive_item(session, site, location, key) -> ArchiveItem:
 
 def materialize_one(
     context: AssetExecutionContext,
-    stage: Stage,
-    finder: ItemFinder,
+    stage: Stage[ItemT],
+    finder: ItemFinder[ItemT],
     site: str,
     location: str,
     ops_db: OpsDbResource,
@@ -168,8 +168,8 @@ def partitioned_asset(
     kind: str,
     description: str,
     deps: list[AssetDep],
-    stage: Stage,
-    finder: ItemFinder,
+    stage: Stage[ItemT],
+    finder: ItemFinder[ItemT],
 ) -> AssetsDefinition:
     """One site-location-kind asset of ``stage``, in the pool of the stage's batched op."""
     s = site.short_name

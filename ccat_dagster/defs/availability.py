@@ -185,7 +185,7 @@ class StageGate:
         if row is None:
             return None
         self.unavailable.add(row)
-        location = self.session.get(DataLocation, row.location_id)
+        location = self.session.get_one(DataLocation, row.location_id)
         self.newly_unavailable.append((location, row))
         return row
 

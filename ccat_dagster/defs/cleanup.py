@@ -59,6 +59,7 @@ from ccat_dagster.defs.stages import (
     TRANSFER,
     follow_max_runs,
     location_named,
+    log_event,
     lta_presence_evaluation,
     site_buffer_action,
     site_row,
@@ -67,7 +68,7 @@ from ccat_dagster.defs.temporaries import build_temporaries_op
 from ccat_dagster.defs.topology import LocationView, SiteView
 from ccat_dagster.lifecycle import names
 from ccat_dagster.lifecycle.availability import record_location_error, unavailability
-from ccat_dagster.lifecycle.buffer_policy import BufferLevel, record_disk_usage
+from ccat_dagster.lifecycle.buffer_policy import BufferLevel, BufferStatus, record_disk_usage
 from ccat_dagster.lifecycle.cleanup import has_deletable, plan_deletions, run_cleanup_cycle
 from ccat_dagster.lifecycle.deletion import (
     RULE_RDF_DELETION_POSSIBLE,
@@ -145,7 +146,7 @@ def _lta_copies_relied_on(
             DataLocation.location_type == LocationType.LONG_TERM_ARCHIVE,
         )
     ).all()
-    return [(pid, loc) for pid, loc in rows]
+    return [(pid, loc) for pid, loc in rows if pid is not None]  # never None: in_() above
 
 
 def _fresh_checks(passed: list[dict]) -> dict[tuple[int, int], LtaEvidence]:
@@ -195,7 +196,7 @@ def _check_op(s: str, cleaned: list[str]) -> OpDefinition:
             failed: set[int] = set()
             passed: list[dict] = []
             for package_id, lta in _lta_copies_relied_on(session, set(relying)):
-                package = session.get(RawDataPackage, package_id)
+                package = session.get_one(RawDataPackage, package_id)
                 try:
                     evidence = verify(package, lta)
                 except StorageError as exc:
@@ -205,7 +206,7 @@ def _check_op(s: str, cleaned: list[str]) -> OpDefinition:
                 if not config.dry_run:
                     record_lta_check(session, package, lta, evidence, run_id=context.run_id)
                     session.commit()
-                context.log_event(lta_presence_evaluation(lta, package, evidence))
+                log_event(context, lta_presence_evaluation(lta, package, evidence))
                 if evidence.ok:
                     passed.append({"package": package_id, "lta": lta.id, **evidence.as_dict()})
                     continue
@@ -279,10 +280,14 @@ def _delete_op(s: str, where: LocationView) -> OpDefinition:
                 dry_run=checked["dry_run"],
                 observer=s,
             )
-            text = report.plan.summary() if report.dry_run else report.summary()
+            # a dry run's report has its plan
+            plan = report.plan if report.dry_run else None
+            text = plan.summary() if plan is not None else report.summary()
             context.log.info(f"{location.qualified_name}: {text}")
             for check in report.lta_checks:
-                context.log_event(lta_presence_evaluation(check.lta, check.package, check.evidence))
+                log_event(
+                    context, lta_presence_evaluation(check.lta, check.package, check.evidence)
+                )
             errors += report.errors
             for exc in report.unavailable:
                 _location_unavailable(context, session, exc, s)
@@ -355,9 +360,9 @@ def _location_unavailable(
     if row is None:
         return
     context.log.warning(f"{row.location} {row.describe()}")
-    location = session.get(DataLocation, row.location_id)
+    location = session.get_one(DataLocation, row.location_id)
     for event in location_events(location, ok=False, detail=row.reason, observer=site):
-        context.log_event(event)
+        log_event(context, event)
 
 
 def build_cleanup_schedule(
@@ -386,9 +391,9 @@ def _disk_locations(site: Site) -> list[DataLocation]:
     return [loc for loc in site.locations if loc.active and isinstance(loc, DiskDataLocation)]
 
 
-def measure_site(session: Session, site: Site, storages) -> list[tuple[DataLocation, object]]:
+def measure_site(session: Session, site: Site, storages) -> list[tuple[DataLocation, BufferStatus]]:
     """Measure and record the disk usage of every active disk location of ``site``."""
-    out = []
+    out: list[tuple[DataLocation, BufferStatus]] = []
     for location in _disk_locations(site):
         usage = storages.get(location).disk_usage()
         status = record_disk_usage(

@@ -26,7 +26,7 @@ from dagster import (
 
 from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
-from ccat_dagster.defs.stages import Stage, site_row
+from ccat_dagster.defs.stages import Stage, log_event, site_row
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle import names
 from ccat_dagster.storage.errors import LocationUnavailableError
@@ -68,7 +68,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
             )
             for item in config.items:
                 for event in gate.take_events():
-                    context.log_event(event)
+                    log_event(context, event)
                 why = gate.waits(item)
                 if why is not None:
                     deferred[str(item)] = why
@@ -83,7 +83,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                     deferred[str(item)] = f"waiting: {exc}"
                     continue
                 for event in report.events:
-                    context.log_event(event)
+                    log_event(context, event)
                 if report.outcome.deferred:
                     deferred[report.outcome.partition] = report.outcome.error or "waiting"
                 elif not report.outcome.ok:
@@ -97,7 +97,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                 else:
                     done += 1
             for event in gate.take_events():
-                context.log_event(event)
+                log_event(context, event)
         for item, why in deferred.items():
             context.log.warning(f"{item}: deferred, {why}")
         context.log.info(
@@ -119,7 +119,7 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
                 },
                 allow_retries=False,
             )
-        metadata = {k: MetadataValue.int(v) for k, v in counts.items()}
+        metadata: dict[str, MetadataValue] = {k: MetadataValue.int(v) for k, v in counts.items()}
         metadata.update(
             {f"deferred {k}": MetadataValue.text(v) for k, v in list(deferred.items())[:50]}
         )

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import boto3
+import boto3.session
 from botocore.handlers import disable_signing
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource

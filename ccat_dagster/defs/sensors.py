@@ -13,7 +13,9 @@ between ticks is ``Settings.sensor_interval_seconds`` (``CCAT_SENSOR_INTERVAL_SE
 """
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from dagster import (
     DagsterRunStatus,
@@ -75,7 +77,8 @@ def items_in_flight(
     runs = context.instance.get_runs(filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
     items: set = set()
     for run in runs:
-        op_config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {})
+        run_config: Mapping[str, Any] = run.run_config or {}  # nested dicts, as launched
+        op_config = run_config.get("ops", {}).get(op_name, {}).get("config", {})
         items.update(stage.items_of(op_config))
     return len(runs), items
 

@@ -9,17 +9,20 @@ through these same functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    AssetObservation,
     Config,
     DagsterInstance,
     Failure,
     MetadataValue,
+    OpExecutionContext,
 )
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -67,6 +70,15 @@ StorageFor = Callable[[DataLocation], Storage]
 DagsterEvent = AssetMaterialization | AssetCheckEvaluation
 
 
+def log_event(
+    context: OpExecutionContext,
+    event: AssetMaterialization | AssetObservation | AssetCheckEvaluation,
+) -> None:
+    """``context.log_event``: Dagster logs check evaluations through it too, but annotates it
+    with materializations, observations and expectation results only."""
+    context.log_event(event)  # pyright: ignore[reportArgumentType]
+
+
 class StageConfig(Config):
     """The items this run works on, chosen by the stage's sensor: ops-DB ids (of packages,
     bundles or transfers, by stage)."""
@@ -92,14 +104,15 @@ class ArchiveConfig(Config):
     items: list[ArchiveItem]
 
 
-#: one item of a stage: an ops-DB id (``StageConfig``) or a typed item (``ArchiveItem``, ...)
-Item = Hashable
+#: one item of a stage: an ops-DB id (``StageConfig``) or a typed item (``ArchiveItem``, ...);
+#: hashable (frozen, for the Config ones)
+ItemT = TypeVar("ItemT")
 #: (session, site, items) -> item -> what it needs / (location it writes into, admission key)
-NeedsOf = Callable[[Session, Site, list], dict[Item, Needs]]
-TargetsOf = Callable[[Session, Site, list], dict[Item, tuple[DataLocation, str]]]
+NeedsOf = Callable[[Session, Site, list[ItemT]], dict[ItemT, Needs]]
+TargetsOf = Callable[[Session, Site, list[ItemT]], dict[ItemT, tuple[DataLocation, str]]]
 
 
-def _needs_nothing(_session: Session, _site: Site, _items: list) -> dict[Item, Needs]:
+def _needs_nothing(_session: Session, _site: Site, _items: list[Any]) -> dict[Any, Needs]:
     return {}
 
 
@@ -110,8 +123,8 @@ class StageReport:
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One step of the chain, as run at one site."""
+class Stage(Generic[ItemT]):
+    """One step of the chain, as run at one site, over items of type ``ItemT``."""
 
     name: str
     operation: OperationType
@@ -119,8 +132,8 @@ class Stage:
     #: the "manager" part: create the records of new work (packages, bundles, routes)
     plan: Callable[[Session, Site], None]
     #: items ready to execute at this site
-    ready: Callable[[Session, Site], list]
-    execute: Callable[[Session, Item, StorageFor, str | None], StageReport]
+    ready: Callable[[Session, Site], list[ItemT]]
+    execute: Callable[[Session, ItemT, StorageFor, str | None], StageReport]
     #: the run config of the stage's op; its ``items`` are the items of this stage
     config: type[Config] = StageConfig
     batch_size: int = 200
@@ -129,16 +142,16 @@ class Stage:
     #: the sensor keeps the op pool's limit equal to ``max_runs`` (transfers)
     pool_follows_max_runs: bool = False
     #: the locations each item reads and writes: it waits while one is unavailable from here
-    needs: NeedsOf = _needs_nothing
+    needs: NeedsOf[ItemT] = _needs_nothing
     #: where each item writes into a buffer, for admission (None: no admission check)
-    admission_targets: TargetsOf | None = None
+    admission_targets: TargetsOf[ItemT] | None = None
 
-    def run_config(self, op_name: str, items: Sequence[Item]) -> dict:
+    def run_config(self, op_name: str, items: Sequence[ItemT]) -> dict:
         """The run config of a run of the stage's op over ``items``."""
         typed = self.config(items=list(items))
         return {"ops": {op_name: {"config": typed.model_dump()}}}
 
-    def items_of(self, op_config: Mapping) -> list[Item]:
+    def items_of(self, op_config: Mapping) -> list[ItemT]:
         """The items of a run's op config (``[]`` when it is not this stage's: a run launched
         by hand with a wrong config, or by an older version)."""
         try:
@@ -205,10 +218,12 @@ def _ready_packages(session: Session, site: Site) -> list[str]:
 
 
 def _execute_package(session: Session, item: str, storage_for, run_id) -> StageReport:
-    package = session.get(RawDataPackage, int(item))
+    package = session.get_one(RawDataPackage, int(item))
     outcome = build_raw_data_package(session, package, storage_for=storage_for, run_id=run_id)
     buffer = get_primary_buffer_for_site(session, package.source_location.site)
     site = package.source_location.site.short_name
+    if buffer is None:  # deactivated since (building the package itself fails without one)
+        raise RuntimeError(f"site {site!r} has no active BUFFER to record {package.name} in")
     return stage_report(outcome, materialization(site, buffer.name, RAW_DATA_PACKAGE, outcome))
 
 
@@ -216,12 +231,14 @@ def _package_needs(session: Session, site: Site, items: list[str]) -> dict[str, 
     buffer = get_primary_buffer_for_site(session, site)
     writes = (buffer.id,) if buffer is not None else ()
     return {
-        i: Needs(reads=(session.get(RawDataPackage, int(i)).source_location_id,), writes=writes)
+        i: Needs(reads=(session.get_one(RawDataPackage, int(i)).source_location_id,), writes=writes)
         for i in items
     }
 
 
-def _package_targets(session: Session, site: Site, items: list[str]):
+def _package_targets(
+    session: Session, site: Site, items: list[str]
+) -> dict[str, tuple[DataLocation, str]]:
     buffer = get_primary_buffer_for_site(session, site)
     return {} if buffer is None else {i: (buffer, package_key(i)) for i in items}
 
@@ -260,7 +277,7 @@ def _ready_bundles(session: Session, site: Site) -> list[str]:
 
 
 def _execute_bundle(session: Session, item: str, storage_for, run_id) -> StageReport:
-    dtp = session.get(DataTransferPackage, int(item))
+    dtp = session.get_one(DataTransferPackage, int(item))
     outcome = build_data_transfer_package(session, dtp, storage_for=storage_for, run_id=run_id)
     if outcome.ok:
         routing.plan_primary_transfers(session, dtp.origin_location.site, run_id=run_id)
@@ -272,16 +289,19 @@ def _execute_bundle(session: Session, item: str, storage_for, run_id) -> StageRe
 
 
 def _bundle_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
-    out = {}
+    out: dict[str, Needs] = {}
     for i in items:
-        origin = session.get(DataTransferPackage, int(i)).origin_location_id
+        origin = session.get_one(DataTransferPackage, int(i)).origin_location_id
         out[i] = Needs(reads=(origin,), writes=(origin,))
     return out
 
 
-def _bundle_targets(session: Session, site: Site, items: list[str]):
+def _bundle_targets(
+    session: Session, site: Site, items: list[str]
+) -> dict[str, tuple[DataLocation, str]]:
     return {
-        i: (session.get(DataTransferPackage, int(i)).origin_location, bundle_key(i)) for i in items
+        i: (session.get_one(DataTransferPackage, int(i)).origin_location, bundle_key(i))
+        for i in items
     }
 
 
@@ -310,7 +330,7 @@ def _ready_transfers(session: Session, site: Site) -> list[str]:
 
 
 def _execute_transfer(session: Session, item: str, storage_for, run_id) -> StageReport:
-    transfer = session.get(DataTransfer, int(item))
+    transfer = session.get_one(DataTransfer, int(item))
     outcome = transfers.execute_data_transfer(
         session, transfer, storage_for=storage_for, run_id=run_id
     )
@@ -331,16 +351,19 @@ def _transfer_limit(session: Session, site: Site) -> int:
 
 
 def _transfer_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
-    out = {}
+    out: dict[str, Needs] = {}
     for i in items:
-        t = session.get(DataTransfer, int(i))
+        t = session.get_one(DataTransfer, int(i))
         out[i] = Needs(reads=(t.origin_location_id,), writes=(t.destination_location_id,))
     return out
 
 
-def _transfer_targets(session: Session, site: Site, items: list[str]):
+def _transfer_targets(
+    session: Session, site: Site, items: list[str]
+) -> dict[str, tuple[DataLocation, str]]:
     return {
-        i: (session.get(DataTransfer, int(i)).destination_location, transfer_key(i)) for i in items
+        i: (session.get_one(DataTransfer, int(i)).destination_location, transfer_key(i))
+        for i in items
     }
 
 
@@ -395,7 +418,7 @@ def _ready_unpacks(session: Session, site: Site) -> list[str]:
 
 
 def _execute_unpack(session: Session, item: str, storage_for, run_id) -> StageReport:
-    transfer = session.get(DataTransfer, int(item))
+    transfer = session.get_one(DataTransfer, int(item))
     outcome = transfers.unpack_data_transfer(
         session, transfer, storage_for=storage_for, run_id=run_id
     )
@@ -426,16 +449,19 @@ def _execute_unpack(session: Session, item: str, storage_for, run_id) -> StageRe
 
 
 def _unpack_needs(session: Session, site: Site, items: list[str]) -> dict[str, Needs]:
-    out = {}
+    out: dict[str, Needs] = {}
     for i in items:
-        buffer = session.get(DataTransfer, int(i)).destination_location_id
+        buffer = session.get_one(DataTransfer, int(i)).destination_location_id
         out[i] = Needs(reads=(buffer,), writes=(buffer,))
     return out
 
 
-def _unpack_targets(session: Session, site: Site, items: list[str]):
+def _unpack_targets(
+    session: Session, site: Site, items: list[str]
+) -> dict[str, tuple[DataLocation, str]]:
     return {
-        i: (session.get(DataTransfer, int(i)).destination_location, unpack_key(i)) for i in items
+        i: (session.get_one(DataTransfer, int(i)).destination_location, unpack_key(i))
+        for i in items
     }
 
 
@@ -488,9 +514,15 @@ def lta_presence_evaluation(
     )
 
 
-def _archive_item(session: Session, item: ArchiveItem):
-    package = session.get(RawDataPackage, item.package)
-    return package, session.get(DataLocation, item.source), session.get(DataLocation, item.lta)
+def _archive_item(
+    session: Session, item: ArchiveItem
+) -> tuple[RawDataPackage, DataLocation, DataLocation]:
+    package = session.get_one(RawDataPackage, item.package)
+    return (
+        package,
+        session.get_one(DataLocation, item.source),
+        session.get_one(DataLocation, item.lta),
+    )
 
 
 def _execute_archive_copy(session: Session, item: ArchiveItem, storage_for, run_id) -> StageReport:
@@ -522,7 +554,9 @@ def _execute_archive(session: Session, item: ArchiveItem, storage_for, run_id) -
     return StageReport(outcome, events)
 
 
-def _archive_needs(_session: Session, _site: Site, items: list[ArchiveItem]) -> dict:
+def _archive_needs(
+    _session: Session, _site: Site, items: list[ArchiveItem]
+) -> dict[ArchiveItem, Needs]:
     return {i: Needs(reads=(i.source,), writes=(i.lta,)) for i in items}
 
 
@@ -568,8 +602,8 @@ def _ready_reverify(session: Session, site: Site) -> list[ReverifyItem]:
 
 def _execute_reverify(session: Session, item: ReverifyItem, storage_for, run_id) -> StageReport:
     """Read one archive copy back; a bad one is marked and re-archived, not a failed run."""
-    package = session.get(RawDataPackage, item.package)
-    lta = session.get(DataLocation, item.lta)
+    package = session.get_one(RawDataPackage, item.package)
+    lta = session.get_one(DataLocation, item.lta)
     evidence = reverification.reverify_lta_copy(
         session, package, lta, storage_for(lta), run_id=run_id
     )
@@ -583,7 +617,9 @@ def _execute_reverify(session: Session, item: ReverifyItem, storage_for, run_id)
     return StageReport(outcome, [lta_presence_evaluation(lta, package, evidence)])
 
 
-def _reverify_needs(_session: Session, _site: Site, items: list[ReverifyItem]) -> dict:
+def _reverify_needs(
+    _session: Session, _site: Site, items: list[ReverifyItem]
+) -> dict[ReverifyItem, Needs]:
     return {i: Needs(reads=(i.lta,)) for i in items}
 
 
@@ -599,7 +635,7 @@ REVERIFY = Stage(
     needs=_reverify_needs,
 )
 
-PIPELINE_STAGES: tuple[Stage, ...] = (PACKAGE, BUNDLE, TRANSFER, UNPACK, ARCHIVE, REVERIFY)
+PIPELINE_STAGES: tuple[Stage[Any], ...] = (PACKAGE, BUNDLE, TRANSFER, UNPACK, ARCHIVE, REVERIFY)
 
 
 def site_row(session: Session, short_name: str) -> Site:

@@ -69,8 +69,8 @@ def _ready(session: Session, site: Site) -> list[StagingItem]:
 
 
 def _execute(session: Session, item: StagingItem, storage_for, run_id) -> StageReport:
-    package = session.get(RawDataPackage, item.package)
-    location = session.get(DataLocation, item.location)
+    package = session.get_one(RawDataPackage, item.package)
+    location = session.get_one(DataLocation, item.location)
     outcome = staging.stage_raw_data_package(
         session, package, location, storage_for=storage_for, run_id=run_id
     )
@@ -80,13 +80,13 @@ def _execute(session: Session, item: StagingItem, storage_for, run_id) -> StageR
     )
 
 
-def _needs(session: Session, _site: Site, items: list[StagingItem]) -> dict:
+def _needs(session: Session, _site: Site, items: list[StagingItem]) -> dict[StagingItem, Needs]:
     """The PROCESSING location it writes, and the verified archive copies it may read from
     (any one of them is enough)."""
-    out = {}
+    out: dict[StagingItem, Needs] = {}
     for item in items:
-        package = session.get(RawDataPackage, item.package)
-        location = session.get(DataLocation, item.location)
+        package = session.get_one(RawDataPackage, item.package)
+        location = session.get_one(DataLocation, item.location)
         sources = tuple(lta.id for lta in staging.lta_sources(session, package, location))
         out[item] = Needs(writes=(item.location,), any_of_reads=sources)
     return out
