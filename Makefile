@@ -38,11 +38,15 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (the machines this runs on have 2 cores):
+# a test file stays on one worker, the deployment and fault-harness files share one
+# (ccat_dagster_tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install debs lint
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS)
 
 test-fast: install debs
-	$(VENV)/bin/pytest -q -ra -m "not slow"
+	$(VENV)/bin/pytest -q -ra -m "not slow" -n $(TEST_WORKERS)
 
 # The nightly-size fault-injection run (docs/reliability.md): FAULT_SCHEDULES seeded schedules
 # against the real components on FAULT_WORKERS harnesses side by side; exit 1 on any violation.
