@@ -104,6 +104,7 @@ def run_doc(doc: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, lis
 RUNNABLE_DOCS = [d for d in DOCS if any(b.not_run is None for b in bash_blocks(d))]
 
 
+@pytest.mark.slow  # runs the guides' commands: whole pipelines, minutes
 @pytest.mark.parametrize("doc", RUNNABLE_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shell_examples_run(doc: Path, tmp_path: Path):
     result, runnable = run_doc(doc, tmp_path)

@@ -39,6 +39,9 @@ from ccat_dagster_tests.pipeline_support import (
 from ccat_ops_db.models import PackageState, RawDataPackage
 from ccat_ops_db.session import session_scope
 
+# whole pipelines through outages on real servers: minutes, not the edit loop
+pytestmark = pytest.mark.slow
+
 
 def test_lta_outage_waits_and_resumes_by_itself(ops_db_url: str, tmp_path: Path):
     url = ops_db_url
