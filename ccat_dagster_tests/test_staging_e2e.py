@@ -21,7 +21,7 @@ from ccat_dagster.cli import app
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.topology import load_topology_snapshot
-from ccat_dagster.lifecycle import staging as st
+from ccat_dagster.lifecycle.staging import requests as st
 from ccat_dagster_tests.pipeline_support import (
     drive,
     file_simulated_data,

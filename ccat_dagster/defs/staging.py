@@ -33,9 +33,10 @@ from ccat_dagster.defs.stages import (
     stage_report,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
-from ccat_dagster.lifecycle import names, staging
-from ccat_dagster.lifecycle.availability import Needs
-from ccat_dagster.lifecycle.operations import OperationType
+from ccat_dagster.lifecycle.capacity.availability import Needs
+from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.operations import OperationType
+from ccat_dagster.lifecycle.staging import requests as staging
 from ccat_ops_db.models import (
     DataLocation,
     LocationType,

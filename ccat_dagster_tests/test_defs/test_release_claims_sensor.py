@@ -7,8 +7,8 @@ from dagster import build_run_status_sensor_context, instance_for_test
 
 from ccat_dagster.defs.dead_runs import build_release_claims_sensor
 from ccat_dagster.defs.resources import OpsDbResource
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.claims import claim_for_deletion
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.claims import claim_for_deletion
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.runner_support import always_fails
 from ccat_ops_db.models import PhysicalCopy, PhysicalCopyStatus

@@ -10,9 +10,10 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
-from ccat_dagster.lifecycle.claims import (
+from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.common.policy import Policy
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.claims import (
     ReleasedClaims,
     claim_for_deletion,
     mark_deleted,
@@ -21,8 +22,7 @@ from ccat_dagster.lifecycle.claims import (
     release_claims,
     release_claims_of_dead_runs,
 )
-from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanup_cycle
-from ccat_dagster.lifecycle.policy import Policy
+from ccat_dagster.lifecycle.deletion.cycle import make_storage_lta_verifier, run_cleanup_cycle
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcnow
 from ccat_ops_db.session import make_engine

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.deletion import rules as d
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,

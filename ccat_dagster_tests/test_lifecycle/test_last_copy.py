@@ -7,15 +7,15 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier
-from ccat_dagster.lifecycle.deletion import mark_raw_data_files_for_deletion
-from ccat_dagster.lifecycle.repair import (
+from ccat_dagster.lifecycle.archive.repair import (
     mark_for_repackaging,
     packages_to_repackage,
     record_lta_check,
 )
-from ccat_dagster.lifecycle.verification import LtaEvidence
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.cycle import make_storage_lta_verifier
+from ccat_dagster.lifecycle.deletion.rules import mark_raw_data_files_for_deletion
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,

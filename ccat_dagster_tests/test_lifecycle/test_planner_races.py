@@ -22,10 +22,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.defs import stages
-from ccat_dagster.lifecycle import data_transfer_packages as dtps
-from ccat_dagster.lifecycle import raw_data_packages as rdps
-from ccat_dagster.lifecycle import routing
-from ccat_dagster.lifecycle import staging as st
+from ccat_dagster.lifecycle.ingest import raw_data_packages as rdps
+from ccat_dagster.lifecycle.staging import requests as st
+from ccat_dagster.lifecycle.transfer import data_transfer_packages as dtps
+from ccat_dagster.lifecycle.transfer import routing
 from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
@@ -487,7 +487,7 @@ def test_two_staging_runs_of_one_package_record_it_once(ops_db_url, session, tmp
 def test_two_runs_recording_the_same_copy_share_one_row(filed, monkeypatch):
     """Two Dagster instances over one ops DB may execute the same item (neither sees the other's
     run in flight): recording its copy twice is one row, not an IntegrityError."""
-    from ccat_dagster.lifecycle import copies
+    from ccat_dagster.lifecycle.common import copies
 
     _package_all(filed)
     with session_scope(filed) as session:

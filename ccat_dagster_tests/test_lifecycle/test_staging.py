@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ccat_dagster.lifecycle import staging as st
-from ccat_dagster.lifecycle.cleanup import run_cleanup_cycle
-from ccat_dagster.lifecycle.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
+from ccat_dagster.lifecycle.staging import requests as st
 from ccat_dagster.packaging import PackageMember, write_package
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (

@@ -5,12 +5,12 @@ delete through the Storage interface, and record every step.
 what is blocked and why. ``run_cleanup_cycle`` runs the rules in the order of docs/lifecycle.md
 (transfer packages, raw data packages, processing files, staged files, DELETION_POSSIBLE files) and
 handles all deletable copies of a location in bulk: claim, re-check, pass the gate of
-:mod:`ccat_dagster.lifecycle.last_copy` (the archive copies re-verified live before the last copy
-outside the archives goes, the evidence written to the audit log with the deletion), delete through
-the Storage interface, record. Copies the gate keeps go back to their status, the report carries an
-error for the operator, and archive copies found missing or different are marked LOST or BAD for
-repair. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules never return one and the
-executor raises if handed one.
+:mod:`ccat_dagster.lifecycle.deletion.last_copy` (the archive copies re-verified live before the
+last copy outside the archives goes, the evidence written to the audit log with the deletion),
+delete through the Storage interface, record. Copies the gate keeps go back to their status, the
+report carries an error for the operator, and archive copies found missing or different are marked
+LOST or BAD for repair. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules never
+return one and the executor raises if handed one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.claims import (
+from ccat_dagster.lifecycle.archive.verification import (  # noqa: F401 - re-exported
+    LtaEvidence,
+    VerifyLtaCopy,
+    make_storage_lta_verifier,
+)
+from ccat_dagster.lifecycle.deletion.claims import (
     claim_for_deletion,
     find_permanent_deletion_failures,
     give_back,
@@ -32,7 +37,13 @@ from ccat_dagster.lifecycle.claims import (
     mark_failed,
     mark_in_progress,
 )
-from ccat_dagster.lifecycle.deletion import (
+from ccat_dagster.lifecycle.deletion.last_copy import (
+    RULE_LTA_VERIFICATION_FAILED,
+    GateResult,
+    LtaCheck,
+    gate_deletions,
+)
+from ccat_dagster.lifecycle.deletion.rules import (
     RULE_ORDER,
     RULE_RDF_STAGED,
     RULE_RDP_SOURCE_BUFFER,
@@ -50,17 +61,6 @@ from ccat_dagster.lifecycle.deletion import (
     pc_t,
     rule_context,
     still_allowed,
-)
-from ccat_dagster.lifecycle.last_copy import (
-    RULE_LTA_VERIFICATION_FAILED,
-    GateResult,
-    LtaCheck,
-    gate_deletions,
-)
-from ccat_dagster.lifecycle.verification import (  # noqa: F401 - re-exported
-    LtaEvidence,
-    VerifyLtaCopy,
-    make_storage_lta_verifier,
 )
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import LocationUnavailableError

@@ -22,13 +22,13 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
-from ccat_dagster.lifecycle.availability import unavailable_locations
-from ccat_dagster.lifecycle.buffer_policy import (
+from ccat_dagster.lifecycle.archive.repair import unusable_lta_copy
+from ccat_dagster.lifecycle.capacity.availability import unavailable_locations
+from ccat_dagster.lifecycle.capacity.buffer_policy import (
     latest_buffer_statuses,
     should_delete_based_on_buffer_status,
 )
-from ccat_dagster.lifecycle.policy import Policy, get_policy
-from ccat_dagster.lifecycle.repair import unusable_lta_copy
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
     CopyType,
@@ -288,7 +288,8 @@ def _live_staging_job(package_id: Any, location_id: Any) -> sa.Exists:
     """EXISTS an active StagingJob to ``location_id`` for ``package_id``. Staged files stay
     while any job using them is active, whatever its retention (PROCESSING files go once
     every StagingJob using them has ``active=False``); a job's retention is only the date its
-    requester expects to be done by (:func:`ccat_dagster.lifecycle.staging.retention_ends_at`)."""
+    requester expects to be done by
+    (:func:`ccat_dagster.lifecycle.staging.requests.retention_ends_at`)."""
     return (
         sa.exists()
         .where(

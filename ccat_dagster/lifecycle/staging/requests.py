@@ -13,8 +13,8 @@ by mistake (and revives DELETED copies) instead of trusting the catalogue, and o
 files without fetching anything; two runs staging one package at once record it once (the
 catalogue writes take turns per location under a planner lock, and an identical file a twin
 unpacked meanwhile is accepted). ``complete_staging_job`` sets ``active=False``; the deletion rules
-(:mod:`ccat_dagster.lifecycle.deletion`) then remove a package's files once no active job uses it.
-A job's retention is the date its requester expects to be done by, for the operator (``ccat
+(:mod:`ccat_dagster.lifecycle.deletion.rules`) then remove a package's files once no active job uses
+it. A job's retention is the date its requester expects to be done by, for the operator (``ccat
 staging list`` flags active jobs past it): it never releases the files of an active job.
 No Dagster here.
 """
@@ -30,14 +30,14 @@ from typing import BinaryIO, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import upsert_copy
-from ccat_dagster.lifecycle.locations import LocationError, resolve_location
-from ccat_dagster.lifecycle.locks import STAGING, planner_lock, scope
-from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
-from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import pending_on_transient
-from ccat_dagster.lifecycle.raw_data_packages import package_files
-from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.lifecycle.common.copies import upsert_copy
+from ccat_dagster.lifecycle.common.locations import LocationError, resolve_location
+from ccat_dagster.lifecycle.common.locks import STAGING, planner_lock, scope
+from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.common.policy import get_policy
+from ccat_dagster.lifecycle.common.progress import pending_on_transient
+from ccat_dagster.lifecycle.common.retries import handle_failure
+from ccat_dagster.lifecycle.ingest.raw_data_packages import package_files
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
