@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.deletion import rules as d
-from ccat_dagster.lifecycle.deletion.cycle import plan_deletions
+from ccat_dagster.lifecycle.deletion.plan import plan_deletions
 from ccat_ops_db.migrate import upgrade
 from ccat_ops_db.models import (
     DataLocation,

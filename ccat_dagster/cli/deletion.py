@@ -18,7 +18,7 @@ def deletion_plan_command(
     Changes nothing.
     """
     from ccat_dagster.lifecycle.common.locations import resolve_location
-    from ccat_dagster.lifecycle.deletion.cycle import plan_deletions
+    from ccat_dagster.lifecycle.deletion.plan import plan_deletions
 
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None

@@ -71,7 +71,8 @@ from ccat_dagster.lifecycle.capacity.availability import record_location_error, 
 from ccat_dagster.lifecycle.capacity.buffer_policy import BufferLevel, record_disk_usage
 from ccat_dagster.lifecycle.common import names
 from ccat_dagster.lifecycle.common.operations import OperationType
-from ccat_dagster.lifecycle.deletion.cycle import plan_deletions, run_cleanup_cycle
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
+from ccat_dagster.lifecycle.deletion.plan import plan_deletions
 from ccat_dagster.lifecycle.deletion.rules import (
     RULE_RDF_DELETION_POSSIBLE,
     RULE_RDP_LTA_BUFFER,

@@ -10,6 +10,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
 from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
 from ccat_dagster.lifecycle.common.policy import Policy
 from ccat_dagster.lifecycle.deletion import rules as d
@@ -22,7 +23,7 @@ from ccat_dagster.lifecycle.deletion.claims import (
     release_claims,
     release_claims_of_dead_runs,
 )
-from ccat_dagster.lifecycle.deletion.cycle import make_storage_lta_verifier, run_cleanup_cycle
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcnow
 from ccat_ops_db.session import make_engine

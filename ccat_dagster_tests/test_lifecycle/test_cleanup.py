@@ -10,15 +10,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
 from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
 from ccat_dagster.lifecycle.deletion import rules as d
-from ccat_dagster.lifecycle.deletion.cycle import (
-    RULE_LTA_VERIFICATION_FAILED,
-    RefusedDeletionError,
-    execute_deletions,
-    make_storage_lta_verifier,
-    plan_deletions,
-)
+from ccat_dagster.lifecycle.deletion.executor import RefusedDeletionError, execute_deletions
+from ccat_dagster.lifecycle.deletion.last_copy import RULE_LTA_VERIFICATION_FAILED
+from ccat_dagster.lifecycle.deletion.plan import plan_deletions
 from ccat_dagster.storage.s3 import S3Storage
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
@@ -427,7 +424,7 @@ def test_plan_explains_blocked_items_and_changes_nothing(session, topo):
 def test_staging_job_created_between_finding_and_claiming_keeps_its_files(session, topo):
     """The claim is re-checked against the rule: a StagingJob committed after the cleanup found
     the files but before it claimed them protects them."""
-    from ccat_dagster.lifecycle.deletion.cycle import execute_deletions
+    from ccat_dagster.lifecycle.deletion.executor import execute_deletions
 
     package, _ = f.archived_package(topo, "raced_pkg")
     f.stage(topo, [package], staged=False, active=False)
