@@ -17,6 +17,7 @@ from ccat_dagster.lifecycle.deletion.executor import RefusedDeletionError, execu
 from ccat_dagster.lifecycle.deletion.last_copy import RULE_LTA_VERIFICATION_FAILED
 from ccat_dagster.lifecycle.deletion.plan import plan_deletions
 from ccat_dagster.storage.s3 import S3Storage
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,
@@ -324,7 +325,7 @@ def test_crash_between_claim_and_delete_is_reclaimed_next_cycle(session, topo):
     pkg, _ = f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     from ccat_dagster.lifecycle.deletion.claims import claim_for_deletion, mark_in_progress
 
     claimed = claim_for_deletion(session, rows, run_id="crashed", ctx=ctx)
@@ -430,7 +431,7 @@ def test_staging_job_created_between_finding_and_claiming_keeps_its_files(sessio
     f.stage(topo, [package], staged=False, active=False)
     session.commit()
     ctx = d.rule_context(session)
-    found = d.find_deletable_processing_raw_data_files(session, ctx=ctx)
+    found = matrix.find_deletable_processing_raw_data_files(session, ctx=ctx)
     assert found, "the files are deletable before the new job exists"
     f.stage(topo, [package], staged=False, active=True)  # a scientist stages it again
     session.commit()
