@@ -24,6 +24,7 @@ from ccat_dagster.lifecycle.deletion.claims import (
     release_claims_of_dead_runs,
 )
 from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
+from ccat_dagster.lifecycle.deletion.executor import mark_raw_data_files_for_deletion
 from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcnow
@@ -227,7 +228,7 @@ def test_claims_of_a_dead_run_are_released_at_once(session, topo):
     claimable at once (never PRESENT again: the object may be gone); other runs keep theirs."""
     pkg, _ = f.archived_package(topo, n_files=2)
     other, _ = f.archived_package(topo, n_files=1)
-    d.mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(60 * 24 * 31))
+    mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(60 * 24 * 31))
     session.commit()
     ctx = d.rule_context(session)
     package_rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
 from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.executor import mark_raw_data_files_for_deletion
 from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
@@ -280,7 +281,7 @@ def test_mark_raw_data_files_for_deletion_is_one_bulk_update_with_audit(session,
     pkg, _ = f.archived_package(topo, n_files=3)
     other = f.file_raw_data_package(topo, n_files=2)
     session.commit()
-    marked = d.mark_raw_data_files_for_deletion(session, [pkg.id], run_id="run-1")
+    marked = mark_raw_data_files_for_deletion(session, [pkg.id], run_id="run-1")
     session.commit()
     assert len(marked) == 3
     statuses = {
@@ -301,7 +302,7 @@ def test_mark_raw_data_files_for_deletion_is_one_bulk_update_with_audit(session,
 def _marked_files(session, topo, *, minutes_ago: float):
     pkg, _ = f.archived_package(topo, n_files=2)
     session.commit()
-    d.mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(minutes_ago))
+    mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(minutes_ago))
     session.commit()
     return pkg
 

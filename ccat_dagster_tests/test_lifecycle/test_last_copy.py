@@ -14,7 +14,7 @@ from ccat_dagster.lifecycle.archive.repair import (
 )
 from ccat_dagster.lifecycle.archive.verification import LtaEvidence, make_storage_lta_verifier
 from ccat_dagster.lifecycle.deletion import rules as d
-from ccat_dagster.lifecycle.deletion.rules import mark_raw_data_files_for_deletion
+from ccat_dagster.lifecycle.deletion.executor import mark_raw_data_files_for_deletion
 from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (

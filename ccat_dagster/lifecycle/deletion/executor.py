@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -31,12 +33,16 @@ from ccat_dagster.lifecycle.deletion.last_copy import (
 )
 from ccat_dagster.lifecycle.deletion.plan import DeletionPlan, location_names
 from ccat_dagster.lifecycle.deletion.rules import (
+    RULE_MARK_DELETION_POSSIBLE,
     RULE_RDP_SOURCE_BUFFER,
     DeletableCopy,
     RuleContext,
     chunks,
+    dl_t,
     group_by_location,
-    mark_raw_data_files_for_deletion,
+    pc_t,
+    rdf_t,
+    source_site_ids,
     still_allowed,
 )
 from ccat_dagster.storage.base import Storage
@@ -46,10 +52,13 @@ from ccat_ops_db.models import (
     CopyType,
     DataLocation,
     LocationType,
+    PhysicalCopyStatus,
     RawDataPackage,
     table_of,
+    utcnow,
 )
 
+S = PhysicalCopyStatus
 DEFAULT_BATCH_SIZE = 1000
 
 
@@ -395,3 +404,59 @@ def _release_uncounted(
         reason=f"not deleted, the location does not answer (not counted): {exc}",
     )
     cycle.report.unavailable.append(exc)
+
+
+# --------------------------------------------------------------------------- side effect
+
+
+def mark_raw_data_files_for_deletion(
+    session: Session,
+    raw_data_package_ids: Sequence[int],
+    *,
+    run_id: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> list[int]:
+    """Stage 1 of the two-stage RawDataFile deletion: when a RawDataPackage was deleted from its
+    SOURCE-site buffer, its RawDataFile copies PRESENT at SOURCE (or BUFFER) locations of a
+    SOURCE site become DELETION_POSSIBLE -- one bulk UPDATE per 5000 packages plus one bulk audit
+    INSERT, never a loop over copies. ``updated_at`` is set to ``now``: the retention clock of
+    stage 2. Returns the ids of the copies marked."""
+    now = now or utcnow()
+    marked: list[int] = []
+    for chunk in chunks(list(raw_data_package_ids)):
+        files = sa.select(rdf_t.c.id).where(rdf_t.c.raw_data_package_id.in_(chunk))
+        at_source = sa.select(dl_t.c.id).where(
+            dl_t.c.location_type.in_([LocationType.SOURCE, LocationType.BUFFER]),
+            dl_t.c.site_id.in_(source_site_ids()),
+        )
+        stmt = (
+            sa.update(pc_t)
+            .where(
+                pc_t.c.type == CopyType.RAW_DATA_FILE,
+                pc_t.c.status == S.PRESENT,
+                pc_t.c.raw_data_file_id.in_(files),
+                pc_t.c.data_location_id.in_(at_source),
+            )
+            .values(status=S.DELETION_POSSIBLE, updated_at=now)
+            .returning(pc_t.c.id, pc_t.c.data_location_id, pc_t.c.raw_data_file_id)
+        )
+        rows = session.execute(stmt).all()
+        audit_many(
+            session,
+            [
+                {
+                    "entity_type": "physical_copy",
+                    "entity_id": copy_id,
+                    "data_location_id": loc_id,
+                    "old_status": S.PRESENT,
+                    "new_status": S.DELETION_POSSIBLE,
+                    "reason": RULE_MARK_DELETION_POSSIBLE,
+                    "run_id": run_id,
+                    "evidence": {"raw_data_file_id": file_id, **(evidence or {})},
+                }
+                for copy_id, loc_id, file_id in rows
+            ],
+        )
+        marked.extend(r[0] for r in rows)
+    return marked

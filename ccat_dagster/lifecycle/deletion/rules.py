@@ -9,9 +9,9 @@ how many copies exist; :func:`explain_blocked` returns the copies the same rule 
 LONG_TERM_ARCHIVE locations are excluded by every rule; only PRESENT copies (STAGED where the
 rule says so) ever count as evidence that data exists elsewhere. Retries of failed deletions and
 claims abandoned by a crashed run re-enter through the same rules, so a rule is re-checked every
-time a copy is about to be deleted. No Dagster, no storage I/O: this module decides; its one
-write is the matrix's side effect, :func:`mark_raw_data_files_for_deletion`, which the executor
-calls after a source-buffer package copy is deleted.
+time a copy is about to be deleted. No Dagster, no storage I/O, no writes: this module only
+decides (the matrix's side effect, ``mark_raw_data_files_for_deletion``, is done by
+:mod:`ccat_dagster.lifecycle.deletion.executor` after a source-buffer package copy is deleted).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from ccat_dagster.lifecycle.capacity.buffer_policy import (
     should_delete_based_on_buffer_status,
 )
 from ccat_dagster.lifecycle.common.policy import Policy, get_policy
-from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
     CopyType,
     DataLocation,
@@ -838,59 +837,3 @@ def group_by_location(rows: Iterable[DeletableCopy]) -> dict[int, list[Deletable
 def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# --------------------------------------------------------------------------- side effect
-
-
-def mark_raw_data_files_for_deletion(
-    session: Session,
-    raw_data_package_ids: Sequence[int],
-    *,
-    run_id: str | None = None,
-    evidence: dict[str, Any] | None = None,
-    now: datetime | None = None,
-) -> list[int]:
-    """Stage 1 of the two-stage RawDataFile deletion: when a RawDataPackage was deleted from its
-    SOURCE-site buffer, its RawDataFile copies PRESENT at SOURCE (or BUFFER) locations of a
-    SOURCE site become DELETION_POSSIBLE -- one bulk UPDATE per 5000 packages plus one bulk audit
-    INSERT, never a loop over copies. ``updated_at`` is set to ``now``: the retention clock of
-    stage 2. Returns the ids of the copies marked."""
-    now = now or utcnow()
-    marked: list[int] = []
-    for chunk in chunks(list(raw_data_package_ids)):
-        files = sa.select(rdf_t.c.id).where(rdf_t.c.raw_data_package_id.in_(chunk))
-        at_source = sa.select(dl_t.c.id).where(
-            dl_t.c.location_type.in_([LocationType.SOURCE, LocationType.BUFFER]),
-            dl_t.c.site_id.in_(source_site_ids()),
-        )
-        stmt = (
-            sa.update(pc_t)
-            .where(
-                pc_t.c.type == CopyType.RAW_DATA_FILE,
-                pc_t.c.status == S.PRESENT,
-                pc_t.c.raw_data_file_id.in_(files),
-                pc_t.c.data_location_id.in_(at_source),
-            )
-            .values(status=S.DELETION_POSSIBLE, updated_at=now)
-            .returning(pc_t.c.id, pc_t.c.data_location_id, pc_t.c.raw_data_file_id)
-        )
-        rows = session.execute(stmt).all()
-        audit_many(
-            session,
-            [
-                {
-                    "entity_type": "physical_copy",
-                    "entity_id": copy_id,
-                    "data_location_id": loc_id,
-                    "old_status": S.PRESENT,
-                    "new_status": S.DELETION_POSSIBLE,
-                    "reason": RULE_MARK_DELETION_POSSIBLE,
-                    "run_id": run_id,
-                    "evidence": {"raw_data_file_id": file_id, **(evidence or {})},
-                }
-                for copy_id, loc_id, file_id in rows
-            ],
-        )
-        marked.extend(r[0] for r in rows)
-    return marked
