@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+
+# the per-copy can_delete_* decisions of the baseline are test helpers (ccat_dagster_tests)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccat_dagster.lifecycle.deletion import rules as d
 from ccat_dagster.lifecycle.deletion.plan import plan_deletions
