@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.cleanup import plan_deletions
+# the per-copy can_delete_* decisions of the baseline are test helpers (ccat_dagster_tests)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.plan import plan_deletions
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_ops_db.migrate import upgrade
 from ccat_ops_db.models import (
     DataLocation,
@@ -189,13 +195,13 @@ class StatementCounter:
 
 
 FINDERS = {
-    "dtp@source_buffers": d.find_deletable_data_transfer_packages_at_source_buffers,
-    "dtp@lta_buffers": d.find_deletable_data_transfer_packages_at_lta_buffers,
-    "rdp@source_buffers": d.find_deletable_raw_data_packages_at_source_buffers,
-    "rdp@lta_buffers": d.find_deletable_raw_data_packages_at_lta_buffers,
-    "rdf deletion_possible": d.process_deletion_possible_raw_data_files,
-    "rdf processing": d.find_deletable_processing_raw_data_files,
-    "rdf staged": d.find_deletable_staged_raw_data_files_by_location,
+    "dtp@source_buffers": matrix.find_deletable_data_transfer_packages_at_source_buffers,
+    "dtp@lta_buffers": matrix.find_deletable_data_transfer_packages_at_lta_buffers,
+    "rdp@source_buffers": matrix.find_deletable_raw_data_packages_at_source_buffers,
+    "rdp@lta_buffers": matrix.find_deletable_raw_data_packages_at_lta_buffers,
+    "rdf deletion_possible": matrix.process_deletion_possible_raw_data_files,
+    "rdf processing": matrix.find_deletable_processing_raw_data_files,
+    "rdf staged": matrix.find_deletable_staged_raw_data_files_by_location,
 }
 
 
@@ -214,12 +220,12 @@ def baseline_per_copy(
     decisions = 0
     with counter.measure() as m:
         for pkg in rdps:
-            d.can_delete_raw_data_package_from_source_buffer(session, pkg, src_buf)
-            d.can_delete_raw_data_package_from_lta_buffer(session, pkg, lta_buf)
+            matrix.can_delete_raw_data_package_from_source_buffer(session, pkg, src_buf)
+            matrix.can_delete_raw_data_package_from_lta_buffer(session, pkg, lta_buf)
             decisions += 2
         for dtp in dtps:
-            d.can_delete_data_transfer_package_from_source_buffer(session, dtp, src_buf)
-            d.can_delete_data_transfer_package_from_lta_buffer(session, dtp, lta_buf)
+            matrix.can_delete_data_transfer_package_from_source_buffer(session, dtp, src_buf)
+            matrix.can_delete_data_transfer_package_from_lta_buffer(session, dtp, lta_buf)
             decisions += 2
     return decisions, m["seconds"] / decisions, m["statements"] / decisions
 

@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccat_dagster.lifecycle.filing import register_raw_data_files
-from ccat_dagster.lifecycle.locations import resolve_location
+from ccat_dagster.lifecycle.common.locations import resolve_location
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.simulate import demo_topology
 from ccat_ops_db.checksum import checksum_file
 from ccat_ops_db.migrate import upgrade

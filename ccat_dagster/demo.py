@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.simulate import demo_topology, simulate_instrument
 from ccat_ops_db.topology import apply_topology
 

@@ -218,7 +218,7 @@ def _ops_dbs(definitions: Sequence[Definitions]) -> list:
 def _max_request_failures(definitions: Sequence[Definitions]) -> int:
     """Beyond the retry budget of the ops DB's policy, so an item's own retries (a package
     retried after a checksum mismatch) are never cut short."""
-    from ccat_dagster.lifecycle.policy import get_policy
+    from ccat_dagster.lifecycle.common.policy import get_policy
 
     limits = []
     for ops_db in _ops_dbs(definitions):
@@ -235,7 +235,7 @@ def recover_dead_runs(
 ) -> list[str]:
     """Mark failed the runs whose owner process is gone and release their deletion claims at
     once. Returns one line per dead run."""
-    from ccat_dagster.lifecycle.claims import release_claims_of_dead_runs
+    from ccat_dagster.lifecycle.deletion.claims import release_claims_of_dead_runs
 
     dead = fail_dead_runs(instance, by="ccat run-until-idle")
     lines = [f"{d.run.job_name} {d.run_id}: {d.reason}" for d in dead]

@@ -373,7 +373,8 @@ def minutes_ago(minutes: float) -> datetime:
 
 def cleanup_cycle(session, run_id: str = "run-1", **kwargs):
     """One cleanup cycle over local-disk storages, live LTA checks by default."""
-    from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanup_cycle
+    from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
+    from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 
     kwargs.setdefault("verify_lta_copy", make_storage_lta_verifier(local_storage_for))
     return run_cleanup_cycle(session, storage_for=local_storage_for, run_id=run_id, **kwargs)

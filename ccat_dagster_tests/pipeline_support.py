@@ -23,7 +23,7 @@ from dagster import DagsterInstance
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.runner import RunnerReport, load_site_definitions, run_until_idle
 from ccat_dagster.simulate import SimulatedFile, simulate_instrument
 from ccat_ops_db.models import (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.simulate import simulate_instrument
 from ccat_dagster_tests.pipeline_support import real_topology

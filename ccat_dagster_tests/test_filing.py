@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, select
 
-from ccat_dagster.lifecycle.filing import FilingError, register_raw_data_files
-from ccat_dagster.lifecycle.locations import LocationError
+from ccat_dagster.lifecycle.common.locations import LocationError
+from ccat_dagster.lifecycle.ingest.filing import FilingError, register_raw_data_files
 from ccat_dagster.simulate import demo_topology, simulate_instrument
 from ccat_ops_db.checksum import checksum_file
 from ccat_ops_db.models import (

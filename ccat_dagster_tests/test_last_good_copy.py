@@ -17,8 +17,8 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.lifecycle.cleanup import run_cleanup_cycle
-from ccat_dagster.lifecycle.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests.pipeline_support import (
     drive,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ccat_dagster.cli.locations import format_locations_table
-from ccat_dagster.lifecycle.locations import (
+from ccat_dagster.lifecycle.common.locations import (
     LocationError,
     describe_locations,
     get_primary_buffer_for_site,
@@ -15,9 +15,12 @@ from ccat_dagster.lifecycle.locations import (
     lta_sites,
     resolve_location,
 )
-from ccat_dagster.lifecycle.names import pool_name
-from ccat_dagster.lifecycle.operations import QUEUE_OPERATIONS_BY_LOCATION_TYPE, OperationType
-from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.common.names import pool_name
+from ccat_dagster.lifecycle.common.operations import (
+    QUEUE_OPERATIONS_BY_LOCATION_TYPE,
+    OperationType,
+)
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_dagster.simulate import demo_topology
 from ccat_ops_db.models import LocationType, Site
 from ccat_ops_db.topology import apply_topology

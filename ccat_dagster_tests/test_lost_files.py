@@ -16,7 +16,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.packaging.manifest import MANIFEST_NAME
 from ccat_dagster.simulate import SimulatedFile, simulate_instrument
 from ccat_dagster_tests.pipeline_support import drive, real_topology, tar_members

@@ -255,7 +255,7 @@ def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, t
     """Bundling verifies each package tar; a corrupt one is re-made from the SOURCE files."""
     from dagster import instance_for_test
 
-    from ccat_dagster.lifecycle.raw_data_packages import (
+    from ccat_dagster.lifecycle.ingest.raw_data_packages import (
         build_raw_data_package,
         create_raw_data_packages_for_location,
     )

@@ -51,7 +51,9 @@ def test_step_logs_of_a_stage_run_go_to_s3(
     with session_scope(fresh_sqlite_url) as session:
         from sqlalchemy import select
 
-        from ccat_dagster.lifecycle.raw_data_packages import create_raw_data_packages_for_location
+        from ccat_dagster.lifecycle.ingest.raw_data_packages import (
+            create_raw_data_packages_for_location,
+        )
         from ccat_ops_db.models import DataLocation
 
         source = session.scalar(

@@ -21,7 +21,7 @@ from ccat_dagster.cli import app
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.topology import load_topology_snapshot
-from ccat_dagster.lifecycle import staging as st
+from ccat_dagster.lifecycle.staging import requests as jobs
 from ccat_dagster_tests.pipeline_support import (
     drive,
     file_simulated_data,
@@ -102,7 +102,7 @@ def _copy_states(url, package: str) -> tuple[S | None, set[S]]:
     """(package copy status, file copy statuses) at cologne/processing."""
     with session_scope(url) as session:
         pkg = session.scalar(select(RawDataPackage).where(RawDataPackage.name == package))
-        loc = st.resolve_processing_location(session, "cologne/processing")
+        loc = jobs.resolve_processing_location(session, "cologne/processing")
         pcopy = session.scalar(
             select(RawDataPackagePhysicalCopy.status).where(
                 RawDataPackagePhysicalCopy.raw_data_package_id == pkg.id,
@@ -136,12 +136,12 @@ def _fetches(instance, package: str) -> list[str]:
 
 def _create(url, **kwargs) -> int:
     with session_scope(url) as session:
-        return st.create_staging_job(session, location="cologne/processing", **kwargs).id
+        return jobs.create_staging_job(session, location="cologne/processing", **kwargs).id
 
 
 def _complete(url, job_id: int) -> None:
     with session_scope(url) as session:
-        st.complete_staging_job(session, job_id)
+        jobs.complete_staging_job(session, job_id)
 
 
 def _job(url, job_id: int) -> StagingJob:

@@ -8,7 +8,7 @@ from dataclasses import asdict, fields
 import pytest
 from sqlalchemy import event, func, select
 
-from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_dagster.simulate import default_topology, demo_topology
 from ccat_ops_db.models import (
     DataLocation,
@@ -379,7 +379,7 @@ def test_location_type_may_change_only_while_the_location_holds_no_data(
     _location(topology, "cologne", "ramses_processing")["type"] = "BUFFER"
     assert _apply(session, topology).updated  # empty location: a typo may be fixed
 
-    from ccat_dagster.lifecycle.filing import register_raw_data_files
+    from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 
     root = _location(topology, "ccat", "primecam_raw_data")["storage"]["path"]
     (tmp_path / "home" / "ccat" / "primecam_raw_data" / "f.dat").write_bytes(b"x")

@@ -15,8 +15,8 @@ from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.lifecycle.deletion import RULE_RDF_DELETION_POSSIBLE, RULE_RDP_SOURCE_BUFFER
-from ccat_dagster.lifecycle.filing import register_raw_data_files
+from ccat_dagster.lifecycle.deletion.rules import RULE_RDF_DELETION_POSSIBLE, RULE_RDP_SOURCE_BUFFER
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.lifecycle.integrity import verify_catalogue
 from ccat_dagster.simulate import simulate_instrument
 from ccat_dagster.storage.factory import StorageRegistry

@@ -199,7 +199,7 @@ class DataLocation(Base):
     @property
     def pool_prefix(self) -> str:
         """``{site}_{location}``: the prefix of every concurrency pool name of this location
-        (``{site}_{location}_{operation}``, see ``ccat_dagster.lifecycle.names``)."""
+        (``{site}_{location}_{operation}``, see ``ccat_dagster.lifecycle.common.names``)."""
         return location_pool_prefix(self.site.short_name, self.name)
 
     def __repr__(self) -> str:

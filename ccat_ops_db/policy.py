@@ -1,8 +1,8 @@
 """The lifecycle policy (the topology's ``policy`` section): one validated model.
 
 The topology loader validates a file's ``policy`` mapping with it and the lifecycle decides
-with it (``ccat_dagster.lifecycle.policy.get_policy``: these defaults overridden key by key by
-the ``policy_setting`` rows that ``ccat topology apply`` writes). What each key means is in
+with it (``ccat_dagster.lifecycle.common.policy.get_policy``: these defaults overridden key by key
+by the ``policy_setting`` rows that ``ccat topology apply`` writes). What each key means is in
 docs/configuration.md and docs/lifecycle.md.
 """
 

@@ -19,8 +19,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from typer.core import TyperGroup
 
-from ccat_dagster.lifecycle.filing import FilingError
-from ccat_dagster.lifecycle.locations import LocationError
+from ccat_dagster.lifecycle.common.locations import LocationError
+from ccat_dagster.lifecycle.ingest.filing import FilingError
 from ccat_ops_db.config import ops_db_url
 from ccat_ops_db.topology import TopologyError
 

@@ -17,8 +17,8 @@ def deletion_plan_command(
 
     Changes nothing.
     """
-    from ccat_dagster.lifecycle.cleanup import plan_deletions
-    from ccat_dagster.lifecycle.locations import resolve_location
+    from ccat_dagster.lifecycle.common.locations import resolve_location
+    from ccat_dagster.lifecycle.deletion.plan import plan_deletions
 
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None
@@ -40,8 +40,8 @@ def disk_monitor_command(
     """Measure disk usage now (locally, or over SSH for remote hosts), record it, show levels."""
     from sqlalchemy import select
 
-    from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
-    from ccat_dagster.lifecycle.locations import resolve_location
+    from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+    from ccat_dagster.lifecycle.common.locations import resolve_location
     from ccat_dagster.storage.factory import StorageRegistry
     from ccat_ops_db.models import DataLocation, DiskDataLocation, Site
 

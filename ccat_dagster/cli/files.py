@@ -10,8 +10,8 @@ import typer
 
 from ccat_dagster.cli._common import ops_session, register_operator_error
 from ccat_dagster.cli._tables import progress
-from ccat_dagster.lifecycle.filing import register_raw_data_files
-from ccat_dagster.lifecycle.lost_files import LostFileError
+from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
+from ccat_dagster.lifecycle.ingest.lost_files import LostFileError
 
 register_operator_error(LostFileError)
 
@@ -72,7 +72,7 @@ def declare_lost_command(
     file that still exists on disk or whose bytes are safe in a package copy or an archive.
     `ccat status` lists packages with lost files.
     """
-    from ccat_dagster.lifecycle.lost_files import declare_files_lost
+    from ccat_dagster.lifecycle.ingest.lost_files import declare_files_lost
 
     try:
         who = getpass.getuser()

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ccat_dagster.cli._common import ops_session
 from ccat_dagster.cli._tables import render, show, table
-from ccat_dagster.lifecycle.locations import LocationInfo, describe_locations
+from ccat_dagster.lifecycle.common.locations import LocationInfo, describe_locations
 
 _COLUMNS = ("SITE", "LOCATION", "TYPE", "STORAGE", "PRIORITY", "ACTIVE")
 

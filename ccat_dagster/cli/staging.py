@@ -8,7 +8,7 @@ import typer
 
 from ccat_dagster.cli._common import ops_session, register_operator_error
 from ccat_dagster.cli._tables import show, table
-from ccat_dagster.lifecycle.staging import StagingError
+from ccat_dagster.lifecycle.staging.requests import StagingError
 
 register_operator_error(StagingError)
 
@@ -44,7 +44,7 @@ def create_command(
     ),
 ) -> None:
     """Create a StagingJob; the staging sensor of the location's site then stages the data."""
-    from ccat_dagster.lifecycle.staging import create_staging_job
+    from ccat_dagster.lifecycle.staging.requests import create_staging_job
 
     if bool(package) == bool(obs_unit):
         raise StagingError("give either --package NAME... or --obs-unit ID..., not both or neither")
@@ -76,8 +76,8 @@ def list_command(
 
     An active job past its retention keeps its files; it is flagged so its requester is asked
     to complete it."""
-    from ccat_dagster.lifecycle.locations import resolve_location
-    from ccat_dagster.lifecycle.staging import list_staging_jobs, retention_ends_at
+    from ccat_dagster.lifecycle.common.locations import resolve_location
+    from ccat_dagster.lifecycle.staging.requests import list_staging_jobs, retention_ends_at
     from ccat_ops_db.models import utcnow
 
     with ops_session() as session:
@@ -122,7 +122,7 @@ def complete_command(
 ) -> None:
     """Mark jobs done (active=False): their files go at the next cleanup unless another active
     job still uses them."""
-    from ccat_dagster.lifecycle.staging import complete_staging_job, get_staging_job
+    from ccat_dagster.lifecycle.staging.requests import complete_staging_job, get_staging_job
 
     with ops_session() as session:
         for job_id in job_ids:

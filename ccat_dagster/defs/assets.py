@@ -53,8 +53,8 @@ from ccat_dagster.defs.stages import (
     package_copy_location,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
-from ccat_dagster.lifecycle.archive import confirm_lta_presence
-from ccat_dagster.lifecycle.availability import record_location_error
+from ccat_dagster.lifecycle.archive.stage import confirm_lta_presence
+from ccat_dagster.lifecycle.capacity.availability import record_location_error
 from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.models import (
     DataLocation,

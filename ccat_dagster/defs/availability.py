@@ -3,8 +3,8 @@ the probe sensor per site, and what the UI shows about each location.
 
 ``StageGate`` is what the stage sensors and the batched ops ask before running an item: it waits
 (is *deferred*, not failed) when a location it needs is unavailable from this site, or when the
-buffer it writes into has no room for it (``lifecycle.admission``). A location error met while
-running marks the location unavailable from this site and records a ``location_available``
+buffer it writes into has no room for it (``lifecycle.capacity.admission``). A location error met
+while running marks the location unavailable from this site and records a ``location_available``
 check evaluation (and an observation) on the location's asset. ``{site}_location_probe_sensor``
 probes, with backoff, the locations this site recorded as unavailable and records the result the
 same way, ticking every ``PROBE_BACKOFF_BASE_SECONDS``; ``ccat run-until-idle`` probes them all
@@ -39,9 +39,8 @@ from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, location_named
 from ccat_dagster.defs.topology import LocationView, SiteView
-from ccat_dagster.lifecycle import names
-from ccat_dagster.lifecycle.admission import Admission, plan_admission
-from ccat_dagster.lifecycle.availability import (
+from ccat_dagster.lifecycle.capacity.admission import Admission, plan_admission
+from ccat_dagster.lifecycle.capacity.availability import (
     PROBE_BACKOFF_BASE_SECONDS,
     Needs,
     ProbeResult,
@@ -54,6 +53,7 @@ from ccat_dagster.lifecycle.availability import (
     record_location_error,
     unavailability,
 )
+from ccat_dagster.lifecycle.common import names
 from ccat_dagster.storage.base import DiskUsage, Storage
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import DataLocation, Site

@@ -1,16 +1,16 @@
 """The cleanup of one site: a scheduled job gated on lta_presence checks, and the buffer monitor.
 
-Job ``{site}_cleanup`` (names: ``lifecycle.names``). ``..._lta_presence`` re-checks live, for
+Job ``{site}_cleanup`` (names: ``lifecycle.common.names``). ``..._lta_presence`` re-checks live, for
 every package whose copy at this site the rules would delete, the archive copies the deletion
 relies on, and records each as an ``lta_presence`` check evaluation of that package's partition;
 failed packages are passed on as blocked. Then one ``..._delete_{location}`` step per location
-of the site (never a long-term archive) runs one bulk cleanup cycle there (lifecycle.cleanup), in
-that location's pool ``{site}_{location}_deletion``, so a limit per location holds across runs;
-it re-verifies the LTA copy once more right before deleting the last copy outside an LTA and
-keeps anything blocked. Any error fails that step, and the run, with the reasons, so an operator
-sees it in the UI. Config (of the first step): ``location`` (one location of this site; the
-other locations' steps do nothing) and ``dry_run``. The last step ``..._temporaries`` (same
-``location`` and ``dry_run``) removes what killed runs left behind (defs.temporaries).
+of the site (never a long-term archive) runs one bulk cleanup cycle there
+(lifecycle.deletion.cycle), in that location's pool ``{site}_{location}_deletion``, so a limit per
+location holds across runs; it re-verifies the LTA copy once more right before deleting the last
+copy outside an LTA and keeps anything blocked. Any error fails that step, and the run, with the
+reasons, so an operator sees it in the UI. Config (of the first step): ``location`` (one location of
+this site; the other locations' steps do nothing) and ``dry_run``. The last step ``..._temporaries``
+(same ``location`` and ``dry_run``) removes what killed runs left behind (defs.temporaries).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as docs/lifecycle.md describes:
@@ -66,18 +66,23 @@ from ccat_dagster.defs.stages import (
 )
 from ccat_dagster.defs.temporaries import build_temporaries_op
 from ccat_dagster.defs.topology import LocationView, SiteView
-from ccat_dagster.lifecycle import names
-from ccat_dagster.lifecycle.availability import record_location_error, unavailability
-from ccat_dagster.lifecycle.buffer_policy import BufferLevel, BufferStatus, record_disk_usage
-from ccat_dagster.lifecycle.cleanup import has_deletable, plan_deletions, run_cleanup_cycle
-from ccat_dagster.lifecycle.deletion import (
+from ccat_dagster.lifecycle.archive.repair import record_lta_check
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence, make_storage_lta_verifier
+from ccat_dagster.lifecycle.capacity.availability import record_location_error, unavailability
+from ccat_dagster.lifecycle.capacity.buffer_policy import (
+    BufferLevel,
+    BufferStatus,
+    record_disk_usage,
+)
+from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.operations import OperationType
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
+from ccat_dagster.lifecycle.deletion.plan import has_deletable, plan_deletions
+from ccat_dagster.lifecycle.deletion.rules import (
     RULE_RDF_DELETION_POSSIBLE,
     RULE_RDP_LTA_BUFFER,
     RULE_RDP_SOURCE_BUFFER,
 )
-from ccat_dagster.lifecycle.operations import OperationType
-from ccat_dagster.lifecycle.repair import record_lta_check
-from ccat_dagster.lifecycle.verification import LtaEvidence, make_storage_lta_verifier
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import (
     DataLocation,

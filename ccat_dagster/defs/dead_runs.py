@@ -3,8 +3,8 @@
 A cleanup run that died (its worker killed: the code server marks it failed; never started:
 Dagster's run monitoring fails it) may hold deletion claims. This run-failure sensor gives them
 back as soon as the run is FAILED instead of after the stale-claim timeout
-(``lifecycle.claims.release_claims_of_dead_runs``). ``ccat run-until-idle`` does the same itself
-for the runs it finds dead.
+(``lifecycle.deletion.claims.release_claims_of_dead_runs``). ``ccat run-until-idle`` does the same
+itself for the runs it finds dead.
 """
 
 from dagster import (
@@ -16,8 +16,8 @@ from dagster import (
 )
 
 from ccat_dagster.defs.resources import OpsDbResource
-from ccat_dagster.lifecycle import names
-from ccat_dagster.lifecycle.claims import release_claims_of_dead_runs
+from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.deletion.claims import release_claims_of_dead_runs
 
 
 def build_release_claims_sensor(

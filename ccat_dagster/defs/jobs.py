@@ -1,6 +1,6 @@
 """Batched stage jobs: one run handles many packages (docs/design.md: why batched op jobs).
 
-The op throttles through the concurrency pool of its stage (``lifecycle.names``), retries
+The op throttles through the concurrency pool of its stage (``lifecycle.common.names``), retries
 transient storage faults with exponential backoff (Dagster RetryPolicy; every stage is idempotent
 per package, so a retried op skips what is done), and fails the run, with the reasons, when a
 package failed, so an operator sees it in the UI. Work that waits for a location (unavailable
@@ -28,7 +28,7 @@ from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, log_event, site_row
 from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import names
+from ccat_dagster.lifecycle.common import names
 from ccat_dagster.storage.errors import LocationUnavailableError
 
 TRANSIENT_RETRY = RetryPolicy(

@@ -44,7 +44,7 @@ from ccat_dagster.defs.stages import (
     site_row,
 )
 from ccat_dagster.defs.topology import SiteView
-from ccat_dagster.lifecycle import names
+from ccat_dagster.lifecycle.common import names
 from ccat_ops_db.models import DataLocation, DataTransferPackage, RawDataPackage
 
 IN_FLIGHT = [

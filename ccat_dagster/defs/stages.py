@@ -36,23 +36,31 @@ from ccat_dagster.defs.keys import (
     asset_key,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView
-from ccat_dagster.lifecycle import archive, names, repair, reverification, routing, transfers
-from ccat_dagster.lifecycle.admission import bundle_key, package_key, transfer_key, unpack_key
-from ccat_dagster.lifecycle.availability import Needs
-from ccat_dagster.lifecycle.buffer_policy import BufferAction, decide_buffer_actions
-from ccat_dagster.lifecycle.data_transfer_packages import (
-    build_data_transfer_package,
-    create_data_transfer_packages,
-    pending_data_transfer_packages,
+from ccat_dagster.lifecycle.archive import repair, reverification
+from ccat_dagster.lifecycle.archive import stage as archive
+from ccat_dagster.lifecycle.capacity.admission import (
+    bundle_key,
+    package_key,
+    transfer_key,
+    unpack_key,
 )
-from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
-from ccat_dagster.lifecycle.operations import OperationType
-from ccat_dagster.lifecycle.outcomes import StageOutcome
-from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.raw_data_packages import (
+from ccat_dagster.lifecycle.capacity.availability import Needs
+from ccat_dagster.lifecycle.capacity.buffer_policy import BufferAction, decide_buffer_actions
+from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.locations import get_primary_buffer_for_site
+from ccat_dagster.lifecycle.common.operations import OperationType
+from ccat_dagster.lifecycle.common.outcomes import StageOutcome
+from ccat_dagster.lifecycle.common.policy import get_policy
+from ccat_dagster.lifecycle.ingest.raw_data_packages import (
     build_raw_data_package,
     create_raw_data_packages_for_location,
     pending_raw_data_packages,
+)
+from ccat_dagster.lifecycle.transfer import routing, transfers
+from ccat_dagster.lifecycle.transfer.data_transfer_packages import (
+    build_data_transfer_package,
+    create_data_transfer_packages,
+    pending_data_transfer_packages,
 )
 from ccat_dagster.storage.base import Storage
 from ccat_ops_db.models import (
@@ -161,7 +169,7 @@ class Stage(Generic[ItemT]):
 
     def location(self, site: SiteView) -> LocationView | None:
         """Where this stage runs at ``site`` (the location whose pool throttles it), None when
-        it does not run there (``lifecycle.names.STAGE_PLACEMENT``)."""
+        it does not run there (``lifecycle.common.names.STAGE_PLACEMENT``)."""
         return names.stage_location(site.locations, self.operation)
 
     def applies(self, site: SiteView) -> bool:

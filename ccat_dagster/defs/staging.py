@@ -33,9 +33,11 @@ from ccat_dagster.defs.stages import (
     stage_report,
 )
 from ccat_dagster.defs.topology import LocationView, SiteView, TopologySnapshot
-from ccat_dagster.lifecycle import names, staging
-from ccat_dagster.lifecycle.availability import Needs
-from ccat_dagster.lifecycle.operations import OperationType
+from ccat_dagster.lifecycle.capacity.availability import Needs
+from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.operations import OperationType
+from ccat_dagster.lifecycle.staging import execution as staging
+from ccat_dagster.lifecycle.staging import requests as jobs
 from ccat_ops_db.models import (
     DataLocation,
     LocationType,
@@ -181,13 +183,13 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
         )
         with ops_db.session() as session:
             try:
-                location = staging.resolve_processing_location(session, name)
+                location = jobs.resolve_processing_location(session, name)
                 if location.site.short_name != s:
-                    raise staging.StagingError(
+                    raise jobs.StagingError(
                         f"{name} belongs to site {location.site.short_name}; launch "
                         f"{names.create_staging_job(location.site.short_name)} there instead"
                     )
-                created = staging.create_staging_job(
+                created = jobs.create_staging_job(
                     session,
                     location=location,
                     packages=config.packages,
@@ -196,7 +198,7 @@ def build_create_staging_job(site: SiteView) -> JobDefinition:
                     requested_by=config.requested_by,
                     run_id=context.run_id,
                 )
-            except staging.StagingError as exc:
+            except jobs.StagingError as exc:
                 raise Failure(description=str(exc), allow_retries=False) from None
             context.log.info(
                 f"staging job {created.id}: {len(created.raw_data_packages)} package(s) to "

@@ -14,7 +14,7 @@ from dagster import DagsterInstance, In, OpDefinition, OpExecutionContext, op
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.settings import Settings
 from ccat_dagster.defs.stages import site_row
-from ccat_dagster.lifecycle import names
+from ccat_dagster.lifecycle.common import names
 from ccat_dagster.lifecycle.temporaries import TemporariesReport, sweep_temporaries
 from ccat_dagster.run_health import temporaries_cutoff
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.progress import set_status
-from ccat_dagster.lifecycle.raw_data_packages import has_files_to_package
+from ccat_dagster.lifecycle.common.progress import set_status
+from ccat_dagster.lifecycle.ingest.raw_data_packages import has_files_to_package
 from ccat_ops_db.models import (
     DataTransferPackage,
     LongTermArchiveTransfer,

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.availability import UnavailableLocation, unavailable_locations
-from ccat_dagster.lifecycle.lost_files import lost_files_by_package
-from ccat_dagster.lifecycle.repair import unusable_lta_copies
+from ccat_dagster.lifecycle.archive.repair import unusable_lta_copies
+from ccat_dagster.lifecycle.capacity.availability import UnavailableLocation, unavailable_locations
+from ccat_dagster.lifecycle.ingest.lost_files import lost_files_by_package
 from ccat_ops_db.models import (
     CopyType,
     DataLocation,

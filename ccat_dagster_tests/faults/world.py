@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from ccat_dagster.instance import write_instance_config
-from ccat_dagster.lifecycle.policy import Policy
+from ccat_dagster.lifecycle.common.policy import Policy
 from ccat_dagster_tests.faults.infra import TEMPLATE_DB, Infrastructure
 from ccat_dagster_tests.fixtures.s3server import FAKE_ENV, empty_and_delete_bucket
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology

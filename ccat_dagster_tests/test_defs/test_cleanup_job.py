@@ -21,7 +21,7 @@ from sqlalchemy import select
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.topology import load_topology_snapshot
-from ccat_dagster.lifecycle.repair import unusable_lta_copies
+from ccat_dagster.lifecycle.archive.repair import unusable_lta_copies
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (
     AuditLog,

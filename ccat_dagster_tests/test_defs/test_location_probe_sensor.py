@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from ccat_dagster.defs.definitions import build_site_definitions
-from ccat_dagster.lifecycle import availability as av
+from ccat_dagster.lifecycle.capacity import availability as av
 from ccat_dagster_tests.pipeline_support import availability, real_topology
 from ccat_ops_db.models import DataLocation, LocationAvailability, Site
 from ccat_ops_db.session import session_scope

@@ -7,8 +7,9 @@ from dagster import build_run_status_sensor_context, instance_for_test
 
 from ccat_dagster.defs.dead_runs import build_release_claims_sensor
 from ccat_dagster.defs.resources import OpsDbResource
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.claims import claim_for_deletion
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.claims import claim_for_deletion
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.runner_support import always_fails
 from ccat_ops_db.models import PhysicalCopy, PhysicalCopyStatus
@@ -22,7 +23,7 @@ def test_claims_of_a_failed_cleanup_run_are_released(ops_db_url, session, tmp_pa
         result = always_fails.execute_in_process(instance=instance, raise_on_error=False)
         run = result.dagster_run
         ctx = d.rule_context(session)
-        rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+        rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
         [claimed] = claim_for_deletion(session, rows, run_id=run.run_id, ctx=ctx)
         session.commit()
         sensor = build_release_claims_sensor("ccat", always_fails)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccat_dagster.lifecycle.admission import (
+from ccat_dagster.lifecycle.capacity.admission import (
     buffer_claims,
     bundle_key,
     estimate_tar_size,
@@ -14,7 +14,7 @@ from ccat_dagster.lifecycle.admission import (
     transfer_key,
     unpack_key,
 )
-from ccat_dagster.lifecycle.policy import BufferThresholds, Policy
+from ccat_dagster.lifecycle.common.policy import BufferThresholds, Policy
 from ccat_dagster.storage.base import DiskUsage
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import Status

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle import availability as av
-from ccat_dagster.lifecycle.policy import BufferThresholds, Policy
+from ccat_dagster.lifecycle.capacity import availability as av
+from ccat_dagster.lifecycle.common.policy import BufferThresholds, Policy
 from ccat_dagster.storage.errors import LocationFullError, LocationUnavailableError
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, LocationAvailability, utcnow

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from ccat_dagster.lifecycle.buffer_policy import (
+from ccat_dagster.lifecycle.capacity.buffer_policy import (
     BufferLevel,
     buffer_action,
     buffer_level,
@@ -17,7 +17,7 @@ from ccat_dagster.lifecycle.buffer_policy import (
     record_disk_usage,
     should_delete_based_on_buffer_status,
 )
-from ccat_dagster.lifecycle.policy import BufferThresholds, Policy
+from ccat_dagster.lifecycle.common.policy import BufferThresholds, Policy
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import DiskUsageSample, LocationType, PolicySetting, utcnow
 

@@ -10,9 +10,11 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
-from ccat_dagster.lifecycle.claims import (
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.common.policy import Policy
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.claims import (
     ReleasedClaims,
     claim_for_deletion,
     mark_deleted,
@@ -21,8 +23,9 @@ from ccat_dagster.lifecycle.claims import (
     release_claims,
     release_claims_of_dead_runs,
 )
-from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier, run_cleanup_cycle
-from ccat_dagster.lifecycle.policy import Policy
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
+from ccat_dagster.lifecycle.deletion.executor import mark_raw_data_files_for_deletion
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import AuditLog, PhysicalCopy, PhysicalCopyStatus, utcnow
 from ccat_ops_db.session import make_engine
@@ -43,7 +46,7 @@ def test_claim_moves_to_scheduled_and_second_claim_gets_nothing(session, topo):
         f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     first = claim_for_deletion(session, rows, run_id="a", ctx=ctx)
     session.commit()
     second = claim_for_deletion(session, rows, run_id="b", ctx=ctx)
@@ -69,7 +72,7 @@ def test_claim_skips_copies_that_changed_since_they_were_found(session, topo):
     f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     session.get(PhysicalCopy, rows[0].copy_id).status = S.DELETED
     session.commit()
     assert claim_for_deletion(session, rows, run_id="a", ctx=ctx) == []
@@ -79,7 +82,7 @@ def test_transitions_only_for_the_claiming_run(session, topo):
     f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     claimed = claim_for_deletion(session, rows, run_id="a", ctx=ctx)
     assert mark_in_progress(session, claimed, run_id="b") == []
     assert mark_in_progress(session, claimed, run_id="a") == claimed
@@ -96,7 +99,7 @@ def test_failed_deletion_counts_retries_until_permanent(session, topo):
     results = []
     for attempt in range(3):
         ctx = d.rule_context(session, policy=policy)
-        rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+        rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
         if not rows:
             break
         claimed = mark_in_progress(
@@ -118,7 +121,7 @@ def test_released_claim_returns_to_present(session, topo):
     f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     claimed = claim_for_deletion(session, rows, run_id="a", ctx=ctx)
     release_claims(session, claimed, run_id="a", to_status=S.PRESENT, reason="lta gone")
     session.commit()
@@ -130,12 +133,12 @@ def test_stale_claim_is_claimable_again(session, topo):
     f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     claim_for_deletion(session, rows, run_id="crashed", ctx=ctx)
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
     later = d.rule_context(session, now=utcnow() + d.DEFAULT_STALE_CLAIM_AFTER + timedelta(1))
-    stale = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=later)
+    stale = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=later)
     assert [r.status for r in stale] == [S.DELETION_SCHEDULED]
     assert claim_for_deletion(session, stale, run_id="next", ctx=later) == stale
 
@@ -152,7 +155,7 @@ def test_postgres_claim_skips_rows_locked_by_another_run(fresh_postgres_url, tmp
     session.commit()
     with Session(engine) as a, Session(engine) as b:
         ctx = d.rule_context(a)
-        rows = d.find_deletable_raw_data_packages_at_source_buffers(a, ctx=ctx)
+        rows = matrix.find_deletable_raw_data_packages_at_source_buffers(a, ctx=ctx)
         got_a = claim_for_deletion(a, rows[:2], run_id="a", ctx=ctx)  # not committed: locked
         got_b = claim_for_deletion(b, rows, run_id="b", ctx=ctx)  # must not block or steal
         b.commit()
@@ -225,13 +228,13 @@ def test_claims_of_a_dead_run_are_released_at_once(session, topo):
     claimable at once (never PRESENT again: the object may be gone); other runs keep theirs."""
     pkg, _ = f.archived_package(topo, n_files=2)
     other, _ = f.archived_package(topo, n_files=1)
-    d.mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(60 * 24 * 31))
+    mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(60 * 24 * 31))
     session.commit()
     ctx = d.rule_context(session)
-    package_rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    package_rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
     mine = [r for r in package_rows if r.entity_id == pkg.id]
     theirs = [r for r in package_rows if r.entity_id == other.id]
-    files = d.process_deletion_possible_raw_data_files(session, ctx=ctx)
+    files = matrix.process_deletion_possible_raw_data_files(session, ctx=ctx)
     assert len(files) == 2
     assert mine
     assert theirs
@@ -240,7 +243,7 @@ def test_claims_of_a_dead_run_are_released_at_once(session, topo):
     session.commit()
     in_progress = mark_in_progress(session, files[:1], run_id="dead")
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
 
     released = release_claims_of_dead_runs(session, ["dead"], reason="run dead: process gone")
     session.commit()
@@ -255,7 +258,7 @@ def test_claims_of_a_dead_run_are_released_at_once(session, topo):
     assert (abandoned.status, abandoned.claimed_by) == (S.DELETION_IN_PROGRESS, None)
     assert session.get(PhysicalCopy, theirs[0].copy_id).claimed_by == "alive"
     # claimable again now, not after the stale timeout
-    again = d.process_deletion_possible_raw_data_files(session)
+    again = matrix.process_deletion_possible_raw_data_files(session)
     assert {r.copy_id for r in again} >= {abandoned.id}
     assert claim_for_deletion(session, again, run_id="next", ctx=d.rule_context(session))
     audits = session.scalars(

@@ -10,17 +10,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
-from ccat_dagster.lifecycle.cleanup import (
-    RULE_LTA_VERIFICATION_FAILED,
-    RefusedDeletionError,
-    execute_deletions,
-    has_deletable,
-    make_storage_lta_verifier,
-    plan_deletions,
-)
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.executor import RefusedDeletionError, execute_deletions
+from ccat_dagster.lifecycle.deletion.last_copy import RULE_LTA_VERIFICATION_FAILED
+from ccat_dagster.lifecycle.deletion.plan import has_deletable, plan_deletions
 from ccat_dagster.storage.s3 import S3Storage
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,
@@ -221,14 +218,14 @@ def test_source_copy_kept_and_reported_when_archive_endpoint_down(session, topo,
     # the copy in the archive is not judged: nothing was examined
     assert copy_of(session, topo.lta("cologne"), raw_data_package=pkg).status == S.PRESENT
     # marked unavailable from the cleanup's site, the rule waits instead of failing each cycle
-    from ccat_dagster.lifecycle.availability import record_location_error
+    from ccat_dagster.lifecycle.capacity.availability import record_location_error
 
     record_location_error(session, report.unavailable[0], observer="ccat")
     waiting = d.explain_blocked(
         session, d.RULE_RDP_SOURCE_BUFFER, ctx=d.rule_context(session, observer="ccat")
     )
     assert [b.reason for b in waiting] == [d.REASON_ARCHIVE_UNREACHABLE]
-    from ccat_dagster.lifecycle.availability import mark_available
+    from ccat_dagster.lifecycle.capacity.availability import mark_available
 
     mark_available(session, topo.lta("cologne"), observer="ccat")
     session.commit()
@@ -330,8 +327,8 @@ def test_crash_between_claim_and_delete_is_reclaimed_next_cycle(session, topo):
     pkg, _ = f.archived_package(topo)
     session.commit()
     ctx = d.rule_context(session)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
-    from ccat_dagster.lifecycle.claims import claim_for_deletion, mark_in_progress
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session, ctx=ctx)
+    from ccat_dagster.lifecycle.deletion.claims import claim_for_deletion, mark_in_progress
 
     claimed = claim_for_deletion(session, rows, run_id="crashed", ctx=ctx)
     mark_in_progress(session, claimed, run_id="crashed")
@@ -434,13 +431,13 @@ def test_plan_explains_blocked_items_and_changes_nothing(session, topo):
 def test_staging_job_created_between_finding_and_claiming_keeps_its_files(session, topo):
     """The claim is re-checked against the rule: a StagingJob committed after the cleanup found
     the files but before it claimed them protects them."""
-    from ccat_dagster.lifecycle.cleanup import execute_deletions
+    from ccat_dagster.lifecycle.deletion.executor import execute_deletions
 
     package, _ = f.archived_package(topo, "raced_pkg")
     f.stage(topo, [package], staged=False, active=False)
     session.commit()
     ctx = d.rule_context(session)
-    found = d.find_deletable_processing_raw_data_files(session, ctx=ctx)
+    found = matrix.find_deletable_processing_raw_data_files(session, ctx=ctx)
     assert found, "the files are deletable before the new job exists"
     f.stage(topo, [package], staged=False, active=True)  # a scientist stages it again
     session.commit()

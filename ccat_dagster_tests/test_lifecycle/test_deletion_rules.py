@@ -8,8 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.executor import mark_raw_data_files_for_deletion
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,
@@ -58,10 +60,10 @@ def test_source_buffer_package_deletable_once_archived_with_present_lta_copy(ses
     pkg, _ = f.archived_package(topo)
     session.commit()
     src = copy_at(session, topo.source_buffer, package=pkg)
-    rows = d.find_deletable_raw_data_packages_at_source_buffers(session)
+    rows = matrix.find_deletable_raw_data_packages_at_source_buffers(session)
     assert copy_ids(rows) == {src.id}
     assert rows[0].rule == d.RULE_RDP_SOURCE_BUFFER
-    assert d.can_delete_raw_data_package_from_source_buffer(session, pkg, topo.source_buffer)
+    assert matrix.can_delete_raw_data_package_from_source_buffer(session, pkg, topo.source_buffer)
 
 
 def test_source_copy_kept_until_package_archived(session, topo):
@@ -72,8 +74,10 @@ def test_source_copy_kept_until_package_archived(session, topo):
     pkg.state = PackageState.TRANSFERRING  # LTA copy exists, but not ARCHIVED yet
     session.commit()
     src = copy_at(session, topo.source_buffer, package=pkg)
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
-    assert not d.can_delete_raw_data_package_from_source_buffer(session, pkg, topo.source_buffer)
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert not matrix.can_delete_raw_data_package_from_source_buffer(
+        session, pkg, topo.source_buffer
+    )
     assert "not ARCHIVED" in blocked_reasons(session, d.RULE_RDP_SOURCE_BUFFER, src)[0]
 
 
@@ -84,7 +88,7 @@ def test_source_copy_kept_when_only_an_lta_site_buffer_has_it(session, topo):
     pkg.state = PackageState.ARCHIVED  # even a wrong state must not be enough
     session.commit()
     src = copy_at(session, topo.source_buffer, package=pkg)
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
     assert "LONG_TERM_ARCHIVE" in blocked_reasons(session, d.RULE_RDP_SOURCE_BUFFER, src)[0]
 
 
@@ -96,24 +100,26 @@ def test_source_copy_kept_when_lta_copy_is_not_present(session, topo, lta_status
     pkg, _ = f.archived_package(topo)
     copy_at(session, topo.lta("cologne"), package=pkg).status = lta_status
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
 
 
 def test_source_copy_kept_when_lta_copy_not_verified(session, topo):
     pkg, _ = f.archived_package(topo)
     copy_at(session, topo.lta("cologne"), package=pkg).verified_at = None
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
 
 
 def test_finder_restricted_to_one_location(session, topo):
     f.archived_package(topo)
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_source_buffers(
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(
         session, location=topo.source_buffer
     )
-    assert not d.find_deletable_raw_data_packages_at_source_buffers(session, location=topo.source)
-    assert not d.find_deletable_raw_data_packages_at_source_buffers(
+    assert not matrix.find_deletable_raw_data_packages_at_source_buffers(
+        session, location=topo.source
+    )
+    assert not matrix.find_deletable_raw_data_packages_at_source_buffers(
         session, location=topo.buffer("cologne").id
     )
 
@@ -127,15 +133,15 @@ def test_lta_buffer_package_deletable_when_in_same_site_lta(session, topo2):
     session.commit()
     cologne = copy_at(session, topo2.buffer("cologne"), package=pkg)
     us = copy_at(session, topo2.buffer("us"), package=pkg)
-    rows = d.find_deletable_raw_data_packages_at_lta_buffers(session)
+    rows = matrix.find_deletable_raw_data_packages_at_lta_buffers(session)
     # The US buffer copy waits for the US archive even though Cologne's archive has it.
     assert copy_ids(rows) == {cologne.id}
-    assert d.can_delete_raw_data_package_from_lta_buffer(session, pkg, topo2.buffer("cologne"))
-    assert not d.can_delete_raw_data_package_from_lta_buffer(session, pkg, topo2.buffer("us"))
+    assert matrix.can_delete_raw_data_package_from_lta_buffer(session, pkg, topo2.buffer("cologne"))
+    assert not matrix.can_delete_raw_data_package_from_lta_buffer(session, pkg, topo2.buffer("us"))
     assert "same site" in blocked_reasons(session, d.RULE_RDP_LTA_BUFFER, us)[0]
     f.archive(topo2, pkg, site="us")
     session.commit()
-    assert copy_ids(d.find_deletable_raw_data_packages_at_lta_buffers(session)) == {
+    assert copy_ids(matrix.find_deletable_raw_data_packages_at_lta_buffers(session)) == {
         cologne.id,
         us.id,
     }
@@ -145,7 +151,7 @@ def test_lta_buffer_package_kept_when_same_site_lta_copy_deleted(session, topo):
     pkg, _ = f.archived_package(topo)
     copy_at(session, topo.lta("cologne"), package=pkg).status = S.DELETED
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_lta_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_lta_buffers(session) == []
 
 
 # --------------------------------------------------------------------------- DTP at SOURCE buffer
@@ -157,8 +163,12 @@ def test_source_buffer_transfer_package_deletable_after_transfer_and_unpack(sess
     f.transfer(topo, dtp, to_site="cologne")
     session.commit()
     src = copy_at(session, topo.source_buffer, dtp=dtp)
-    assert copy_ids(d.find_deletable_data_transfer_packages_at_source_buffers(session)) == {src.id}
-    assert d.can_delete_data_transfer_package_from_source_buffer(session, dtp, topo.source_buffer)
+    assert copy_ids(matrix.find_deletable_data_transfer_packages_at_source_buffers(session)) == {
+        src.id
+    }
+    assert matrix.can_delete_data_transfer_package_from_source_buffer(
+        session, dtp, topo.source_buffer
+    )
 
 
 @pytest.mark.parametrize(
@@ -178,7 +188,7 @@ def test_source_buffer_transfer_package_kept_until_transferred_and_unpacked(
     f.transfer(topo, dtp, to_site="cologne", status=status, unpack_status=unpack)
     session.commit()
     src = copy_at(session, topo.source_buffer, dtp=dtp)
-    assert d.find_deletable_data_transfer_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_data_transfer_packages_at_source_buffers(session) == []
     assert blocked_reasons(session, d.RULE_DTP_SOURCE_BUFFER, src)
 
 
@@ -191,7 +201,7 @@ def test_source_buffer_transfer_package_kept_while_another_transfer_from_it_is_p
     f.transfer(topo2, dtp, to_site="us", status=Status.IN_PROGRESS, unpack_status=Status.PENDING)
     session.commit()
     src = copy_at(session, topo2.source_buffer, dtp=dtp)
-    assert d.find_deletable_data_transfer_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_data_transfer_packages_at_source_buffers(session) == []
     assert "not yet COMPLETED" in blocked_reasons(session, d.RULE_DTP_SOURCE_BUFFER, src)[0]
 
 
@@ -199,7 +209,7 @@ def test_source_buffer_transfer_package_kept_with_no_transfer(session, topo):
     dtp = f.bundle(topo, [f.file_raw_data_package(topo)])
     session.commit()
     src = copy_at(session, topo.source_buffer, dtp=dtp)
-    assert d.find_deletable_data_transfer_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_data_transfer_packages_at_source_buffers(session) == []
     assert "no COMPLETED" in blocked_reasons(session, d.RULE_DTP_SOURCE_BUFFER, src)[0]
 
 
@@ -212,7 +222,7 @@ def test_lta_buffer_transfer_package_kept_until_every_other_lta_site_has_it(sess
     f.transfer(topo2, dtp, to_site="cologne")
     session.commit()
     cologne = copy_at(session, topo2.buffer("cologne"), dtp=dtp)
-    assert d.find_deletable_data_transfer_packages_at_lta_buffers(session) == []
+    assert matrix.find_deletable_data_transfer_packages_at_lta_buffers(session) == []
     assert "every other" in blocked_reasons(session, d.RULE_DTP_LTA_BUFFER, cologne)[0]
 
     # Transferred but not unpacked at the US: still kept.
@@ -227,18 +237,18 @@ def test_lta_buffer_transfer_package_kept_until_every_other_lta_site_has_it(sess
     session.commit()
     us = copy_at(session, topo2.buffer("us"), dtp=dtp)
     # The US copy is not unpacked yet; Cologne's waits for that unpack.
-    assert d.find_deletable_data_transfer_packages_at_lta_buffers(session) == []
+    assert matrix.find_deletable_data_transfer_packages_at_lta_buffers(session) == []
     assert blocked_reasons(session, d.RULE_DTP_LTA_BUFFER, us) == [
         "not yet unpacked at this buffer"
     ]
 
     secondary.unpack_status = Status.COMPLETED
     session.commit()
-    assert copy_ids(d.find_deletable_data_transfer_packages_at_lta_buffers(session)) == {
+    assert copy_ids(matrix.find_deletable_data_transfer_packages_at_lta_buffers(session)) == {
         cologne.id,
         us.id,
     }
-    assert d.can_delete_data_transfer_package_from_lta_buffer(session, dtp, topo2.buffer("us"))
+    assert matrix.can_delete_data_transfer_package_from_lta_buffer(session, dtp, topo2.buffer("us"))
 
 
 def test_lta_buffer_transfer_package_kept_until_unpacked_here(session, topo):
@@ -247,7 +257,7 @@ def test_lta_buffer_transfer_package_kept_until_unpacked_here(session, topo):
     f.transfer(topo, dtp, to_site="cologne", unpack_status=Status.IN_PROGRESS)
     session.commit()
     here = copy_at(session, topo.buffer("cologne"), dtp=dtp)
-    assert d.find_deletable_data_transfer_packages_at_lta_buffers(session) == []
+    assert matrix.find_deletable_data_transfer_packages_at_lta_buffers(session) == []
     assert blocked_reasons(session, d.RULE_DTP_LTA_BUFFER, here) == [
         "not yet unpacked at this buffer"
     ]
@@ -259,7 +269,7 @@ def test_lta_buffer_transfer_package_ignores_inactive_lta_sites(session, topo2):
     f.transfer(topo2, dtp, to_site="cologne")
     topo2.lta("us").active = False
     session.commit()
-    assert copy_ids(d.find_deletable_data_transfer_packages_at_lta_buffers(session)) == {
+    assert copy_ids(matrix.find_deletable_data_transfer_packages_at_lta_buffers(session)) == {
         copy_at(session, topo2.buffer("cologne"), dtp=dtp).id
     }
 
@@ -271,7 +281,7 @@ def test_mark_raw_data_files_for_deletion_is_one_bulk_update_with_audit(session,
     pkg, _ = f.archived_package(topo, n_files=3)
     other = f.file_raw_data_package(topo, n_files=2)
     session.commit()
-    marked = d.mark_raw_data_files_for_deletion(session, [pkg.id], run_id="run-1")
+    marked = mark_raw_data_files_for_deletion(session, [pkg.id], run_id="run-1")
     session.commit()
     assert len(marked) == 3
     statuses = {
@@ -292,7 +302,7 @@ def test_mark_raw_data_files_for_deletion_is_one_bulk_update_with_audit(session,
 def _marked_files(session, topo, *, minutes_ago: float):
     pkg, _ = f.archived_package(topo, n_files=2)
     session.commit()
-    d.mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(minutes_ago))
+    mark_raw_data_files_for_deletion(session, [pkg.id], now=f.minutes_ago(minutes_ago))
     session.commit()
     return pkg
 
@@ -300,19 +310,19 @@ def _marked_files(session, topo, *, minutes_ago: float):
 def test_deletion_possible_files_wait_for_retention_period(session, topo):
     _marked_files(session, topo, minutes_ago=10)
     session.commit()
-    assert d.process_deletion_possible_raw_data_files(session) == []
+    assert matrix.process_deletion_possible_raw_data_files(session) == []
     blocked = d.explain_blocked(session, d.RULE_RDF_DELETION_POSSIBLE)
     assert len(blocked) == 2
     assert "retention period not over" in blocked[0].reason
     later = d.rule_context(session, now=utcnow() + timedelta(days=31))
-    assert len(d.process_deletion_possible_raw_data_files(session, ctx=later)) == 2
+    assert len(matrix.process_deletion_possible_raw_data_files(session, ctx=later)) == 2
 
 
 def test_location_retention_override_applies(session, topo):
     _marked_files(session, topo, minutes_ago=10)
     session.get(DataLocation, topo.source.id).retention_period_minutes = 5
     session.commit()
-    rows = d.process_deletion_possible_raw_data_files(session)
+    rows = matrix.process_deletion_possible_raw_data_files(session)
     assert len(rows) == 2
     assert {r.rule for r in rows} == {d.RULE_RDF_DELETION_POSSIBLE}
 
@@ -321,13 +331,13 @@ def test_deletion_possible_files_deleted_at_once_under_critical_pressure(session
     _marked_files(session, topo, minutes_ago=1)
     record_disk_usage(session, topo.source, used_bytes=80, total_bytes=100)  # WARNING
     session.commit()
-    assert d.process_deletion_possible_raw_data_files(session) == []
+    assert matrix.process_deletion_possible_raw_data_files(session) == []
     record_disk_usage(session, topo.source, used_bytes=90, total_bytes=100)  # CRITICAL
     session.commit()
-    assert len(d.process_deletion_possible_raw_data_files(session)) == 2
+    assert len(matrix.process_deletion_possible_raw_data_files(session)) == 2
     record_disk_usage(session, topo.source, used_bytes=50, total_bytes=100)  # pressure gone
     session.commit()
-    assert d.process_deletion_possible_raw_data_files(session) == []
+    assert matrix.process_deletion_possible_raw_data_files(session) == []
 
 
 def test_present_source_files_never_deleted_by_stage_two(session, topo):
@@ -335,7 +345,7 @@ def test_present_source_files_never_deleted_by_stage_two(session, topo):
     record_disk_usage(session, topo.source, used_bytes=99, total_bytes=100)
     session.commit()
     later = d.rule_context(session, now=utcnow() + timedelta(days=365))
-    assert d.process_deletion_possible_raw_data_files(session, ctx=later) == []
+    assert matrix.process_deletion_possible_raw_data_files(session, ctx=later) == []
 
 
 # --------------------------------------------------------------------------- PROCESSING
@@ -345,13 +355,13 @@ def test_processing_files_kept_while_active_staging_job_uses_them(session, topo)
     pkg, _ = f.archived_package(topo)
     job = f.stage(topo, [pkg], staged=False)
     session.commit()
-    assert d.find_deletable_processing_raw_data_files(session) == []
+    assert matrix.find_deletable_processing_raw_data_files(session) == []
     blocked = d.explain_blocked(session, d.RULE_RDF_PROCESSING)
     assert len(blocked) == 2
     assert "active StagingJob" in blocked[0].reason
     job.active = False
     session.commit()
-    rows = d.find_deletable_processing_raw_data_files(session)
+    rows = matrix.find_deletable_processing_raw_data_files(session)
     assert len(rows) == 2
     assert {r.data_location_id for r in rows} == {topo.processing.id}
 
@@ -360,10 +370,10 @@ def test_processing_files_kept_by_an_active_job_past_its_retention(session, topo
     pkg, _ = f.archived_package(topo)
     job = f.stage(topo, [pkg], staged=False, retention_minutes=60, created_at=f.minutes_ago(120))
     session.commit()
-    assert d.find_deletable_processing_raw_data_files(session) == []
+    assert matrix.find_deletable_processing_raw_data_files(session) == []
     job.active = False
     session.commit()
-    assert len(d.find_deletable_processing_raw_data_files(session)) == 2
+    assert len(matrix.find_deletable_processing_raw_data_files(session)) == 2
 
 
 def test_processing_files_kept_by_any_one_live_job(session, topo):
@@ -371,19 +381,19 @@ def test_processing_files_kept_by_any_one_live_job(session, topo):
     f.stage(topo, [pkg], staged=False, active=False)
     f.stage(topo, [pkg], staged=False, retention_minutes=600, created_at=f.minutes_ago(5))
     session.commit()
-    assert d.find_deletable_processing_raw_data_files(session) == []
+    assert matrix.find_deletable_processing_raw_data_files(session) == []
 
 
 def test_staged_files_and_package_copy_rule(session, topo):
     pkg, _ = f.archived_package(topo)
     job = f.stage(topo, [pkg], staged=True)
     session.commit()
-    assert d.find_deletable_staged_raw_data_files_by_location(session) == []
-    assert d.find_deletable_processing_raw_data_files(session) == []  # staged rule owns them
+    assert matrix.find_deletable_staged_raw_data_files_by_location(session) == []
+    assert matrix.find_deletable_processing_raw_data_files(session) == []  # staged rule owns them
     assert d.find_closable_staged_raw_data_packages(session) == []
     job.active = False
     session.commit()
-    rows = d.find_deletable_staged_raw_data_files_by_location(session)
+    rows = matrix.find_deletable_staged_raw_data_files_by_location(session)
     assert len(rows) == 2
     assert {r.rule for r in rows} == {d.RULE_RDF_STAGED}
     # The STAGED package copy closes only after its files are gone.

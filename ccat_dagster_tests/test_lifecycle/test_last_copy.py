@@ -7,15 +7,15 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle import deletion as d
-from ccat_dagster.lifecycle.cleanup import make_storage_lta_verifier
-from ccat_dagster.lifecycle.deletion import mark_raw_data_files_for_deletion
-from ccat_dagster.lifecycle.repair import (
+from ccat_dagster.lifecycle.archive.repair import (
     mark_for_repackaging,
     packages_to_repackage,
     record_lta_check,
 )
-from ccat_dagster.lifecycle.verification import LtaEvidence
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence, make_storage_lta_verifier
+from ccat_dagster.lifecycle.deletion import rules as d
+from ccat_dagster.lifecycle.deletion.executor import mark_raw_data_files_for_deletion
+from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
     AuditLog,
@@ -110,7 +110,7 @@ def test_deletion_possible_files_kept_and_archive_copy_marked_lost(session, topo
     assert transfer.status == Status.PENDING
     assert transfer.retry_count == 0
     # nothing left to claim: the rule now refuses, with the reason
-    assert d.process_deletion_possible_raw_data_files(session) == []
+    assert matrix.process_deletion_possible_raw_data_files(session) == []
     reasons = {b.reason for b in d.explain_blocked(session, d.RULE_RDF_DELETION_POSSIBLE)}
     assert reasons == {"no PRESENT, verified copy of its package in any LTA"}
     # no buffer tar and no good archive copy left, every raw file on disk: re-package it
@@ -132,8 +132,8 @@ def test_bad_archive_copy_keeps_every_holder_until_repaired(session, topo):
     )
     lta_copy.status = S.BAD
     session.commit()
-    assert d.find_deletable_raw_data_packages_at_source_buffers(session) == []
-    assert d.find_deletable_raw_data_packages_at_lta_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_source_buffers(session) == []
+    assert matrix.find_deletable_raw_data_packages_at_lta_buffers(session) == []
     blocked = d.explain_blocked(session, d.RULE_RDP_SOURCE_BUFFER)
     assert [b.reason for b in blocked] == [
         "no PRESENT, verified copy in any LONG_TERM_ARCHIVE location"

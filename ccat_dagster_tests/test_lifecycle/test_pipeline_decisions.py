@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle.data_transfer_packages import plan_bundles
-from ccat_dagster.lifecycle.policy import Policy
-from ccat_dagster.lifecycle.retries import handle_failure
-from ccat_dagster.lifecycle.routing import next_lta_site, primary_destination
+from ccat_dagster.lifecycle.common.policy import Policy
+from ccat_dagster.lifecycle.common.retries import handle_failure
+from ccat_dagster.lifecycle.transfer.data_transfer_packages import plan_bundles
+from ccat_dagster.lifecycle.transfer.routing import next_lta_site, primary_destination
 from ccat_dagster_tests.pipeline_support import real_topology
 from ccat_ops_db.models import (
     DataTransferRoute,

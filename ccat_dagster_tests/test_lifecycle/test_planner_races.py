@@ -22,10 +22,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.defs import stages
-from ccat_dagster.lifecycle import data_transfer_packages as dtps
-from ccat_dagster.lifecycle import raw_data_packages as rdps
-from ccat_dagster.lifecycle import routing
-from ccat_dagster.lifecycle import staging as st
+from ccat_dagster.lifecycle.ingest import raw_data_packages as rdps
+from ccat_dagster.lifecycle.staging import execution as staging
+from ccat_dagster.lifecycle.staging import requests as jobs
+from ccat_dagster.lifecycle.transfer import data_transfer_packages as dtps
+from ccat_dagster.lifecycle.transfer import routing
 from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
@@ -437,13 +438,13 @@ def test_two_staging_runs_of_one_package_record_it_once(ops_db_url, session, tmp
     topo = f.make_topology(session, tmp_path, lta_sites=("cologne", "us"))
     session.commit()
     pkg = archived(topo, n_files=3)
-    job = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    job = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     package_id, location_id = pkg.id, topo.processing.id
     rendezvous = Rendezvous()
-    monkeypatch.setattr(st, "_record_staged", rendezvous.around(st._record_staged))
+    monkeypatch.setattr(staging, "_record_staged", rendezvous.around(staging._record_staged))
 
     def stage(s: Session):
-        return st.stage_raw_data_package(
+        return staging.stage_raw_data_package(
             s,
             s.get(RawDataPackage, package_id),
             s.get(DataLocation, location_id),
@@ -487,7 +488,7 @@ def test_two_staging_runs_of_one_package_record_it_once(ops_db_url, session, tmp
 def test_two_runs_recording_the_same_copy_share_one_row(filed, monkeypatch):
     """Two Dagster instances over one ops DB may execute the same item (neither sees the other's
     run in flight): recording its copy twice is one row, not an IntegrityError."""
-    from ccat_dagster.lifecycle import copies
+    from ccat_dagster.lifecycle.common import copies
 
     _package_all(filed)
     with session_scope(filed) as session:

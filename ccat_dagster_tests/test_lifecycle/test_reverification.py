@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from ccat_dagster.lifecycle import archive as archive_stage
-from ccat_dagster.lifecycle.reverification import (
+from ccat_dagster.lifecycle.archive import stage as archive_stage
+from ccat_dagster.lifecycle.archive.reverification import (
     copies_due_for_reverification,
     reverify_lta_copy,
 )

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ccat_dagster.lifecycle import staging as st
-from ccat_dagster.lifecycle.cleanup import run_cleanup_cycle
-from ccat_dagster.lifecycle.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
+from ccat_dagster.lifecycle.staging import execution as staging
+from ccat_dagster.lifecycle.staging import requests as jobs
 from ccat_dagster.packaging import PackageMember, write_package
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.models import (
@@ -100,9 +101,9 @@ def corrupt_member(lta, pkg) -> None:
 def stage_all(session, topo, storages=None):
     storages = storages or RecordingStorages()
     outcomes = []
-    for pid, lid in st.staging_candidates(session, topo.sites["cologne"]):
+    for pid, lid in staging.staging_candidates(session, topo.sites["cologne"]):
         outcomes.append(
-            st.stage_raw_data_package(
+            staging.stage_raw_data_package(
                 session,
                 session.get(RawDataPackage, pid),
                 topo.processing,
@@ -162,7 +163,7 @@ def job_trail(session, job) -> list[str]:
 
 def test_staging_unpacks_verified_files_and_marks_the_package_staged(session, topo):
     pkg = archived(topo)
-    job = st.create_staging_job(
+    job = jobs.create_staging_job(
         session, location="cologne/processing", packages=[pkg.name], requested_by="alice"
     )
     assert job.status == Status.PENDING
@@ -190,16 +191,16 @@ def test_staging_unpacks_verified_files_and_marks_the_package_staged(session, to
     assert job.status == Status.COMPLETED
     assert job.completed_at is not None
     assert job_trail(session, job) == ["PENDING", "IN_PROGRESS", "COMPLETED"]
-    assert st.staging_candidates(session, topo.sites["cologne"]) == []
+    assert staging.staging_candidates(session, topo.sites["cologne"]) == []
 
 
 def test_obs_unit_selects_all_its_packages(session, topo):
     pkg = archived(topo)
-    job = st.create_staging_job(
+    job = jobs.create_staging_job(
         session, location="processing", obs_units=[pkg.executed_obs_unit.name]
     )
     assert [p.name for p in job.raw_data_packages] == [pkg.name]
-    by_id = st.create_staging_job(
+    by_id = jobs.create_staging_job(
         session, location="processing", obs_units=[str(pkg.executed_obs_unit_id)]
     )
     assert [p.name for p in by_id.raw_data_packages] == [pkg.name]
@@ -208,11 +209,11 @@ def test_obs_unit_selects_all_its_packages(session, topo):
 def test_second_job_shares_the_files_without_a_second_fetch(session, topo):
     pkg = archived(topo)
     storages = RecordingStorages()
-    first = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    first = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     stage_all(session, topo, storages)
     assert storages.reads_from(topo.lta("cologne")) == 1
 
-    second = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    second = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     [outcome] = stage_all(session, topo, storages)
 
     assert outcome.ok
@@ -226,7 +227,7 @@ def test_second_job_shares_the_files_without_a_second_fetch(session, topo):
 def test_same_site_archive_first_then_any_and_a_bad_copy_falls_back(session, topo):
     both = archived(topo, sites=("cologne", "us"))
     us_only = archived(topo, sites=("us",))
-    st.create_staging_job(session, location="processing", packages=[both.name, us_only.name])
+    jobs.create_staging_job(session, location="processing", packages=[both.name, us_only.name])
     # the same-site archive copy of `both` is corrupt: the us copy is used instead
     corrupt_member(topo.lta("cologne"), both)
 
@@ -236,13 +237,13 @@ def test_same_site_archive_first_then_any_and_a_bad_copy_falls_back(session, top
     assert outcomes[both.name].metadata["source"] == "us/lta"
     assert outcomes[us_only.name].ok
     assert outcomes[us_only.name].metadata["source"] == "us/lta"
-    assert st.lta_sources(session, both, topo.processing)[0] == topo.lta("cologne")
+    assert staging.lta_sources(session, both, topo.processing)[0] == topo.lta("cologne")
 
 
 def test_corrupt_archive_copy_fails_the_job_after_retries_and_writes_nothing(session, topo):
     pkg = archived(topo)
     corrupt_member(topo.lta("cologne"), pkg)
-    job = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    job = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
 
     for attempt in range(1, 4):
         [outcome] = stage_all(session, topo)
@@ -258,7 +259,7 @@ def test_corrupt_archive_copy_fails_the_job_after_retries_and_writes_nothing(ses
     assert job.status == Status.FAILED
     assert pkg.name in job.failure_reason
     assert "checksum" in job.failure_reason or "does not match" in job.failure_reason
-    assert st.staging_candidates(session, topo.sites["cologne"]) == []
+    assert staging.staging_candidates(session, topo.sites["cologne"]) == []
     assert all(not processing_file(topo, r).exists() for r in pkg.raw_data_files)
     assert package_copy(session, topo, pkg) is None
     assert pkg.state == PackageState.ARCHIVED, "a staging failure does not touch the archive"
@@ -270,7 +271,7 @@ def test_a_different_file_in_the_way_is_never_overwritten(session, topo):
     path = processing_file(topo, rdf)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"a scientist's own file")
-    st.create_staging_job(session, location="processing", packages=[pkg.name])
+    jobs.create_staging_job(session, location="processing", packages=[pkg.name])
 
     [outcome] = stage_all(session, topo)
 
@@ -317,32 +318,32 @@ def test_bad_request_is_refused_and_creates_no_job(session, topo, kwargs, messag
     if "obs_units" in kwargs:
         request["packages"] = []
 
-    with pytest.raises(st.StagingError, match=message):
-        st.create_staging_job(session, **request)
+    with pytest.raises(jobs.StagingError, match=message):
+        jobs.create_staging_job(session, **request)
     session.rollback()
     assert session.scalar(select(func.count()).select_from(StagingJob)) == 0
 
 
 def test_retention_days_become_minutes_and_default_to_the_policy(session, topo):
     pkg = archived(topo)
-    job = st.create_staging_job(
+    job = jobs.create_staging_job(
         session, location="processing", packages=[pkg.name], retention_days=2
     )
     assert job.retention_period_minutes == 2 * 24 * 60
-    default = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    default = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     assert default.retention_period_minutes == 43_200
 
 
 def test_complete_sets_inactive_once_and_unknown_id_is_an_error(session, topo):
     pkg = archived(topo)
-    job = st.create_staging_job(session, location="processing", packages=[pkg.name])
-    assert st.complete_staging_job(session, job.id)[1] is True
-    assert st.complete_staging_job(session, job.id)[1] is False
+    job = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
+    assert jobs.complete_staging_job(session, job.id)[1] is True
+    assert jobs.complete_staging_job(session, job.id)[1] is False
     session.refresh(job)
     assert job.active is False
     assert job_trail(session, job)[-1] == "INACTIVE"
-    with pytest.raises(st.StagingError, match="no staging job 4242"):
-        st.complete_staging_job(session, 4242)
+    with pytest.raises(jobs.StagingError, match="no staging job 4242"):
+        jobs.complete_staging_job(session, 4242)
 
 
 # --------------------------------------------------------------------------- cleanup, recovery
@@ -350,18 +351,18 @@ def test_complete_sets_inactive_once_and_unknown_id_is_an_error(session, topo):
 
 def test_files_stay_while_any_job_is_active_and_go_when_all_are_complete(session, topo):
     pkg = archived(topo)
-    first = st.create_staging_job(session, location="processing", packages=[pkg.name])
-    second = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    first = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
+    second = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     stage_all(session, topo)
 
     for _ in range(2):
         cleanup(session, now=f.minutes_ago(-60))  # forced cycles, an hour in the future
-    st.complete_staging_job(session, first.id)
+    jobs.complete_staging_job(session, first.id)
     cleanup(session)
     assert all(processing_file(topo, r).exists() for r in pkg.raw_data_files)
     assert package_copy(session, topo, pkg).status == S.STAGED
 
-    st.complete_staging_job(session, second.id)
+    jobs.complete_staging_job(session, second.id)
     report = cleanup(session)
 
     assert report.ok, report.errors
@@ -379,11 +380,11 @@ def test_an_active_job_keeps_its_files_after_its_retention_and_complete_releases
     """Bug: the files of an active job were deleted once its retention had passed. The rule is
     that staged files stay while any job using them is active, whatever the retention."""
     pkg = archived(topo)
-    job = st.create_staging_job(
+    job = jobs.create_staging_job(
         session, location="processing", packages=[pkg.name], retention_days=1
     )
     stage_all(session, topo)
-    after_retention = st.retention_ends_at(job) + timedelta(days=30)
+    after_retention = jobs.retention_ends_at(job) + timedelta(days=30)
 
     report = cleanup(session, now=after_retention)
 
@@ -393,7 +394,7 @@ def test_an_active_job_keeps_its_files_after_its_retention_and_complete_releases
     assert all(file_copy(session, topo, r).status == S.PRESENT for r in pkg.raw_data_files)
     assert package_copy(session, topo, pkg).status == S.STAGED
 
-    st.complete_staging_job(session, job.id)
+    jobs.complete_staging_job(session, job.id)
     report = cleanup(session, now=after_retention)
 
     assert report.ok, report.errors
@@ -404,13 +405,13 @@ def test_an_active_job_keeps_its_files_after_its_retention_and_complete_releases
 
 def test_new_job_restores_files_deleted_by_hand(session, topo):
     pkg = archived(topo)
-    st.create_staging_job(session, location="processing", packages=[pkg.name])
+    jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     storages = RecordingStorages()
     stage_all(session, topo, storages)
     lost, kept = pkg.raw_data_files[0], pkg.raw_data_files[1]
     processing_file(topo, lost).unlink()  # a mistake: the catalogue still says PRESENT
 
-    st.create_staging_job(session, location="processing", packages=[pkg.name])
+    jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     [outcome] = stage_all(session, topo, storages)
 
     assert outcome.ok
@@ -430,15 +431,15 @@ def test_new_job_restores_files_deleted_by_hand(session, topo):
 
 def test_new_job_after_cleanup_revives_the_same_copy_rows(session, topo):
     pkg = archived(topo)
-    job = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    job = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     stage_all(session, topo)
     ids = {r.id: file_copy(session, topo, r).id for r in pkg.raw_data_files}
-    st.complete_staging_job(session, job.id)
+    jobs.complete_staging_job(session, job.id)
     cleanup(session)
     session.expire_all()
     assert package_copy(session, topo, pkg).status == S.DELETED
 
-    again = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    again = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     [outcome] = stage_all(session, topo)
 
     assert outcome.ok
@@ -457,16 +458,16 @@ def test_new_job_after_cleanup_revives_the_same_copy_rows(session, topo):
 
 def test_staging_waits_while_a_cleanup_run_is_deleting_the_files(session, topo):
     pkg = archived(topo)
-    job = st.create_staging_job(session, location="processing", packages=[pkg.name])
+    job = jobs.create_staging_job(session, location="processing", packages=[pkg.name])
     stage_all(session, topo)
-    st.complete_staging_job(session, job.id)
+    jobs.complete_staging_job(session, job.id)
     claimed = file_copy(session, topo, pkg.raw_data_files[0])
     claimed.status, claimed.claimed_by = S.DELETION_IN_PROGRESS, "a-cleanup-run"
     session.commit()
 
-    st.create_staging_job(session, location="processing", packages=[pkg.name])
-    assert st.staging_candidates(session, topo.sites["cologne"]) == []
-    outcome = st.stage_raw_data_package(
+    jobs.create_staging_job(session, location="processing", packages=[pkg.name])
+    assert staging.staging_candidates(session, topo.sites["cologne"]) == []
+    outcome = staging.stage_raw_data_package(
         session, pkg, topo.processing, storage_for=RecordingStorages()
     )
     assert not outcome.ok
@@ -475,4 +476,6 @@ def test_staging_waits_while_a_cleanup_run_is_deleting_the_files(session, topo):
 
     claimed.status, claimed.claimed_by = S.DELETED, None  # that cleanup finished
     session.commit()
-    assert st.staging_candidates(session, topo.sites["cologne"]) == [(pkg.id, topo.processing.id)]
+    assert staging.staging_candidates(session, topo.sites["cologne"]) == [
+        (pkg.id, topo.processing.id)
+    ]

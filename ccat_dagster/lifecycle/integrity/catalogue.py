@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.deletion.last_copy import ALWAYS_VERIFIED
 from ccat_dagster.lifecycle.integrity.report import (
     DELETION_WITHOUT_AUDIT,
     DELETION_WITHOUT_LTA_EVIDENCE,
@@ -31,7 +32,6 @@ from ccat_dagster.lifecycle.integrity.report import (
     Violation,
 )
 from ccat_dagster.lifecycle.integrity.scope import Scope
-from ccat_dagster.lifecycle.last_copy import ALWAYS_VERIFIED
 from ccat_ops_db.models import (
     AuditLog,
     CopyType,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.locations import resolve_location
+from ccat_dagster.lifecycle.common.locations import resolve_location
 from ccat_ops_db.models import DataLocation, LocationType, Site, qualified_location_name
 
 #: reading order: archives first (the copies every other check leans on), then the rest

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.locations import resolve_location
+from ccat_dagster.lifecycle.common.locations import resolve_location
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.checksum import DEFAULT_ALGORITHM, checksum_file
 from ccat_ops_db.models import (

@@ -2,7 +2,7 @@
 
 Every stage executor returns a :class:`StageOutcome` per package; the Dagster layer turns it into
 a materialization (or check evaluation) of that package's partition, and the retry bookkeeping
-of :mod:`ccat_dagster.lifecycle.retries` decides between "try again" and "FAILED".
+of :mod:`ccat_dagster.lifecycle.common.retries` decides between "try again" and "FAILED".
 """
 
 from __future__ import annotations

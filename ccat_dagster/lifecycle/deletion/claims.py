@@ -21,7 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.deletion import (
+from ccat_dagster.lifecycle.common.policy import Policy
+from ccat_dagster.lifecycle.deletion.rules import (
     DeletableCopy,
     RuleContext,
     chunks,
@@ -29,7 +30,6 @@ from ccat_dagster.lifecycle.deletion import (
     pc_t,
     retry_or_stale,
 )
-from ccat_dagster.lifecycle.policy import Policy
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import CopyType, LocationType, PhysicalCopyStatus, utcnow
 

@@ -16,12 +16,12 @@ from functools import partial
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
-from ccat_dagster.lifecycle.locks import BUNDLING, planner_lock, scope
-from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
-from ccat_dagster.lifecycle.policy import Policy, get_policy
-from ccat_dagster.lifecycle.progress import pending_on_transient, set_status
-from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.lifecycle.common.copies import discard_bad_copy, upsert_copy
+from ccat_dagster.lifecycle.common.locks import BUNDLING, planner_lock, scope
+from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
+from ccat_dagster.lifecycle.common.progress import pending_on_transient, set_status
+from ccat_dagster.lifecycle.common.retries import handle_failure
 from ccat_dagster.packaging import PackageMember, PackageSourceChangedError, write_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError

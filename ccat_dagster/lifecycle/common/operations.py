@@ -3,8 +3,8 @@
 The operation-location matrix ``QUEUE_OPERATIONS_BY_LOCATION_TYPE`` is the table of
 docs/lifecycle.md (operations per location type): which operations are valid at which type of
 location. An operation valid at a location may have a Dagster concurrency pool there, named
-``{site}_{location}_{operation}`` (``lifecycle.names``, which also says which ones the ops use).
-LONG_TERM_ARCHIVE locations have no DELETION on purpose: nothing is ever deleted from a
+``{site}_{location}_{operation}`` (``lifecycle.common.names``, which also says which ones the ops
+use). LONG_TERM_ARCHIVE locations have no DELETION on purpose: nothing is ever deleted from a
 long-term archive.
 """
 

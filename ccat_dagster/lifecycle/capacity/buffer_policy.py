@@ -17,7 +17,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_ops_db.models import (
     DataLocation,
     DiskUsageSample,

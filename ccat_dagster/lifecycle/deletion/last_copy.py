@@ -9,9 +9,9 @@ on each other). Source-buffer package copies and DELETION_POSSIBLE raw files are
 they are where the data came from. Each package needing it is checked once per batch, in every
 active archive that the catalogue says holds it; one failed check keeps every claimed copy of that
 package. A check that examined the object and found it missing or different marks the archive copy
-LOST or BAD and sends it to repair (:mod:`ccat_dagster.lifecycle.repair`); a check that could not
-examine it (the archive did not answer) only keeps the data. The evidence (each check, and whether
-the copy was the last one) goes into the audit row of every deletion.
+LOST or BAD and sends it to repair (:mod:`ccat_dagster.lifecycle.archive.repair`); a check that
+could not examine it (the archive did not answer) only keeps the data. The evidence (each check, and
+whether the copy was the last one) goes into the audit row of every deletion.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.deletion import (
+from ccat_dagster.lifecycle.archive.repair import record_lta_check
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence, VerifyLtaCopy
+from ccat_dagster.lifecycle.deletion.rules import (
     RULE_RDF_DELETION_POSSIBLE,
     RULE_RDP_SOURCE_BUFFER,
     DeletableCopy,
@@ -31,8 +33,6 @@ from ccat_dagster.lifecycle.deletion import (
     dl_t,
     pc_t,
 )
-from ccat_dagster.lifecycle.repair import record_lta_check
-from ccat_dagster.lifecycle.verification import LtaEvidence, VerifyLtaCopy
 from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_ops_db.models import (
     CopyType,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site, is_lta_site
-from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.common.locations import get_primary_buffer_for_site, is_lta_site
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_dagster.storage.base import DiskUsage
 from ccat_ops_db.models import (
     DataLocation,

@@ -16,13 +16,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
-from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
-from ccat_dagster.lifecycle.outcomes import StageOutcome, transfer_metadata
-from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import tracked_copy
-from ccat_dagster.lifecycle.repair import record_lta_check
-from ccat_dagster.lifecycle.retries import handle_failure
-from ccat_dagster.lifecycle.verification import LtaEvidence, verify_lta_copy
+from ccat_dagster.lifecycle.archive.repair import record_lta_check
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence, verify_lta_copy
+from ccat_dagster.lifecycle.common.copies import discard_bad_copy, upsert_copy
+from ccat_dagster.lifecycle.common.outcomes import StageOutcome, transfer_metadata
+from ccat_dagster.lifecycle.common.policy import get_policy
+from ccat_dagster.lifecycle.common.progress import tracked_copy
+from ccat_dagster.lifecycle.common.retries import handle_failure
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,

@@ -5,7 +5,7 @@ Dagster wiring (``ccat_dagster.defs``) takes every name from here.
 
 Pools are ``{site}_{location}_{operation}`` (``DataLocation.pool_prefix`` is the
 ``{site}_{location}`` part), and only the operations of the matrix in
-``lifecycle.operations`` get one. A pool exists where an op runs in it:
+``lifecycle.common.operations`` get one. A pool exists where an op runs in it:
 
 - a pipeline stage (one batched op per site) runs in the pool of its operation at the *primary*
   location of that operation's type at the site (first active one by priority, then name; a
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
-from ccat_dagster.lifecycle.operations import OperationType, operations_for_type
+from ccat_dagster.lifecycle.common.operations import OperationType, operations_for_type
 from ccat_ops_db.models import LocationType
 
 

@@ -5,8 +5,8 @@ of that obs unit and module. An operator who knows the file is gone for good dec
 with a reason (``ccat files declare-lost``): its SOURCE copy becomes LOST, ``RawDataFile.lost_at``
 and ``lost_reason`` are set, both audited with the reason and who declared it; its package, not
 yet written, goes back to PENDING with its retries reset and is packaged without the lost files
-(:func:`ccat_dagster.lifecycle.raw_data_packages.package_files`), or, when no file of it is left,
-is closed with nothing to archive instead of becoming an empty tar. Nothing is changed for a
+(:func:`ccat_dagster.lifecycle.ingest.raw_data_packages.package_files`), or, when no file of it is
+left, is closed with nothing to archive instead of becoming an empty tar. Nothing is changed for a
 file that still exists on disk or whose bytes are safe elsewhere (a package copy, an archive, a
 staged copy): such a file is not lost. Everything is checked before anything is written.
 """
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.filing import shown_path
-from ccat_dagster.lifecycle.locations import resolve_location
-from ccat_dagster.lifecycle.progress import set_status
-from ccat_dagster.lifecycle.raw_data_packages import close_package_without_files
+from ccat_dagster.lifecycle.common.locations import resolve_location
+from ccat_dagster.lifecycle.common.progress import set_status
+from ccat_dagster.lifecycle.ingest.filing import shown_path
+from ccat_dagster.lifecycle.ingest.raw_data_packages import close_package_without_files
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import (
     CopyType,

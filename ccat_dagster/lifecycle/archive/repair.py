@@ -9,7 +9,7 @@ the archive's own site, a verified copy in another archive, any other buffer). W
 the package tar is left anywhere, the SOURCE site re-packages it from its raw files (the tar is a
 function of the files' bytes, so it comes out the same) into its buffer, and the archive copies
 it from there. Until every archive copy of a package is good again, the deletion rules keep every
-copy of its data outside the archives (:mod:`ccat_dagster.lifecycle.deletion`).
+copy of its data outside the archives (:mod:`ccat_dagster.lifecycle.deletion.rules`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.locks import PACKAGING, planner_lock, scope
-from ccat_dagster.lifecycle.progress import set_status
-from ccat_dagster.lifecycle.verification import LtaEvidence
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence
+from ccat_dagster.lifecycle.common.locks import PACKAGING, planner_lock, scope
+from ccat_dagster.lifecycle.common.progress import set_status
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
     UNUSABLE_COPY_STATUSES,

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.policy import Policy, get_policy
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import LocationFullError, StorageError
 from ccat_ops_db.audit import audit

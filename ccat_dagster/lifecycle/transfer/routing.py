@@ -3,8 +3,8 @@
 Primary routes (SOURCE site -> LTA sites) are chosen round-robin per source site, with the
 position kept in ``round_robin_state`` (durable across restarts) and advanced by one atomic
 UPDATE so two callers never get the same slot. Every planner here runs under a planner
-lock (:mod:`ccat_dagster.lifecycle.locks`): a bundle is routed once even when the bundle sensor
-and a bundle run plan at the same time. Secondary routes (LTA site -> every other
+lock (:mod:`ccat_dagster.lifecycle.common.locks`): a bundle is routed once even when the bundle
+sensor and a bundle run plan at the same time. Secondary routes (LTA site -> every other
 LTA site) make sure each package reaches every archive. Active DataTransferRoute rows override
 the automatic choice: DIRECT (to that site's buffer), CUSTOM (to an explicit location), RELAY
 (first to the relay site's buffer, then onwards).
@@ -17,8 +17,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
-from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site, lta_sites
-from ccat_dagster.lifecycle.locks import ROUTING, planner_lock, scope
+from ccat_dagster.lifecycle.common.locations import get_primary_buffer_for_site, lta_sites
+from ccat_dagster.lifecycle.common.locks import ROUTING, planner_lock, scope
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
     DataLocation,

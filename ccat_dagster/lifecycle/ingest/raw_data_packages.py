@@ -16,13 +16,13 @@ from functools import partial
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import upsert_copy
-from ccat_dagster.lifecycle.locations import get_primary_buffer_for_site
-from ccat_dagster.lifecycle.locks import PACKAGING, planner_lock, scope
-from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
-from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import pending_on_transient, set_status
-from ccat_dagster.lifecycle.retries import handle_failure
+from ccat_dagster.lifecycle.common.copies import upsert_copy
+from ccat_dagster.lifecycle.common.locations import get_primary_buffer_for_site
+from ccat_dagster.lifecycle.common.locks import PACKAGING, planner_lock, scope
+from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.common.policy import get_policy
+from ccat_dagster.lifecycle.common.progress import pending_on_transient, set_status
+from ccat_dagster.lifecycle.common.retries import handle_failure
 from ccat_dagster.packaging import PackageMember, write_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError

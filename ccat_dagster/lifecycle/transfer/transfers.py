@@ -22,12 +22,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.copies import discard_bad_copy, upsert_copy
-from ccat_dagster.lifecycle.locations import is_lta_site
-from ccat_dagster.lifecycle.outcomes import StageOutcome, stopwatch, transfer_metadata
-from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.progress import pending_on_transient, set_status, tracked_copy
-from ccat_dagster.lifecycle.retries import handle_failure, mark_permanent_failure
+from ccat_dagster.lifecycle.common.copies import discard_bad_copy, upsert_copy
+from ccat_dagster.lifecycle.common.locations import is_lta_site
+from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, transfer_metadata
+from ccat_dagster.lifecycle.common.policy import get_policy
+from ccat_dagster.lifecycle.common.progress import pending_on_transient, set_status, tracked_copy
+from ccat_dagster.lifecycle.common.retries import handle_failure, mark_permanent_failure
 from ccat_dagster.packaging import ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (

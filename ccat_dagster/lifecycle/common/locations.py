@@ -14,8 +14,8 @@ from typing import cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ccat_dagster.lifecycle.names import Placed, site_pools
-from ccat_dagster.lifecycle.operations import operations_for_type
+from ccat_dagster.lifecycle.common.names import Placed, site_pools
+from ccat_dagster.lifecycle.common.operations import operations_for_type
 from ccat_ops_db.models import (
     DataLocation,
     DiskDataLocation,
@@ -163,9 +163,9 @@ def _pipeline_order(location: DataLocation) -> tuple[int, int, int]:
 
 def describe_locations(session: Session) -> list[LocationInfo]:
     """Every site and location (active or not) with the operations that run there in a pool
-    of their own (``lifecycle.names``: the pools the Dagster ops use), and the sites it is
+    of their own (``lifecycle.common.names``: the pools the Dagster ops use), and the sites it is
     unavailable from."""
-    from ccat_dagster.lifecycle.availability import unavailable_locations
+    from ccat_dagster.lifecycle.capacity.availability import unavailable_locations
 
     down: dict[int, list[tuple[str, str, str]]] = {}
     for u in unavailable_locations(session):

@@ -1,16 +1,9 @@
-"""The cleanup cycle: plan what the deletion rules allow, claim it, re-verify the archive live,
-delete through the Storage interface, and record every step.
-
-``plan_deletions`` only reads: what would be deleted now and by which rule, bytes per location, and
-what is blocked and why. ``run_cleanup_cycle`` runs the rules in the order of docs/lifecycle.md
-(transfer packages, raw data packages, processing files, staged files, DELETION_POSSIBLE files) and
-handles all deletable copies of a location in bulk: claim, re-check, pass the gate of
-:mod:`ccat_dagster.lifecycle.last_copy` (the archive copies re-verified live before the last copy
-outside the archives goes, the evidence written to the audit log with the deletion), delete through
-the Storage interface, record. Copies the gate keeps go back to their status, the report carries an
-error for the operator, and archive copies found missing or different are marked LOST or BAD for
-repair. A copy at a LONG_TERM_ARCHIVE location is never deleted: the rules never return one and the
-executor raises if handed one.
+"""Deleting the copies the rules returned, per location in batches: claim, re-check the rules
+that can change back, pass the gate of :mod:`ccat_dagster.lifecycle.deletion.last_copy`, delete
+through the Storage interface, record. Copies the gate keeps go back to their status and the
+report carries an error for the operator. A copy at a LONG_TERM_ARCHIVE location is never
+deleted: the rules never return one and the executor raises, before touching anything, if
+handed one.
 """
 
 from __future__ import annotations
@@ -24,43 +17,33 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.claims import (
+from ccat_dagster.lifecycle.archive.verification import VerifyLtaCopy
+from ccat_dagster.lifecycle.deletion.claims import (
     claim_for_deletion,
-    find_permanent_deletion_failures,
     give_back,
     mark_deleted,
     mark_failed,
     mark_in_progress,
 )
-from ccat_dagster.lifecycle.deletion import (
-    RULE_ORDER,
-    RULE_RDF_STAGED,
-    RULE_RDP_SOURCE_BUFFER,
-    RULE_RDP_STAGED_CLOSE,
-    BlockedCopy,
-    DeletableCopy,
-    RuleContext,
-    chunks,
-    dl_t,
-    explain_blocked,
-    find_closable_staged_raw_data_packages,
-    find_deletable,
-    group_by_location,
-    mark_raw_data_files_for_deletion,
-    pc_t,
-    rule_context,
-    still_allowed,
-)
-from ccat_dagster.lifecycle.last_copy import (
+from ccat_dagster.lifecycle.deletion.last_copy import (
     RULE_LTA_VERIFICATION_FAILED,
     GateResult,
     LtaCheck,
     gate_deletions,
 )
-from ccat_dagster.lifecycle.verification import (  # noqa: F401 - re-exported
-    LtaEvidence,
-    VerifyLtaCopy,
-    make_storage_lta_verifier,
+from ccat_dagster.lifecycle.deletion.plan import DeletionPlan, location_names
+from ccat_dagster.lifecycle.deletion.rules import (
+    RULE_MARK_DELETION_POSSIBLE,
+    RULE_RDP_SOURCE_BUFFER,
+    DeletableCopy,
+    RuleContext,
+    chunks,
+    dl_t,
+    group_by_location,
+    pc_t,
+    rdf_t,
+    source_site_ids,
+    still_allowed,
 )
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import LocationUnavailableError
@@ -71,8 +54,8 @@ from ccat_ops_db.models import (
     LocationType,
     PhysicalCopyStatus,
     RawDataPackage,
-    qualified_location_name,
     table_of,
+    utcnow,
 )
 
 S = PhysicalCopyStatus
@@ -81,117 +64,6 @@ DEFAULT_BATCH_SIZE = 1000
 
 class RefusedDeletionError(RuntimeError):
     """The executor was handed a copy it must never delete (a LONG_TERM_ARCHIVE copy)."""
-
-
-# --------------------------------------------------------------------------- plan
-
-
-@dataclass
-class DeletionPlan:
-    """What a cleanup cycle would do now, and why; computing it changes nothing."""
-
-    now: datetime
-    deletable: list[DeletableCopy]
-    blocked: list[BlockedCopy]
-    staged_packages_to_close: list[DeletableCopy]
-    permanent_failures: list[tuple[int, int, CopyType, int, str | None]]
-    location_names: dict[int, str]
-
-    @property
-    def bytes_by_location(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        for c in self.deletable:
-            total[self.location_names[c.data_location_id]] += c.size or 0
-        return dict(total)
-
-    @property
-    def count_by_rule(self) -> dict[str, int]:
-        return dict(Counter(c.rule for c in self.deletable))
-
-    @property
-    def blocked_by_rule(self) -> dict[str, dict[str, int]]:
-        """rule -> reason -> number of copies."""
-        out: dict[str, Counter[str]] = {}
-        for b in self.blocked:
-            out.setdefault(b.rule, Counter())[b.reason] += 1
-        return {rule: dict(reasons) for rule, reasons in out.items()}
-
-    def summary(self) -> str:
-        lines = [f"deletion plan at {self.now.isoformat()}"]
-        for rule, n in sorted(self.count_by_rule.items()):
-            lines.append(f"  deletable by {rule}: {n}")
-        for loc, nbytes in sorted(self.bytes_by_location.items()):
-            lines.append(f"  bytes to free at {loc}: {nbytes}")
-        if self.staged_packages_to_close:
-            lines.append(f"  STAGED package copies to close: {len(self.staged_packages_to_close)}")
-        for rule, reasons in sorted(self.blocked_by_rule.items()):
-            for reason, n in sorted(reasons.items()):
-                lines.append(f"  blocked by {rule}: {n} ({reason})")
-        for copy_id, loc, ctype, retries, reason in self.permanent_failures:
-            lines.append(
-                f"  PERMANENT FAILURE: {ctype.value} copy {copy_id} at "
-                f"{self.location_names.get(loc, loc)} after {retries} attempts: {reason}"
-            )
-        return "\n".join(lines)
-
-
-def _location_names(session: Session) -> dict[int, str]:
-    from ccat_ops_db.models import Site
-
-    rows = session.execute(
-        sa.select(dl_t.c.id, Site.short_name, dl_t.c.name).join(Site, Site.id == dl_t.c.site_id)
-    )
-    return {loc_id: qualified_location_name(site, name) for loc_id, site, name in rows}
-
-
-def plan_deletions(
-    session: Session,
-    *,
-    location: DataLocation | None = None,
-    now: datetime | None = None,
-    ctx: RuleContext | None = None,
-    observer: str | None = None,
-) -> DeletionPlan:
-    """Every rule's deletable and blocked copies (two SELECTs per rule, whatever the row count);
-    ``observer``: the site that would run the cleanup (what it cannot reach waits)."""
-    ctx = ctx or rule_context(session, now=now, observer=observer)
-    deletable: list[DeletableCopy] = []
-    blocked: list[BlockedCopy] = []
-    for rule in RULE_ORDER:
-        deletable += find_deletable(session, rule, location=location, ctx=ctx)
-        blocked += explain_blocked(session, rule, location=location, ctx=ctx)
-    return DeletionPlan(
-        now=ctx.now,
-        deletable=deletable,
-        blocked=blocked,
-        staged_packages_to_close=find_closable_staged_raw_data_packages(
-            session, location=location, ctx=ctx
-        ),
-        permanent_failures=find_permanent_deletion_failures(
-            session, policy=ctx.policy, location_id=location.id if location else None
-        ),
-        location_names=_location_names(session),
-    )
-
-
-def has_deletable(
-    session: Session,
-    locations: Sequence[DataLocation],
-    *,
-    now: datetime | None = None,
-    observer: str | None = None,
-) -> bool:
-    """Whether :func:`plan_deletions` would find anything deletable at any of ``locations``,
-    stopping at the first copy found (the question a schedule asks on every tick)."""
-    ctx = rule_context(session, now=now, observer=observer)
-    return any(
-        find_deletable(session, rule, location=location, ctx=ctx)
-        for location in locations
-        for rule in RULE_ORDER
-    )
-
-
-# --------------------------------------------------------------------------- report
 
 
 @dataclass(frozen=True)
@@ -257,10 +129,7 @@ class CleanupReport:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- executor
-
-
-class _Cycle:
+class CycleState:
     """State of one cycle: caches of locations/storages, the report."""
 
     def __init__(
@@ -281,7 +150,7 @@ class _Cycle:
         self.ctx = ctx
         self.report = report
         self.batch_size = batch_size
-        self.names = _location_names(session)
+        self.names = location_names(session)
         self._storages: dict[int, Storage | Exception] = {}
 
     def location(self, loc_id: int) -> DataLocation:
@@ -302,7 +171,7 @@ class _Cycle:
         return got
 
 
-def _refuse_lta(cycle: _Cycle, copies: Sequence[DeletableCopy]) -> None:
+def _refuse_lta(cycle: CycleState, copies: Sequence[DeletableCopy]) -> None:
     for loc_id in sorted({c.data_location_id for c in copies}):
         loc = cycle.location(loc_id)
         if loc.location_type == LocationType.LONG_TERM_ARCHIVE:
@@ -314,7 +183,7 @@ def _refuse_lta(cycle: _Cycle, copies: Sequence[DeletableCopy]) -> None:
             )
 
 
-def _keep_refused(cycle: _Cycle, gate: GateResult) -> None:
+def _keep_refused(cycle: CycleState, gate: GateResult) -> None:
     """Give back the claims of copies whose archive copies failed their live check, flag their
     packages and tell the operator; nothing of them was deleted."""
     session = cycle.session
@@ -402,7 +271,7 @@ def execute_deletions(
     ctx: RuleContext,
     report: CleanupReport | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    _cycle: _Cycle | None = None,
+    _cycle: CycleState | None = None,
 ) -> CleanupReport:
     """Delete ``copies`` (rows the rules returned): claim, verify, delete, record -- per location
     in batches of ``batch_size``, committing after each step so other runs see the claims.
@@ -411,7 +280,7 @@ def execute_deletions(
     LONG_TERM_ARCHIVE location.
     """
     report = report or CleanupReport(run_id=run_id, dry_run=False)
-    cycle = _cycle or _Cycle(
+    cycle = _cycle or CycleState(
         session,
         storage_for=storage_for,
         verify_lta_copy=verify_lta_copy,
@@ -428,7 +297,7 @@ def execute_deletions(
 
 
 def _recheck_after_claim(
-    cycle: _Cycle, loc: DataLocation, claimed: Sequence[DeletableCopy]
+    cycle: CycleState, loc: DataLocation, claimed: Sequence[DeletableCopy]
 ) -> list[DeletableCopy]:
     """Release the claimed copies whose rule no longer allows deletion (changed meanwhile)."""
     allowed = still_allowed(cycle.session, claimed, ctx=cycle.ctx)
@@ -444,7 +313,7 @@ def _recheck_after_claim(
     return [c for c in claimed if c.copy_id in allowed]
 
 
-def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCopy]) -> None:
+def _delete_batch(cycle: CycleState, loc: DataLocation, batch: Sequence[DeletableCopy]) -> None:
     session, run_id, report = cycle.session, cycle.run_id, cycle.report
     claimed = claim_for_deletion(session, batch, run_id=run_id, ctx=cycle.ctx)
     session.commit()
@@ -522,7 +391,10 @@ def _delete_batch(cycle: _Cycle, loc: DataLocation, batch: Sequence[DeletableCop
 
 
 def _release_uncounted(
-    cycle: _Cycle, loc: DataLocation, copies: Sequence[DeletableCopy], exc: LocationUnavailableError
+    cycle: CycleState,
+    loc: DataLocation,
+    copies: Sequence[DeletableCopy],
+    exc: LocationUnavailableError,
 ) -> None:
     give_back(
         cycle.session,
@@ -534,113 +406,57 @@ def _release_uncounted(
     cycle.report.unavailable.append(exc)
 
 
-def close_staged_packages(
-    session: Session, *, run_id: str, ctx: RuleContext, location: DataLocation | None = None
-) -> int:
-    """Mark STAGED package copies DELETED once their files are gone (conditional bulk UPDATE,
-    so a concurrent run cannot close one twice)."""
-    rows = find_closable_staged_raw_data_packages(session, location=location, ctx=ctx)
-    closed: list[DeletableCopy] = []
-    by_id = {r.copy_id: r for r in rows}
-    for chunk in chunks(list(by_id)):
-        got = session.scalars(
-            sa.update(pc_t)
-            .where(pc_t.c.id.in_(chunk), pc_t.c.status == S.STAGED)
-            .values(status=S.DELETED, deleted_at=ctx.now, claimed_by=run_id)
-            .returning(pc_t.c.id)
-        ).all()
-        closed.extend(by_id[i] for i in got)
-    audit_many(
-        session,
-        [
-            {
-                "entity_type": "physical_copy",
-                "entity_id": c.copy_id,
-                "data_location_id": c.data_location_id,
-                "old_status": S.STAGED,
-                "new_status": S.DELETED,
-                "reason": RULE_RDP_STAGED_CLOSE,
-                "run_id": run_id,
-                # the tar was removed when it was staged: this row holds no bytes
-                "evidence": {
-                    "rule": RULE_RDP_STAGED_CLOSE,
-                    "files": "all deleted",
-                    "last_copy_outside_lta": False,
-                },
-            }
-            for c in closed
-        ],
-    )
-    session.commit()
-    return len(closed)
+# --------------------------------------------------------------------------- side effect
 
 
-def run_cleanup_cycle(
-    session_factory_or_session: Session | Callable[[], Session],
+def mark_raw_data_files_for_deletion(
+    session: Session,
+    raw_data_package_ids: Sequence[int],
     *,
-    storage_for: Callable[[DataLocation], Storage],
-    verify_lta_copy: VerifyLtaCopy,
-    run_id: str,
-    location: DataLocation | None = None,
-    dry_run: bool = False,
+    run_id: str | None = None,
+    evidence: dict[str, Any] | None = None,
     now: datetime | None = None,
-    stale_claim_after: Any = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    observer: str | None = None,
-) -> CleanupReport:
-    """One cleanup cycle over every rule (or only ``location``'s copies).
-
-    With a Session it commits on it; with a factory it opens and closes its own. ``dry_run``
-    computes the plan and changes nothing (no claims, no storage calls, no verification).
-    """
-    own = not isinstance(session_factory_or_session, Session)
-    session = session_factory_or_session() if own else session_factory_or_session
-    try:
-        kwargs = {"stale_claim_after": stale_claim_after} if stale_claim_after else {}
-        ctx = rule_context(session, now=now, observer=observer, **kwargs)
-        report = CleanupReport(run_id=run_id, dry_run=dry_run)
-        if location is not None:
-            location = session.get(DataLocation, location.id)
-        if dry_run:
-            report.plan = plan_deletions(session, location=location, ctx=ctx)
-            report.permanent_failures = report.plan.permanent_failures
-            session.rollback()
-            return report
-        cycle = _Cycle(
-            session,
-            storage_for=storage_for,
-            verify_lta_copy=verify_lta_copy,
-            run_id=run_id,
-            ctx=ctx,
-            report=report,
-            batch_size=batch_size,
+) -> list[int]:
+    """Stage 1 of the two-stage RawDataFile deletion: when a RawDataPackage was deleted from its
+    SOURCE-site buffer, its RawDataFile copies PRESENT at SOURCE (or BUFFER) locations of a
+    SOURCE site become DELETION_POSSIBLE -- one bulk UPDATE per 5000 packages plus one bulk audit
+    INSERT, never a loop over copies. ``updated_at`` is set to ``now``: the retention clock of
+    stage 2. Returns the ids of the copies marked."""
+    now = now or utcnow()
+    marked: list[int] = []
+    for chunk in chunks(list(raw_data_package_ids)):
+        files = sa.select(rdf_t.c.id).where(rdf_t.c.raw_data_package_id.in_(chunk))
+        at_source = sa.select(dl_t.c.id).where(
+            dl_t.c.location_type.in_([LocationType.SOURCE, LocationType.BUFFER]),
+            dl_t.c.site_id.in_(source_site_ids()),
         )
-        # Storages come from the caller (possibly shared resources): the caller closes them.
-        for rule in RULE_ORDER:
-            rows = find_deletable(session, rule, location=location, ctx=ctx)
-            session.commit()
-            execute_deletions(
-                session,
-                rows,
-                storage_for=storage_for,
-                verify_lta_copy=verify_lta_copy,
-                run_id=run_id,
-                ctx=ctx,
-                report=report,
-                _cycle=cycle,
+        stmt = (
+            sa.update(pc_t)
+            .where(
+                pc_t.c.type == CopyType.RAW_DATA_FILE,
+                pc_t.c.status == S.PRESENT,
+                pc_t.c.raw_data_file_id.in_(files),
+                pc_t.c.data_location_id.in_(at_source),
             )
-            if rule == RULE_RDF_STAGED:
-                report.staged_packages_closed += close_staged_packages(
-                    session, run_id=run_id, ctx=ctx, location=location
-                )
-        report.permanent_failures = find_permanent_deletion_failures(
-            session, policy=ctx.policy, location_id=location.id if location else None
+            .values(status=S.DELETION_POSSIBLE, updated_at=now)
+            .returning(pc_t.c.id, pc_t.c.data_location_id, pc_t.c.raw_data_file_id)
         )
-        session.commit()
-        return report
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        if own:
-            session.close()
+        rows = session.execute(stmt).all()
+        audit_many(
+            session,
+            [
+                {
+                    "entity_type": "physical_copy",
+                    "entity_id": copy_id,
+                    "data_location_id": loc_id,
+                    "old_status": S.PRESENT,
+                    "new_status": S.DELETION_POSSIBLE,
+                    "reason": RULE_MARK_DELETION_POSSIBLE,
+                    "run_id": run_id,
+                    "evidence": {"raw_data_file_id": file_id, **(evidence or {})},
+                }
+                for copy_id, loc_id, file_id in rows
+            ],
+        )
+        marked.extend(r[0] for r in rows)
+    return marked

@@ -4,7 +4,7 @@ Every PRESENT copy of a RawDataPackage in an active LONG_TERM_ARCHIVE is read ba
 checksummed once per ``policy.lta_reverify_interval_minutes`` (30 days by default), oldest check
 first. A pass refreshes the copy's ``verified_at``; a definite failure (object missing, size or
 checksum wrong) marks the copy BAD or LOST and sends the package back to the archive stage, which
-re-archives it from a good copy (:func:`ccat_dagster.lifecycle.repair.record_lta_check`); a
+re-archives it from a good copy (:func:`ccat_dagster.lifecycle.archive.repair.record_lta_check`); a
 storage that cannot be read proves nothing and changes nothing. Without it, a corrupted archive
 copy would be found only when a deletion relies on it, or by ``ccat verify``.
 """
@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.policy import get_policy
-from ccat_dagster.lifecycle.repair import record_lta_check
-from ccat_dagster.lifecycle.verification import LtaEvidence, verify_lta_copy
+from ccat_dagster.lifecycle.archive.repair import record_lta_check
+from ccat_dagster.lifecycle.archive.verification import LtaEvidence, verify_lta_copy
+from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import (

@@ -1,13 +1,17 @@
 """The deletion matrix (docs/lifecycle.md, row by row) as set-based SQL.
 
-Each row of the matrix is one named query function whose docstring is that row; it returns
-lightweight :class:`DeletableCopy` rows (never ORM objects) of the copies that may be deleted
-*now*, optionally restricted to one location, with one SQL statement regardless of how many
-copies exist. A matching ``explain_blocked_*`` query returns the copies the same rule refuses and
-why. LONG_TERM_ARCHIVE locations are excluded by every finder; only PRESENT copies (STAGED where
-the rule says so) ever count as evidence that data exists elsewhere. Retries of failed deletions
-and claims abandoned by a crashed run re-enter through the same rules, so a rule is re-checked
-every time a copy is about to be deleted. No Dagster, no storage I/O: this module only decides.
+Each row of the matrix is one named rule (``RULE_*``: the name is the reason in the audit log),
+built by a ``_rule_*`` function whose docstring is that row. :func:`find_deletable` returns
+lightweight :class:`DeletableCopy` rows (never ORM objects) of the copies a rule allows to delete
+*now*, optionally restricted to one location or one object, with one SQL statement regardless of
+how many copies exist; :func:`explain_blocked` returns the copies the same rule refuses and why;
+:func:`still_allowed` evaluates again, after the claim, the rules a user can make false again.
+LONG_TERM_ARCHIVE locations are excluded by every rule; only PRESENT copies (STAGED where the
+rule says so) ever count as evidence that data exists elsewhere. Retries of failed deletions and
+claims abandoned by a crashed run re-enter through the same rules, so a rule is re-checked every
+time a copy is about to be deleted. No Dagster, no storage I/O, no writes: this module only
+decides (the matrix's side effect, ``mark_raw_data_files_for_deletion``, is done by
+:mod:`ccat_dagster.lifecycle.deletion.executor` after a source-buffer package copy is deleted).
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
-from ccat_dagster.lifecycle.availability import unavailable_locations
-from ccat_dagster.lifecycle.buffer_policy import (
+from ccat_dagster.lifecycle.archive.repair import unusable_lta_copy
+from ccat_dagster.lifecycle.capacity.availability import unavailable_locations
+from ccat_dagster.lifecycle.capacity.buffer_policy import (
     latest_buffer_statuses,
     should_delete_based_on_buffer_status,
 )
-from ccat_dagster.lifecycle.policy import Policy, get_policy
-from ccat_dagster.lifecycle.repair import unusable_lta_copy
-from ccat_ops_db.audit import audit_many
+from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_ops_db.models import (
     CopyType,
     DataLocation,
@@ -288,7 +291,8 @@ def _live_staging_job(package_id: Any, location_id: Any) -> sa.Exists:
     """EXISTS an active StagingJob to ``location_id`` for ``package_id``. Staged files stay
     while any job using them is active, whatever its retention (PROCESSING files go once
     every StagingJob using them has ``active=False``); a job's retention is only the date its
-    requester expects to be done by (:func:`ccat_dagster.lifecycle.staging.retention_ends_at`)."""
+    requester expects to be done by
+    (:func:`ccat_dagster.lifecycle.staging.requests.retention_ends_at`)."""
     return (
         sa.exists()
         .where(
@@ -347,6 +351,14 @@ def _copies(pc: Any, dl: Any, copy_type: CopyType, location_types: Iterable[Loca
 
 
 def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
+    """RawDataPackage | SOURCE Buffer | Exists in LTA DataLocation | >=1 LTA DataLocation copy with
+    PRESENT status.
+
+    A copy at a BUFFER of a SOURCE site is deletable when the package state is ARCHIVED and a
+    PRESENT (verified) copy exists in at least one LONG_TERM_ARCHIVE location -- an LTA-site
+    buffer does not count -- and no archive copy of the package is BAD or LOST (a repair is
+    pending). Side effect at deletion time: mark_raw_data_files_for_deletion.
+    """
     pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
     in_lta = _present_copy_of_package(
         rdp.c.id, at=lambda d: d.c.location_type == _LTA, verified=True
@@ -391,6 +403,13 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
 
 
 def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
+    """RawDataPackage | LTA Site Buffer | Exists in same site's LTA DataLocation | Same site LTA
+    DataLocation copy with PRESENT status.
+
+    A copy at a BUFFER of an LTA site is deletable when a PRESENT (verified) copy exists in the
+    LONG_TERM_ARCHIVE location of the same site and no archive copy of the package is BAD or
+    LOST.
+    """
     pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
     same_site_lta = _present_copy_of_package(
         rdp.c.id,
@@ -425,6 +444,13 @@ def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
 
 
 def _rule_dtp_source_buffer(ctx: RuleContext) -> _Rule:
+    """DataTransferPackage | SOURCE Buffer | Verified at LTA site buffer | Completed transfer +
+    unpack to >=1 LTA site.
+
+    Deletable when a DataTransfer from this buffer to an LTA site is COMPLETED with unpack_status
+    COMPLETED, and every DataTransfer from this buffer for this package is COMPLETED and unpacked
+    (a pending or failed one keeps the copy: it may still need to be sent).
+    """
     pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
     dest = dl_t.alias("dest")
     to_lta_site = _completed_transfer(
@@ -468,6 +494,12 @@ def _rule_dtp_source_buffer(ctx: RuleContext) -> _Rule:
 
 
 def _rule_dtp_lta_buffer(ctx: RuleContext) -> _Rule:
+    """DataTransferPackage | LTA Site Buffer | Replicated to all other LTA sites | Completed
+    transfers to all LTA sites.
+
+    Deletable when it was unpacked here and a DataTransfer to every OTHER active LTA site (the
+    secondary routes the routing expects) is COMPLETED with unpack_status COMPLETED.
+    """
     pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
     unpacked_here = _completed_transfer(
         dtp.c.id, lambda dt: dt.c.destination_location_id == pc.c.data_location_id
@@ -518,6 +550,16 @@ def _rule_dtp_lta_buffer(ctx: RuleContext) -> _Rule:
 
 
 def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
+    """RawDataFile | SOURCE/BUFFER | Parent package deleted + retention/buffer rules |
+    DELETION_POSSIBLE status + policy compliance.
+
+    Stage 2 of the two-stage deletion: a DELETION_POSSIBLE copy is deletable once the retention
+    period (the location's override, else the policy's retention_period_minutes) has passed since
+    it became DELETION_POSSIBLE (its ``updated_at``), or at once while the location's latest buffer
+    status is CRITICAL or worse (``should_delete_based_on_buffer_status``) -- and only while its
+    package has a PRESENT, verified copy in a LONG_TERM_ARCHIVE and none that is BAD or LOST.
+    The executor re-verifies those archive copies live before each deletion.
+    """
     pc, dl, rdf = pc_t.alias("pc"), dl_t.alias("dl"), rdf_t.alias("rdf")
     retention = sa.func.coalesce(dl.c.retention_period_minutes, ctx.policy.retention_period_minutes)
     # The retention clock starts when the copy became DELETION_POSSIBLE: physical_copy.updated_at,
@@ -579,6 +621,17 @@ def _staged_here(pc: Any, package_id: Any) -> sa.Exists:
 
 
 def _rule_rdf_processing(ctx: RuleContext, *, staged: bool) -> _Rule:
+    """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
+
+    A PRESENT file copy at a PROCESSING location (not part of a STAGED package there) is
+    deletable when no active StagingJob to that location references the file's RawDataPackage
+    (a job's retention does not matter: an active job keeps its files).
+
+    With ``staged``, the STAGED variant (``find_deletable_staged_raw_data_files_by_location``):
+    file copies at a PROCESSING location whose RawDataPackage copy there is STAGED and whose
+    staging jobs are all inactive (whatever their retention). After they are deleted the STAGED
+    package copy is marked DELETED (:func:`find_closable_staged_raw_data_packages`).
+    """
     pc, dl, rdf = pc_t.alias("pc"), dl_t.alias("dl"), rdf_t.alias("rdf")
     staged_here = _staged_here(pc, rdf.c.raw_data_package_id)
     return _Rule(
@@ -619,9 +672,11 @@ def _location_id(location: DataLocation | int | None) -> int | None:
     return location if isinstance(location, int) or location is None else location.id
 
 
-def _restrict(rule: _Rule, location: DataLocation | int | None, extra: Sequence[Any] = ()):
+def _restrict(rule: _Rule, location: DataLocation | int | None, entity_id: int | None = None):
     pc = rule.select_from.left.left  # pc.join(dl).join(entity): the physical_copy alias
-    where = list(rule.base) + list(extra)
+    where = list(rule.base)
+    if entity_id is not None:
+        where.append(rule.entity.c.id == entity_id)
     loc_id = _location_id(location)
     if loc_id is not None:
         where.append(pc.c.data_location_id == loc_id)
@@ -634,12 +689,14 @@ def find_deletable(
     *,
     location: DataLocation | int | None = None,
     ctx: RuleContext | None = None,
-    extra: Sequence[Any] = (),
+    entity_id: int | None = None,
 ) -> list[DeletableCopy]:
-    """The copies ``rule_name`` allows to delete now (one SELECT)."""
+    """The copies ``rule_name`` allows to delete now (one SELECT), optionally only at
+    ``location`` and only of one object (``entity_id``: the package, bundle or file the rule
+    looks at)."""
     ctx = ctx or rule_context(session)
     rule = _RULES[rule_name](ctx)
-    pc, where = _restrict(rule, location, extra)
+    pc, where = _restrict(rule, location, entity_id)
     stmt = (
         sa.select(*_columns(rule, pc))
         .select_from(rule.select_from)
@@ -711,209 +768,7 @@ def explain_blocked(
     ]
 
 
-def _can(
-    session: Session, rule_name: str, copy_column: str, entity_id: int, location: DataLocation
-) -> bool:
-    rule = _RULES[rule_name](rule_context(session))
-    pc, where = _restrict(rule, location, ())
-    stmt = (
-        sa.select(sa.literal(1))
-        .select_from(rule.select_from)
-        .where(*where, rule.allow, pc.c[copy_column] == entity_id)
-        .limit(1)
-    )
-    return session.execute(stmt).first() is not None
-
-
-# --------------------------------------------------------------------------- the matrix, by name
-
-
-def find_deletable_raw_data_packages_at_source_buffers(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """RawDataPackage | SOURCE Buffer | Exists in LTA DataLocation | >=1 LTA DataLocation copy with
-    PRESENT status.
-
-    A copy at a BUFFER of a SOURCE site is deletable when the package state is ARCHIVED and a
-    PRESENT (verified) copy exists in at least one LONG_TERM_ARCHIVE location -- an LTA-site
-    buffer does not count -- and no archive copy of the package is BAD or LOST (a repair is
-    pending). Side effect at deletion time: mark_raw_data_files_for_deletion.
-    """
-    return find_deletable(session, RULE_RDP_SOURCE_BUFFER, location=location, ctx=ctx)
-
-
-def can_delete_raw_data_package_from_source_buffer(
-    session: Session, raw_data_package: RawDataPackage, source_location: DataLocation
-) -> bool:
-    """RawDataPackage | SOURCE Buffer | Exists in LTA DataLocation | >=1 LTA DataLocation copy with
-    PRESENT status. (One package at one location; the finder is the bulk form.)"""
-    return _can(
-        session,
-        RULE_RDP_SOURCE_BUFFER,
-        "raw_data_package_id",
-        raw_data_package.id,
-        source_location,
-    )
-
-
-def find_deletable_raw_data_packages_at_lta_buffers(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """RawDataPackage | LTA Site Buffer | Exists in same site's LTA DataLocation | Same site LTA
-    DataLocation copy with PRESENT status.
-
-    A copy at a BUFFER of an LTA site is deletable when a PRESENT (verified) copy exists in the
-    LONG_TERM_ARCHIVE location of the same site and no archive copy of the package is BAD or
-    LOST.
-    """
-    return find_deletable(session, RULE_RDP_LTA_BUFFER, location=location, ctx=ctx)
-
-
-def can_delete_raw_data_package_from_lta_buffer(
-    session: Session, raw_data_package: RawDataPackage, lta_buffer_location: DataLocation
-) -> bool:
-    """RawDataPackage | LTA Site Buffer | Exists in same site's LTA DataLocation | Same site LTA
-    DataLocation copy with PRESENT status. (One package at one location.)"""
-    return _can(
-        session,
-        RULE_RDP_LTA_BUFFER,
-        "raw_data_package_id",
-        raw_data_package.id,
-        lta_buffer_location,
-    )
-
-
-def find_deletable_data_transfer_packages_at_source_buffers(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """DataTransferPackage | SOURCE Buffer | Verified at LTA site buffer | Completed transfer +
-    unpack to >=1 LTA site.
-
-    Deletable when a DataTransfer from this buffer to an LTA site is COMPLETED with unpack_status
-    COMPLETED, and every DataTransfer from this buffer for this package is COMPLETED and unpacked
-    (a pending or failed one keeps the copy: it may still need to be sent).
-    """
-    return find_deletable(session, RULE_DTP_SOURCE_BUFFER, location=location, ctx=ctx)
-
-
-def can_delete_data_transfer_package_from_source_buffer(
-    session: Session, package: DataTransferPackage, source_buffer: DataLocation
-) -> bool:
-    """DataTransferPackage | SOURCE Buffer | Verified at LTA site buffer | Completed transfer +
-    unpack to >=1 LTA site. (One package at one location.)"""
-    return _can(
-        session, RULE_DTP_SOURCE_BUFFER, "data_transfer_package_id", package.id, source_buffer
-    )
-
-
-def find_deletable_data_transfer_packages_at_lta_buffers(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """DataTransferPackage | LTA Site Buffer | Replicated to all other LTA sites | Completed
-    transfers to all LTA sites.
-
-    Deletable when it was unpacked here and a DataTransfer to every OTHER active LTA site (the
-    secondary routes the routing expects) is COMPLETED with unpack_status COMPLETED.
-    """
-    return find_deletable(session, RULE_DTP_LTA_BUFFER, location=location, ctx=ctx)
-
-
-def can_delete_data_transfer_package_from_lta_buffer(
-    session: Session, package: DataTransferPackage, lta_buffer: DataLocation
-) -> bool:
-    """DataTransferPackage | LTA Site Buffer | Replicated to all other LTA sites | Completed
-    transfers to all LTA sites. (One package at one location.)"""
-    return _can(session, RULE_DTP_LTA_BUFFER, "data_transfer_package_id", package.id, lta_buffer)
-
-
-def find_deletable_data_transfer_packages(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """All deletable DataTransferPackage copies (source-site and LTA-site buffers)."""
-    ctx = ctx or rule_context(session)
-    return find_deletable_data_transfer_packages_at_source_buffers(
-        session, location=location, ctx=ctx
-    ) + find_deletable_data_transfer_packages_at_lta_buffers(session, location=location, ctx=ctx)
-
-
-def find_deletable_raw_data_packages_by_location(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> dict[int, list[DeletableCopy]]:
-    """All deletable RawDataPackage copies (source-site and LTA-site buffers) by location id."""
-    ctx = ctx or rule_context(session)
-    rows = find_deletable_raw_data_packages_at_source_buffers(
-        session, location=location, ctx=ctx
-    ) + find_deletable_raw_data_packages_at_lta_buffers(session, location=location, ctx=ctx)
-    return group_by_location(rows)
-
-
-def process_deletion_possible_raw_data_files(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """RawDataFile | SOURCE/BUFFER | Parent package deleted + retention/buffer rules |
-    DELETION_POSSIBLE status + policy compliance.
-
-    Stage 2 of the two-stage deletion: a DELETION_POSSIBLE copy is deletable once the retention
-    period (the location's override, else the policy's retention_period_minutes) has passed since
-    it became DELETION_POSSIBLE (its ``updated_at``), or at once while the location's latest buffer
-    status is CRITICAL or worse (``should_delete_based_on_buffer_status``) -- and only while its
-    package has a PRESENT, verified copy in a LONG_TERM_ARCHIVE and none that is BAD or LOST.
-    The executor re-verifies those archive copies live before each deletion.
-    """
-    return find_deletable(session, RULE_RDF_DELETION_POSSIBLE, location=location, ctx=ctx)
-
-
-def find_deletable_processing_raw_data_files(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
-
-    A PRESENT file copy at a PROCESSING location (not part of a STAGED package there) is
-    deletable when no active StagingJob to that location references the file's RawDataPackage
-    (a job's retention does not matter: an active job keeps its files).
-    """
-    return find_deletable(session, RULE_RDF_PROCESSING, location=location, ctx=ctx)
-
-
-def find_deletable_staged_raw_data_files_by_location(
-    session: Session,
-    *,
-    location: DataLocation | int | None = None,
-    ctx: RuleContext | None = None,
-) -> list[DeletableCopy]:
-    """RawDataFile | PROCESSING | No active staging jobs | All StagingJobs have active=False.
-
-    The STAGED variant: file copies at a PROCESSING location whose RawDataPackage copy there is
-    STAGED and whose staging jobs are all inactive (whatever their retention). After they are
-    deleted the STAGED package copy is marked DELETED
-    (:func:`find_closable_staged_raw_data_packages`).
-    Rows carry ``data_location_id``; :func:`group_by_location` groups them.
-    """
-    return find_deletable(session, RULE_RDF_STAGED, location=location, ctx=ctx)
+# --------------------------------------------------------------------------- closing STAGED copies
 
 
 def find_closable_staged_raw_data_packages(
@@ -982,59 +837,3 @@ def group_by_location(rows: Iterable[DeletableCopy]) -> dict[int, list[Deletable
 def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# --------------------------------------------------------------------------- side effect
-
-
-def mark_raw_data_files_for_deletion(
-    session: Session,
-    raw_data_package_ids: Sequence[int],
-    *,
-    run_id: str | None = None,
-    evidence: dict[str, Any] | None = None,
-    now: datetime | None = None,
-) -> list[int]:
-    """Stage 1 of the two-stage RawDataFile deletion: when a RawDataPackage was deleted from its
-    SOURCE-site buffer, its RawDataFile copies PRESENT at SOURCE (or BUFFER) locations of a
-    SOURCE site become DELETION_POSSIBLE -- one bulk UPDATE per 5000 packages plus one bulk audit
-    INSERT, never a loop over copies. ``updated_at`` is set to ``now``: the retention clock of
-    stage 2. Returns the ids of the copies marked."""
-    now = now or utcnow()
-    marked: list[int] = []
-    for chunk in chunks(list(raw_data_package_ids)):
-        files = sa.select(rdf_t.c.id).where(rdf_t.c.raw_data_package_id.in_(chunk))
-        at_source = sa.select(dl_t.c.id).where(
-            dl_t.c.location_type.in_([LocationType.SOURCE, LocationType.BUFFER]),
-            dl_t.c.site_id.in_(source_site_ids()),
-        )
-        stmt = (
-            sa.update(pc_t)
-            .where(
-                pc_t.c.type == CopyType.RAW_DATA_FILE,
-                pc_t.c.status == S.PRESENT,
-                pc_t.c.raw_data_file_id.in_(files),
-                pc_t.c.data_location_id.in_(at_source),
-            )
-            .values(status=S.DELETION_POSSIBLE, updated_at=now)
-            .returning(pc_t.c.id, pc_t.c.data_location_id, pc_t.c.raw_data_file_id)
-        )
-        rows = session.execute(stmt).all()
-        audit_many(
-            session,
-            [
-                {
-                    "entity_type": "physical_copy",
-                    "entity_id": copy_id,
-                    "data_location_id": loc_id,
-                    "old_status": S.PRESENT,
-                    "new_status": S.DELETION_POSSIBLE,
-                    "reason": RULE_MARK_DELETION_POSSIBLE,
-                    "run_id": run_id,
-                    "evidence": {"raw_data_file_id": file_id, **(evidence or {})},
-                }
-                for copy_id, loc_id, file_id in rows
-            ],
-        )
-        marked.extend(r[0] for r in rows)
-    return marked
