@@ -1,4 +1,8 @@
+import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 pytest_plugins = [
     "ccat_dagster_tests.fixtures.databases",
@@ -22,3 +26,17 @@ def pytest_xdist_make_scheduler(config, log):
             return "heavy" if Path(path).name in HEAVY_FILES else path
 
     return _FileScheduling(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _dagster_home_restored() -> Iterator[None]:
+    """Each test leaves ``DAGSTER_HOME`` as it found it. Code that opens the default instance
+    exports it (as ``ccat`` does for the processes it starts), and on a pytest-xdist worker a
+    later test (e.g. one running the ``dagster`` CLI) would otherwise inherit a deleted
+    temporary home."""
+    before = os.environ.get("DAGSTER_HOME")
+    yield
+    if before is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = before

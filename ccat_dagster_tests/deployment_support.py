@@ -201,23 +201,35 @@ class Deployment:
     def logs(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {p.name}:\n{p.log_tail(chars)}" for p in self.processes)
 
-    def stop(self, timeout: float = 60.0) -> list[str]:
-        """SIGTERM every process group (webserver and daemon first), then SIGKILL what is left.
-        Returns the names of the processes that had to be killed."""
+    def stop(self, timeout: float = 90.0) -> list[str]:
+        """Stop as an operator would: SIGTERM the webserver and the daemon (the code servers'
+        clients) and wait for them, then the code servers, then SIGKILL what is left. A code
+        server waits for the RPCs still open to it (up to Dagster's gRPC grace period, 60 s)
+        before it exits, so its clients go first. Returns the names of the processes that had
+        to be killed."""
+        clients = [p for p in self.processes if not p.name.startswith("code-server")]
+        servers = [p for p in self.processes if p.name.startswith("code-server")]
+        killed = self._terminate(clients, timeout) + self._terminate(servers, timeout)
+        # children that outlived their leader (run workers) are still in the group
+        for process in self.processes:
+            _signal_group(process.popen.pid, signal.SIGKILL)
+        return killed
+
+    @staticmethod
+    def _terminate(processes: list[ManagedProcess], timeout: float) -> list[str]:
+        """SIGTERM every process group of ``processes`` at once, wait up to ``timeout`` for
+        them all, SIGKILL the ones still running; returns their names."""
         killed: list[str] = []
-        for process in reversed(self.processes):
+        for process in processes:
             _signal_group(process.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in reversed(self.processes):
+        for process in processes:
             try:
                 process.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 killed.append(process.name)
                 _signal_group(process.popen.pid, signal.SIGKILL)
                 process.popen.wait(timeout=10)
-        # children that outlived their leader (run workers) are still in the group
-        for process in self.processes:
-            _signal_group(process.popen.pid, signal.SIGKILL)
         return killed
 
 
