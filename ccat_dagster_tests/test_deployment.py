@@ -362,8 +362,15 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
             for site in ("ccat", "us")
         }
 
-    # every run: launched by a sensor, a schedule, the backfill or the manual launch; none failed
-    all_runs = runs(gql)
+    # every run: launched by a sensor, a schedule, the backfill or the manual launch; none failed.
+    # The daemon keeps running the schedules, so a cleanup may have started meanwhile: read the
+    # runs once none is queued or running.
+    all_runs = wait_until(
+        lambda: (listed := runs(gql)) and _finished(listed) and listed,
+        timeout=FINAL_TIMEOUT,
+        what="every run to finish",
+        interval=3,
+    )
     by_id = {r["runId"]: r for r in all_runs}
     failed = [(r["jobName"], r["runId"]) for r in all_runs if r["status"] != "SUCCESS"]
     assert not failed, f"runs that did not succeed: {failed}\n{deployment.logs()}"
