@@ -77,16 +77,15 @@ def write_postgres_instance(home: Path, dagster_pg_url: str) -> Path:
     """``home/dagster.yaml`` as production writes it (``ccat_dagster.instance``), on PostgreSQL,
     with the storage schema created once here: several processes creating it at the same time on
     an empty database would race."""
-    from dagster import DagsterInstance
 
-    from ccat_dagster.instance import write_instance_config
+    from ccat_dagster.instance import open_instance, write_instance_config
 
     previous = os.environ.get("DAGSTER_PG_URL")
     os.environ["DAGSTER_PG_URL"] = dagster_pg_url
     try:
         config = write_instance_config(home)
         assert "postgres" in config.read_text(), f"{config} is not the PostgreSQL instance config"
-        with DagsterInstance.from_config(str(home)) as instance:
+        with open_instance(home) as instance:
             instance.get_runs_count()
     finally:
         if previous is None:

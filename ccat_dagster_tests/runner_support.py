@@ -1,10 +1,14 @@
 """Tiny Definitions for runner tests, independent of the pipeline: a job that always fails (like
 a cleanup whose storage is permanently broken), one that fails every other time, and one that
-runs until it is killed (importable by a subprocess that runs it)."""
+runs until it is killed (``start_sleeper`` runs it in a child process)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from dagster import (
     AssetKey,
@@ -96,6 +100,18 @@ def sleeper_definitions() -> Definitions:
     return Definitions(jobs=[sleeper], sensors=[requests_the_sleeper_once])
 
 
+def start_sleeper(home: Path) -> subprocess.Popen:
+    """A child run-until-idle on ``home`` whose sleeper run stays in flight until it is killed.
+
+    The child opens the instance as the CLI does (under the instance lock), so it cannot race the
+    test's own first open of a new DAGSTER_HOME."""
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__, str(home)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+    )
+
+
 OBSERVED = AssetKey(["test", "buffer", "raw_data_package"])
 
 
@@ -109,3 +125,11 @@ def observes_a_buffer(_context: SensorEvaluationContext):
 
 def observing_definitions() -> Definitions:
     return Definitions(jobs=[always_fails], sensors=[observes_a_buffer])
+
+
+if __name__ == "__main__":
+    from ccat_dagster.instance import open_instance
+    from ccat_dagster.runner import run_until_idle
+
+    with open_instance(sys.argv[1]) as _instance:
+        run_until_idle([sleeper_definitions()], instance=_instance)

@@ -26,7 +26,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from sqlalchemy import select
 
-from ccat_dagster.instance import write_instance_config
+from ccat_dagster.instance import open_instance, write_instance_config
 from ccat_dagster_tests.deployment_support import (
     BIN,
     Deployment,
@@ -187,7 +187,7 @@ def _messages(instance: DagsterInstance, run_id: str) -> str:
 
 
 def test_dead_run_workers_are_failed_and_their_items_run_again(site: Site):
-    with DagsterInstance.from_config(str(site.home)) as instance:
+    with open_instance(site.home) as instance:
         # 1. the run worker is killed; its code server lives on
         path, kept = _file_one_blocked_obs_unit(site, seed=1)
         run = _wait_blocked_run(site, instance, set())

@@ -1,8 +1,9 @@
 """Bug (found by the fault suite, twin_cleanup): two ``ccat`` commands opening a new SQLite
 DAGSTER_HOME at the same moment failed ("table already exists", "database is locked") or
 stamped the schema version twice, after which every command failed ("more than one head
-present"). Six processes open a fresh home at once through the CLI's path, four times over
-(forked after the imports, so they race on the open alone)."""
+present"). Six processes open a fresh home at once, half through the CLI's path and half
+through ``open_instance`` (as a test and its child run-until-idle do), four times over (forked
+after the imports, so they race on the open alone)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ import multiprocessing
 import sqlite3
 
 from ccat_dagster.cli.pipeline import _instance
-from ccat_dagster.instance import write_instance_config
+from ccat_dagster.instance import open_instance, write_instance_config
 
 PROCESSES = 6
 TRIALS = 4
 
 
-def _open(home: str, barrier, results) -> None:
+def _open(home: str, through_cli: bool, barrier, results) -> None:
     import os
 
     os.environ["DAGSTER_HOME"] = home
     barrier.wait()
     try:
-        with _instance() as instance:
+        with _instance() if through_cli else open_instance(home) as instance:
             instance.get_runs(limit=1)
         results.put("ok")
     except Exception as exc:  # noqa: BLE001 - reported to the test
@@ -36,8 +37,8 @@ def test_commands_opening_a_new_home_at_once_all_succeed(tmp_path):
         write_instance_config(home)
         barrier, results = context.Barrier(PROCESSES), context.Queue()
         processes = [
-            context.Process(target=_open, args=(str(home), barrier, results))
-            for _ in range(PROCESSES)
+            context.Process(target=_open, args=(str(home), i % 2 == 0, barrier, results))
+            for i in range(PROCESSES)
         ]
         for p in processes:
             p.start()

@@ -22,7 +22,7 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 from sqlalchemy import select
 
-from ccat_dagster.instance import write_instance_config
+from ccat_dagster.instance import open_instance, write_instance_config
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.run_health import LIVE_STATUSES, OWNER_PID_TAG
 from ccat_dagster.storage.local import LocalDiskStorage
@@ -104,7 +104,7 @@ def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
     log = tmp_path / "run-until-idle.log"
     rng = random.Random(SEED)
     filed = 0
-    with DagsterInstance.from_config(str(home)) as instance:
+    with open_instance(home) as instance:
         for attempt in range(KILLS):
             if attempt % 4 != 3:  # every fourth attempt files nothing: the cleanup is hit too
                 with session_scope(ops_db_url) as session:
@@ -137,7 +137,7 @@ def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
     assert final.returncode in (0, 1), output[-5000:]
     assert "dead run marked failed" in output, "runs of killed commands were recovered"
 
-    with DagsterInstance.from_config(str(home)) as instance:
+    with open_instance(home) as instance:
         in_flight = instance.get_runs(RunsFilter(statuses=LIVE_STATUSES))
         assert in_flight == [], [(r.job_name, r.status) for r in in_flight]
 

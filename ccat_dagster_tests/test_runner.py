@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from ccat_dagster.instance import write_instance_config
+from ccat_dagster.instance import open_instance, write_instance_config
 from ccat_dagster.run_health import (
     OWNER_PID_TAG,
     dead_runs,
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _instance(home: Path) -> DagsterInstance:
     write_instance_config(home)
-    return DagsterInstance.from_config(str(home))
+    return open_instance(home)
 
 
 def test_request_that_keeps_failing_is_blocked_with_its_reason(tmp_path):
@@ -97,17 +96,7 @@ def test_owner_identity_judges_only_processes_it_can_see():
 def test_run_of_a_killed_runner_is_found_dead_and_failed(tmp_path):
     home = tmp_path / "dagster_home"
     with _instance(home) as instance:
-        script = textwrap.dedent(
-            f"""
-            from dagster import DagsterInstance
-            from ccat_dagster.runner import run_until_idle
-            from ccat_dagster_tests.runner_support import sleeper_definitions
-            with DagsterInstance.from_config({str(home)!r}) as instance:
-                run_until_idle([sleeper_definitions()], instance=instance)
-            """
-        )
-        env = {**os.environ, "DAGSTER_HOME": str(home)}
-        runner = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+        runner = runner_support.start_sleeper(home)
         try:
             run = wait_until(
                 lambda: next(

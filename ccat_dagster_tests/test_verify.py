@@ -548,32 +548,19 @@ def test_cli_reads_dead_runs_and_stale_temporaries_from_the_dagster_instance(
     flight, and a partial file it left behind."""
     import os
     import signal
-    import subprocess
-    import sys
-    import textwrap
 
     from dagster import DagsterRunStatus, RunsFilter
 
-    from ccat_dagster.instance import write_instance_config
+    from ccat_dagster.instance import open_instance, write_instance_config
     from ccat_dagster_tests.deployment_support import wait_until
+    from ccat_dagster_tests.runner_support import start_sleeper
 
     home = tmp_path / "verify_dagster_home"
     write_instance_config(home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("CCAT_TEMP_SWEEP_MARGIN_SECONDS", "0")
-    script = textwrap.dedent(
-        f"""
-        from dagster import DagsterInstance
-        from ccat_dagster.runner import run_until_idle
-        from ccat_dagster_tests.runner_support import sleeper_definitions
-        with DagsterInstance.from_config({str(home)!r}) as instance:
-            run_until_idle([sleeper_definitions()], instance=instance)
-        """
-    )
-    runner = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=os.environ
-    )
-    with DagsterInstance.from_config(str(home)) as instance:
+    runner = start_sleeper(home)
+    with open_instance(home) as instance:
         try:
             wait_until(
                 lambda: instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])),

@@ -15,13 +15,10 @@ register_operator_error(RetryError)
 
 
 def _instance():
-    from dagster import DagsterInstance
-
-    from ccat_dagster.instance import instance_lock
+    from ccat_dagster.instance import open_instance
     from ccat_dagster.runner import default_dagster_home
 
-    with instance_lock(default_dagster_home()):
-        return DagsterInstance.get()
+    return open_instance(default_dagster_home())
 
 
 def run_until_idle_command(

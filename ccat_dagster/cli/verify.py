@@ -24,10 +24,8 @@ def _run_clauses():
     then clauses (f) and (g) are reported as not checked."""
     from datetime import UTC, datetime
 
-    from dagster import DagsterInstance
-
     from ccat_dagster.defs.temporaries import sweep_margin_seconds
-    from ccat_dagster.instance import instance_lock
+    from ccat_dagster.instance import open_instance
     from ccat_dagster.lifecycle.temporaries import temporaries_older_than
     from ccat_dagster.run_health import dead_runs, temporaries_cutoff
     from ccat_ops_db.config import ccat_home
@@ -38,9 +36,7 @@ def _run_clauses():
         if not (default / "dagster.yaml").exists():
             return None, None
         home = str(default)
-    with instance_lock(home):
-        instance = DagsterInstance.from_config(home)
-    with instance:
+    with open_instance(home) as instance:
         cutoff = temporaries_cutoff(instance, margin_seconds=sweep_margin_seconds())
         dead = [(d.run_id, f"{d.run.job_name}: {d.reason}") for d in dead_runs(instance)]
     return temporaries_older_than(datetime.fromtimestamp(cutoff, UTC)), dead

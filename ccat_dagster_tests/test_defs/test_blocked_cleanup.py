@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.instance import write_instance_config
+from ccat_dagster.instance import open_instance, write_instance_config
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import RawDataPackage
 from ccat_ops_db.session import session_scope
@@ -39,7 +38,7 @@ def corrupt_lta_copy(ops_db_url, tmp_path):
     )
     home = tmp_path / "dagster_home"
     write_instance_config(home)
-    with DagsterInstance.from_config(str(home)) as instance:
+    with open_instance(home) as instance:
         report = drive(ops_db_url, instance, include_schedules=False)
         assert not report.failed_runs
         assert report.idle
@@ -52,7 +51,7 @@ def corrupt_lta_copy(ops_db_url, tmp_path):
 
 def test_failing_cleanup_is_blocked_after_a_few_runs_not_spun(corrupt_lta_copy):
     url, home, package = corrupt_lta_copy
-    with DagsterInstance.from_config(str(home)) as instance:
+    with open_instance(home) as instance:
         report = drive(url, instance, max_passes=200)
     # Before: 200 passes and hundreds of failed cleanup runs. A fix of the corrupt copy itself
     # (re-archiving it) may make the cleanup succeed instead; it must never spin.

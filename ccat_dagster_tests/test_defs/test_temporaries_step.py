@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterRunStatus, RunsFilter
 
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.topology import load_topology_snapshot
-from ccat_dagster.instance import write_instance_config
+from ccat_dagster.instance import open_instance, write_instance_config
 from ccat_dagster.run_health import fail_dead_runs
 from ccat_dagster_tests.deployment_support import wait_until
 from ccat_dagster_tests.pipeline_support import real_topology
+from ccat_dagster_tests.runner_support import start_sleeper
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
@@ -33,21 +31,6 @@ def leftover(root: Path, name: str, mtime: float) -> Path:
     return path
 
 
-def _start_sleeper(home: Path) -> subprocess.Popen:
-    """A run-until-idle process whose run stays in flight until it is killed."""
-    script = textwrap.dedent(
-        f"""
-        from dagster import DagsterInstance
-        from ccat_dagster.runner import run_until_idle
-        from ccat_dagster_tests.runner_support import sleeper_definitions
-        with DagsterInstance.from_config({str(home)!r}) as instance:
-            run_until_idle([sleeper_definitions()], instance=instance)
-        """
-    )
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-
-
 def test_cleanup_removes_temporaries_older_than_the_oldest_run_in_flight(
     ops_db_url, tmp_path, monkeypatch
 ):
@@ -57,8 +40,8 @@ def test_cleanup_removes_temporaries_older_than_the_oldest_run_in_flight(
     home = tmp_path / "dagster_home"
     write_instance_config(home)
     buffer, lta = tmp_path / "sites" / "us" / "buffer", tmp_path / "sites" / "us" / "lta"
-    with DagsterInstance.from_config(str(home)) as instance:
-        sleeper = _start_sleeper(home)
+    with open_instance(home) as instance:
+        sleeper = start_sleeper(home)
         try:
             [record] = wait_until(
                 lambda: instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED])),
