@@ -14,11 +14,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-if TYPE_CHECKING:
-    from dagster import DagsterInstance
 
 _TEMPLATES = Path(__file__).resolve().parent / "instance_templates"
 SQLITE_TEMPLATE = "dagster.yaml"
@@ -95,16 +91,3 @@ def instance_lock(home: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def open_instance(home: str | os.PathLike) -> DagsterInstance:
-    """The Dagster instance of ``home``, opened under :func:`instance_lock`.
-
-    Every process that may be the first to open a DAGSTER_HOME opens it this way (the CLI, the
-    runner's callers, the tests' child processes); one that calls ``DagsterInstance.from_config``
-    directly can race another's schema creation ("table alembic_version already exists").
-    """
-    from dagster import DagsterInstance
-
-    with instance_lock(home):
-        return DagsterInstance.from_config(str(home))

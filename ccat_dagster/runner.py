@@ -61,6 +61,19 @@ class RunnerReport:
         return not self.blocked and self.stopped is None
 
 
+def open_instance(home: str | os.PathLike) -> DagsterInstance:
+    """The Dagster instance of ``home``, opened under ``ccat_dagster.instance.instance_lock``.
+
+    Every process that may be the first to open a DAGSTER_HOME opens it this way (the CLI, a
+    run-until-idle, the tests' child processes); one that calls ``DagsterInstance.from_config``
+    directly can race another's schema creation ("table alembic_version already exists").
+    """
+    from ccat_dagster.instance import instance_lock
+
+    with instance_lock(home):
+        return DagsterInstance.from_config(str(home))
+
+
 def default_dagster_home() -> Path:
     """``DAGSTER_HOME``, else ``$CCAT_HOME/dagster_home`` (created, with the default config)."""
     home = Path(os.environ.get("DAGSTER_HOME") or ccat_home() / "dagster_home")

@@ -78,7 +78,8 @@ def write_postgres_instance(home: Path, dagster_pg_url: str) -> Path:
     with the storage schema created once here: several processes creating it at the same time on
     an empty database would race."""
 
-    from ccat_dagster.instance import open_instance, write_instance_config
+    from ccat_dagster.instance import write_instance_config
+    from ccat_dagster.runner import open_instance
 
     previous = os.environ.get("DAGSTER_PG_URL")
     os.environ["DAGSTER_PG_URL"] = dagster_pg_url

@@ -128,8 +128,7 @@ def observing_definitions() -> Definitions:
 
 
 if __name__ == "__main__":
-    from ccat_dagster.instance import open_instance
-    from ccat_dagster.runner import run_until_idle
+    from ccat_dagster.runner import open_instance, run_until_idle
 
     with open_instance(sys.argv[1]) as _instance:
         run_until_idle([sleeper_definitions()], instance=_instance)

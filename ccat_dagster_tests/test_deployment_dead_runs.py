@@ -26,7 +26,8 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from sqlalchemy import select
 
-from ccat_dagster.instance import open_instance, write_instance_config
+from ccat_dagster.instance import write_instance_config
+from ccat_dagster.runner import open_instance
 from ccat_dagster_tests.deployment_support import (
     BIN,
     Deployment,

@@ -11,7 +11,8 @@ import multiprocessing
 import sqlite3
 
 from ccat_dagster.cli.pipeline import _instance
-from ccat_dagster.instance import open_instance, write_instance_config
+from ccat_dagster.instance import write_instance_config
+from ccat_dagster.runner import open_instance
 
 PROCESSES = 6
 TRIALS = 4

@@ -22,9 +22,10 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 from sqlalchemy import select
 
-from ccat_dagster.instance import open_instance, write_instance_config
+from ccat_dagster.instance import write_instance_config
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.run_health import LIVE_STATUSES, OWNER_PID_TAG
+from ccat_dagster.runner import open_instance
 from ccat_dagster.storage.local import LocalDiskStorage
 from ccat_dagster_tests.deployment_support import wait_until
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology

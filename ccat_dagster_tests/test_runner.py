@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from ccat_dagster.instance import open_instance, write_instance_config
+from ccat_dagster.instance import write_instance_config
 from ccat_dagster.run_health import (
     OWNER_PID_TAG,
     dead_runs,
@@ -21,7 +21,7 @@ from ccat_dagster.run_health import (
     owner_alive,
     process_identity,
 )
-from ccat_dagster.runner import run_until_idle
+from ccat_dagster.runner import open_instance, run_until_idle
 from ccat_dagster_tests import runner_support
 from ccat_dagster_tests.deployment_support import wait_until
 

@@ -175,6 +175,33 @@ def test_show_round_trips_through_yaml(session, topology, tmp_path):
     assert [s["short_name"] for s in shown["sites"]] == ["ccat", "cologne", "us"]
 
 
+def test_ingest_key_is_stored_shown_and_changed(session, topology, tmp_path):
+    _location(topology, "ccat", "primecam_raw_data")["ingest"] = INGEST
+    _apply(session, topology)
+    [source] = [
+        loc
+        for site in show_topology(session)["sites"]
+        for loc in site["locations"]
+        if loc["name"] == "primecam_raw_data"
+    ]
+    assert source["ingest"] == INGEST | {"settle_seconds": 60}
+    path = tmp_path / "shown.yaml"
+    path.write_text(dump_topology(show_topology(session)))
+    assert not _apply(session, path).changed
+
+    _location(topology, "ccat", "primecam_raw_data")["ingest"] = {
+        "pattern": "{obs_unit}/{instrument_module}/**",
+        "ready": "settled",
+        "settle_seconds": 30,
+    }
+    assert any("ingest" in line for line in _apply(session, topology).updated)
+    del _location(topology, "ccat", "primecam_raw_data")["ingest"]
+    _apply(session, topology)
+    assert all(
+        "ingest" not in loc for s in show_topology(session)["sites"] for loc in s["locations"]
+    )
+
+
 def test_removed_policy_key_falls_back_to_default(session, topology):
     topology["policy"] = {"max_retries": 9}
     _apply(session, topology)
@@ -192,6 +219,13 @@ def test_policy_dataclass_mirrors_topology_policy_keys():
 
 
 # --------------------------------------------------------------------------- invalid files
+
+
+INGEST = {
+    "pattern": "{obs_unit}/{instrument_module}/*",
+    "ready": "marker",
+    "marker": "{obs_unit}/{instrument_module}/.complete",
+}
 
 
 def _set(site: str, name: str, key: str, value):
@@ -311,6 +345,26 @@ INVALID_CASES = {
     "relative disk path": (
         _set_storage("us", "lta", "path", "archive/lta"),
         ["sites[2].locations[1] (us/lta)", "must be absolute"],
+    ),
+    "ingest on a buffer": (
+        _set("us", "buffer", "ingest", {"pattern": "{obs_unit}/{instrument_module}/*"}),
+        ["sites[2].locations[0] (us/buffer)", "ingest is set on a BUFFER location"],
+    ),
+    "ingest pattern without the module": (
+        _set("ccat", "primecam_raw_data", "ingest", {"pattern": "{obs_unit}/*"}),
+        ["sites[0].locations[0] (ccat/primecam_raw_data)", "must name {instrument_module}"],
+    ),
+    "ingest marker missing": (
+        _set("ccat", "primecam_raw_data", "ingest", {**INGEST, "marker": None}),
+        ["(ccat/primecam_raw_data)", "ingest.ready is marker but ingest.marker is missing"],
+    ),
+    "ingest pattern leaving the root": (
+        _set("ccat", "primecam_raw_data", "ingest", {**INGEST, "pattern": "../{obs_unit}/x"}),
+        ["(ccat/primecam_raw_data)", "'..' path component"],
+    ),
+    "unknown ingest key": (
+        _set("ccat", "primecam_raw_data", "ingest", {**INGEST, "patern": "x"}),
+        ["(ccat/primecam_raw_data)", "unknown key 'patern'", "did you mean 'pattern'"],
     ),
 }
 

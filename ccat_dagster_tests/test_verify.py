@@ -551,7 +551,8 @@ def test_cli_reads_dead_runs_and_stale_temporaries_from_the_dagster_instance(
 
     from dagster import DagsterRunStatus, RunsFilter
 
-    from ccat_dagster.instance import open_instance, write_instance_config
+    from ccat_dagster.instance import write_instance_config
+    from ccat_dagster.runner import open_instance
     from ccat_dagster_tests.deployment_support import wait_until
     from ccat_dagster_tests.runner_support import start_sleeper
 

@@ -183,6 +183,9 @@ class DataLocation(Base):
     # Location-specific override of the policy's retention period (docs/lifecycle.md:
     # retention); None means the policy default.
     retention_period_minutes: Mapped[int | None] = mapped_column(Integer)
+    # The topology's ``ingest`` mapping of a SOURCE (``ccat_ops_db.ingest_spec.IngestSpec``):
+    # how its new files are detected; None means manual filing only.
+    ingest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -33,6 +33,7 @@ from ccat_ops_db.models import (
 )
 from ccat_ops_db.policy import POLICY_DEFAULTS, THRESHOLD_KEYS, validate_policy
 from ccat_ops_db.topology_schema import (
+    INGEST_KEYS,
     LOCATION_KEYS,
     SITE_KEYS,
     STORAGE_KEYS,
@@ -45,6 +46,7 @@ from ccat_ops_db.topology_schema import (
 from ccat_ops_db.validators import SAFE_IDENTIFIER, unknown_key
 
 __all__ = [
+    "INGEST_KEYS",
     "LOCATION_KEYS",
     "POLICY_DEFAULTS",
     "SAFE_IDENTIFIER",
@@ -245,6 +247,7 @@ def _location_values(spec: LocationSpec) -> dict[str, Any]:
         "priority": spec.priority,
         "active": spec.active,
         "retention_period_minutes": spec.retention_period_minutes,
+        "ingest": spec.ingest.model_dump() if spec.ingest else None,
         **spec.storage.settings,
     }
 
@@ -350,6 +353,8 @@ def _location_as_dict(loc: DataLocation) -> dict[str, Any]:
     if loc.retention_period_minutes is not None:
         out["retention_period_minutes"] = loc.retention_period_minutes
     out["storage"] = storage
+    if loc.ingest is not None:
+        out["ingest"] = {k: v for k, v in loc.ingest.items() if v is not None}
     return out
 
 

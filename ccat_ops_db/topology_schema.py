@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import LocationType, StorageType
 from ccat_ops_db.validators import (
     boolean,
@@ -173,6 +174,7 @@ class LocationSpec(_Entry):
         ),
     ] = None
     storage: Storage = _RequiredText
+    ingest: IngestSpec | None = None
 
     @property
     def location_type(self) -> LocationType:
@@ -184,6 +186,11 @@ class LocationSpec(_Entry):
             fail(
                 "a SOURCE location must be on disk storage (instruments write files there and "
                 f"they are registered from the filesystem), not {self.storage.kind.value}"
+            )
+        if self.ingest is not None and self.type is not LocationType.SOURCE:
+            fail(
+                f"ingest is set on a {self.type.value} location; new raw data files are detected "
+                "only at SOURCE locations, so remove the ingest key here"
             )
         return self
 
@@ -211,6 +218,7 @@ class SiteSpec(_Entry):
 TOP_LEVEL_KEYS = ("sites", "policy")
 SITE_KEYS: tuple[str, ...] = tuple(SiteSpec.model_fields)
 LOCATION_KEYS: tuple[str, ...] = tuple(LocationSpec.model_fields)
+INGEST_KEYS: tuple[str, ...] = tuple(IngestSpec.model_fields)
 
 
 # --------------------------------------------------------------------------- validation
@@ -241,9 +249,13 @@ def _site_messages(index: int, raw: dict[str, Any], exc: ValidationError) -> lis
     def keys_of(loc: tuple[Any, ...]) -> tuple[str, ...]:
         if len(loc) == 4 and loc[2] == "storage":
             return STORAGE_KEYS[StorageType(loc[3])]
+        if loc[2:] == ("ingest",):
+            return INGEST_KEYS
         return LOCATION_KEYS if loc[:1] == ("locations",) else SITE_KEYS
 
     def not_a_mapping(loc: tuple[Any, ...]) -> str:
+        if loc[2:3] == ("ingest",):
+            return "ingest must be a mapping with pattern (and ready, marker, settle_seconds)"
         if loc[:1] == ("locations",):
             return "a location must be a mapping with name, type and storage"
         return "a site must be a mapping with short_name, name and locations"

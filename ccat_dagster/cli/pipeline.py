@@ -15,8 +15,7 @@ register_operator_error(RetryError)
 
 
 def _instance():
-    from ccat_dagster.instance import open_instance
-    from ccat_dagster.runner import default_dagster_home
+    from ccat_dagster.runner import default_dagster_home, open_instance
 
     return open_instance(default_dagster_home())
 

@@ -25,9 +25,9 @@ def _run_clauses():
     from datetime import UTC, datetime
 
     from ccat_dagster.defs.temporaries import sweep_margin_seconds
-    from ccat_dagster.instance import open_instance
     from ccat_dagster.lifecycle.temporaries import temporaries_older_than
     from ccat_dagster.run_health import dead_runs, temporaries_cutoff
+    from ccat_dagster.runner import open_instance
     from ccat_ops_db.config import ccat_home
 
     home = os.environ.get("DAGSTER_HOME")

@@ -13,6 +13,7 @@ from ccat_dagster.defs.cleanup import (
     build_cleanup_schedule,
 )
 from ccat_dagster.defs.dead_runs import build_release_claims_sensor
+from ccat_dagster.defs.ingest import build_ingest_sensors
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.sensors import build_stage_sensor
@@ -44,6 +45,7 @@ def build_site_definitions(
     site = snapshot.site(site_short_name)
     assets, checks = build_site_assets(snapshot, site)
     jobs, sensors = [], [build_location_probe_sensor(site)]
+    sensors += build_ingest_sensors(site, interval_seconds=settings.sensor_interval_seconds)
     for stage in PIPELINE_STAGES:
         if not stage.applies(site):
             continue

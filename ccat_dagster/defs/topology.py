@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import (
     DataLocation,
     LocationType,
@@ -28,6 +29,8 @@ class LocationView:
     location_type: LocationType
     priority: int
     storage: str
+    #: how new files are detected at a SOURCE (None: manual filing only)
+    ingest: IngestSpec | None = None
 
     @property
     def is_buffer(self) -> bool:
@@ -105,6 +108,7 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
                             location_type=loc.location_type,
                             priority=loc.priority,
                             storage=loc.storage_type.value,
+                            ingest=IngestSpec.model_validate(loc.ingest) if loc.ingest else None,
                         )
                         for loc in sorted(site.locations, key=_order)
                         if loc.active

@@ -11,7 +11,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.instance import open_instance, write_instance_config
+from ccat_dagster.instance import write_instance_config
+from ccat_dagster.runner import open_instance
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import RawDataPackage
 from ccat_ops_db.session import session_scope

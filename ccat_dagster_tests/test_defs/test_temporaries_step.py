@@ -12,8 +12,9 @@ from dagster import DagsterRunStatus, RunsFilter
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.topology import load_topology_snapshot
-from ccat_dagster.instance import open_instance, write_instance_config
+from ccat_dagster.instance import write_instance_config
 from ccat_dagster.run_health import fail_dead_runs
+from ccat_dagster.runner import open_instance
 from ccat_dagster_tests.deployment_support import wait_until
 from ccat_dagster_tests.pipeline_support import real_topology
 from ccat_dagster_tests.runner_support import start_sleeper

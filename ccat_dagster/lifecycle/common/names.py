@@ -164,6 +164,11 @@ def cleanup_schedule(site: str) -> str:
     return f"{cleanup_job(site)}_schedule"
 
 
+def ingest_sensor(site: str, location: str) -> str:
+    """The sensor that files new raw data files at SOURCE ``location`` of ``site``."""
+    return f"{site}_{location}_ingest_sensor"
+
+
 def buffer_monitor_sensor(site: str) -> str:
     return f"{site}_buffer_monitor_sensor"
 

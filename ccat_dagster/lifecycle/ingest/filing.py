@@ -87,7 +87,7 @@ def shown_path(path: str | os.PathLike[str]) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -217,7 +217,7 @@ class _FileCollector:
             return
         # The canonical (symlink-free) path, so a file named two ways is registered once.
         relative = real[len(self.root_real) :].lstrip("/")
-        if not _is_utf8(relative):
+        if not is_utf8(relative):
             self.problems.append(
                 f"{shown_path(real)}: the file name is not valid UTF-8 (undecodable bytes shown "
                 "as \\xNN); names are stored as UTF-8 text in the ops database and the package "
@@ -237,7 +237,7 @@ def _check_names(obs_unit: str, instrument_module: str) -> list[str]:
     for what, value in (("obs unit", obs_unit), ("instrument module", instrument_module)):
         if not isinstance(value, str) or not value.strip():
             problems.append(f"the {what} name is empty; give the name the instrument uses")
-        elif not _is_utf8(value):
+        elif not is_utf8(value):
             problems.append(
                 f"the {what} name {shown_path(value)!r} is not valid UTF-8; give it in UTF-8"
             )

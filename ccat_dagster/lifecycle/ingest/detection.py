@@ -1,0 +1,312 @@
+"""Detecting new, complete raw data files at a SOURCE location and filing them: the work of the
+ingest sensor of each SOURCE with an ``ingest`` key in the topology (no Dagster here).
+
+One tick walks the location root once and reads only metadata (``stat``), never file contents.
+Only files whose change time is at or after the cursor are looked at further, and only the ready
+ones among them are looked up in the catalogue, so an idle tick over years of registered files
+costs one walk, no reads and no catalogue rows. Ready files are filed through
+:func:`register_raw_data_files`, the path ``ccat files register`` takes (same path safety, same
+rejections, same idempotence), one obs unit and instrument module at a time.
+
+The cursor is the change time below which every file was handled (registered, reported or
+already known). It never passes a file that is not complete yet, nor the start of the scan minus
+a margin (a file created while the walk runs, in a directory already walked, is seen next time).
+A file that matches no pattern, a marker with no files, or a file the filing path rejects is
+reported once for that version of the file, not on every tick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccat_dagster.lifecycle.ingest.filing import (
+    CHUNK_ROWS,
+    FilingError,
+    is_utf8,
+    register_raw_data_files,
+    shown_path,
+)
+from ccat_ops_db.ingest_spec import IngestSpec
+from ccat_ops_db.models import DiskDataLocation, RawDataFile
+
+#: filesystem timestamps lag the clock by up to a scheduler tick; the cursor stays this far back
+CURSOR_MARGIN_NS = 1_000_000_000
+#: reported files remembered (so they are reported once); the oldest are forgotten beyond this
+MAX_REMEMBERED = 10_000
+#: registration stops after this long in one tick; the rest is taken up by the next tick
+DEFAULT_TIME_BUDGET_SECONDS = 20.0
+#: names listed in a tick's metadata and messages (the counts are complete)
+MAX_LISTED = 20
+
+
+class IngestError(RuntimeError):
+    """The SOURCE cannot be scanned at all (its root is missing or unreadable)."""
+
+
+@dataclass
+class IngestCursor:
+    """Where the previous tick stopped: the change time ``since_ns`` below which everything was
+    handled, and the files reported since then (path -> change time of the reported version)."""
+
+    since_ns: int = 0
+    reported: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"since_ns": self.since_ns, "reported": self.reported})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> IngestCursor:
+        """The cursor stored by a tick; a missing or unreadable one starts from the beginning
+        (safe: what is registered already is skipped)."""
+        try:
+            data = json.loads(text or "{}")
+            return cls(int(data.get("since_ns", 0)), dict(data.get("reported", {})))
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class _File:
+    relative: str
+    changed_ns: int  # the later of content and metadata change
+    size: int
+
+
+@dataclass
+class IngestTick:
+    """What one tick found and did at one SOURCE."""
+
+    location: str
+    registered: int = 0
+    registered_bytes: int = 0
+    newest: str | None = None
+    newest_ns: int = 0
+    waiting: int = 0
+    unmatched: list[str] = field(default_factory=list)
+    markers_without_files: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    deferred: int = 0  # ready, but left for the next tick (time budget)
+    cursor: IngestCursor = field(default_factory=IngestCursor)
+
+    @property
+    def news(self) -> bool:
+        """Anything to show: files filed or something reported for the first time."""
+        return bool(
+            self.registered or self.unmatched or self.markers_without_files or self.rejected
+        )
+
+    def lines(self) -> list[str]:
+        """Log lines of the tick, one per finding."""
+        out = []
+        if self.registered:
+            out.append(
+                f"{self.location}: registered {self.registered} new file(s), "
+                f"{self.registered_bytes} bytes; newest {self.newest}"
+            )
+        for name in self.unmatched[:MAX_LISTED]:
+            out.append(
+                f"{self.location}: {name} matches no ingest pattern; not registered (move it, "
+                "or widen ingest.pattern in the topology)"
+            )
+        for name in self.markers_without_files[:MAX_LISTED]:
+            out.append(f"{self.location}: marker {name} has no data files beside it")
+        out += [f"{self.location}: {problem}" for problem in self.rejected[:MAX_LISTED]]
+        hidden = sum(
+            max(0, len(x) - MAX_LISTED)
+            for x in (self.unmatched, self.markers_without_files, self.rejected)
+        )
+        if hidden:
+            out.append(f"{self.location}: ... and {hidden} more finding(s) of this tick")
+        return out
+
+
+def _walk(root: str) -> Iterator[_File]:
+    """Every file under ``root`` (symlinked directories are not entered; a symlinked file is
+    given to the filing path, which refuses one leading out of the root)."""
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            if current == root:
+                raise IngestError(
+                    f"cannot list the root {root}: {exc.strerror or exc}; check that the "
+                    "SOURCE is mounted here"
+                ) from exc
+            continue  # reported by the filing path if a file of it is ever given
+        for entry in listed:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue  # gone since the listing
+            if stat.S_ISREG(st.st_mode):
+                yield _File(
+                    entry.path[len(root) :].lstrip("/"),
+                    max(st.st_mtime_ns, st.st_ctime_ns),
+                    st.st_size,
+                )
+
+
+def _already_registered(session: Session, location_id: int, paths: list[str]) -> set[str]:
+    known: set[str] = set()
+    for start in range(0, len(paths), CHUNK_ROWS):
+        known.update(
+            session.scalars(
+                select(RawDataFile.relative_path).where(
+                    RawDataFile.source_location_id == location_id,
+                    RawDataFile.relative_path.in_(paths[start : start + CHUNK_ROWS]),
+                )
+            )
+        )
+    return known
+
+
+class _Tick:
+    def __init__(
+        self, session: Session, location: DiskDataLocation, spec: IngestSpec, cursor: IngestCursor
+    ) -> None:
+        self.session, self.location, self.spec, self.cursor = session, location, spec, cursor
+        self.result = IngestTick(location.qualified_name)
+        self.remembered: dict[str, int] = {}  # reported files -> change time, for the next cursor
+
+    def report(self, path: str, changed_ns: int, into: list[str], message: str) -> None:
+        """Add ``message`` to ``into`` unless this version of ``path`` was reported before."""
+        if self.cursor.reported.get(path) != changed_ns:
+            into.append(message)
+        self.remembered[path] = changed_ns
+
+    def run(self, *, now_ns: int, budget_seconds: float) -> IngestTick:
+        spec, result, since = self.spec, self.result, self.cursor.since_ns
+        files, markers = [], {}
+        for f in _walk(self.location.path.rstrip("/") or "/"):
+            if spec.marker_regex is not None and spec.marker_regex.fullmatch(f.relative):
+                markers[f.relative] = f.changed_ns
+            else:
+                files.append(f)
+        held: list[int] = []  # change times of the files this tick leaves unhandled
+        ready: dict[tuple[str, str], list[_File]] = {}
+        with_data: set[tuple] = set()
+        for f in files:
+            match = spec.pattern_regex.fullmatch(f.relative)
+            if match is not None and markers:
+                with_data.add(_marker_key(spec, match.groupdict()))
+            if f.changed_ns < since:
+                continue
+            if match is None:
+                shown = shown_path(f.relative)
+                self.report(f.relative, f.changed_ns, result.unmatched, shown)
+                continue
+            values = match.groupdict()
+            if not self._complete(f, values, markers, now_ns):
+                result.waiting += 1
+                held.append(f.changed_ns)
+                continue
+            ready.setdefault((values["obs_unit"], values["instrument_module"]), []).append(f)
+        for name, changed_ns in markers.items():
+            match = spec.marker_regex.fullmatch(name) if spec.marker_regex else None
+            lonely = match is not None and _marker_key(spec, match.groupdict()) not in with_data
+            if changed_ns >= since and lonely:
+                self.report(name, changed_ns, result.markers_without_files, shown_path(name))
+        held += self._register(ready, budget_seconds)
+        next_since = max(0, min([now_ns - CURSOR_MARGIN_NS, *held]))
+        kept = {k: v for k, v in self.remembered.items() if v >= next_since}
+        if len(kept) > MAX_REMEMBERED:
+            kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-MAX_REMEMBERED:])
+        result.cursor = IngestCursor(next_since, kept)
+        return result
+
+    def _complete(self, f: _File, values: dict[str, str], markers: dict, now_ns: int) -> bool:
+        marker = self.spec.marker_for(values)
+        if marker is None:
+            return now_ns - f.changed_ns >= self.spec.settle_seconds * 1_000_000_000
+        directory = marker.rpartition("/")[0]
+        inside = not directory or f.relative.startswith(directory + "/")
+        # a file changed after its marker is still being written
+        return inside and marker in markers and f.changed_ns <= markers[marker]
+
+    def _register(self, ready: dict[tuple[str, str], list[_File]], budget: float) -> list[int]:
+        """File the ready files, oldest group first, within ``budget`` seconds; the change
+        times of the files left for the next tick."""
+        result = self.result
+        # a name that is not UTF-8 cannot be in the catalogue (the filing path rejects it)
+        paths = [f.relative for group in ready.values() for f in group if is_utf8(f.relative)]
+        known = _already_registered(self.session, self.location.id, paths) if paths else set()
+        groups = sorted(
+            ((key, [f for f in group if f.relative not in known]) for key, group in ready.items()),
+            key=lambda kv: min((f.changed_ns for f in kv[1]), default=0),
+        )
+        deadline = time.monotonic() + budget
+        held: list[int] = []
+        for (obs_unit, module), group in groups:
+            if not group:
+                continue
+            if result.registered and time.monotonic() > deadline:  # at least one group a tick
+                result.deferred += len(group)
+                held += [f.changed_ns for f in group]
+                continue
+            for filed in self._file_group(obs_unit, module, group):
+                result.registered += 1
+                result.registered_bytes += filed.size
+                if filed.changed_ns >= result.newest_ns:
+                    result.newest, result.newest_ns = filed.relative, filed.changed_ns
+        return held
+
+    def _file_group(self, obs_unit: str, module: str, group: list[_File]) -> list[_File]:
+        """The files of one obs unit and module that were filed; one bad file does not keep
+        the others out (they are then filed one by one, and its problem reported once)."""
+        try:
+            self._file(obs_unit, module, group)
+            return group
+        except FilingError:
+            self.session.rollback()
+        filed = []
+        for f in group:
+            try:
+                self._file(obs_unit, module, [f])
+                filed.append(f)
+            except FilingError as exc:
+                self.session.rollback()
+                message = "; ".join(exc.problems)
+                self.report(f.relative, f.changed_ns, self.result.rejected, message)
+        return filed
+
+    def _file(self, obs_unit: str, module: str, group: list[_File]) -> None:
+        register_raw_data_files(
+            self.session, self.location, obs_unit, module, [f.relative for f in group]
+        )
+        self.session.commit()
+
+
+def ingest_tick(
+    session: Session,
+    location: DiskDataLocation,
+    spec: IngestSpec,
+    cursor: IngestCursor,
+    *,
+    now_ns: int | None = None,
+    budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS,
+) -> IngestTick:
+    """One detection tick at ``location``: file the new complete files, report the rest once.
+
+    Commits each obs unit and module it files. Raises IngestError when the root cannot be
+    listed. The returned tick's ``cursor`` is what the next tick starts from."""
+    now = time.time_ns() if now_ns is None else now_ns
+    return _Tick(session, location, spec, cursor).run(now_ns=now, budget_seconds=budget_seconds)
+
+
+def _marker_key(spec: IngestSpec, values: dict[str, str]) -> tuple:
+    marker = spec.marker or ""
+    return tuple(sorted((k, v) for k, v in values.items() if "{" + k + "}" in marker))
