@@ -1,18 +1,17 @@
 """The demo: the whole chain on the embedded default (SQLite, local disks, no services).
 
-A simulated instrument writes a few hundred files at the telescope's SOURCE, they are filed,
-and the real sensors and jobs of every site drive them to ARCHIVED in both long-term archives
-(``run-until-idle``), then the cleanup removes the telescope's temporary copies by the rules.
+A simulated instrument writes a few hundred files at the telescope's SOURCE and marks each
+finished observation; nobody files them: the SOURCE's ingest sensor does, and the real sensors
+and jobs of every site drive them to ARCHIVED in both long-term archives (``run-until-idle``),
+then the cleanup removes the telescope's temporary copies by the rules.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.simulate import demo_topology, simulate_instrument
 from ccat_ops_db.topology import apply_topology
 
@@ -23,6 +22,14 @@ DEMO_POLICY = {
     "data_transfer_package_max_bytes": 64_000_000,
     "data_transfer_package_max_wait_minutes": 0,
     "retention_period_minutes": 0,
+}
+SOURCE = ("ccat", "primecam_raw_data")
+#: the marker the simulated instrument writes when an observation's module directory is done
+DEMO_MARKER = ".complete"
+DEMO_INGEST = {
+    "pattern": "{obs_unit}/{instrument_module}/*",
+    "ready": "marker",
+    "marker": "{obs_unit}/{instrument_module}/" + DEMO_MARKER,
 }
 
 
@@ -48,14 +55,18 @@ def reset_demo_home(home: Path) -> None:
 
 
 def initialise_demo(session, home: Path) -> None:
-    """Apply the demo topology (every storage a local directory under ``home/data``)."""
+    """Apply the demo topology (every storage a local directory under ``home/data``; the
+    telescope's SOURCE with an ingest sensor)."""
     topology = demo_topology(home / "data")
     topology["policy"] = {**topology.get("policy", {}), **DEMO_POLICY}
+    for entry in topology["sites"]:
+        for location in entry["locations"]:
+            if (entry["short_name"], location["name"]) == SOURCE:
+                location["ingest"] = DEMO_INGEST
     apply_topology(session, topology)
 
 
-def simulate_and_file(
-    session,
+def simulate_observations(
     home: Path,
     *,
     n_obs_units: int = 4,
@@ -64,8 +75,9 @@ def simulate_and_file(
     max_size: int = 20_000_000,
     seed: int = 7,
 ) -> DemoData:
-    """A simulated instrument writes files at ccat/primecam_raw_data; they are filed."""
-    root = home / "data" / "ccat" / "primecam_raw_data"
+    """A simulated instrument writes files at ccat/primecam_raw_data and marks each directory
+    done; the ingest sensor files them (no ``ccat files register``)."""
+    root = home / "data" / SOURCE[0] / SOURCE[1]
     files = simulate_instrument(
         root,
         n_obs_units=n_obs_units,
@@ -74,12 +86,8 @@ def simulate_and_file(
         min_size=2_000,
         max_size=max_size,
         seed=seed,
+        marker=DEMO_MARKER,
     )
-    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
-    for f in files:
-        groups[(f.obs_unit, f.instrument_module)].append(f.path)
-    for (obs_unit, module), paths in sorted(groups.items()):
-        register_raw_data_files(session, "ccat/primecam_raw_data", obs_unit, module, paths)
     return DemoData(
         files=len(files),
         bytes=sum(f.size for f in files),
@@ -88,9 +96,10 @@ def simulate_and_file(
     )
 
 
-def verify_demo(session) -> list[str]:
-    """What is wrong at the end of the demo: a package missing from an LTA, or a temporary
-    copy the rules should have removed from the telescope buffer."""
+def verify_demo(session, data: DemoData) -> list[str]:
+    """What is wrong at the end of the demo: a simulated file the ingest sensor did not file, a
+    package missing from an LTA, or a temporary copy the rules should have removed from the
+    telescope buffer."""
     from sqlalchemy import func, select
 
     from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
@@ -100,6 +109,7 @@ def verify_demo(session) -> list[str]:
         PackageState,
         PhysicalCopy,
         PhysicalCopyStatus,
+        RawDataFile,
         RawDataPackage,
         Site,
     )
@@ -107,6 +117,9 @@ def verify_demo(session) -> list[str]:
     problems = [
         f"{p} has no verified copy in {lta}" for p, lta in packages_missing_from_ltas(session)
     ]
+    filed = session.scalar(select(func.count()).select_from(RawDataFile))
+    if filed != data.files:
+        problems.append(f"the ingest sensor filed {filed} of the {data.files} simulated files")
     not_archived = session.scalar(
         select(func.count()).where(RawDataPackage.state != PackageState.ARCHIVED)
     )

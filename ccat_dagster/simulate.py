@@ -60,11 +60,14 @@ def simulate_instrument(
     max_size: int = 16 * 1024 * 1024,
     seed: int = 0,
     obs_unit_prefix: str = "obs",
+    marker: str | None = None,
 ) -> list[SimulatedFile]:
     """Write ``files_per_unit`` files per obs unit and module under ``root/<obs_unit>/<module>/``.
 
     Sizes are log-uniform in [min_size, max_size] (seeded, reproducible). Existing files of the
     same name are overwritten, so call it with a fresh ``obs_unit_prefix`` for new observations.
+    With ``marker``, an empty file of that name is written into each directory after its files,
+    as an instrument marks a finished observation (the topology's ``ingest.marker``).
     """
     if not 0 < min_size <= max_size:
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
@@ -81,6 +84,8 @@ def simulate_instrument(
                 path = directory / f"{module}_{obs_unit}_{i:05d}.dat"
                 _write_file(path, size, f"{obs_unit}/{module}/{i}/{rng.random()}".encode(), block)
                 files.append(SimulatedFile(path, obs_unit, module, size))
+            if marker is not None:
+                (directory / marker).write_bytes(b"")
     return files
 
 

@@ -124,3 +124,4 @@ def test_demo_runs_from_a_non_editable_install(installed, tmp_path):
     env = {**env, "CCAT_HOME": str(tmp_path / "demo")}
     out = _run([str(venv / "bin" / "ccat"), "demo"], cwd=tmp_path, env=env, timeout=1800)
     assert "pipeline idle" in out
+    assert "the ingest sensor files them" in out

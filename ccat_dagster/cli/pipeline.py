@@ -91,12 +91,18 @@ def demo_command(
 ) -> None:
     """Run the whole chain on SQLite and local disks under CCAT_HOME (default ./.ccat-demo).
 
-    A simulated instrument writes a few hundred files at the telescope, they are filed, the
-    sensors and jobs of every site archive them in both LTAs, and the cleanup removes the
-    telescope's temporary copies by the deletion rules. Exits 0 only if every package is
-    ARCHIVED in every long-term archive.
+    A simulated instrument writes a few hundred files at the telescope and marks each finished
+    observation; the telescope's ingest sensor files them (nobody runs `ccat files register`),
+    the sensors and jobs of every site archive them in both LTAs, and the cleanup removes the
+    telescope's temporary copies by the deletion rules. Exits 0 only if every file was filed and
+    every package is ARCHIVED in every long-term archive.
     """
-    from ccat_dagster.demo import initialise_demo, reset_demo_home, simulate_and_file, verify_demo
+    from ccat_dagster.demo import (
+        initialise_demo,
+        reset_demo_home,
+        simulate_observations,
+        verify_demo,
+    )
     from ccat_dagster.lifecycle.summary import pipeline_summary
     from ccat_dagster.runner import load_site_definitions, run_until_idle
 
@@ -107,10 +113,11 @@ def demo_command(
     typer.echo(f"demo home: {home}")
     with ops_session(create_schema=True) as session:
         initialise_demo(session, home)
-        data = simulate_and_file(session, home)
+    data = simulate_observations(home)
     typer.echo(
-        f"simulated instrument wrote and filed {data.files} files ({data.bytes / 1e6:.1f} MB, "
-        f"{data.obs_units} obs units x {data.modules} modules)"
+        f"simulated instrument wrote {data.files} files ({data.bytes / 1e6:.1f} MB, "
+        f"{data.obs_units} obs units x {data.modules} modules) and their markers; the ingest "
+        "sensor files them"
     )
     report = run_until_idle(
         load_site_definitions(), instance=_instance(), log=lambda m: typer.echo(m, err=True)
@@ -120,7 +127,7 @@ def demo_command(
         typer.echo(f"  {job}: {n} run(s)")
     with ops_session() as session:
         show_summary(pipeline_summary(session))
-        problems = verify_demo(session)
+        problems = verify_demo(session, data)
     problems += [f"blocked: {b.describe()}" for b in report.blocked]
     problems += [report.stopped] if report.stopped else []
     if problems or report.failed_runs or report.failed_ticks:
