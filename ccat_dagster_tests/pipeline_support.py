@@ -23,6 +23,7 @@ from dagster import DagsterInstance
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.demo import DEMO_INGEST, DEMO_MARKER
 from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.runner import RunnerReport, load_site_definitions, run_until_idle
 from ccat_dagster.simulate import SimulatedFile, simulate_instrument
@@ -49,9 +50,11 @@ def real_topology(
     bucket: str | None = None,
     policy: dict[str, Any] | None = None,
     telescope_buffer: Path | None = None,
+    ingest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The e2e topology; without sshd/S3 every storage is a local disk under ``root``
-    (the telescope buffer at ``telescope_buffer`` when given, e.g. on a small disk)."""
+    (the telescope buffer at ``telescope_buffer`` when given, e.g. on a small disk). With
+    ``ingest``, the SOURCE ``ccat/primecam_raw_data`` (``root/ccat/src``) has that ingest key."""
 
     def disk(*parts: str, remote: bool = False, path: Path | None = None) -> dict[str, Any]:
         path = path or root.joinpath(*parts)
@@ -80,7 +83,12 @@ def real_topology(
                 "short_name": "ccat",
                 "name": "CCAT Observatory",
                 "locations": [
-                    {"name": "primecam_raw_data", "type": "SOURCE", "storage": disk("ccat", "src")},
+                    {
+                        "name": "primecam_raw_data",
+                        "type": "SOURCE",
+                        "storage": disk("ccat", "src"),
+                        **({"ingest": ingest} if ingest else {}),
+                    },
                     {
                         "name": "telescope_buffer",
                         "type": "BUFFER",
@@ -112,6 +120,27 @@ def real_topology(
             **(policy or {}),
         },
     }
+
+
+#: the ingest key of a SOURCE whose instrument marks each finished directory (the demo's)
+MARKER_INGEST = DEMO_INGEST
+
+
+def drop_simulated_data(
+    root: Path, *, n_obs_units: int = 2, files_per_unit: int = 3, max_size: int = 900_000, seed=1
+) -> list[SimulatedFile]:
+    """The instrument writes files and their markers at ``root/ccat/src``; nobody files them
+    (the ingest sensor of a SOURCE with :data:`MARKER_INGEST` does)."""
+    return simulate_instrument(
+        root / "ccat" / "src",
+        n_obs_units=n_obs_units,
+        modules=("pcam_280ghz", "pcam_350ghz"),
+        files_per_unit=files_per_unit,
+        min_size=1_000,
+        max_size=max_size,
+        seed=seed,
+        marker=DEMO_MARKER,
+    )
 
 
 def file_simulated_data(

@@ -58,7 +58,12 @@ from ccat_dagster_tests.fixtures.databases import (
     drop_pg_database,
     require_postgres,
 )
-from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology, sha256
+from ccat_dagster_tests.pipeline_support import (
+    MARKER_INGEST,
+    drop_simulated_data,
+    real_topology,
+    sha256,
+)
 from ccat_ops_db.models import (
     AuditLog,
     DataLocation,
@@ -143,6 +148,7 @@ def running(
         bucket=s3_bucket,
         # a few RawDataPackages per bundle; copies may go as soon as the rules allow
         policy={"data_transfer_package_max_bytes": 600_000, "retention_period_minutes": 0},
+        ingest=MARKER_INGEST,
     )
     # the code servers read the topology from the ops DB when they load
     with session_scope(fresh_postgres_url) as session:
@@ -263,16 +269,20 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
 
     # ---- sensors and schedules on, through Dagster's own interface
     instigators = start_all_instigators(gql, locations, skip_schedules=[MANUAL_ONLY_SCHEDULE])
-    assert {"ccat_raw_data_package_creation_sensor", "ccat_cleanup_schedule"} <= set(instigators)
+    assert {
+        "ccat_primecam_raw_data_ingest_sensor",
+        "ccat_raw_data_package_creation_sensor",
+        "ccat_cleanup_schedule",
+    } <= set(instigators)
     assert {"us_long_term_archive_transfer_sensor", "cologne_data_transfer_sensor"} <= set(
         instigators
     )
 
-    # ---- the instrument files a few hundred raw files at the telescope
-    with session_scope(url) as session:
-        files = file_simulated_data(
-            session, root, n_obs_units=N_OBS_UNITS, files_per_unit=FILES_PER_UNIT, max_size=20_000
-        )
+    # ---- the instrument writes a few hundred raw files and their markers at the telescope;
+    # nobody files them: the telescope SOURCE's ingest sensor does
+    files = drop_simulated_data(
+        root, n_obs_units=N_OBS_UNITS, files_per_unit=FILES_PER_UNIT, max_size=20_000
+    )
     assert len(files) == N_OBS_UNITS * FILES_PER_UNIT * 2
 
     # ---- the daemon alone archives every package in both LTAs

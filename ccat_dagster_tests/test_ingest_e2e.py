@@ -9,30 +9,23 @@ from sqlalchemy import select
 
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.simulate import simulate_instrument
-from ccat_dagster_tests.pipeline_support import drive, real_topology
+from ccat_dagster_tests.pipeline_support import (
+    MARKER_INGEST,
+    drive,
+    drop_simulated_data,
+    real_topology,
+)
 from ccat_ops_db.models import PackageState, RawDataFile, RawDataPackage
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
-INGEST = {
-    "pattern": "{obs_unit}/{instrument_module}/*",
-    "ready": "marker",
-    "marker": "{obs_unit}/{instrument_module}/.complete",
-}
-
 
 def test_dropped_files_with_their_marker_are_archived_with_no_command(ops_db_url, tmp_path):
-    topology = real_topology(tmp_path)
-    source = topology["sites"][0]["locations"][0]
-    source["ingest"] = INGEST
+    topology = real_topology(tmp_path, ingest=MARKER_INGEST)
     with session_scope(ops_db_url) as session:
         apply_topology(session, topology)
     src = tmp_path / "ccat" / "src"
-    complete = simulate_instrument(
-        src, n_obs_units=2, modules=["pcam_280"], files_per_unit=3, max_size=200_000, seed=1
-    )
-    for unit in {f.obs_unit for f in complete}:
-        (src / unit / "pcam_280" / ".complete").write_bytes(b"")
+    complete = drop_simulated_data(tmp_path, n_obs_units=2, files_per_unit=3, max_size=200_000)
     unfinished = simulate_instrument(
         src, n_obs_units=1, modules=["pcam_350"], files_per_unit=2, max_size=50_000, seed=2
     )
