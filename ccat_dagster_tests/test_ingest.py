@@ -185,6 +185,44 @@ def test_unmatched_files_lonely_markers_and_rejections_are_reported_once(session
     assert tick().unmatched == ["stray.fits"]
 
 
+def test_findings_are_listed_by_status_until_they_clear(session, root):
+    from ccat_dagster.cli._summary import render_summary
+    from ccat_dagster.lifecycle.summary import pipeline_summary
+
+    tick = Ticker(session, MARKER)
+    stray = _write(root / "stray.fits")
+    lonely = _write(root / "obs2" / "pcam_280" / ".complete", b"")
+    bad = _write(root / "obs1" / "pcam_280" / os.fsdecode(b"bad-\xff.fits"))
+    _write(root / "obs1" / "pcam_280" / ".complete", b"")
+    tick()
+    findings = {(kind, path) for _, kind, path, _ in pipeline_summary(session).ingest_findings}
+    assert findings == {
+        ("unmatched", "stray.fits"),
+        ("marker_without_files", "obs2/pcam_280/.complete"),
+        ("rejected", "obs1/pcam_280/bad-\\xff.fits"),
+    }
+    text = render_summary(pipeline_summary(session))
+    assert "NOT FILED BY ITS INGEST SENSOR: 3" in text
+    assert "ccat/primecam_raw_data stray.fits: unmatched" in text
+    assert "not valid UTF-8" in text
+
+    time.sleep(1.1)
+    tick()  # nothing new: the findings stay listed
+    assert len(pipeline_summary(session).ingest_findings) == 3
+
+    # the operator fixes them: the stray file moved away, the marker removed, the file renamed
+    stray.rename(root.parent / "stray.fits")
+    lonely.unlink()
+    bad.rename(bad.with_name("good.fits"))
+    assert tick().waiting == 1, "renamed after its marker: waits for the marker again"
+    time.sleep(0.05)
+    _write(root / "obs1" / "pcam_280" / ".complete", b"")
+    assert tick().registered == 1
+    session.expire_all()
+    assert pipeline_summary(session).ingest_findings == []
+    assert "NOT FILED" not in render_summary(pipeline_summary(session))
+
+
 def test_files_registered_by_hand_are_skipped_without_error(session, root):
     path = _write(root / "obs1" / "pcam_280" / "a.fits")
     _write(root / "obs1" / "pcam_280" / ".complete", b"")

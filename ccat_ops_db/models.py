@@ -576,6 +576,27 @@ class PolicySetting(Base):
     value: Mapped[Any] = mapped_column(JSON)
 
 
+class IngestFinding(Base):
+    """A file at a SOURCE that its ingest sensor saw and did not file, reported once: a file
+    that matches no ``ingest.pattern`` (``unmatched``), a marker with no data files
+    (``marker_without_files``), or a file the filing path refused (``rejected``, ``message``
+    says why). Removed when the file is filed or is no longer there; ``ccat status`` lists them.
+    """
+
+    __tablename__ = "ingest_finding"
+    __table_args__ = (UniqueConstraint("data_location_id", "relative_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), index=True)
+    #: as shown to people: bytes that are not UTF-8 are escaped as \xNN
+    relative_path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    found_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    data_location: Mapped[DataLocation] = relationship()
+
+
 class LocationAvailability(Base):
     """Whether a location answers, as seen from one site (``observer``: the site whose code
     reached it; a link between two sites can be down while the location works locally). Errors

@@ -81,6 +81,19 @@ def summary_parts(s: PipelineSummary) -> list[Any]:
         parts.append(unavailable)
     else:
         parts.append("locations unavailable: none")
+    if s.ingest_findings:
+        lines = [
+            f"FILES AT A SOURCE NOT FILED BY ITS INGEST SENSOR: {len(s.ingest_findings)} (rename "
+            "or move each, then write its directory's marker again; a new version is looked at "
+            "again):"
+        ]
+        lines += [
+            f"  {location} {path}: {kind}" + (f" - {message}" if message != path else "")
+            for location, kind, path, message in s.ingest_findings[:_LISTED]
+        ]
+        if len(s.ingest_findings) > _LISTED:
+            lines.append(f"  ... and {len(s.ingest_findings) - _LISTED} more")
+        parts.append("\n".join(lines))
     if s.lost_files:
         lines = ["packages with raw data files declared lost (`ccat files declare-lost`):"]
         lines += [

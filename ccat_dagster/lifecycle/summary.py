@@ -16,6 +16,7 @@ from ccat_ops_db.models import (
     DataLocation,
     DataTransfer,
     DataTransferPackage,
+    IngestFinding,
     LongTermArchiveTransfer,
     PhysicalCopy,
     RawDataFile,
@@ -40,6 +41,8 @@ class PipelineSummary:
     unavailable: list[UnavailableLocation] = field(default_factory=list)
     # (package, obs unit x module, files lost, files in all, what became of it + reasons)
     lost_files: list[tuple[str, str, int, int, str]] = field(default_factory=list)
+    #: (SOURCE, kind, file, message): files an ingest sensor saw and did not file
+    ingest_findings: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def pipeline_summary(session: Session) -> PipelineSummary:
@@ -96,6 +99,21 @@ def pipeline_summary(session: Session) -> PipelineSummary:
     }
     s.unusable_lta_copies = unusable_lta_copies(session)
     s.lost_files = lost_files_by_package(session)
+    s.ingest_findings = [
+        (f"{site}/{location}", kind, path, message)
+        for site, location, kind, path, message in session.execute(
+            select(
+                Site.short_name,
+                DataLocation.name,
+                IngestFinding.kind,
+                IngestFinding.relative_path,
+                IngestFinding.message,
+            )
+            .join(DataLocation, DataLocation.id == IngestFinding.data_location_id)
+            .join(Site, Site.id == DataLocation.site_id)
+            .order_by(Site.short_name, DataLocation.name, IngestFinding.relative_path)
+        )
+    ]
     loc = (Site.short_name + "/" + DataLocation.name).label("loc")
     for name, kind, status, n, size in session.execute(
         select(

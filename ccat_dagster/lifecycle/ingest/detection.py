@@ -35,7 +35,7 @@ from ccat_dagster.lifecycle.ingest.filing import (
     shown_path,
 )
 from ccat_ops_db.ingest_spec import IngestSpec
-from ccat_ops_db.models import DiskDataLocation, RawDataFile
+from ccat_ops_db.models import DiskDataLocation, IngestFinding, RawDataFile
 
 #: filesystem timestamps lag the clock by up to a scheduler tick; the cursor stays this far back
 CURSOR_MARGIN_NS = 1_000_000_000
@@ -45,6 +45,8 @@ MAX_REMEMBERED = 10_000
 DEFAULT_TIME_BUDGET_SECONDS = 20.0
 #: names listed in a tick's metadata and messages (the counts are complete)
 MAX_LISTED = 20
+#: kinds of IngestFinding
+UNMATCHED, LONELY_MARKER, REJECTED = "unmatched", "marker_without_files", "rejected"
 
 
 class IngestError(RuntimeError):
@@ -58,9 +60,17 @@ class IngestCursor:
 
     since_ns: int = 0
     reported: dict[str, int] = field(default_factory=dict)
+    #: IngestFinding rows of the location are open (each tick then checks whether they cleared)
+    open_findings: bool = True
 
     def to_json(self) -> str:
-        return json.dumps({"since_ns": self.since_ns, "reported": self.reported})
+        return json.dumps(
+            {
+                "since_ns": self.since_ns,
+                "reported": self.reported,
+                "open_findings": self.open_findings,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> IngestCursor:
@@ -68,7 +78,11 @@ class IngestCursor:
         (safe: what is registered already is skipped)."""
         try:
             data = json.loads(text or "{}")
-            return cls(int(data.get("since_ns", 0)), dict(data.get("reported", {})))
+            return cls(
+                int(data.get("since_ns", 0)),
+                dict(data.get("reported", {})),
+                bool(data.get("open_findings", True)),
+            )
         except (ValueError, TypeError, AttributeError):
             return cls()
 
@@ -181,11 +195,15 @@ class _Tick:
         self.session, self.location, self.spec, self.cursor = session, location, spec, cursor
         self.result = IngestTick(location.qualified_name)
         self.remembered: dict[str, int] = {}  # reported files -> change time, for the next cursor
+        self.findings: dict[str, tuple[str, str]] = {}  # shown path -> (kind, message), new ones
+        self.filed_paths: set[str] = set()
 
-    def report(self, path: str, changed_ns: int, into: list[str], message: str) -> None:
-        """Add ``message`` to ``into`` unless this version of ``path`` was reported before."""
+    def report(self, path: str, changed_ns: int, into: list[str], kind: str, message: str) -> None:
+        """Add ``message`` to ``into`` (and an IngestFinding of ``kind``) unless this version of
+        ``path`` was reported before."""
         if self.cursor.reported.get(path) != changed_ns:
             into.append(message)
+            self.findings[shown_path(path)] = (kind, message)
         self.remembered[path] = changed_ns
 
     def run(self, *, now_ns: int, budget_seconds: float) -> IngestTick:
@@ -207,7 +225,7 @@ class _Tick:
                 continue
             if match is None:
                 shown = shown_path(f.relative)
-                self.report(f.relative, f.changed_ns, result.unmatched, shown)
+                self.report(f.relative, f.changed_ns, result.unmatched, UNMATCHED, shown)
                 continue
             values = match.groupdict()
             if not self._complete(f, values, markers, now_ns):
@@ -219,14 +237,44 @@ class _Tick:
             match = spec.marker_regex.fullmatch(name) if spec.marker_regex else None
             lonely = match is not None and _marker_key(spec, match.groupdict()) not in with_data
             if changed_ns >= since and lonely:
-                self.report(name, changed_ns, result.markers_without_files, shown_path(name))
+                shown = shown_path(name)
+                self.report(name, changed_ns, result.markers_without_files, LONELY_MARKER, shown)
         held += self._register(ready, budget_seconds)
+        open_findings = self._record_findings(files, markers)
         next_since = max(0, min([now_ns - CURSOR_MARGIN_NS, *held]))
         kept = {k: v for k, v in self.remembered.items() if v >= next_since}
         if len(kept) > MAX_REMEMBERED:
             kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-MAX_REMEMBERED:])
-        result.cursor = IngestCursor(next_since, kept)
+        result.cursor = IngestCursor(next_since, kept, open_findings)
         return result
+
+    def _record_findings(self, files: list[_File], markers: dict[str, int]) -> bool:
+        """Store this tick's new findings and drop those that cleared (the file was filed, or is
+        gone); whether any is left open. No SQL when there is nothing open and nothing new."""
+        if not (self.findings or self.cursor.open_findings or self.filed_paths):
+            return False
+        location_id = self.location.id
+        rows = self.session.scalars(
+            select(IngestFinding).where(IngestFinding.data_location_id == location_id)
+        ).all()
+        present = {shown_path(f.relative) for f in files} | {shown_path(m) for m in markers}
+        open_rows = 0
+        for row in rows:
+            if row.relative_path in self.findings or row.relative_path not in present:
+                self.session.delete(row)  # replaced below, or cleared
+            elif row.relative_path in self.filed_paths:
+                self.session.delete(row)
+            else:
+                open_rows += 1
+        self.session.flush()
+        for path, (kind, message) in self.findings.items():
+            self.session.add(
+                IngestFinding(
+                    data_location_id=location_id, relative_path=path, kind=kind, message=message
+                )
+            )
+        self.session.commit()
+        return bool(open_rows or self.findings)
 
     def _complete(self, f: _File, values: dict[str, str], markers: dict, now_ns: int) -> bool:
         marker = self.spec.marker_for(values)
@@ -258,6 +306,7 @@ class _Tick:
                 held += [f.changed_ns for f in group]
                 continue
             for filed in self._file_group(obs_unit, module, group):
+                self.filed_paths.add(filed.relative)
                 result.registered += 1
                 result.registered_bytes += filed.size
                 if filed.changed_ns >= result.newest_ns:
@@ -280,7 +329,7 @@ class _Tick:
             except FilingError as exc:
                 self.session.rollback()
                 message = "; ".join(exc.problems)
-                self.report(f.relative, f.changed_ns, self.result.rejected, message)
+                self.report(f.relative, f.changed_ns, self.result.rejected, REJECTED, message)
         return filed
 
     def _file(self, obs_unit: str, module: str, group: list[_File]) -> None:

@@ -1,4 +1,4 @@
-"""source ingest: the topology's ingest mapping of a SOURCE location
+"""source ingest: the topology's ingest mapping of a SOURCE location, and its findings
 
 Revision ID: 0003
 Revises: 0002
@@ -19,8 +19,33 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("data_location", schema=None) as batch_op:
         batch_op.add_column(sa.Column("ingest", sa.JSON(), nullable=True))
+    op.create_table(
+        "ingest_finding",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("data_location_id", sa.Integer(), nullable=False),
+        sa.Column("relative_path", sa.Text(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("found_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["data_location_id"],
+            ["data_location.id"],
+            name=op.f("fk_ingest_finding_data_location_id_data_location"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ingest_finding")),
+        sa.UniqueConstraint(
+            "data_location_id",
+            "relative_path",
+            name=op.f("uq_ingest_finding_data_location_id_relative_path"),
+        ),
+    )
+    with op.batch_alter_table("ingest_finding", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_ingest_finding_data_location_id"), ["data_location_id"], unique=False
+        )
 
 
 def downgrade() -> None:
+    op.drop_table("ingest_finding")
     with op.batch_alter_table("data_location", schema=None) as batch_op:
         batch_op.drop_column("ingest")
