@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -142,9 +143,11 @@ class IngestTick:
         return out
 
 
-def _walk(root: str) -> Iterator[_File]:
-    """Every file under ``root`` (symlinked directories are not entered; a symlinked file is
-    given to the filing path, which refuses one leading out of the root)."""
+def _walk(root: str, since_ns: int) -> Iterator[_File]:
+    """Every file under ``root`` changed at or after ``since_ns``: one ``stat`` per entry, no
+    other work for older files. Symlinked directories are not entered; a symlinked file is given
+    to the filing path, which refuses one leading out of the root."""
+    cut = len(root.rstrip("/")) + 1
     stack = [root]
     while stack:
         current = stack.pop()
@@ -166,12 +169,23 @@ def _walk(root: str) -> Iterator[_File]:
                 st = entry.stat()
             except OSError:
                 continue  # gone since the listing
-            if stat.S_ISREG(st.st_mode):
-                yield _File(
-                    entry.path[len(root) :].lstrip("/"),
-                    max(st.st_mtime_ns, st.st_ctime_ns),
-                    st.st_size,
-                )
+            changed = max(st.st_mtime_ns, st.st_ctime_ns)
+            if changed >= since_ns and stat.S_ISREG(st.st_mode):
+                yield _File(entry.path[cut:], changed, st.st_size)
+
+
+def _changed_ns(path: str) -> int | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return max(st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _unshown(shown: str) -> str:
+    """The file name behind :func:`shown_path` (``\\xNN`` back to the byte)."""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), shown.encode())
+    return os.fsdecode(raw)
 
 
 def _already_registered(session: Session, location_id: int, paths: list[str]) -> set[str]:
@@ -197,6 +211,8 @@ class _Tick:
         self.remembered: dict[str, int] = {}  # reported files -> change time, for the next cursor
         self.findings: dict[str, tuple[str, str]] = {}  # shown path -> (kind, message), new ones
         self.filed_paths: set[str] = set()
+        self.markers: dict[str, int | None] = {}  # marker -> its change time (None: absent)
+        self.root = location.path.rstrip("/") or "/"
 
     def report(self, path: str, changed_ns: int, into: list[str], kind: str, message: str) -> None:
         """Add ``message`` to ``into`` (and an IngestFinding of ``kind``) unless this version of
@@ -207,40 +223,34 @@ class _Tick:
         self.remembered[path] = changed_ns
 
     def run(self, *, now_ns: int, budget_seconds: float) -> IngestTick:
-        spec, result, since = self.spec, self.result, self.cursor.since_ns
-        files, markers = [], {}
-        for f in _walk(self.location.path.rstrip("/") or "/"):
-            if spec.marker_regex is not None and spec.marker_regex.fullmatch(f.relative):
-                markers[f.relative] = f.changed_ns
-            else:
-                files.append(f)
+        spec, result = self.spec, self.result
         held: list[int] = []  # change times of the files this tick leaves unhandled
         ready: dict[tuple[str, str], list[_File]] = {}
-        with_data: set[tuple] = set()
-        for f in files:
-            match = spec.pattern_regex.fullmatch(f.relative)
-            if match is not None and markers:
-                with_data.add(_marker_key(spec, match.groupdict()))
-            if f.changed_ns < since:
+        new_markers: list[_File] = []
+        for f in _walk(self.root, self.cursor.since_ns):
+            if spec.marker_regex is not None and spec.marker_regex.fullmatch(f.relative):
+                new_markers.append(f)
                 continue
+            match = spec.pattern_regex.fullmatch(f.relative)
             if match is None:
                 shown = shown_path(f.relative)
                 self.report(f.relative, f.changed_ns, result.unmatched, UNMATCHED, shown)
                 continue
             values = match.groupdict()
-            if not self._complete(f, values, markers, now_ns):
+            if not self._complete(f, values, now_ns):
                 result.waiting += 1
                 held.append(f.changed_ns)
                 continue
             ready.setdefault((values["obs_unit"], values["instrument_module"]), []).append(f)
-        for name, changed_ns in markers.items():
-            match = spec.marker_regex.fullmatch(name) if spec.marker_regex else None
-            lonely = match is not None and _marker_key(spec, match.groupdict()) not in with_data
-            if changed_ns >= since and lonely:
-                shown = shown_path(name)
-                self.report(name, changed_ns, result.markers_without_files, LONELY_MARKER, shown)
+        for marker in new_markers:
+            if not self._has_data(marker.relative):
+                shown = shown_path(marker.relative)
+                kind = LONELY_MARKER
+                self.report(
+                    marker.relative, marker.changed_ns, result.markers_without_files, kind, shown
+                )
         held += self._register(ready, budget_seconds)
-        open_findings = self._record_findings(files, markers)
+        open_findings = self._record_findings()
         next_since = max(0, min([now_ns - CURSOR_MARGIN_NS, *held]))
         kept = {k: v for k, v in self.remembered.items() if v >= next_since}
         if len(kept) > MAX_REMEMBERED:
@@ -248,42 +258,63 @@ class _Tick:
         result.cursor = IngestCursor(next_since, kept, open_findings)
         return result
 
-    def _record_findings(self, files: list[_File], markers: dict[str, int]) -> bool:
+    def _record_findings(self) -> bool:
         """Store this tick's new findings and drop those that cleared (the file was filed, or is
         gone); whether any is left open. No SQL when there is nothing open and nothing new."""
         if not (self.findings or self.cursor.open_findings or self.filed_paths):
             return False
-        location_id = self.location.id
         rows = self.session.scalars(
-            select(IngestFinding).where(IngestFinding.data_location_id == location_id)
+            select(IngestFinding).where(IngestFinding.data_location_id == self.location.id)
         ).all()
-        present = {shown_path(f.relative) for f in files} | {shown_path(m) for m in markers}
         open_rows = 0
         for row in rows:
-            if row.relative_path in self.findings or row.relative_path not in present:
+            path = row.relative_path
+            gone = not os.path.lexists(os.path.join(self.root, _unshown(path)))
+            if path in self.findings or path in self.filed_paths or gone:
                 self.session.delete(row)  # replaced below, or cleared
-            elif row.relative_path in self.filed_paths:
-                self.session.delete(row)
             else:
                 open_rows += 1
         self.session.flush()
         for path, (kind, message) in self.findings.items():
             self.session.add(
                 IngestFinding(
-                    data_location_id=location_id, relative_path=path, kind=kind, message=message
+                    data_location_id=self.location.id,
+                    relative_path=path,
+                    kind=kind,
+                    message=message,
                 )
             )
         self.session.commit()
         return bool(open_rows or self.findings)
 
-    def _complete(self, f: _File, values: dict[str, str], markers: dict, now_ns: int) -> bool:
+    def _complete(self, f: _File, values: dict[str, str], now_ns: int) -> bool:
         marker = self.spec.marker_for(values)
         if marker is None:
             return now_ns - f.changed_ns >= self.spec.settle_seconds * 1_000_000_000
         directory = marker.rpartition("/")[0]
-        inside = not directory or f.relative.startswith(directory + "/")
+        if directory and not f.relative.startswith(directory + "/"):
+            return False
+        if marker not in self.markers:
+            self.markers[marker] = _changed_ns(os.path.join(self.root, marker))
+        marked = self.markers[marker]
         # a file changed after its marker is still being written
-        return inside and marker in markers and f.changed_ns <= markers[marker]
+        return marked is not None and f.changed_ns <= marked
+
+    def _has_data(self, marker: str) -> bool:
+        """Whether a data file of the marker's obs unit and module lies under its directory."""
+        assert self.spec.marker_regex is not None
+        match = self.spec.marker_regex.fullmatch(marker)
+        key = _marker_key(self.spec, match.groupdict()) if match else ()
+        directory = marker.rpartition("/")[0]
+        for current, _dirs, names in os.walk(os.path.join(self.root, directory)):
+            for name in names:
+                relative = os.path.relpath(os.path.join(current, name), self.root)
+                if self.spec.marker_regex.fullmatch(relative):
+                    continue  # a marker is not data
+                found = self.spec.pattern_regex.fullmatch(relative)
+                if found is not None and _marker_key(self.spec, found.groupdict()) == key:
+                    return True
+        return False
 
     def _register(self, ready: dict[tuple[str, str], list[_File]], budget: float) -> list[int]:
         """File the ready files, oldest group first, within ``budget`` seconds; the change

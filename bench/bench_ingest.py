@@ -1,0 +1,180 @@
+"""Ingest benchmark: what the ingest sensor of a SOURCE costs, against the shell doing the same.
+
+(a) Detect and register N new files (1,000 per obs unit directory, each with its marker) in one
+    tick of ``ingest_tick`` on SQLite, against ``find ROOT -type f | wc -l`` plus ``sha256sum``
+    of the same files (the least a detector that checksums can do). Target ratio <= 1.3.
+(b) An idle tick (nothing new since the cursor) over 10k / 100k / 1M files already handled,
+    against ``find ROOT -newer CURSOR_FILE``. The tick reads no file content and runs no SQL
+    (counted); its cost must stay within 2x of find's and grow with the tree as find's does,
+    not with the catalogue. The files of (b) are written on disk but not put in the catalogue:
+    an idle tick never looks there (the statement count shows it).
+
+Prints ``ratio = ours / baseline`` per row. Scratch data lives under /tmp and is removed.
+
+    .venv/bin/python bench/bench_ingest.py [--new 100000] [--size 0] [--idle 10000,100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ccat_dagster.lifecycle.common.locations import resolve_location
+from ccat_dagster.lifecycle.ingest.detection import IngestCursor, ingest_tick
+from ccat_dagster.simulate import demo_topology
+from ccat_ops_db.ingest_spec import IngestSpec
+from ccat_ops_db.migrate import upgrade
+from ccat_ops_db.session import make_engine
+from ccat_ops_db.topology import apply_topology
+
+SCRATCH = Path("/tmp/ccat_bench_ingest")
+FILES_PER_DIR = 1_000
+SPEC = IngestSpec(
+    pattern="{obs_unit}/{instrument_module}/*",
+    ready="marker",
+    marker="{obs_unit}/{instrument_module}/.complete",
+)
+
+
+def make_files(root: Path, n: int, prefix: str, size: int = 0) -> None:
+    """n files of ``size`` bytes (0: 100-200 bytes), distinct content, 1,000 per obs unit,
+    each directory with its marker."""
+    filler = os.urandom(size) if size else b""
+    for i in range(n):
+        directory = root / f"{prefix}_{i // FILES_PER_DIR:05d}" / "pcam_280"
+        if i % FILES_PER_DIR == 0:
+            if i:
+                (directory.parent.with_name(f"{prefix}_{i // FILES_PER_DIR - 1:05d}")).joinpath(
+                    "pcam_280", ".complete"
+                ).write_bytes(b"")
+            directory.mkdir(parents=True, exist_ok=True)
+        head = f"file {prefix} {i} ".encode()
+        data = head + filler[len(head) :] if size else head * (8 + i % 10)
+        (directory / f"f{i:07d}.dat").write_bytes(data)
+    if n:
+        last = root / f"{prefix}_{(n - 1) // FILES_PER_DIR:05d}" / "pcam_280"
+        (last / ".complete").write_bytes(b"")
+
+
+class StatementCounter:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine, self.count = engine, 0
+
+    def _on(self, *_args) -> None:
+        self.count += 1
+
+    def __enter__(self) -> StatementCounter:
+        event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def _shell(command: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(["bash", "-c", command], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _setup(home: Path) -> tuple[sa.Engine, Path]:
+    home.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{home / 'ops.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        apply_topology(session, demo_topology(home / "data"))
+        session.commit()
+    return engine, home / "data" / "ccat" / "primecam_raw_data"
+
+
+def bench_new(n: int, size: int) -> None:
+    home = SCRATCH / "new"
+    engine, root = _setup(home)
+    try:
+        make_files(root, n, "obs", size)
+        t_base = _shell(
+            f"find {root} -type f | wc -l; find {root} -type f -print0 | xargs -0 sha256sum"
+        )
+        with StatementCounter(engine) as counter, Session(engine) as session:
+            source = resolve_location(session, "ccat/primecam_raw_data")
+            start = time.perf_counter()
+            tick = ingest_tick(session, source, SPEC, IngestCursor(), budget_seconds=3600)
+            t_ours = time.perf_counter() - start
+        assert tick.registered == n, tick
+        shown = f"{size:,} bytes" if size else "100-200 bytes"
+        units = n // FILES_PER_DIR
+        print(f"(a) detect and register {n:,} new files of {shown} ({units} obs units)")
+        print(f"  baseline (find | wc -l; find | xargs sha256sum) {t_base:7.2f} s")
+        print(
+            f"  ingest_tick                                     {t_ours:7.2f} s "
+            f"{n / t_ours:9.0f} files/s  {counter.count} statements"
+        )
+        print(f"  ratio = ours / baseline = {t_ours / t_base:.2f}")
+    finally:
+        engine.dispose()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def bench_idle(sizes: list[int]) -> None:
+    home = SCRATCH / "idle"
+    engine, root = _setup(home)
+    print("(b) idle tick (nothing new) vs find -newer CURSOR_FILE")
+    try:
+        written = 0
+        for size in sizes:
+            make_files(root, size - written, f"obs{size}")
+            written = size
+            time.sleep(1.1)  # past the cursor margin
+            cursor_file = home / "cursor"
+            cursor_file.write_bytes(b"")
+            cursor = IngestCursor(since_ns=time.time_ns(), open_findings=False)
+            t_base = min(_shell(f"find {root} -newer {cursor_file}") for _ in range(3))
+            with StatementCounter(engine) as counter, Session(engine) as session:
+                source = resolve_location(session, "ccat/primecam_raw_data")
+                _ = (source.id, source.path, source.qualified_name)  # loaded before counting
+                counter.count = 0
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    tick = ingest_tick(session, source, SPEC, cursor)
+                    times.append(time.perf_counter() - start)
+                assert not tick.news, tick
+            t_ours = min(times)
+            print(
+                f"  {size:>9,} files  find -newer {t_base:6.2f} s  ingest_tick {t_ours:6.2f} s  "
+                f"{counter.count} statements  ratio = {t_ours / t_base:.2f}"
+            )
+    finally:
+        engine.dispose()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--new", type=int, default=100_000, help="files for (a)")
+    parser.add_argument("--size", type=int, default=0, help="bytes per file of (a); 0: tiny")
+    parser.add_argument("--idle", default="10000,100000,1000000", help="tree sizes for (b)")
+    args = parser.parse_args()
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    SCRATCH.mkdir(parents=True)
+    try:
+        bench_new(args.new, args.size)
+        bench_idle(sorted(int(s) for s in args.idle.split(",")))
+    finally:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
