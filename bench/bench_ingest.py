@@ -35,6 +35,7 @@ from ccat_dagster.lifecycle.ingest.detection import IngestCursor, ingest_tick
 from ccat_dagster.simulate import demo_topology
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.migrate import upgrade
+from ccat_ops_db.models import DiskDataLocation
 from ccat_ops_db.session import make_engine
 from ccat_ops_db.topology import apply_topology
 
@@ -88,6 +89,12 @@ def _shell(command: str) -> float:
     return time.perf_counter() - start
 
 
+def _source(session: Session) -> DiskDataLocation:
+    source = resolve_location(session, "ccat/primecam_raw_data")
+    assert isinstance(source, DiskDataLocation)
+    return source
+
+
 def _setup(home: Path) -> tuple[sa.Engine, Path]:
     home.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{home / 'ops.db'}"
@@ -108,7 +115,7 @@ def bench_new(n: int, size: int) -> None:
             f"find {root} -type f | wc -l; find {root} -type f -print0 | xargs -0 sha256sum"
         )
         with StatementCounter(engine) as counter, Session(engine) as session:
-            source = resolve_location(session, "ccat/primecam_raw_data")
+            source = _source(session)
             start = time.perf_counter()
             tick = ingest_tick(session, source, SPEC, IngestCursor(), budget_seconds=3600)
             t_ours = time.perf_counter() - start
@@ -142,7 +149,7 @@ def bench_idle(sizes: list[int]) -> None:
             cursor = IngestCursor(since_ns=time.time_ns(), open_findings=False)
             t_base = min(_shell(f"find {root} -newer {cursor_file}") for _ in range(3))
             with StatementCounter(engine) as counter, Session(engine) as session:
-                source = resolve_location(session, "ccat/primecam_raw_data")
+                source = _source(session)
                 _ = (source.id, source.path, source.qualified_name)  # loaded before counting
                 counter.count = 0
                 times = []

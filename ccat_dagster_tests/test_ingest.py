@@ -223,6 +223,25 @@ def test_findings_are_listed_by_status_until_they_clear(session, root):
     assert "NOT FILED" not in render_summary(pipeline_summary(session))
 
 
+def test_a_file_changed_after_it_was_filed_is_reported_once_not_filed_again(session, root):
+    from ccat_dagster.lifecycle.summary import pipeline_summary
+
+    tick = Ticker(session, SETTLED)
+    path = _write(root / "obs1" / "pcam_280" / "a.fits")
+    time.sleep(SETTLED.settle_seconds + 0.1)
+    assert tick().registered == 1
+    with open(path, "ab") as out:
+        out.write(b"more")
+    time.sleep(SETTLED.settle_seconds + 0.1)
+    changed = tick()
+    [message] = changed.rejected
+    assert "changed since it was filed (size now 1004, filed with 1000)" in message
+    assert tick().rejected == []
+    kinds = [kind for _, kind, _, _ in pipeline_summary(session).ingest_findings]
+    assert kinds == ["changed_after_filing"]
+    assert _registered(session)["obs1/pcam_280/a.fits"].size == 1000
+
+
 def test_files_registered_by_hand_are_skipped_without_error(session, root):
     path = _write(root / "obs1" / "pcam_280" / "a.fits")
     _write(root / "obs1" / "pcam_280" / ".complete", b"")

@@ -261,3 +261,26 @@ def test_bad_and_lost_archive_copies_are_repaired_before_the_source_goes(archive
     # and the invariant, read from the storage itself
     result = CliRunner().invoke(app, ["verify"], env={"CCAT_OPS_DB_URL": url})
     assert result.exit_code == 0, result.output
+
+
+def test_a_source_file_changed_after_it_was_filed_is_never_deleted(archived):
+    """The instrument wrote more into a file after it was filed (a writer that paused longer
+    than the ingest's settle time): the archives hold the old bytes only, so the SOURCE file
+    is the one copy of the new ones and must stay."""
+    url, root, files, _obs_units = archived
+    grown = files[0].path
+    with open(grown, "ab") as out:
+        out.write(b"written after it was filed")
+    content = grown.read_bytes()
+    _let_retention_elapse(url)
+
+    report = _cleanup_once(url, "cleanup-after-append")
+
+    assert grown.read_bytes() == content, "the only copy of the appended bytes is kept"
+    assert all(f.path.exists() is (f.path == grown) for f in files), "the others went"
+    [failure] = report.failures
+    assert "changed since it was filed" in failure.error
+    with session_scope(url) as session:
+        statuses = {c.raw_data_file.relative_path: c.status for c in _source_copies(session)}
+    assert statuses.pop(grown.relative_to(root / "ccat" / "src").as_posix()) == S.DELETION_FAILED
+    assert set(statuses.values()) == {S.DELETED}

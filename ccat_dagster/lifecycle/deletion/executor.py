@@ -346,6 +346,10 @@ def _delete_batch(cycle: CycleState, loc: DataLocation, batch: Sequence[Deletabl
     if storage is not None:
         for i, c in enumerate(started):
             try:
+                changed = _changed_since_filed(storage, loc, c)
+                if changed:
+                    failures.append((c, changed))
+                    continue
                 result = storage.delete(c.key)
             except LocationUnavailableError as exc:
                 # The location does not answer: not this copy's fault. Its claim and the rest
@@ -388,6 +392,25 @@ def _delete_batch(cycle: CycleState, loc: DataLocation, batch: Sequence[Deletabl
         report.deleted_by_rule[c.rule] += 1
         report.bytes_by_location[cycle.names[loc.id]] += c.size or 0
         report.deleted_copy_ids.append(c.copy_id)
+
+
+def _changed_since_filed(storage: Storage, loc: DataLocation, c: DeletableCopy) -> str | None:
+    """Why a raw data file at a SOURCE must not go although its rule allows it: its size is no
+    longer the one it was filed (and archived) with, so some of its bytes are in no archive. A
+    file that is already gone is left to the delete (it records that the object did not exist).
+    Staged copies at PROCESSING are copies of the archive and may go whatever became of them."""
+    if loc.location_type is not LocationType.SOURCE or c.size is None:
+        return None
+    if c.copy_type != CopyType.RAW_DATA_FILE:
+        return None
+    found = storage.stat(c.key)
+    if not found.exists or found.size == c.size:
+        return None
+    return (
+        f"changed since it was filed (size now {found.size}, filed and archived with {c.size}): "
+        "its new bytes are in no archive, so it is kept; file the new content under a new name "
+        "(or restore the archived one) and delete this copy by hand"
+    )
 
 
 def _release_uncounted(

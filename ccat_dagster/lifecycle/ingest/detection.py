@@ -48,6 +48,7 @@ DEFAULT_TIME_BUDGET_SECONDS = 20.0
 MAX_LISTED = 20
 #: kinds of IngestFinding
 UNMATCHED, LONELY_MARKER, REJECTED = "unmatched", "marker_without_files", "rejected"
+CHANGED = "changed_after_filing"
 
 
 class IngestError(RuntimeError):
@@ -188,17 +189,17 @@ def _unshown(shown: str) -> str:
     return os.fsdecode(raw)
 
 
-def _already_registered(session: Session, location_id: int, paths: list[str]) -> set[str]:
-    known: set[str] = set()
+def _already_registered(session: Session, location_id: int, paths: list[str]) -> dict[str, int]:
+    """relative path -> filed size, of the ``paths`` that are in the catalogue."""
+    known: dict[str, int] = {}
     for start in range(0, len(paths), CHUNK_ROWS):
-        known.update(
-            session.scalars(
-                select(RawDataFile.relative_path).where(
-                    RawDataFile.source_location_id == location_id,
-                    RawDataFile.relative_path.in_(paths[start : start + CHUNK_ROWS]),
-                )
+        rows = session.execute(
+            select(RawDataFile.relative_path, RawDataFile.size).where(
+                RawDataFile.source_location_id == location_id,
+                RawDataFile.relative_path.in_(paths[start : start + CHUNK_ROWS]),
             )
         )
+        known.update((path, size) for path, size in rows)
     return known
 
 
@@ -322,7 +323,15 @@ class _Tick:
         result = self.result
         # a name that is not UTF-8 cannot be in the catalogue (the filing path rejects it)
         paths = [f.relative for group in ready.values() for f in group if is_utf8(f.relative)]
-        known = _already_registered(self.session, self.location.id, paths) if paths else set()
+        known = _already_registered(self.session, self.location.id, paths) if paths else {}
+        for f in (f for group in ready.values() for f in group if f.relative in known):
+            if f.size != known[f.relative]:
+                message = (
+                    f"{shown_path(f.relative)}: changed since it was filed (size now {f.size}, "
+                    f"filed with {known[f.relative]}); the new bytes are not filed and the file "
+                    "is never deleted by the rules: write new data under a new file name"
+                )
+                self.report(f.relative, f.changed_ns, result.rejected, CHANGED, message)
         groups = sorted(
             ((key, [f for f in group if f.relative not in known]) for key, group in ready.items()),
             key=lambda kv: min((f.changed_ns for f in kv[1]), default=0),
