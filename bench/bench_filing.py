@@ -21,11 +21,13 @@ import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy import event, insert
+from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import StatementCounter
 
 from ccat_dagster.lifecycle.common.locations import resolve_location
 from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
@@ -54,21 +56,6 @@ def make_files(root: Path, n: int) -> list[Path]:
         path.write_bytes(f"file {i} ".encode() * (10 + i % 10))
         paths.append(path)
     return paths
-
-
-class StatementCounter:
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine, self.count = engine, 0
-
-    def _on(self, *_args) -> None:
-        self.count += 1
-
-    def __enter__(self) -> StatementCounter:
-        event.listen(self.engine, "before_cursor_execute", self._on)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on)
 
 
 def baseline(engine: sa.Engine, root: Path, paths: list[Path], source_id: int) -> float:

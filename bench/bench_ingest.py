@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import StatementCounter
 
 from ccat_dagster.lifecycle.common.locations import resolve_location
 from ccat_dagster.lifecycle.ingest.detection import IngestCursor, ingest_tick
@@ -66,21 +67,6 @@ def make_files(root: Path, n: int, prefix: str, size: int = 0) -> None:
     if n:
         last = root / f"{prefix}_{(n - 1) // FILES_PER_DIR:05d}" / "pcam_280"
         (last / ".complete").write_bytes(b"")
-
-
-class StatementCounter:
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine, self.count = engine, 0
-
-    def _on(self, *_args) -> None:
-        self.count += 1
-
-    def __enter__(self) -> StatementCounter:
-        event.listen(self.engine, "before_cursor_execute", self._on)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on)
 
 
 def _shell(command: str) -> float:

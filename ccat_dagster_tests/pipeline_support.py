@@ -127,9 +127,15 @@ MARKER_INGEST = DEMO_INGEST
 
 
 def drop_simulated_data(
-    root: Path, *, n_obs_units: int = 2, files_per_unit: int = 3, max_size: int = 900_000, seed=1
+    root: Path,
+    *,
+    n_obs_units: int = 2,
+    files_per_unit: int = 3,
+    max_size: int = 900_000,
+    seed: int = 1,
+    marker: str | None = DEMO_MARKER,
 ) -> list[SimulatedFile]:
-    """The instrument writes files and their markers at ``root/ccat/src``; nobody files them
+    """The instrument writes files (and their markers) at ``root/ccat/src``; nobody files them
     (the ingest sensor of a SOURCE with :data:`MARKER_INGEST` does)."""
     return simulate_instrument(
         root / "ccat" / "src",
@@ -139,7 +145,7 @@ def drop_simulated_data(
         min_size=1_000,
         max_size=max_size,
         seed=seed,
-        marker=DEMO_MARKER,
+        marker=marker,
     )
 
 
@@ -152,14 +158,14 @@ def file_simulated_data(
     max_size: int = 900_000,
     seed: int = 1,
 ) -> list[SimulatedFile]:
-    files = simulate_instrument(
-        root / "ccat" / "src",
+    """The instrument writes files at ``root/ccat/src`` and they are filed by hand."""
+    files = drop_simulated_data(
+        root,
         n_obs_units=n_obs_units,
-        modules=("pcam_280ghz", "pcam_350ghz"),
         files_per_unit=files_per_unit,
-        min_size=1_000,
         max_size=max_size,
         seed=seed,
+        marker=None,
     )
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
     for f in files:
