@@ -15,12 +15,13 @@ import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dagster import DagsterInstance
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ccat_dagster.demo import DEMO_INGEST, DEMO_MARKER
@@ -34,6 +35,8 @@ from ccat_ops_db.models import (
     LocationAvailability,
     LongTermArchiveTransfer,
     PackageState,
+    PhysicalCopy,
+    PhysicalCopyStatus,
     RawDataPackage,
     Site,
     Status,
@@ -51,18 +54,26 @@ def real_topology(
     policy: dict[str, Any] | None = None,
     telescope_buffer: Path | None = None,
     ingest: dict[str, Any] | None = None,
+    source_host=None,
 ) -> dict[str, Any]:
     """The e2e topology; without sshd/S3 every storage is a local disk under ``root``
     (the telescope buffer at ``telescope_buffer`` when given, e.g. on a small disk). With
-    ``ingest``, the SOURCE ``ccat/primecam_raw_data`` (``root/ccat/src``) has that ingest key."""
+    ``ingest``, the SOURCE ``ccat/primecam_raw_data`` (``root/ccat/src``) has that ingest key;
+    with ``source_host`` (an sshd) the SOURCE lies on that host (an instrument computer)."""
 
-    def disk(*parts: str, remote: bool = False, path: Path | None = None) -> dict[str, Any]:
+    def disk(
+        *parts: str, remote: bool = False, path: Path | None = None, host=None
+    ) -> dict[str, Any]:
         path = path or root.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         spec: dict[str, Any] = {"kind": "disk", "path": str(path)}
-        if remote and sshd is not None:
+        server = host or (sshd if remote else None)
+        if server is not None:
             spec.update(
-                host=sshd.host, port=sshd.port, user=sshd.user, known_hosts=sshd.known_hosts
+                host=server.host,
+                port=server.port,
+                user=server.user,
+                known_hosts=server.known_hosts,
             )
         return spec
 
@@ -86,7 +97,7 @@ def real_topology(
                     {
                         "name": "primecam_raw_data",
                         "type": "SOURCE",
-                        "storage": disk("ccat", "src"),
+                        "storage": disk("ccat", "src", host=source_host),
                         **({"ingest": ingest} if ingest else {}),
                     },
                     {
@@ -264,3 +275,15 @@ def availability(url: str) -> dict[tuple[str, str], bool]:
             .join(Site, Site.id == DataLocation.site_id)
         ).all()
         return {(f"{s}/{n}", row.observer): row.available for s, n, row in rows}
+
+
+def let_retention_elapse(url: str, minutes: int = 10) -> None:
+    """The retention clock of stage 2 starts at ``updated_at`` of a DELETION_POSSIBLE copy: set
+    it ``minutes`` back."""
+    with session_scope(url) as session:
+        session.execute(
+            update(PhysicalCopy)
+            .where(PhysicalCopy.status == PhysicalCopyStatus.DELETION_POSSIBLE)
+            .values(updated_at=PhysicalCopy.updated_at - timedelta(minutes=minutes))
+            .execution_options(synchronize_session=False)
+        )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
-from sqlalchemy import select, update
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
@@ -22,6 +22,7 @@ from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests.pipeline_support import (
     drive,
+    let_retention_elapse,
     real_topology,
     setup_pipeline,
     sha256,
@@ -88,23 +89,6 @@ def _lta_copy(session, package: RawDataPackage, site: str) -> RawDataPackagePhys
     )
 
 
-def _let_retention_elapse(url: str, minutes: int = 10) -> None:
-    """The retention clock of stage 2 starts at ``updated_at`` of a DELETION_POSSIBLE copy."""
-    with session_scope(url) as session:
-        session.execute(
-            update(PhysicalCopy)
-            .where(PhysicalCopy.status == S.DELETION_POSSIBLE)
-            .values(updated_at=PhysicalCopy.updated_at - _minutes(minutes))
-            .execution_options(synchronize_session=False)
-        )
-
-
-def _minutes(n: int):
-    from datetime import timedelta
-
-    return timedelta(minutes=n)
-
-
 @pytest.fixture
 def archived(ops_db_url, tmp_path):
     """Two obs units (x two modules) archived in both LTAs; SOURCE files DELETION_POSSIBLE."""
@@ -154,7 +138,7 @@ def _cleanup_once(url: str, run_id: str):
 def test_source_files_kept_and_lta_copies_marked_when_archive_copies_rot(archived):
     url, root, files, (obs_a, obs_b) = archived
     _corrupt(url, root, obs_a, obs_b)
-    _let_retention_elapse(url)
+    let_retention_elapse(url)
 
     report = _cleanup_once(url, "cleanup-after-rot")
 
@@ -195,11 +179,11 @@ def test_source_files_kept_and_lta_copies_marked_when_archive_copies_rot(archive
 def test_bad_and_lost_archive_copies_are_repaired_before_the_source_goes(archived):
     url, root, files, (obs_a, obs_b) = archived
     _corrupt(url, root, obs_a, obs_b)
-    _let_retention_elapse(url)
+    let_retention_elapse(url)
 
     with instance_for_test() as instance:
         drive(url, instance, max_passes=60)
-        _let_retention_elapse(url)
+        let_retention_elapse(url)
         report = drive(url, instance, max_passes=60)
         assert report.passes < 60
 
@@ -272,7 +256,7 @@ def test_a_source_file_changed_after_it_was_filed_is_never_deleted(archived):
     with open(grown, "ab") as out:
         out.write(b"written after it was filed")
     content = grown.read_bytes()
-    _let_retention_elapse(url)
+    let_retention_elapse(url)
 
     report = _cleanup_once(url, "cleanup-after-append")
 

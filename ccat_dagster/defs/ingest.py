@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from ccat_dagster.defs.keys import location_asset_key
-from ccat_dagster.defs.resources import OpsDbResource
+from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import location_named
 from ccat_dagster.defs.topology import LocationView, SiteView
 from ccat_dagster.lifecycle.common import names
@@ -28,6 +28,8 @@ from ccat_dagster.lifecycle.ingest.detection import (
     IngestTick,
     ingest_tick,
 )
+from ccat_dagster.lifecycle.ingest.source_tree import source_tree
+from ccat_dagster.storage.errors import StorageError
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import DiskDataLocation, LocationType
 
@@ -78,13 +80,17 @@ def build_ingest_sensor(
             f"{spec.pattern!r}, ready: {spec.ready}); the packaging sensor takes them from there."
         ),
     )
-    def ingest_sensor(context: SensorEvaluationContext, ops_db: OpsDbResource):
-        with ops_db.session() as session:
+    def ingest_sensor(
+        context: SensorEvaluationContext, ops_db: OpsDbResource, storage: SiteStorageResource
+    ):
+        with ops_db.session() as session, storage.registry() as storages:
             source = location_named(session, s, location.name)
             assert isinstance(source, DiskDataLocation)  # validated by the topology
             try:
-                tick = ingest_tick(session, source, spec, IngestCursor.from_json(context.cursor))
-            except IngestError as exc:
+                tree = source_tree(source, storages.get(source))
+                cursor = IngestCursor.from_json(context.cursor)
+                tick = ingest_tick(session, source, spec, cursor, tree=tree)
+            except (IngestError, StorageError) as exc:
                 context.log.error(f"{location.qualified_name}: {exc}")
                 return SkipReason(f"{location.qualified_name}: {exc}")
         for line in tick.lines():

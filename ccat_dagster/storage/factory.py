@@ -19,6 +19,31 @@ from ccat_ops_db.models import DataLocation, DiskDataLocation, S3DataLocation, T
 #: environment variables that carry SSH credentials (never the topology)
 SSH_KEY_FILE_ENV = "CCAT_SSH_KEY_FILE"
 SSH_KNOWN_HOSTS_ENV = "CCAT_SSH_KNOWN_HOSTS"
+#: the name(s) of the host this process runs on, as the topology's ``host`` keys write them
+#: (comma-separated); unset: every disk location of the process's own site counts as local
+LOCAL_HOST_ENV = "CCAT_HOST"
+
+
+def local_host_names() -> frozenset[str]:
+    """The names in ``$CCAT_HOST`` (empty when unset)."""
+    raw = os.environ.get(LOCAL_HOST_ENV, "")
+    return frozenset(name.strip() for name in raw.split(",") if name.strip())
+
+
+def is_local(
+    location: DiskDataLocation, local_site: str | None, local_hosts: frozenset[str]
+) -> bool:
+    """Whether code of ``local_site`` on a host called ``local_hosts`` reads ``location``'s
+    root as a local directory. A location without a host is local everywhere (a shared mount,
+    or a single-host deployment). A location with a host is reached over SSH from every other
+    site, and within its own site too when this host's names are known (``$CCAT_HOST``) and
+    its host is not one of them: an instrument computer beside the telescope's buffer host."""
+    if not location.host:
+        return True
+    if local_site is None or local_site != location.site.short_name:
+        return False
+    return not local_hosts or location.host in local_hosts
+
 
 #: builds the boto3 client of an S3 location, e.g. from a dagster-aws S3Resource
 S3ClientFactory = Callable[[S3DataLocation], Any]
@@ -29,11 +54,12 @@ def storage_for_location(
     *,
     local_site: str | None = None,
     s3_client_factory: S3ClientFactory | None = None,
+    local_hosts: frozenset[str] | None = None,
 ) -> Storage:
     """The Storage through which code running at ``local_site`` reaches ``location``.
 
-    A disk location with a ``host`` is local only to code of its own site; from anywhere else
-    (or when ``local_site`` is unknown) it is reached over SSH with the key file in
+    A disk location is read as a local directory where :func:`is_local` says so (``local_hosts``
+    defaults to ``$CCAT_HOST``); otherwise it is reached over SSH with the key file in
     ``$CCAT_SSH_KEY_FILE`` and the location's ``known_hosts`` (else ``$CCAT_SSH_KNOWN_HOSTS``).
     ``s3_client_factory`` lets the Dagster layer supply clients built by a dagster-aws
     ``S3Resource``; by default an equivalently configured boto3 client is made.
@@ -56,7 +82,8 @@ def storage_for_location(
         )
     if isinstance(location, DiskDataLocation):
         host = location.host
-        if host and (local_site is None or local_site != location.site.short_name):
+        hosts = local_host_names() if local_hosts is None else local_hosts
+        if host and not is_local(location, local_site, hosts):
             from ccat_dagster.storage.ssh import SSHStorage  # paramiko only where SSH is used
 
             return SSHStorage(

@@ -18,6 +18,7 @@ import logging
 import os
 import posixpath
 import re
+import select
 import shlex
 import socket
 import stat as stat_mode
@@ -306,6 +307,49 @@ class SSHStorage(Storage):
             finally:
                 channel.close()
         return status, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+    def run_command(
+        self, command: str, *, stdin: bytes = b"", action: str
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``command`` in the server's shell with ``stdin`` as its input; (exit status,
+        stdout, stderr) as bytes. For listings and batched checksums of a remote tree, whose
+        output holds file names as they are (NUL-separated, any byte but NUL and '/').
+        ``command`` must be built with ``shlex.quote`` for every variable part; a lost
+        connection raises TransientStorageError, the exit status is the caller's to judge."""
+        with self._errors(None, action):
+            channel = self._exec(command)
+            try:
+                out, err = bytearray(), bytearray()
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+                deadline = time.monotonic() + DATA_TIMEOUT
+                while True:
+                    busy = False
+                    while channel.recv_ready():
+                        out += channel.recv(READ_MAX)
+                        busy = True
+                    while channel.recv_stderr_ready():
+                        err += channel.recv_stderr(READ_MAX)
+                        busy = True
+                    if channel.exit_status_ready() and not (
+                        channel.recv_ready() or channel.recv_stderr_ready()
+                    ):
+                        break
+                    if busy:
+                        deadline = time.monotonic() + DATA_TIMEOUT
+                    elif time.monotonic() > deadline:
+                        raise TimeoutError(f"no output for {DATA_TIMEOUT:.0f} s")
+                    else:
+                        select.select([channel], [], [], 0.2)
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        return status, bytes(out), bytes(err)
+
+    @property
+    def host(self) -> str:
+        return self._connection_key.host
 
     def _root_problem(self, *, empty_counts: bool = False) -> str | None:
         """Why the root cannot hold objects (missing, not a directory, or with

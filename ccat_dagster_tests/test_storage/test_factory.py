@@ -57,6 +57,24 @@ def test_disk_location_of_own_site_is_local_disk_even_with_host(tmp_path):
     assert storage.name == "cologne/buffer"
 
 
+def test_disk_location_of_own_site_on_another_host_is_reached_over_ssh(tmp_path, monkeypatch):
+    """$CCAT_HOST names this host: a location of its own site on another host (an instrument
+    computer) is SSH; one on a host of that name is local; with $CCAT_HOST unset, the site
+    decides (a single-host deployment, the demo)."""
+    from ccat_dagster.storage.ssh import SSHStorage
+
+    ccat = Site(short_name="ccat", name="CCAT")
+    instrument = buffer_with_host(ccat, host="primecam-daq", path=str(tmp_path))
+    buffer = buffer_with_host(ccat, host="buffer.telescope", path=str(tmp_path))
+    monkeypatch.setenv("CCAT_HOST", "ops.telescope, buffer.telescope")
+    assert isinstance(storage_for_location(instrument, local_site="ccat"), SSHStorage)
+    assert isinstance(storage_for_location(buffer, local_site="ccat"), LocalDiskStorage)
+    monkeypatch.delenv("CCAT_HOST")
+    assert isinstance(storage_for_location(instrument, local_site="ccat"), LocalDiskStorage)
+    other = storage_for_location(instrument, local_site="cologne", local_hosts=frozenset())
+    assert isinstance(other, SSHStorage)
+
+
 def test_disk_location_without_host_is_local_from_anywhere(tmp_path):
     ccat = Site(short_name="ccat", name="CCAT")
     location = DiskDataLocation(

@@ -1,7 +1,8 @@
 """Detecting new, complete raw data files at a SOURCE location and filing them: the work of the
 ingest sensor of each SOURCE with an ``ingest`` key in the topology (no Dagster here).
 
-One tick walks the location root once and reads only metadata (``stat``), never file contents.
+One tick walks the location root once (``os.scandir`` where it is mounted, one remote ``find``
+on an instrument computer: ``source_tree``) and reads only metadata, never file contents.
 Only files whose change time is at or after the cursor are looked at further, and only the ready
 ones among them are looked up in the catalogue, so an idle tick over years of registered files
 costs one walk, no reads and no catalogue rows. Ready files are filed through
@@ -17,23 +18,24 @@ reported once for that version of the file, not on every tick.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.ingest.filing import (
-    CHUNK_ROWS,
-    FilingError,
-    is_utf8,
-    register_raw_data_files,
-    shown_path,
+from ccat_dagster.lifecycle.ingest.filing import CHUNK_ROWS, FilingError, is_utf8, shown_path
+from ccat_dagster.lifecycle.ingest.source_tree import (
+    IngestError as IngestError,  # re-exported: the error of a tick
+)
+from ccat_dagster.lifecycle.ingest.source_tree import (
+    LocalSourceTree,
+    SourceFile,
+    SourceTree,
 )
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import DiskDataLocation, IngestFinding, RawDataFile
@@ -49,10 +51,6 @@ MAX_LISTED = 20
 #: kinds of IngestFinding
 UNMATCHED, LONELY_MARKER, REJECTED = "unmatched", "marker_without_files", "rejected"
 CHANGED = "changed_after_filing"
-
-
-class IngestError(RuntimeError):
-    """The SOURCE cannot be scanned at all (its root is missing or unreadable)."""
 
 
 @dataclass
@@ -87,13 +85,6 @@ class IngestCursor:
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
-
-
-@dataclass(frozen=True)
-class _File:
-    relative: str
-    changed_ns: int  # the later of content and metadata change
-    size: int
 
 
 @dataclass
@@ -144,45 +135,6 @@ class IngestTick:
         return out
 
 
-def _walk(root: str, since_ns: int) -> Iterator[_File]:
-    """Every file under ``root`` changed at or after ``since_ns``: one ``stat`` per entry, no
-    other work for older files. Symlinked directories are not entered; a symlinked file is given
-    to the filing path, which refuses one leading out of the root."""
-    cut = len(root.rstrip("/")) + 1
-    stack = [root]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as entries:
-                listed = list(entries)
-        except OSError as exc:
-            if current == root:
-                raise IngestError(
-                    f"cannot list the root {root}: {exc.strerror or exc}; check that the "
-                    "SOURCE is mounted here"
-                ) from exc
-            continue  # reported by the filing path if a file of it is ever given
-        for entry in listed:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                    continue
-                st = entry.stat()
-            except OSError:
-                continue  # gone since the listing
-            changed = max(st.st_mtime_ns, st.st_ctime_ns)
-            if changed >= since_ns and stat.S_ISREG(st.st_mode):
-                yield _File(entry.path[cut:], changed, st.st_size)
-
-
-def _changed_ns(path: str) -> int | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return max(st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _unshown(shown: str) -> str:
     """The file name behind :func:`shown_path` (``\\xNN`` back to the byte)."""
     raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), shown.encode())
@@ -205,15 +157,20 @@ def _already_registered(session: Session, location_id: int, paths: list[str]) ->
 
 class _Tick:
     def __init__(
-        self, session: Session, location: DiskDataLocation, spec: IngestSpec, cursor: IngestCursor
+        self,
+        session: Session,
+        location: DiskDataLocation,
+        spec: IngestSpec,
+        cursor: IngestCursor,
+        tree: SourceTree,
     ) -> None:
         self.session, self.location, self.spec, self.cursor = session, location, spec, cursor
+        self.tree = tree
         self.result = IngestTick(location.qualified_name)
         self.remembered: dict[str, int] = {}  # reported files -> change time, for the next cursor
         self.findings: dict[str, tuple[str, str]] = {}  # shown path -> (kind, message), new ones
         self.filed_paths: set[str] = set()
         self.markers: dict[str, int | None] = {}  # marker -> its change time (None: absent)
-        self.root = location.path.rstrip("/") or "/"
 
     def report(self, path: str, changed_ns: int, into: list[str], kind: str, message: str) -> None:
         """Add ``message`` to ``into`` (and an IngestFinding of ``kind``) unless this version of
@@ -226,9 +183,17 @@ class _Tick:
     def run(self, *, now_ns: int, budget_seconds: float) -> IngestTick:
         spec, result = self.spec, self.result
         held: list[int] = []  # change times of the files this tick leaves unhandled
-        ready: dict[tuple[str, str], list[_File]] = {}
-        new_markers: list[_File] = []
-        for f in _walk(self.root, self.cursor.since_ns):
+        ready: dict[tuple[str, str], list[SourceFile]] = {}
+        new_markers: list[SourceFile] = []
+        data: list[str] = []  # data files of this scan, matched to a pattern
+        for f in self.tree.scan(self.cursor.since_ns):
+            if f.symlink:
+                message = (
+                    f"{shown_path(f.relative)}: a symlink at a SOURCE on another host is not "
+                    "followed; copy the data under the location root instead of linking to it"
+                )
+                self.report(f.relative, f.changed_ns, result.rejected, REJECTED, message)
+                continue
             if spec.marker_regex is not None and spec.marker_regex.fullmatch(f.relative):
                 new_markers.append(f)
                 continue
@@ -238,13 +203,14 @@ class _Tick:
                 self.report(f.relative, f.changed_ns, result.unmatched, UNMATCHED, shown)
                 continue
             values = match.groupdict()
+            data.append(f.relative)
             if not self._complete(f, values, now_ns):
                 result.waiting += 1
                 held.append(f.changed_ns)
                 continue
             ready.setdefault((values["obs_unit"], values["instrument_module"]), []).append(f)
         for marker in new_markers:
-            if not self._has_data(marker.relative):
+            if not self._has_data(marker.relative, data):
                 shown = shown_path(marker.relative)
                 kind = LONELY_MARKER
                 self.report(
@@ -267,10 +233,14 @@ class _Tick:
         rows = self.session.scalars(
             select(IngestFinding).where(IngestFinding.data_location_id == self.location.id)
         ).all()
+        present = self.tree.existing(
+            {_unshown(row.relative_path) for row in rows}
+            - {_unshown(p) for p in (*self.findings, *self.filed_paths)}
+        )
         open_rows = 0
         for row in rows:
             path = row.relative_path
-            gone = not os.path.lexists(os.path.join(self.root, _unshown(path)))
+            gone = _unshown(path) not in present
             if path in self.findings or path in self.filed_paths or gone:
                 self.session.delete(row)  # replaced below, or cleared
             else:
@@ -288,7 +258,7 @@ class _Tick:
         self.session.commit()
         return bool(open_rows or self.findings)
 
-    def _complete(self, f: _File, values: dict[str, str], now_ns: int) -> bool:
+    def _complete(self, f: SourceFile, values: dict[str, str], now_ns: int) -> bool:
         marker = self.spec.marker_for(values)
         if marker is None:
             return now_ns - f.changed_ns >= self.spec.settle_seconds * 1_000_000_000
@@ -296,28 +266,28 @@ class _Tick:
         if directory and not f.relative.startswith(directory + "/"):
             return False
         if marker not in self.markers:
-            self.markers[marker] = _changed_ns(os.path.join(self.root, marker))
+            self.markers[marker] = self.tree.changed_ns(marker)
         marked = self.markers[marker]
         # a file changed after its marker is still being written
         return marked is not None and f.changed_ns <= marked
 
-    def _has_data(self, marker: str) -> bool:
-        """Whether a data file of the marker's obs unit and module lies under its directory."""
+    def _has_data(self, marker: str, scanned: list[str]) -> bool:
+        """Whether a data file of the marker's obs unit and module lies under its directory:
+        one of this scan's files, else one the tree lists (a walk of that directory)."""
         assert self.spec.marker_regex is not None
         match = self.spec.marker_regex.fullmatch(marker)
         key = _marker_key(self.spec, match.groupdict()) if match else ()
         directory = marker.rpartition("/")[0]
-        for current, _dirs, names in os.walk(os.path.join(self.root, directory)):
-            for name in names:
-                relative = os.path.relpath(os.path.join(current, name), self.root)
-                if self.spec.marker_regex.fullmatch(relative):
-                    continue  # a marker is not data
-                found = self.spec.pattern_regex.fullmatch(relative)
-                if found is not None and _marker_key(self.spec, found.groupdict()) == key:
-                    return True
+        near = [r for r in scanned if not directory or r.startswith(directory + "/")]
+        for relative in itertools.chain(near, self.tree.files_under(directory)):
+            if self.spec.marker_regex.fullmatch(relative):
+                continue  # a marker is not data
+            found = self.spec.pattern_regex.fullmatch(relative)
+            if found is not None and _marker_key(self.spec, found.groupdict()) == key:
+                return True
         return False
 
-    def _register(self, ready: dict[tuple[str, str], list[_File]], budget: float) -> list[int]:
+    def _register(self, ready: dict[tuple[str, str], list[SourceFile]], budget: float) -> list[int]:
         """File the ready files, oldest group first, within ``budget`` seconds; the change
         times of the files left for the next tick."""
         result = self.result
@@ -353,7 +323,7 @@ class _Tick:
                     result.newest, result.newest_ns = filed.relative, filed.changed_ns
         return held
 
-    def _file_group(self, obs_unit: str, module: str, group: list[_File]) -> list[_File]:
+    def _file_group(self, obs_unit: str, module: str, group: list[SourceFile]) -> list[SourceFile]:
         """The files of one obs unit and module that were filed; one bad file does not keep
         the others out (they are then filed one by one, and its problem reported once)."""
         try:
@@ -372,10 +342,8 @@ class _Tick:
                 self.report(f.relative, f.changed_ns, self.result.rejected, REJECTED, message)
         return filed
 
-    def _file(self, obs_unit: str, module: str, group: list[_File]) -> None:
-        register_raw_data_files(
-            self.session, self.location, obs_unit, module, [f.relative for f in group]
-        )
+    def _file(self, obs_unit: str, module: str, group: list[SourceFile]) -> None:
+        self.tree.register(self.session, self.location, obs_unit, module, group)
         self.session.commit()
 
 
@@ -387,13 +355,17 @@ def ingest_tick(
     *,
     now_ns: int | None = None,
     budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS,
+    tree: SourceTree | None = None,
 ) -> IngestTick:
     """One detection tick at ``location``: file the new complete files, report the rest once.
 
-    Commits each obs unit and module it files. Raises IngestError when the root cannot be
-    listed. The returned tick's ``cursor`` is what the next tick starts from."""
+    ``tree`` is how the location's files are reached (default: mounted here). Commits each obs
+    unit and module it files. Raises IngestError when the root cannot be listed. The returned
+    tick's ``cursor`` is what the next tick starts from."""
     now = time.time_ns() if now_ns is None else now_ns
-    return _Tick(session, location, spec, cursor).run(now_ns=now, budget_seconds=budget_seconds)
+    tree = tree or LocalSourceTree(location.qualified_name, location.path)
+    tick = _Tick(session, location, spec, cursor, tree)
+    return tick.run(now_ns=now, budget_seconds=budget_seconds)
 
 
 def _marker_key(spec: IngestSpec, values: dict[str, str]) -> tuple:

@@ -95,7 +95,9 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-def _check_location(session: Session, location: DataLocation | str) -> DiskDataLocation:
+def _check_location(
+    session: Session, location: DataLocation | str, *, mounted_here: bool = True
+) -> DiskDataLocation:
     if isinstance(location, str):
         location = resolve_location(session, location)
     name = location.qualified_name
@@ -111,7 +113,7 @@ def _check_location(session: Session, location: DataLocation | str) -> DiskDataL
             f"{name} is inactive; set active: true on it in the topology and run "
             "`ccat topology apply`, or register at the active SOURCE location"
         )
-    elif not os.path.isdir(location.path):
+    elif mounted_here and not os.path.isdir(location.path):
         where = f" (host {location.host})" if location.host else ""
         problem = (
             f"the root {location.path} of {name} is not a directory on this machine; run the "
@@ -283,21 +285,25 @@ def _existing_rows(session: Session, location_id: int, relative_paths: Sequence[
 
 
 def _compare_with_registered(
-    candidate: _Candidate, registered: tuple, obs_unit: str, instrument_module: str
+    candidate: _Candidate,
+    registered: tuple,
+    obs_unit: str,
+    instrument_module: str,
+    checksum: str,
+    size_now: int,
 ) -> str | None:
-    size, checksum, algorithm, old_obs_unit, old_module = registered
+    size, filed_checksum, algorithm, old_obs_unit, old_module = registered
     if (old_obs_unit, old_module) != (obs_unit, instrument_module):
         return (
             f"{candidate.relative_path}: already registered for obs unit {old_obs_unit!r} and "
             f"instrument module {old_module!r}; a file belongs to one observation, so check "
             "the obs unit and module you gave"
         )
-    same = candidate.size == size and checksum_file(candidate.path, algorithm)[0] == checksum
-    if not same:
+    if not (size_now == size and checksum == filed_checksum):
         return (
             f"{candidate.relative_path}: already registered with other content (size {size}, "
-            f"{algorithm} {checksum[:16]}...); registered data is never replaced: write the new "
-            "data under a new file name and register that"
+            f"{algorithm} {filed_checksum[:16]}...); registered data is never replaced: write the "
+            "new data under a new file name and register that"
         )
     return None
 
@@ -313,6 +319,10 @@ def _get_or_create_id(session: Session, model: type, name: str) -> int:
         dialect_insert(model).values(name=name).on_conflict_do_nothing(index_elements=["name"])
     )
     return session.scalars(select(model.id).where(model.name == name)).one()
+
+
+#: relative paths -> {relative path: (checksum, size once hashed)} of those that could be read
+ChecksumBatch = Callable[[Sequence[str]], dict[str, tuple[str, int]]]
 
 
 def register_raw_data_files(
@@ -335,37 +345,115 @@ def register_raw_data_files(
     called as files are checked (e.g. a progress bar of ``ccat files register``).
     """
     source = _check_location(session, location)
-    name = source.qualified_name
     collector = _FileCollector(source.path)
     for given in paths:
         collector.add(given)
-    problems = collector.problems + _check_names(obs_unit, instrument_module)
+    candidates = [collector.files[k] for k in sorted(collector.files)]
+    by_path = {c.relative_path: c.path for c in candidates}
+
+    def checksums(relatives: Sequence[str]) -> dict[str, tuple[str, int]]:
+        return {r: checksum_file(by_path[r], algorithm) for r in relatives}
+
+    return _register(
+        session,
+        source,
+        obs_unit,
+        instrument_module,
+        candidates,
+        collector.problems,
+        checksums,
+        batch=1,
+        algorithm=algorithm,
+        run_id=run_id,
+        progress=progress,
+    )
+
+
+def register_listed_files(
+    session: Session,
+    location: DiskDataLocation,
+    obs_unit: str,
+    instrument_module: str,
+    files: Sequence[tuple[str, int]],
+    checksums: ChecksumBatch,
+    *,
+    algorithm: str = DEFAULT_ALGORITHM,
+    run_id: str | None = None,
+) -> FilingResult:
+    """Register files a listing of the SOURCE found (relative path, size), with checksums
+    computed where the files are (``checksums``, e.g. on an instrument computer over SSH):
+    the same checks, idempotence and rows as :func:`register_raw_data_files`, for a SOURCE
+    that is not mounted on this machine. Symlinks are not in such listings (refused before)."""
+    source = _check_location(session, location, mounted_here=False)
+    problems = []
+    candidates = []
+    for relative, size in sorted(files):
+        if not is_utf8(relative):
+            problems.append(
+                f"{shown_path(relative)}: the file name is not valid UTF-8 (undecodable bytes "
+                "shown as \\xNN); names are stored as UTF-8 text in the ops database and the "
+                "package manifests: rename the file to a UTF-8 name"
+            )
+        elif any(part in ("", ".", "..") for part in relative.split("/")):
+            problems.append(f"{shown_path(relative)}: not a path under the location root")
+        else:
+            candidates.append(_Candidate(relative, relative, size))
+    return _register(
+        session,
+        source,
+        obs_unit,
+        instrument_module,
+        candidates,
+        problems,
+        checksums,
+        batch=CHUNK_ROWS,
+        algorithm=algorithm,
+        run_id=run_id,
+    )
+
+
+def _register(
+    session: Session,
+    source: DiskDataLocation,
+    obs_unit: str,
+    instrument_module: str,
+    candidates: list[_Candidate],
+    problems: list[str],
+    checksums: ChecksumBatch,
+    *,
+    batch: int,
+    algorithm: str,
+    run_id: str | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> FilingResult:
+    """The filing of checked candidates: compare with what is registered, checksum the rest
+    (``batch`` files per call of ``checksums``), insert the new ones; FilingError (nothing
+    written) for any problem."""
+    name = source.qualified_name
+    problems = problems + _check_names(obs_unit, instrument_module)
     if problems:
         raise FilingError(name, problems)
-
-    candidates = [collector.files[k] for k in sorted(collector.files)]
     new: list[tuple[_Candidate, str]] = []
     done = 0
     for chunk in _chunks(candidates):
         registered = _existing_rows(session, source.id, [c.relative_path for c in chunk])
-        for candidate in chunk:
-            done += 1
-            if progress is not None:
-                progress("checking and checksumming files", done, len(candidates))
-            if candidate.relative_path in registered:
-                problem = _compare_with_registered(
-                    candidate, registered[candidate.relative_path], obs_unit, instrument_module
+        for part in _chunks(chunk, batch):
+            hashed = checksums([c.relative_path for c in part])
+            for candidate in part:
+                done += 1
+                if progress is not None:
+                    progress("checking and checksumming files", done, len(candidates))
+                problem = _check_candidate(
+                    candidate,
+                    registered.get(candidate.relative_path),
+                    hashed.get(candidate.relative_path),
+                    obs_unit,
+                    instrument_module,
                 )
                 if problem:
                     problems.append(problem)
-                continue
-            checksum, size = checksum_file(candidate.path, algorithm)
-            if size != candidate.size:
-                problems.append(
-                    f"{candidate.relative_path}: changed size while being registered (is the "
-                    "instrument still writing it?); register it once it is complete"
-                )
-            new.append((candidate, checksum))
+                elif candidate.relative_path not in registered:
+                    new.append((candidate, hashed[candidate.relative_path][0]))
     if problems:
         raise FilingError(name, problems)
 
@@ -379,6 +467,33 @@ def register_raw_data_files(
         registered=len(new),
         already_registered=len(candidates) - len(new),
     )
+
+
+def _check_candidate(
+    candidate: _Candidate,
+    registered: tuple | None,
+    hashed: tuple[str, int] | None,
+    obs_unit: str,
+    instrument_module: str,
+) -> str | None:
+    """What is wrong with filing ``candidate`` (None: nothing), given its catalogue row if it
+    has one and its (checksum, size once hashed), None if it could not be read."""
+    if hashed is None:
+        return (
+            f"{candidate.relative_path}: cannot be read; check its permissions and register it "
+            "again"
+        )
+    checksum, size = hashed
+    if registered is not None:
+        return _compare_with_registered(
+            candidate, registered, obs_unit, instrument_module, checksum, size
+        )
+    if size != candidate.size:
+        return (
+            f"{candidate.relative_path}: changed size while being registered (is the "
+            "instrument still writing it?); register it once it is complete"
+        )
+    return None
 
 
 def _insert_new_files(
