@@ -18,10 +18,10 @@ import logging
 import os
 import posixpath
 import re
-import select
 import shlex
 import socket
 import stat as stat_mode
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -319,33 +319,22 @@ class SSHStorage(Storage):
         with self._errors(None, action):
             channel = self._exec(command)
             try:
-                out, err = bytearray(), bytearray()
                 if stdin:
                     channel.sendall(stdin)
                 channel.shutdown_write()
-                deadline = time.monotonic() + DATA_TIMEOUT
-                while True:
-                    busy = False
-                    while channel.recv_ready():
-                        out += channel.recv(READ_MAX)
-                        busy = True
-                    while channel.recv_stderr_ready():
-                        err += channel.recv_stderr(READ_MAX)
-                        busy = True
-                    if channel.exit_status_ready() and not (
-                        channel.recv_ready() or channel.recv_stderr_ready()
-                    ):
-                        break
-                    if busy:
-                        deadline = time.monotonic() + DATA_TIMEOUT
-                    elif time.monotonic() > deadline:
-                        raise TimeoutError(f"no output for {DATA_TIMEOUT:.0f} s")
-                    else:
-                        select.select([channel], [], [], 0.2)
+                # stderr drained beside stdout, so neither can fill the window and stall the other
+                errors: list[bytes] = []
+                drain = threading.Thread(
+                    target=lambda: errors.append(channel.makefile_stderr("rb").read()),
+                    daemon=True,
+                )
+                drain.start()
+                out = channel.makefile("rb").read()  # stalls raise socket.timeout (DATA_TIMEOUT)
+                drain.join(DATA_TIMEOUT)
                 status = channel.recv_exit_status()
             finally:
                 channel.close()
-        return status, bytes(out), bytes(err)
+        return status, out, b"".join(errors)
 
     @property
     def host(self) -> str:

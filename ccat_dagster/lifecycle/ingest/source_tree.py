@@ -1,6 +1,6 @@
 """The file tree of a SOURCE location as the ingest sensor sees it: on this machine
 (:class:`LocalSourceTree`, ``os.scandir``) or on an instrument computer reached over SSH
-(:class:`RemoteSourceTree`, the seeds' ``execute_remote_command``).
+(:class:`RemoteSourceTree`, the original system's ``execute_remote_command``).
 
 Both answer the same few questions, and the remote one answers each with one remote command,
 never one round trip per file: which files changed since the cursor (one ``find``), whether
