@@ -151,3 +151,42 @@ def test_bytes_spoiled_in_transit_are_pulled_again_from_the_good_origin(ops_db_u
         assert transfer.status == Status.COMPLETED
     assert bundle.read_bytes() == before
     assert checksum
+
+
+def test_bundle_rotted_in_the_buffer_it_is_forwarded_from_is_rebuilt_there(ops_db_url, tmp_path):
+    """Found by the fault suite (schedule 584): a bundle rotted in the buffer of the archive
+    site that forwards it to the other archive site (the secondary route). Its packages are
+    archived at that site, so the bundle is rebuilt there from their verified copies and pulled
+    again: every package reaches every LTA."""
+    dtp_id, checksum, _bundle = _bundled(ops_db_url, tmp_path)
+    with session_scope(ops_db_url) as session:
+        [primary] = session.scalars(select(DataTransfer)).all()
+        first_site = primary.destination_location.site.short_name
+    with instance_for_test() as instance:
+        drive(ops_db_url, instance, sites=["ccat", first_site], include_schedules=False)
+    with session_scope(ops_db_url) as session:
+        forwards = [
+            t
+            for t in session.scalars(select(DataTransfer))
+            if t.origin_location.site.short_name == first_site
+        ]
+        assert forwards, "the secondary route was planned"
+        relay = forwards[0].origin_location
+        forwarded = Path(relay.path) / forwards[0].data_transfer_package.relative_path
+    _flip_byte(forwarded, offset=forwarded.stat().st_size // 2)
+
+    with instance_for_test() as instance:
+        drive(ops_db_url, instance, include_schedules=False)
+
+    with session_scope(ops_db_url) as session:
+        assert packages_missing_from_ltas(session) == []
+        assert {t.status for t in session.scalars(select(DataTransfer))} == {Status.COMPLETED}
+        reasons = [
+            a.reason
+            for a in session.scalars(
+                select(AuditLog).where(AuditLog.entity_type == "physical_copy")
+            )
+        ]
+    assert any(f"rotted at rest in {first_site}/buffer" in r for r in reasons), reasons
+    assert any("rebuilt from the verified copies of its packages" in r for r in reasons)
+    assert checksum

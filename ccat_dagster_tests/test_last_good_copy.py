@@ -268,3 +268,26 @@ def test_a_source_file_changed_after_it_was_filed_is_never_deleted(archived):
         statuses = {c.raw_data_file.relative_path: c.status for c in _source_copies(session)}
     assert statuses.pop(grown.relative_to(root / "ccat" / "src").as_posix()) == S.DELETION_FAILED
     assert set(statuses.values()) == {S.DELETED}
+
+
+def test_a_source_file_rewritten_in_place_after_it_was_filed_is_never_deleted(archived):
+    """Same size, other bytes (an instrument that rewrites a file in place after it was filed):
+    the size check cannot see it; the file's modification time, after its filing, does."""
+    url, root, files, _obs_units = archived
+    rewritten = files[1].path
+    content = bytearray(rewritten.read_bytes())
+    content[:8] = bytes(b ^ 0xFF for b in content[:8])
+    rewritten.write_bytes(bytes(content))
+    let_retention_elapse(url)
+
+    report = _cleanup_once(url, "cleanup-after-rewrite")
+
+    assert rewritten.read_bytes() == bytes(content), "the only copy of the new bytes is kept"
+    assert all(f.path.exists() is (f.path == rewritten) for f in files), "the others went"
+    [failure] = report.failures
+    assert "written since it was filed" in failure.error
+    with session_scope(url) as session:
+        statuses = {c.raw_data_file.relative_path: c.status for c in _source_copies(session)}
+    key = rewritten.relative_to(root / "ccat" / "src").as_posix()
+    assert statuses.pop(key) == S.DELETION_FAILED
+    assert set(statuses.values()) == {S.DELETED}

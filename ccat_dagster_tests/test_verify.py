@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test
 from sqlalchemy import delete, select, update
+from sqlalchemy import inspect as sa_inspect
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
@@ -233,6 +234,23 @@ def test_planted_violations_are_reported_with_their_kind(pipeline):
         }
     )
     set_copy_status(url, "us/lta", S.PRESENT, raw_data_package_id=p1)
+    assert_clean()
+
+    # no copy row at all at an archive: the package was never archived there
+    with session_scope(url) as session:
+        copy = session.scalars(
+            select(PhysicalCopy).where(
+                PhysicalCopy.data_location_id == location_id(session, "us/lta"),
+                PhysicalCopy.raw_data_package_id == p1,
+            )
+        ).one()
+        kind = type(copy)
+        saved = {a.key: getattr(copy, a.key) for a in sa_inspect(copy).mapper.column_attrs}
+        session.delete(copy)
+    report = assert_found({("lta_copy_not_present", pkg(name1), "us/lta")})
+    assert "never archived to this location" in report["violations"][0]["detail"]
+    with session_scope(url) as session:
+        session.add(kind(**saved))
     assert_clean()
 
     # a location that cannot be read is reported once, as such, not as missing data

@@ -63,6 +63,8 @@ def check_prefix(prefix: str, *, location: str) -> str:
 class ObjectStat:
     exists: bool
     size: int | None = None
+    #: last change of the content (UTC; whole seconds over SFTP), when the backend knows it
+    modified_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -268,7 +268,9 @@ class LocalDiskStorage(Storage):
             raise PermanentStorageError(
                 "not a regular file (a directory?); keys name files", location=self.name, key=key
             )
-        return ObjectStat(exists=True, size=st.st_size)
+        return ObjectStat(
+            exists=True, size=st.st_size, modified_at=datetime.fromtimestamp(st.st_mtime, UTC)
+        )
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[BinaryIO]:

@@ -528,7 +528,9 @@ class S3Storage(Storage):
         head = self._head(key)
         if head is None:
             return ObjectStat(exists=False)
-        return ObjectStat(exists=True, size=int(head["ContentLength"]))
+        return ObjectStat(
+            exists=True, size=int(head["ContentLength"]), modified_at=head.get("LastModified")
+        )
 
     def head_metadata(self, key: str) -> dict[str, str] | None:
         """The object's user metadata (``x-amz-meta-*``, keys lower-case), None if missing."""

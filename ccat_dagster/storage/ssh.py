@@ -435,7 +435,8 @@ class SSHStorage(Storage):
             raise PermanentStorageError(
                 f"{path} is a directory, not an object", location=self.name, key=key
             )
-        return ObjectStat(exists=True, size=attrs.st_size)
+        modified = datetime.fromtimestamp(attrs.st_mtime, UTC) if attrs.st_mtime else None
+        return ObjectStat(exists=True, size=attrs.st_size, modified_at=modified)
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[BinaryIO]:

@@ -53,7 +53,9 @@ from ccat_ops_db.models import (
     DataLocation,
     LocationType,
     PhysicalCopyStatus,
+    RawDataFile,
     RawDataPackage,
+    as_utc,
     table_of,
     utcnow,
 )
@@ -344,9 +346,10 @@ def _delete_batch(cycle: CycleState, loc: DataLocation, batch: Sequence[Deletabl
         failures = [(c, f"cannot open storage of {cycle.names[loc.id]}: {exc}") for c in started]
         storage = None
     if storage is not None:
+        filed_at = _filed_times(session, loc, started)
         for i, c in enumerate(started):
             try:
-                changed = _changed_since_filed(storage, loc, c)
+                changed = _changed_since_filed(storage, loc, c, filed_at.get(c.entity_id))
                 if changed:
                     failures.append((c, changed))
                     continue
@@ -394,23 +397,56 @@ def _delete_batch(cycle: CycleState, loc: DataLocation, batch: Sequence[Deletabl
         report.deleted_copy_ids.append(c.copy_id)
 
 
-def _changed_since_filed(storage: Storage, loc: DataLocation, c: DeletableCopy) -> str | None:
+def _filed_times(
+    session: Session, loc: DataLocation, copies: Sequence[DeletableCopy]
+) -> dict[int, datetime]:
+    """RawDataFile id -> when it was filed, for the raw data files of ``copies`` at a SOURCE
+    (one query per chunk, none elsewhere)."""
+    if loc.location_type is not LocationType.SOURCE:
+        return {}
+    ids = [c.entity_id for c in copies if c.copy_type == CopyType.RAW_DATA_FILE]
+    found: dict[int, datetime] = {}
+    for start in range(0, len(ids), 5_000):
+        rows = session.execute(
+            sa.select(RawDataFile.id, RawDataFile.created_at).where(
+                RawDataFile.id.in_(ids[start : start + 5_000])
+            )
+        )
+        found.update((i, as_utc(t)) for i, t in rows if t is not None)
+    return found
+
+
+def _changed_since_filed(
+    storage: Storage, loc: DataLocation, c: DeletableCopy, filed_at: datetime | None
+) -> str | None:
     """Why a raw data file at a SOURCE must not go although its rule allows it: its size is no
-    longer the one it was filed (and archived) with, so some of its bytes are in no archive. A
-    file that is already gone is left to the delete (it records that the object did not exist).
+    longer the one it was filed (and archived) with, or its content was written after it was
+    filed (same size, rewritten in place), so some of its bytes may be in no archive. A file
+    that is already gone is left to the delete (it records that the object did not exist).
     Staged copies at PROCESSING are copies of the archive and may go whatever became of them."""
     if loc.location_type is not LocationType.SOURCE or c.size is None:
         return None
     if c.copy_type != CopyType.RAW_DATA_FILE:
         return None
     found = storage.stat(c.key)
-    if not found.exists or found.size == c.size:
+    if not found.exists:
         return None
-    return (
-        f"changed since it was filed (size now {found.size}, filed and archived with {c.size}): "
+    advice = (
         "its new bytes are in no archive, so it is kept; file the new content under a new name "
         "(or restore the archived one) and delete this copy by hand"
     )
+    if found.size != c.size:
+        return (
+            f"changed since it was filed (size now {found.size}, filed and archived with "
+            f"{c.size}): {advice}"
+        )
+    if found.modified_at is not None and filed_at is not None and found.modified_at > filed_at:
+        return (
+            f"written since it was filed (modified {found.modified_at.isoformat()}, filed "
+            f"{filed_at.isoformat()}; a clock of the SOURCE's host ahead of the database's "
+            f"shows the same): {advice}"
+        )
+    return None
 
 
 def _release_uncounted(

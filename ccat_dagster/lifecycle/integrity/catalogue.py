@@ -68,6 +68,16 @@ _STATUS_DETAIL = {
     S.BAD: "the copy there is BAD (other bytes than recorded): repair pending",
     S.LOST: "the copy there is LOST (the object is gone): repair pending",
 }
+
+
+def _status_detail(status: S | None) -> str:
+    """Why an archive copy does not count (``None``: there is no copy row at all)."""
+    if status in _STATUS_DETAIL:
+        return _STATUS_DETAIL[status]
+    assert status is not None
+    return f"the copy there is {status.value}"
+
+
 _LABEL = {
     CopyType.RAW_DATA_PACKAGE: "RawDataPackage",
     CopyType.DATA_TRANSFER_PACKAGE: "DataTransferPackage",
@@ -144,7 +154,7 @@ def check_archive_presence(session: Session, scope: Scope, report: VerifyReport)
                     location=scope.names[lta_id],
                     object=f"RawDataPackage {name}",
                     key=key,
-                    detail=_STATUS_DETAIL.get(status, f"the copy there is {status.value}"),
+                    detail=_status_detail(status),
                     copy_id=copy_id,
                 )
             )

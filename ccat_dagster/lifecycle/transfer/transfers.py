@@ -12,11 +12,15 @@ the bundle rotted at rest at its origin, every further pull would fail the same 
 origin copy is removed and the bundle goes back to bundling, which rebuilds it from its package
 tars (each verified on the way; the tar bytes are a function of the content, so the rebuilt
 bundle has the recorded checksum). That counts towards the bundle's retries, not the transfer's.
+A bundle that rotted in the buffer of the archive site forwarding it (a secondary route) is
+rebuilt there from the verified copies of its packages at that site (its buffer or archive),
+counted against the transfer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import select
@@ -28,11 +32,18 @@ from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, tran
 from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.lifecycle.common.progress import pending_on_transient, set_status, tracked_copy
 from ccat_dagster.lifecycle.common.retries import handle_failure, mark_permanent_failure
-from ccat_dagster.packaging import ExpectedMember, unpack_package
+from ccat_dagster.packaging import (
+    ExpectedMember,
+    PackageMember,
+    PackageSourceChangedError,
+    unpack_package,
+    write_package,
+)
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
     PermanentStorageError,
+    StorageError,
     TransientStorageError,
 )
 from ccat_dagster.storage.local import map_os_error, partial_dir
@@ -42,6 +53,7 @@ from ccat_ops_db.models import (
     DataTransferPackage,
     DataTransferPackagePhysicalCopy,
     DiskDataLocation,
+    PhysicalCopyStatus,
     RawDataPackagePhysicalCopy,
     Site,
     Status,
@@ -123,10 +135,10 @@ def execute_data_transfer(
         session.refresh(dtp)
         if dtp.status != Status.COMPLETED:
             return _wait_for_rebuild(session, transfer, exc, run_id)
-        if transfer.origin_location_id == dtp.origin_location_id and _rotted_at_origin(
-            storage_for(origin), dtp
-        ):
-            return _rebuild_at_origin(session, transfer, storage_for(origin), exc, run_id)
+        if _rotted_at_origin(storage_for(origin), dtp):
+            if transfer.origin_location_id == dtp.origin_location_id:
+                return _rebuild_at_origin(session, transfer, storage_for(origin), exc, run_id)
+            return _rebuild_at_relay(session, transfer, storage_for, exc, run_id)
         return _transfer_failed(session, transfer, exc, run_id)
     except PermanentStorageError as exc:
         return _transfer_failed(session, transfer, exc, run_id)
@@ -245,6 +257,101 @@ def _rebuild_at_origin(
     if permanent:
         return _transfer_failed(session, transfer, why, run_id, permanent=True)
     return _wait_for_rebuild(session, transfer, exc, run_id)
+
+
+def _rebuild_at_relay(
+    session: Session,
+    transfer: DataTransfer,
+    storage_for: StorageFor,
+    exc: ChecksumMismatchError,
+    run_id: str | None,
+) -> StageOutcome:
+    """The bundle rotted at rest in the buffer of the archive site that forwards it (a
+    secondary route): its packages were unpacked and archived at that site, so the bundle is
+    rebuilt there from their verified copies (that buffer, else that site's archive; the tar is
+    a function of the content, so it gets the recorded checksum) and pulled again. Counted
+    against the transfer's retries, so a bundle that keeps rotting ends FAILED, not in a loop."""
+    dtp, relay = transfer.data_transfer_package, transfer.origin_location
+    target = storage_for(relay)
+    where = relay.qualified_name
+    discard_bad_copy(
+        session,
+        target,
+        DataTransferPackagePhysicalCopy,
+        "data_transfer_package_id",
+        dtp.id,
+        relay,
+        dtp.relative_path,
+        reason=f"rotted at rest in {where} (re-read after a failed pull: {exc}); removed to "
+        "rebuild the bundle there",
+        run_id=run_id,
+    )
+    session.commit()
+    members = []
+    for package in sorted(dtp.raw_data_packages, key=lambda p: p.name):
+        source = _verified_copy_at_site(session, package.id, relay)
+        if source is None:
+            why = (
+                f"{exc}; the bundle cannot be rebuilt at {where}: package {package.name} has no "
+                f"verified copy at {relay.site.short_name} (restore it there, then `ccat retry`)"
+            )
+            return _transfer_failed(session, transfer, why, run_id)
+        members.append(
+            PackageMember(
+                arcname=f"{package.name}.tar",
+                size=required(package.size, f"size of package {package.name}"),
+                checksum=required(package.checksum, f"checksum of package {package.name}"),
+                open=partial(storage_for(source).open_read, package.relative_path),
+            )
+        )
+    try:
+        with target.open_write(dtp.relative_path) as out:
+            result = write_package(out, members, kind="data_transfer_package", name=dtp.name)
+            if result.checksum != dtp.checksum:
+                raise ChecksumMismatchError(  # raised inside: nothing is left under the key
+                    expected=required(dtp.checksum, f"checksum of {dtp.name}"),
+                    actual=result.checksum,
+                    algorithm=result.algorithm,
+                    location=where,
+                    key=dtp.relative_path,
+                )
+    except (PackageSourceChangedError, StorageError) as err:
+        return _transfer_failed(session, transfer, f"{exc}; rebuilding at {where}: {err}", run_id)
+    upsert_copy(
+        session,
+        DataTransferPackagePhysicalCopy,
+        "data_transfer_package_id",
+        dtp.id,
+        relay,
+        size=result.size,
+        checksum=result.checksum,
+        algorithm=result.algorithm,
+        reason=f"rebuilt from the verified copies of its packages at {relay.site.short_name} "
+        "after it rotted at rest",
+        run_id=run_id,
+    )
+    return _transfer_failed(
+        session, transfer, f"bundle rotted at rest in {where}, rebuilt: {exc}", run_id
+    )
+
+
+def _verified_copy_at_site(
+    session: Session, package_id: int, relay: DataLocation
+) -> DataLocation | None:
+    """A location of ``relay``'s site holding a PRESENT copy of the package: ``relay`` itself
+    first, then the others (its archive)."""
+    rows = session.execute(
+        select(RawDataPackagePhysicalCopy.data_location_id)
+        .join(DataLocation, DataLocation.id == RawDataPackagePhysicalCopy.data_location_id)
+        .where(
+            RawDataPackagePhysicalCopy.raw_data_package_id == package_id,
+            RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+            DataLocation.site_id == relay.site_id,
+            DataLocation.active.is_(True),
+        )
+    ).scalars()
+    ids = sorted(rows, key=lambda i: i != relay.id)
+    return session.get(DataLocation, ids[0]) if ids else None
 
 
 def _wait_for_rebuild(
