@@ -1,7 +1,8 @@
 """The platform as a deployment: real processes, driven only by the Dagster daemon.
 
-One ``dagster code-server`` per site of the three-site topology (ccat over a real sshd, the
-cologne LTA on the moto S3 server, the us LTA on disk), ``dagster-daemon run`` and
+One ``dagster code-server`` per site of the three-site topology (ccat over a real sshd, its
+SOURCE on an "instrument computer" reached over SSH, the cologne LTA on the moto S3 server, the
+us LTA on disk), ``dagster-daemon run`` and
 ``dagster-webserver`` on a PostgreSQL Dagster instance, the ops DB on PostgreSQL too. The test
 turns the sensors and schedules on through the webserver's GraphQL API, files a few hundred raw
 files and waits until the daemon alone has archived every package in both LTAs and the cleanup
@@ -149,6 +150,9 @@ def running(
         # a few RawDataPackages per bundle; copies may go as soon as the rules allow
         policy={"data_transfer_package_max_bytes": 600_000, "retention_period_minutes": 0},
         ingest=MARKER_INGEST,
+        # the instrument computer: the same sshd under another name, so that the telescope's
+        # code server (on the buffer's host, 127.0.0.1) reaches the SOURCE over SSH
+        source_host=sshd_server.known_as("localhost", tmp_path),
     )
     # the code servers read the topology from the ops DB when they load
     with session_scope(fresh_postgres_url) as session:
@@ -164,6 +168,7 @@ def running(
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_URL": dagster_pg_url,
         "CCAT_SSH_KEY_FILE": sshd_server.key_file,
+        "CCAT_HOST": sshd_server.host,
         **FAST_INTERVALS,
     }
     log_dir = tmp_path / "logs"

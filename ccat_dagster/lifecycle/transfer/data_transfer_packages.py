@@ -238,6 +238,22 @@ def pending_data_transfer_packages(session: Session, buffer: DataLocation):
     )
 
 
+def bundle_members(
+    packages: Sequence[RawDataPackage], storage_of: Callable[[RawDataPackage], Storage]
+) -> list[PackageMember]:
+    """The members of a bundle: each package tar, read from ``storage_of(package)`` and checked
+    against its recorded size and checksum as it is written (in the order given)."""
+    return [
+        PackageMember(
+            arcname=f"{p.name}.tar",
+            size=required(p.size, f"size of package {p.name}"),
+            checksum=required(p.checksum, f"checksum of package {p.name}"),
+            open=partial(storage_of(p).open_read, p.relative_path),
+        )
+        for p in packages
+    ]
+
+
 def build_data_transfer_package(
     session: Session,
     dtp: DataTransferPackage,
@@ -251,15 +267,7 @@ def build_data_transfer_package(
     buffer = dtp.origin_location
     storage = storage_for(buffer)
     packages = sorted(dtp.raw_data_packages, key=lambda p: p.name)
-    members = [
-        PackageMember(
-            arcname=f"{p.name}.tar",
-            size=required(p.size, f"size of package {p.name}"),
-            checksum=required(p.checksum, f"checksum of package {p.name}"),
-            open=partial(storage.open_read, p.relative_path),
-        )
-        for p in packages
-    ]
+    members = bundle_members(packages, lambda _package: storage)
     set_status(
         session,
         dtp,

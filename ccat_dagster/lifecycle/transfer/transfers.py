@@ -20,7 +20,6 @@ counted against the transfer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 from sqlalchemy import select
@@ -32,9 +31,9 @@ from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, tran
 from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.lifecycle.common.progress import pending_on_transient, set_status, tracked_copy
 from ccat_dagster.lifecycle.common.retries import handle_failure, mark_permanent_failure
+from ccat_dagster.lifecycle.transfer.data_transfer_packages import bundle_members
 from ccat_dagster.packaging import (
     ExpectedMember,
-    PackageMember,
     PackageSourceChangedError,
     unpack_package,
     write_package,
@@ -287,23 +286,16 @@ def _rebuild_at_relay(
         run_id=run_id,
     )
     session.commit()
-    members = []
-    for package in sorted(dtp.raw_data_packages, key=lambda p: p.name):
-        source = _verified_copy_at_site(session, package.id, relay)
-        if source is None:
-            why = (
-                f"{exc}; the bundle cannot be rebuilt at {where}: package {package.name} has no "
-                f"verified copy at {relay.site.short_name} (restore it there, then `ccat retry`)"
-            )
-            return _transfer_failed(session, transfer, why, run_id)
-        members.append(
-            PackageMember(
-                arcname=f"{package.name}.tar",
-                size=required(package.size, f"size of package {package.name}"),
-                checksum=required(package.checksum, f"checksum of package {package.name}"),
-                open=partial(storage_for(source).open_read, package.relative_path),
-            )
+    packages = sorted(dtp.raw_data_packages, key=lambda p: p.name)
+    sources = {p.id: _verified_copy_at_site(session, p.id, relay) for p in packages}
+    missing = [p.name for p in packages if sources[p.id] is None]
+    if missing:
+        why = (
+            f"{exc}; the bundle cannot be rebuilt at {where}: package(s) {', '.join(missing)} "
+            f"have no verified copy at {relay.site.short_name} (restore them, then `ccat retry`)"
         )
+        return _transfer_failed(session, transfer, why, run_id)
+    members = bundle_members(packages, lambda p: storage_for(required(sources[p.id], p.name)))
     try:
         with target.open_write(dtp.relative_path) as out:
             result = write_package(out, members, kind="data_transfer_package", name=dtp.name)
