@@ -172,6 +172,7 @@ def test_bundle_rotted_in_the_buffer_it_is_forwarded_from_is_rebuilt_there(ops_d
         ]
         assert forwards, "the secondary route was planned"
         relay = forwards[0].origin_location
+        relay_id = relay.id
         forwarded = Path(relay.path) / forwards[0].data_transfer_package.relative_path
     _flip_byte(forwarded, offset=forwarded.stat().st_size // 2)
 
@@ -189,4 +190,11 @@ def test_bundle_rotted_in_the_buffer_it_is_forwarded_from_is_rebuilt_there(ops_d
         ]
     assert any(f"rotted at rest in {first_site}/buffer" in r for r in reasons), reasons
     assert any("rebuilt from the verified copies of its packages" in r for r in reasons)
-    assert checksum
+    with session_scope(ops_db_url) as session:
+        rebuilt = session.scalar(
+            select(DataTransferPackagePhysicalCopy).where(
+                DataTransferPackagePhysicalCopy.data_transfer_package_id == dtp_id,
+                DataTransferPackagePhysicalCopy.data_location_id == relay_id,
+            )
+        )
+        assert rebuilt.checksum == checksum, "byte for byte the recorded bundle"

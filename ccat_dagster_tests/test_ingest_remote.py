@@ -10,9 +10,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from dagster import instance_for_test
+from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test
 from sqlalchemy import select
 
+from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.lifecycle.ingest.detection import IngestCursor, IngestError, ingest_tick
 from ccat_dagster.lifecycle.ingest.filing import FilingError, register_listed_files
 from ccat_dagster.lifecycle.ingest.source_tree import RemoteSourceTree, source_tree
@@ -21,6 +22,7 @@ from ccat_dagster.storage.factory import LOCAL_HOST_ENV, StorageRegistry
 from ccat_dagster.storage.ssh import SSHStorage
 from ccat_dagster_tests.pipeline_support import (
     MARKER_INGEST,
+    availability,
     drive,
     drop_simulated_data,
     let_retention_elapse,
@@ -216,3 +218,39 @@ def test_a_file_that_grew_while_hashed_on_its_host_is_not_filed(remote_source):
             )
         session.rollback()
         assert session.scalars(select(RawDataFile)).all() == []
+
+
+def test_an_instrument_computer_that_does_not_answer_is_shown_unavailable(
+    remote_source, sshd_server
+):
+    """The ingest sensor meets a host that is down: the SOURCE is marked unavailable from the
+    telescope site (ccat status, the UI; probed with backoff), the tick is skipped, nothing is
+    filed; when the host answers again the next tick files what is there."""
+    url, src = remote_source
+    directory, written = _write_hostile(src)
+    (directory / ".complete").write_bytes(b"")
+    defs = build_site_definitions("ccat", ops_db_url=url)
+    sensor = defs.resolve_sensor_def("ccat_primecam_raw_data_ingest_sensor")
+    with instance_for_test() as instance:
+        sshd_server.stop_daemon()
+        try:
+            with build_sensor_context(
+                instance=instance, definitions=defs, resources=defs.resources
+            ) as context:
+                result = sensor(context)
+        finally:
+            sshd_server.start_daemon()
+        assert isinstance(result, SkipReason)
+        assert "ccat/primecam_raw_data" in (result.skip_message or "")
+        assert availability(url) == {("ccat/primecam_raw_data", "ccat"): False}
+        with session_scope(url) as session:
+            assert session.scalars(select(RawDataFile)).all() == []
+
+        with build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources
+        ) as context:
+            result = sensor(context)
+        assert isinstance(result, SensorResult)
+    with session_scope(url) as session:
+        filed = {f.relative_path for f in session.scalars(select(RawDataFile))}
+    assert filed == set(written)

@@ -20,6 +20,7 @@ from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import location_named
 from ccat_dagster.defs.topology import LocationView, SiteView
+from ccat_dagster.lifecycle.capacity.availability import record_location_error
 from ccat_dagster.lifecycle.common import names
 from ccat_dagster.lifecycle.ingest.detection import (
     MAX_LISTED,
@@ -29,7 +30,7 @@ from ccat_dagster.lifecycle.ingest.detection import (
     ingest_tick,
 )
 from ccat_dagster.lifecycle.ingest.source_tree import source_tree
-from ccat_dagster.storage.errors import StorageError
+from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import DiskDataLocation, LocationType
 
@@ -90,6 +91,13 @@ def build_ingest_sensor(
                 tree = source_tree(source, storages.get(source))
                 cursor = IngestCursor.from_json(context.cursor)
                 tick = ingest_tick(session, source, spec, cursor, tree=tree)
+            except LocationUnavailableError as exc:
+                # an instrument computer that does not answer: shown as unavailable from this
+                # site (ccat status, the UI) and probed with backoff like any location
+                session.rollback()
+                record_location_error(session, exc, observer=s)
+                context.log.error(f"{location.qualified_name}: {exc}")
+                return SkipReason(f"{location.qualified_name}: {exc}")
             except (IngestError, StorageError) as exc:
                 context.log.error(f"{location.qualified_name}: {exc}")
                 return SkipReason(f"{location.qualified_name}: {exc}")
