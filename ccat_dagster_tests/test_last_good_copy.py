@@ -272,10 +272,12 @@ def test_a_source_file_changed_after_it_was_filed_is_never_deleted(archived):
 
 def test_a_source_file_rewritten_in_place_after_it_was_filed_is_never_deleted(archived):
     """Same size, other bytes (an instrument that rewrites a file in place after it was filed):
-    the size check cannot see it; the file's modification time, after its filing, does."""
+    the size check cannot see it; its modification time, after its filing, sends the executor
+    to read it. Written back with its filed bytes (a restore from a backup), it may go."""
     url, root, files, _obs_units = archived
     rewritten = files[1].path
-    content = bytearray(rewritten.read_bytes())
+    original = rewritten.read_bytes()
+    content = bytearray(original)
     content[:8] = bytes(b ^ 0xFF for b in content[:8])
     rewritten.write_bytes(bytes(content))
     let_retention_elapse(url)
@@ -285,9 +287,14 @@ def test_a_source_file_rewritten_in_place_after_it_was_filed_is_never_deleted(ar
     assert rewritten.read_bytes() == bytes(content), "the only copy of the new bytes is kept"
     assert all(f.path.exists() is (f.path == rewritten) for f in files), "the others went"
     [failure] = report.failures
-    assert "written since it was filed" in failure.error
+    assert "rewritten since it was filed" in failure.error
     with session_scope(url) as session:
         statuses = {c.raw_data_file.relative_path: c.status for c in _source_copies(session)}
     key = rewritten.relative_to(root / "ccat" / "src").as_posix()
     assert statuses.pop(key) == S.DELETION_FAILED
     assert set(statuses.values()) == {S.DELETED}
+
+    rewritten.write_bytes(original)  # restored: a new modification time, the filed bytes
+    report = _cleanup_once(url, "cleanup-after-restore")
+    assert not report.failures, report.failures
+    assert not rewritten.exists(), "its bytes are the archived ones: it went"

@@ -74,6 +74,10 @@ class Policy:
     max_retries: Annotated[int, _count(0)] = 3
     # Every archive copy is read back in full and checksummed this often (the scrub).
     lta_reverify_interval_minutes: Annotated[int, _count(1)] = 43_200
+    # The disk-pressure forecast fits the fill rate over this many hours of samples, and warns
+    # when a location reaches its critical level in fewer than disk_forecast_alert_hours.
+    disk_forecast_window_hours: Annotated[int, _count(1)] = 24
+    disk_forecast_alert_hours: Annotated[int, _count(1)] = 12
 
     @model_validator(mode="after")
     def _critical_slows_down(self) -> Policy:

@@ -41,7 +41,9 @@ def disk_monitor_command(
     from sqlalchemy import select
 
     from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
+    from ccat_dagster.lifecycle.capacity.forecast import forecast_locations, pressure_alert
     from ccat_dagster.lifecycle.common.locations import resolve_location
+    from ccat_dagster.lifecycle.common.policy import get_policy
     from ccat_dagster.storage.factory import StorageRegistry
     from ccat_ops_db.models import DataLocation, DiskDataLocation, Site
 
@@ -64,21 +66,46 @@ def disk_monitor_command(
             "LEVEL",
             "USED GB",
             "TOTAL GB",
-            right=("USED", "USED GB", "TOTAL GB"),
+            "FILL %/h",
+            "TO WARNING",
+            "TO CRITICAL",
+            "TO FULL",
+            right=("USED", "USED GB", "TOTAL GB", "FILL %/h"),
         )
+        measured = []
         for loc in tracked(disks, "measuring disk usage"):
             usage = storages.get(loc).disk_usage()
             status = record_disk_usage(
                 session, loc, used_bytes=usage.used_bytes, total_bytes=usage.total_bytes
             )
+            measured.append((loc, usage, status))
+        session.commit()
+        policy = get_policy(session)
+        forecasts = forecast_locations(session, [loc for loc, _, _ in measured], policy=policy)
+        alerts = []
+        for (loc, usage, status), ahead in zip(measured, forecasts, strict=True):
+            rate = ahead.fill_rate_percent_per_hour
             usage_table.add_row(
                 f"{loc.site.short_name}/{loc.name}",
                 f"{status.percent:.1f}%",
                 status.level.name,
                 f"{usage.used_bytes / 1e9:,.1f}",
                 f"{usage.total_bytes / 1e9:,.1f}",
+                "?" if rate is None else f"{rate:.3f}",
+                ahead.shown("warning"),
+                ahead.shown("critical"),
+                ahead.shown("full"),
             )
+            alert = pressure_alert(ahead, policy)
+            if alert:
+                alerts.append(alert)
         show(usage_table)
+        typer.echo(
+            f"forecast: fill rate over the last {policy.disk_forecast_window_hours} h of "
+            "samples, cleanups ignored ('?': fewer than 3 samples, '-': not filling)"
+        )
+        for alert in alerts:
+            typer.echo(f"WARNING: {alert}")
 
 
 def register(app: typer.Typer) -> None:

@@ -74,8 +74,14 @@ from ccat_dagster.lifecycle.capacity.buffer_policy import (
     BufferStatus,
     record_disk_usage,
 )
+from ccat_dagster.lifecycle.capacity.forecast import (
+    DiskForecast,
+    forecast_locations,
+    pressure_alert,
+)
 from ccat_dagster.lifecycle.common import names
 from ccat_dagster.lifecycle.common.operations import OperationType
+from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster.lifecycle.deletion.plan import has_deletable, plan_deletions
 from ccat_dagster.lifecycle.deletion.rules import (
@@ -409,6 +415,19 @@ def measure_site(session: Session, site: Site, storages) -> list[tuple[DataLocat
     return out
 
 
+def forecast_metadata(ahead: DiskForecast) -> dict[str, MetadataValue]:
+    """The forecast as numbers the UI plots (hours; -1: not filling or not known yet)."""
+    rate = ahead.fill_rate_percent_per_hour
+    metadata: dict[str, MetadataValue] = {
+        "fill_rate_percent_per_hour": MetadataValue.float(round(rate or 0.0, 4))
+    }
+    for level, hours in ahead.hours_to.items():
+        metadata[f"hours_to_{level}"] = MetadataValue.float(
+            round(hours, 2) if hours is not None else -1.0
+        )
+    return metadata
+
+
 def build_buffer_monitor_sensor(
     site: SiteView, cleanup_job: JobDefinition, *, interval_seconds: int
 ):
@@ -432,7 +451,9 @@ def build_buffer_monitor_sensor(
             site_db = site_row(session, s)
             samples = measure_site(session, site_db, storages)
             action = site_buffer_action(session, site_db)
-            for location, status in samples:
+            policy = get_policy(session)
+            forecasts = forecast_locations(session, [loc for loc, _ in samples], policy=policy)
+            for (location, status), ahead in zip(samples, forecasts, strict=True):
                 events.append(
                     AssetObservation(
                         asset_key=location_asset(location),
@@ -441,9 +462,13 @@ def build_buffer_monitor_sensor(
                             "used_bytes": MetadataValue.int(status.used_bytes),
                             "total_bytes": MetadataValue.int(status.total_bytes),
                             "level": MetadataValue.text(status.level.name),
+                            **forecast_metadata(ahead),
                         },
                     )
                 )
+                alert = pressure_alert(ahead, policy)
+                if alert:
+                    context.log.warning(alert)
                 if location.location_type == LocationType.BUFFER:
                     emergency = status.level >= BufferLevel.EMERGENCY
                     events.append(

@@ -9,6 +9,7 @@ import sys
 import pytest
 from dagster import (
     AssetCheckEvaluation,
+    AssetObservation,
     DagsterEventType,
     EventRecordsFilter,
     SensorResult,
@@ -203,6 +204,13 @@ def test_buffer_monitor_escalates_at_emergency_and_pauses_packaging(ops_db_url, 
         assert checks
         assert not any(c.passed for c in checks)
         assert "EMERGENCY" in checks[0].description
+        # the disk-pressure forecast rides along (one sample so far: not known yet)
+        observed = [e for e in result.asset_events if isinstance(e, AssetObservation)]
+        assert observed
+        for event in observed:
+            assert event.metadata["hours_to_critical"].value == 0.0, "reached already"
+            assert event.metadata["hours_to_full"].value == -1.0, "not known from 1 sample"
+            assert "fill_rate_percent_per_hour" in event.metadata
         assert (
             instance.event_log_storage.get_concurrency_info(
                 "ccat_telescope_buffer_data_transfer"

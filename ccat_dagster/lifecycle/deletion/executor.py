@@ -397,31 +397,48 @@ def _delete_batch(cycle: CycleState, loc: DataLocation, batch: Sequence[Deletabl
         report.deleted_copy_ids.append(c.copy_id)
 
 
+@dataclass(frozen=True)
+class _Filed:
+    """What a raw data file was filed with: when, and its checksum."""
+
+    at: datetime
+    checksum: str
+    algorithm: str
+
+
 def _filed_times(
     session: Session, loc: DataLocation, copies: Sequence[DeletableCopy]
-) -> dict[int, datetime]:
-    """RawDataFile id -> when it was filed, for the raw data files of ``copies`` at a SOURCE
-    (one query per chunk, none elsewhere)."""
+) -> dict[int, _Filed]:
+    """RawDataFile id -> when and with what checksum it was filed, for the raw data files of
+    ``copies`` at a SOURCE (one query per chunk, none elsewhere)."""
     if loc.location_type is not LocationType.SOURCE:
         return {}
     ids = [c.entity_id for c in copies if c.copy_type == CopyType.RAW_DATA_FILE]
-    found: dict[int, datetime] = {}
+    found: dict[int, _Filed] = {}
     for start in range(0, len(ids), 5_000):
         rows = session.execute(
-            sa.select(RawDataFile.id, RawDataFile.created_at).where(
-                RawDataFile.id.in_(ids[start : start + 5_000])
-            )
+            sa.select(
+                RawDataFile.id,
+                RawDataFile.created_at,
+                RawDataFile.checksum,
+                RawDataFile.checksum_algorithm,
+            ).where(RawDataFile.id.in_(ids[start : start + 5_000]))
         )
-        found.update((i, as_utc(t)) for i, t in rows if t is not None)
+        found.update(
+            (i, _Filed(as_utc(t), checksum, algorithm or "sha256"))
+            for i, t, checksum, algorithm in rows
+            if t is not None
+        )
     return found
 
 
 def _changed_since_filed(
-    storage: Storage, loc: DataLocation, c: DeletableCopy, filed_at: datetime | None
+    storage: Storage, loc: DataLocation, c: DeletableCopy, filed: _Filed | None
 ) -> str | None:
     """Why a raw data file at a SOURCE must not go although its rule allows it: its size is no
-    longer the one it was filed (and archived) with, or its content was written after it was
-    filed (same size, rewritten in place), so some of its bytes may be in no archive. A file
+    longer the one it was filed (and archived) with, or it was written after it was filed and
+    its bytes are no longer the filed ones (a same-size rewrite in place; a file written back
+    with its original bytes, e.g. restored from a backup, reads the same and may go). A file
     that is already gone is left to the delete (it records that the object did not exist).
     Staged copies at PROCESSING are copies of the archive and may go whatever became of them."""
     if loc.location_type is not LocationType.SOURCE or c.size is None:
@@ -440,13 +457,17 @@ def _changed_since_filed(
             f"changed since it was filed (size now {found.size}, filed and archived with "
             f"{c.size}): {advice}"
         )
-    if found.modified_at is not None and filed_at is not None and found.modified_at > filed_at:
-        return (
-            f"written since it was filed (modified {found.modified_at.isoformat()}, filed "
-            f"{filed_at.isoformat()}; a clock of the SOURCE's host ahead of the database's "
-            f"shows the same): {advice}"
-        )
-    return None
+    if found.modified_at is None or filed is None or found.modified_at <= filed.at:
+        return None
+    # written after its filing: only its bytes can tell whether they are still the filed ones
+    checksum, _size = storage.checksum(c.key, filed.algorithm)
+    if checksum == filed.checksum:
+        return None
+    return (
+        f"rewritten since it was filed (modified {found.modified_at.isoformat()}, filed "
+        f"{filed.at.isoformat()}; {filed.algorithm} now {checksum[:16]}..., filed "
+        f"{filed.checksum[:16]}...): {advice}"
+    )
 
 
 def _release_uncounted(
