@@ -10,7 +10,7 @@ happens if no cleanup comes: the question an operator has when the cleanup is fa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -101,22 +101,30 @@ def levels_of(policy: Policy) -> dict[str, float]:
     return {"warning": thresholds.warning, "critical": thresholds.critical, "full": 100.0}
 
 
-def load_samples(session: Session, location_id: int, since: datetime) -> pd.DataFrame:
-    """The samples of a location since ``since``, oldest first (one query)."""
+def load_samples(
+    session: Session, location_ids: Sequence[int], since: datetime
+) -> dict[int, pd.DataFrame]:
+    """The samples of each location since ``since``, oldest first (one query for all)."""
     rows = session.execute(
-        sa.select(DiskUsageSample.measured_at, DiskUsageSample.percent)
+        sa.select(
+            DiskUsageSample.data_location_id, DiskUsageSample.measured_at, DiskUsageSample.percent
+        )
         .where(
-            DiskUsageSample.data_location_id == location_id,
+            DiskUsageSample.data_location_id.in_(location_ids),
             DiskUsageSample.measured_at >= since,
         )
         .order_by(DiskUsageSample.measured_at)
     ).all()
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
-            "measured_at": pd.to_datetime([as_utc(t) for t, _ in rows], utc=True),
-            "percent": [p for _, p in rows],
+            "location_id": [i for i, _, _ in rows],
+            "measured_at": pd.to_datetime([as_utc(t) for _, t, _ in rows], utc=True),
+            "percent": [p for _, _, p in rows],
         }
     )
+    empty = frame.iloc[0:0][["measured_at", "percent"]]
+    groups = {i: g[["measured_at", "percent"]] for i, g in frame.groupby("location_id")}
+    return {i: groups.get(i, empty) for i in location_ids}
 
 
 def forecast_locations(
@@ -129,11 +137,10 @@ def forecast_locations(
     """The forecast of each location over the policy's window ending ``now``."""
     policy = policy or get_policy(session)
     since = (now or utcnow()) - timedelta(hours=policy.disk_forecast_window_hours)
+    locations = list(locations)
+    samples = load_samples(session, [loc.id for loc in locations], since)
     levels = levels_of(policy)
-    return [
-        forecast(location.qualified_name, load_samples(session, location.id, since), levels)
-        for location in locations
-    ]
+    return [forecast(loc.qualified_name, samples[loc.id], levels) for loc in locations]
 
 
 def pressure_alert(item: DiskForecast, policy: Policy) -> str | None:

@@ -95,6 +95,15 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+def not_utf8_problem(path: str) -> str:
+    """The refusal of a file whose name is not UTF-8, naming it with the bytes escaped."""
+    return (
+        f"{shown_path(path)}: the file name is not valid UTF-8 (undecodable bytes shown as "
+        "\\xNN); names are stored as UTF-8 text in the ops database and the package manifests: "
+        "rename the file to a UTF-8 name and register it again"
+    )
+
+
 def _check_location(
     session: Session, location: DataLocation | str, *, mounted_here: bool = True
 ) -> DiskDataLocation:
@@ -233,11 +242,7 @@ class _FileCollector:
         # The canonical (symlink-free) path, so a file named two ways is registered once.
         relative = real[len(self.root_real) :].lstrip("/")
         if not is_utf8(relative):
-            self.problems.append(
-                f"{shown_path(real)}: the file name is not valid UTF-8 (undecodable bytes shown "
-                "as \\xNN); names are stored as UTF-8 text in the ops database and the package "
-                "manifests: rename the file to a UTF-8 name and register it again"
-            )
+            self.problems.append(not_utf8_problem(real))
             return
         self.files[relative] = _Candidate(relative, real, st.st_size)
 
@@ -389,11 +394,7 @@ def register_listed_files(
     candidates = []
     for relative, size in sorted(files):
         if not is_utf8(relative):
-            problems.append(
-                f"{shown_path(relative)}: the file name is not valid UTF-8 (undecodable bytes "
-                "shown as \\xNN); names are stored as UTF-8 text in the ops database and the "
-                "package manifests: rename the file to a UTF-8 name"
-            )
+            problems.append(not_utf8_problem(relative))
         elif any(part in ("", ".", "..") for part in relative.split("/")):
             problems.append(f"{shown_path(relative)}: not a path under the location root")
         else:
