@@ -35,7 +35,7 @@ from ccat_dagster.defs.keys import (
     RAW_DATA_PACKAGE,
     asset_key,
 )
-from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
+from ccat_dagster.defs.partitions import partitions_of
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
     ARCHIVE_COPY,
@@ -158,7 +158,7 @@ def materialize_one(
     metadata = dict(outcome.metadata)
     if outcome.skipped:
         metadata["note"] = "already done; nothing changed"
-    return MaterializeResult(metadata={k: metadata_value(v) for k, v in metadata.items()})
+    return MaterializeResult(metadata={k: metadata_value(v, k) for k, v in metadata.items()})
 
 
 def partitioned_asset(
@@ -176,9 +176,7 @@ def partitioned_asset(
 
     @asset(
         key=asset_key(s, location, kind),
-        partitions_def=(
-            data_transfer_packages if kind == DATA_TRANSFER_PACKAGE else raw_data_packages
-        ),
+        partitions_def=partitions_of(asset_key(s, location, kind)),
         deps=deps,
         group_name=s,
         description=description,
@@ -199,7 +197,7 @@ def _lta_presence_check(site: str, lta: str):
         asset=asset_key(site, lta, RAW_DATA_PACKAGE),
         name=LTA_PRESENCE,
         blocking=True,
-        partitions_def=raw_data_packages,
+        partitions_def=partitions_of(asset_key(site, lta, RAW_DATA_PACKAGE)),
         description=(
             "The archived object exists with the recorded size and checksum (checked live). "
             "Only then is the package ARCHIVED; a failure blocks everything downstream."

@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.partitions import drop_partitions, release_ended_partitions
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
     TRANSFER,
@@ -299,6 +300,11 @@ def _delete_op(s: str, where: LocationView) -> OpDefinition:
                 log_event(
                     context, lta_presence_evaluation(check.lta, check.package, check.evidence)
                 )
+            if not report.dry_run:  # the UI's partitions follow the catalogue
+                ended = release_ended_partitions(context.instance, session, location)
+                for observation in ended:
+                    log_event(context, observation)
+                drop_partitions(context.instance, ended)
             errors += report.errors
             for exc in report.unavailable:
                 _location_unavailable(context, session, exc, s)

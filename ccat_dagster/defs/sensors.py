@@ -33,7 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.defs.availability import StageGate
-from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
+from ccat_dagster.defs.keys import DATA_TRANSFER_PACKAGE, RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.partitions import partitions_of
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
     BUNDLE,
@@ -45,7 +46,7 @@ from ccat_dagster.defs.stages import (
 )
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.common import names
-from ccat_ops_db.models import DataLocation, DataTransferPackage, RawDataPackage
+from ccat_ops_db.models import DataLocation, DataTransferPackage, LocationType, RawDataPackage
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
@@ -83,15 +84,20 @@ def items_in_flight(
     return len(runs), items
 
 
-def _new_partitions(session: Session, site_id: int, cursor: StageCursor, stage: Stage) -> list:
-    """Add-partition requests for packages created at this site since the cursor."""
+def _new_partitions(
+    session: Session, site: SiteView, site_id: int, cursor: StageCursor, stage: Stage
+) -> list:
+    """Add-partition requests for packages (bundles) created at this site since the cursor, to
+    the sets of the site's buffers, where they are about to be written: the UI shows them as
+    not yet materialized and can launch one. Keys of copies the rules deleted come back only
+    with their next materialization (``defs/partitions.py``)."""
     if stage is PACKAGE:
-        model, defn, attr = RawDataPackage, raw_data_packages, "last_raw_data_package_id"
+        model, kind, attr = RawDataPackage, RAW_DATA_PACKAGE, "last_raw_data_package_id"
         location_col = RawDataPackage.source_location_id
     elif stage is BUNDLE:
-        model, defn, attr = (
+        model, kind, attr = (
             DataTransferPackage,
-            data_transfer_packages,
+            DATA_TRANSFER_PACKAGE,
             "last_data_transfer_package_id",
         )
         location_col = DataTransferPackage.origin_location_id
@@ -106,7 +112,11 @@ def _new_partitions(session: Session, site_id: int, cursor: StageCursor, stage: 
     if not rows:
         return []
     setattr(cursor, attr, rows[-1][0])
-    return [defn.build_add_request([name for _, name in rows])]
+    names = [name for _, name in rows]
+    return [
+        partitions_of(asset_key(site.short_name, buffer.name, kind)).build_add_request(names)
+        for buffer in site.of_type(LocationType.BUFFER)
+    ]
 
 
 def build_stage_sensor(
@@ -130,7 +140,7 @@ def build_stage_sensor(
             site_db = site_row(session, site.short_name)
             if not _paused(session, site_db, stage):
                 stage.plan(session, site_db)
-            partition_requests = _new_partitions(session, site_db.id, cursor, stage)
+            partition_requests = _new_partitions(session, site, site_db.id, cursor, stage)
             all_ready = stage.ready(session, site_db)
             candidates = [i for i in all_ready if i not in busy]
             gate = StageGate.open(session, stage, site_db, storage.site, storages.get, candidates)

@@ -35,6 +35,7 @@ from ccat_dagster.defs.keys import (
     RAW_DATA_PACKAGE,
     asset_key,
 )
+from ccat_dagster.defs.partitions import add_partition
 from ccat_dagster.defs.topology import LocationView, SiteView
 from ccat_dagster.lifecycle.archive import repair, reverification
 from ccat_dagster.lifecycle.archive import stage as archive
@@ -83,7 +84,15 @@ def log_event(
     event: AssetMaterialization | AssetObservation | AssetCheckEvaluation,
 ) -> None:
     """``context.log_event``: Dagster logs check evaluations through it too, but annotates it
-    with materializations, observations and expectation results only."""
+    with materializations, observations and expectation results only.
+
+    A materialized partition is first added to its asset's partition set (the packages the
+    location holds: ``defs/partitions.py``); adding a key the set has is a no-op."""
+    if isinstance(event, AssetMaterialization) and event.partition is not None:
+        add_partition(context.instance, event.asset_key, event.partition)
+        event = event.with_metadata(
+            {**event.metadata, "run": MetadataValue.dagster_run(context.run_id)}
+        )
     context.log_event(event)  # pyright: ignore[reportArgumentType]
 
 
@@ -190,11 +199,17 @@ def materialization(
     return AssetMaterialization(
         asset_key=asset_key(site, location, kind),
         partition=outcome.partition,
-        metadata={k: metadata_value(v) for k, v in metadata.items()},
+        metadata={k: metadata_value(v, k) for k, v in metadata.items()},
     )
 
 
-def metadata_value(value):
+#: metadata keys whose values are locations of the copy (shown as paths in the UI)
+_PATH_KEYS = frozenset({"source", "destination"})
+
+
+def metadata_value(value, key: str = ""):
+    if key in _PATH_KEYS:
+        return MetadataValue.path(str(value))
     if isinstance(value, bool):
         return MetadataValue.bool(value)
     if isinstance(value, float):
@@ -504,7 +519,7 @@ def lta_presence_outcome(evidence: archive.LtaEvidence) -> dict:
         "severity": AssetCheckSeverity.ERROR,
         "description": evidence.detail or "present with the recorded size and checksum",
         "metadata": {
-            k: metadata_value(v) for k, v in evidence.as_dict().items() if v not in (None, "")
+            k: metadata_value(v, k) for k, v in evidence.as_dict().items() if v not in (None, "")
         },
     }
 

@@ -9,24 +9,35 @@ import sys
 import pytest
 from dagster import (
     AssetCheckEvaluation,
+    AssetKey,
+    AssetMaterialization,
     AssetObservation,
     DagsterEventType,
     EventRecordsFilter,
+    FloatMetadataValue,
+    IntMetadataValue,
+    MetadataValue,
+    PathMetadataValue,
     SensorResult,
     SkipReason,
     build_sensor_context,
     instance_for_test,
+    job,
+    op,
 )
 from sqlalchemy import select
 
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster.defs.partitions import partition_set_name
+from ccat_dagster.defs.stages import log_event
 from ccat_dagster.defs.topology import load_topology_snapshot
 from ccat_dagster.lifecycle.archive.repair import unusable_lta_copies
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (
     AuditLog,
     DataLocation,
+    DataTransferPackage,
     LocationType,
     PhysicalCopy,
     PhysicalCopyStatus,
@@ -225,3 +236,70 @@ def test_buffer_monitor_escalates_at_emergency_and_pauses_packaging(ops_db_url, 
         assert session.scalars(select(RawDataPackage)).all() == [], "packaging paused"
     assert not isinstance(paused, SensorResult) or not paused.run_requests
     assert isinstance(paused, (SkipReason, SensorResult))
+
+
+def _shown_materialized(instance, key: AssetKey) -> set[str]:
+    """What the UI shows as materialized: Dagster counts only the keys of the asset's set."""
+    keys = set(instance.get_dynamic_partitions(partition_set_name(key)))
+    return instance.get_materialized_partitions(key) & keys
+
+
+def test_a_deleted_copy_is_no_longer_materialized_and_its_deletion_shows_on_the_asset(archived):
+    url, _root, instance = archived
+    buffer_packages = AssetKey(["ccat", "telescope_buffer", "raw_data_package"])
+    bundles = AssetKey(["ccat", "telescope_buffer", "data_transfer_package"])
+    lta = AssetKey(["cologne", "lta", "raw_data_package"])
+    with session_scope(url) as session:
+        names = set(session.scalars(select(RawDataPackage.name)))
+    assert _shown_materialized(instance, buffer_packages) == names
+    assert _shown_materialized(instance, bundles)
+    assert _shown_materialized(instance, lta) == names
+    (record,) = instance.fetch_materializations(lta, limit=1).records
+    shown = record.asset_materialization.metadata  # typed for display
+    assert isinstance(shown["size_bytes"], IntMetadataValue)
+    assert isinstance(shown["bytes_per_s"], FloatMetadataValue)
+    assert isinstance(shown["destination"], PathMetadataValue)
+    assert shown["run"] == MetadataValue.dagster_run(record.run_id)
+
+    assert not drive(url, instance).failed_runs  # the cleanup deletes the telescope's copies
+
+    assert _shown_materialized(instance, buffer_packages) == set()
+    assert _shown_materialized(instance, bundles) == set()
+    assert _shown_materialized(instance, lta) == names  # archives keep theirs
+    deletions = {
+        r.partition_key: r.asset_observation
+        for r in instance.fetch_observations(buffer_packages, limit=100).records
+        if r.partition_key is not None  # the others: disk usage, availability
+    }
+    assert set(deletions) == names
+    for observation in deletions.values():
+        assert observation is not None
+        meta = observation.metadata
+        assert meta["status"].value == "DELETED"
+        assert meta["reason"].value  # the rule
+        assert "lta" in json.dumps(meta["evidence"].value)  # the live LTA check
+        assert meta["ended_at"].value > 0
+        assert meta["run"].value  # a link to the cleanup run
+
+
+def test_a_copy_transferred_again_is_materialized_again(archived):
+    url, _root, instance = archived
+    bundles = AssetKey(["cologne", "buffer", "data_transfer_package"])
+    assert _shown_materialized(instance, bundles)
+    assert not drive(url, instance).failed_runs
+    assert _shown_materialized(instance, bundles) == set()
+    with session_scope(url) as session:
+        name = session.scalars(select(DataTransferPackage.name)).first()
+    assert name
+    materialize_partition = AssetMaterialization(asset_key=bundles, partition=name)
+
+    @op
+    def transferred_again(context) -> None:
+        log_event(context, materialize_partition)
+
+    @job
+    def again() -> None:
+        transferred_again()
+
+    assert again.execute_in_process(instance=instance).success
+    assert _shown_materialized(instance, bundles) == {name}

@@ -57,7 +57,7 @@ def test_package_sensor_creates_packages_adds_partitions_and_requests_one_batche
         ]["items"]
         assert items == [str(p.id) for p in packages]
         (add,) = result.dynamic_partitions_requests
-        assert add.partitions_def_name == "raw_data_packages"
+        assert add.partitions_def_name == "ccat__telescope_buffer__raw_data_package"
         assert list(add.partition_keys) == [p.name for p in packages]
         cursor = json.loads(result.cursor)
         assert cursor["last_raw_data_package_id"] == packages[-1].id
