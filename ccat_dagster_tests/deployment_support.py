@@ -408,6 +408,57 @@ query AssetNodes {
 }
 """
 
+ASSET_PARTITIONS_QUERY = """
+query AssetPartitions($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    __typename
+    ... on AssetNode {
+      partitionKeys
+      partitionStats { numMaterialized numPartitions }
+      assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions } }
+    }
+  }
+}
+"""
+
+
+def shown_materialized(gql: GraphQLClient, path: list[str]) -> set[str]:
+    """The partitions the UI shows as materialized: the status list, cut to the asset's keys as
+    the partition bar and the counts do (both must agree)."""
+    node = gql(ASSET_PARTITIONS_QUERY, {"key": {"path": path}})["assetNodeOrError"]
+    keys = set(node["partitionKeys"])
+    shown = set(node["assetPartitionStatuses"]["materializedPartitions"]) & keys
+    if node["partitionStats"]["numMaterialized"] != len(shown):
+        raise AssertionError(f"{path}: the UI counts {node['partitionStats']} but lists {shown}")
+    return shown
+
+
+ASSET_OBSERVATIONS_QUERY = """
+query AssetObservations($key: AssetKeyInput!, $partitions: [String!]) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetObservations(partitions: $partitions, limit: 1000) {
+        partition
+        runId
+        metadataEntries { label __typename }
+      }
+    }
+  }
+}
+"""
+
+
+def partition_observations(
+    gql: GraphQLClient, path: list[str], partitions: list[str]
+) -> dict[str, set[str]]:
+    """partition -> the metadata labels of its observations (what the asset's Events show)."""
+    node = gql(ASSET_OBSERVATIONS_QUERY, {"key": {"path": path}, "partitions": partitions})
+    found: dict[str, set[str]] = {}
+    for obs in node["assetNodeOrError"]["assetObservations"]:
+        found.setdefault(obs["partition"], set()).update(e["label"] for e in obs["metadataEntries"])
+    return found
+
+
 RUN_CHECKS_QUERY = """
 query RunEvents($runId: ID!) {
   runOrError(runId: $runId) {

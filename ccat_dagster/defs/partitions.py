@@ -62,7 +62,7 @@ _KINDS_AT = {
 
 def _ended_metadata(ended: EndedCopy) -> dict[str, MetadataValue]:
     metadata: dict[str, MetadataValue] = {
-        "status": MetadataValue.text(ended.status.value if ended.status else "no copy"),
+        "status": MetadataValue.text(ended.status.value),
         "reason": MetadataValue.text(ended.reason or "not recorded"),
     }
     if ended.ended_at is not None:

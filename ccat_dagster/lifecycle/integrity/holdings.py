@@ -47,7 +47,7 @@ class EndedCopy(NamedTuple):
     """A copy that no longer holds its data, with the audit-log entry that ended it."""
 
     name: str
-    status: PhysicalCopyStatus | None  # None: the catalogue never had a copy there
+    status: PhysicalCopyStatus
     ended_at: datetime | None
     reason: str | None
     evidence: dict[str, Any] | None
@@ -57,24 +57,30 @@ class EndedCopy(NamedTuple):
 def ended_copies(
     session: Session, location_id: int, copy_type: CopyType, names: Collection[str]
 ) -> list[EndedCopy]:
-    """Those of ``names`` (packages or bundles, by ``copy_type``) without a copy at the location
-    that holds its data, each with its copy's status and the copy's latest audit-log entry
-    (rule or check, time, evidence, run)."""
+    """Those of ``names`` (packages or bundles, by ``copy_type``) whose copy at the location no
+    longer holds its data, each with the copy's status and latest audit-log entry (rule or
+    check, time, evidence, run). A name without a copy row there is not ended: it is planned
+    (a package about to be written to its buffer)."""
     model, fk = _ENTITY[copy_type]
-    ended: dict[str, EndedCopy] = {n: EndedCopy(n, None, None, None, None, None) for n in names}
+    ended: list[EndedCopy] = []
     for chunk in chunks(list(names)):
         rows = session.execute(
             sa.select(model.name, PhysicalCopy.id, PhysicalCopy.status, PhysicalCopy.updated_at)
             .join(PhysicalCopy, fk == model.id)
-            .where(model.name.in_(chunk), PhysicalCopy.data_location_id == location_id)
+            .where(
+                model.name.in_(chunk),
+                PhysicalCopy.data_location_id == location_id,
+                PhysicalCopy.status.not_in(HOLDING_STATUSES),
+            )
         ).all()
-        copy_names = {copy_id: name for name, copy_id, _, _ in rows}
+        if not rows:
+            continue
         latest = dict(
             session.execute(
                 sa.select(AuditLog.entity_id, sa.func.max(AuditLog.id))
                 .where(
                     AuditLog.entity_type == "physical_copy",
-                    AuditLog.entity_id.in_(list(copy_names)),
+                    AuditLog.entity_id.in_([copy_id for _, copy_id, _, _ in rows]),
                 )
                 .group_by(AuditLog.entity_id)
             )
@@ -86,16 +92,15 @@ def ended_copies(
             for a in session.scalars(sa.select(AuditLog).where(AuditLog.id.in_(latest.values())))
         }
         for name, copy_id, status, updated_at in rows:
-            if status in HOLDING_STATUSES:
-                ended.pop(name, None)
-                continue
             audit = audits.get(copy_id)
-            ended[name] = EndedCopy(
-                name,
-                status,
-                audit.created_at if audit else updated_at,
-                audit.reason if audit else None,
-                audit.evidence if audit else None,
-                audit.run_id if audit else None,
+            ended.append(
+                EndedCopy(
+                    name,
+                    status,
+                    audit.created_at if audit else updated_at,
+                    audit.reason if audit else None,
+                    audit.evidence if audit else None,
+                    audit.run_id if audit else None,
+                )
             )
-    return list(ended.values())
+    return ended
