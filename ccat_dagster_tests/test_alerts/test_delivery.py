@@ -17,7 +17,7 @@ from ccat_dagster.lifecycle.alerts.incidents import upsert_conditions
 from ccat_dagster.lifecycle.alerts.model import FIRST_ACTION, AlertKind, Condition
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.test_alerts.scenarios import SCENARIOS
-from ccat_ops_db.models import AlertIncident, utcnow
+from ccat_ops_db.models import AlertIncident, AuditLog, utcnow
 from ccat_ops_db.policy import POLICY_DEFAULTS
 
 REPEAT = timedelta(minutes=POLICY_DEFAULTS["alert_repeat_minutes"])
@@ -206,3 +206,51 @@ def test_an_incident_seen_again_after_it_cleared_is_announced_again(
     evaluate_site(session, "cologne", channels, claimer="a", now=utcnow())
     assert [b["state"] for b in webhook.bodies] == ["open", "resolved", "open"]
     assert session.query(AlertIncident).count() == 1
+
+
+def test_work_that_moves_is_not_a_stall(session, tmp_path, webhook, channels):
+    """Pending work with a status change at the site within alert_stall_minutes (here an
+    audited unpacking step, which has no timestamp of its own) is not stalled."""
+    from ccat_ops_db.audit import audit
+
+    topo = f.make_topology(session, tmp_path)
+    scenario = SCENARIOS["pipeline_stalled"](topo)
+    session.commit()
+    audit(
+        session,
+        entity_type="data_transfer",
+        entity_id=1,
+        old_status="PENDING",
+        new_status="IN_PROGRESS",
+        reason="unpacking",
+        data_location_id=topo.source_buffer.id,
+    )
+    session.flush()
+    session.query(AuditLog).filter(AuditLog.reason == "unpacking").update(
+        {"created_at": scenario.now - timedelta(minutes=5)}
+    )
+    session.commit()
+    sync, _ = evaluate_site(session, "ccat", channels, claimer="a", now=scenario.now)
+    assert sync.open == []
+    assert webhook.bodies == []
+    later = scenario.now + timedelta(minutes=POLICY_DEFAULTS["alert_stall_minutes"])
+    sync, _ = evaluate_site(session, "ccat", channels, claimer="a", now=later)
+    assert sync.open == ["pipeline_stalled:ccat"]
+    [body] = webhook.bodies
+    assert "1 item(s) pending" in body["what"]
+
+
+def test_more_failed_packages_at_the_same_source_update_the_open_incident(
+    session, tmp_path, webhook, channels
+):
+    topo = f.make_topology(session, tmp_path)
+    scenario = SCENARIOS["packages_failed"](topo)
+    session.commit()
+    evaluate_site(session, "ccat", channels, claimer="a", now=scenario.now)
+    SCENARIOS["packages_failed"](topo)
+    session.commit()
+    evaluate_site(session, "ccat", channels, claimer="a", now=utcnow())
+    assert len(webhook.bodies) == 1
+    incident = session.query(AlertIncident).one()
+    session.refresh(incident)
+    assert incident.summary.startswith("2 RawDataPackage(s) from ccat/primecam_raw_data FAILED")

@@ -4,6 +4,7 @@ AlertDeliveryError; the dispatcher keeps the incident due and tries again at the
 
 from __future__ import annotations
 
+import http.client
 import json
 import smtplib
 import urllib.error
@@ -47,8 +48,9 @@ class WebhookChannel:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            # HTTPError (a 4xx/5xx answer) is a URLError; ValueError: a malformed URL
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            # HTTPError (a 4xx/5xx answer) is a URLError; HTTPException: a garbled or cut
+            # answer; ValueError: a malformed URL
             raise AlertDeliveryError(f"webhook {self._shown()}: {exc}") from exc
 
     def _shown(self) -> str:
@@ -83,5 +85,6 @@ class SmtpChannel:
                 if self.user:
                     smtp.login(self.user, self.password or "")
                 smtp.send_message(mail)
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError, ValueError) as exc:
+            # ValueError: an address or header the server's encoding cannot carry
             raise AlertDeliveryError(f"smtp {self.host}:{self.port}: {exc}") from exc

@@ -5,9 +5,10 @@ Work pending at a site: its RawDataPackages to package (by their SOURCE), DataTr
 to build and DataTransfers to send (by their origin), DataTransfers to unpack (by their
 destination) and LongTermArchiveTransfers to run (by their origin, the LTA site's buffer), in
 PENDING, SCHEDULED or IN_PROGRESS. Progress: the newest change among those rows of the site
-(their ``updated_at``, or ``finished_at``, ``started_at``, ``created_at``) and among the audit
-rows of its locations. A stall is what the per-item failures do not show: a daemon that is
-down, sensors switched off, runs queued that never start.
+(their ``updated_at``, or ``finished_at``, ``started_at``, ``created_at``) and any audited
+status change at one of its locations within the window (unpacking has no timestamp of its
+own). A stall is what the per-item failures do not show: a daemon that is down, sensors
+switched off, runs queued that never start.
 """
 
 from __future__ import annotations
@@ -100,10 +101,20 @@ def last_progress(session: Session, site: str) -> datetime | None:
                 )
             )
         ).where(LongTermArchiveTransfer.origin_location_id.in_(here)),
-        sa.select(sa.func.max(AuditLog.created_at)).where(AuditLog.data_location_id.in_(here)),
     ]
     times = [as_utc(t) for t in (session.scalar(stmt) for stmt in newest) if t is not None]
     return max(times) if times else None
+
+
+def audited_since(session: Session, site: str, since: datetime) -> bool:
+    """Whether a status change at a location of ``site`` was audited after ``since`` (one
+    look at the newest audit rows: ``created_at`` is indexed)."""
+    found = session.scalar(
+        sa.select(AuditLog.id)
+        .where(AuditLog.created_at > since, AuditLog.data_location_id.in_(_site_locations(site)))
+        .limit(1)
+    )
+    return found is not None
 
 
 def stalled_pipeline(
@@ -114,7 +125,8 @@ def stalled_pipeline(
     if not pending:
         return []
     progress = last_progress(session, site)
-    if progress is not None and progress > now - timedelta(minutes=policy.alert_stall_minutes):
+    limit = now - timedelta(minutes=policy.alert_stall_minutes)
+    if (progress is not None and progress > limit) or audited_since(session, site, limit):
         return []
     moved = f"since {progress:%Y-%m-%d %H:%M}Z" if progress else "ever"
     return [
