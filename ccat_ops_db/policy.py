@@ -85,6 +85,9 @@ class Policy:
     alert_repeat_minutes: Annotated[int, _count(1)] = 240
     alert_location_unavailable_minutes: Annotated[int, _count(0)] = 30
     alert_stall_minutes: Annotated[int, _count(1)] = 120
+    # A condition gone for this long is resolved for good ("resolved" sent); one back sooner
+    # continues the same incident, so a level hovering at its threshold is not a message a tick.
+    alert_resolved_after_minutes: Annotated[int, _count(0)] = 10
 
     @model_validator(mode="after")
     def _critical_slows_down(self) -> Policy:

@@ -23,7 +23,7 @@ from ccat_dagster.defs.resources import OpsDbResource
 from ccat_dagster.defs.settings import Settings
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.test_alerts.scenarios import SCENARIOS
-from ccat_ops_db.models import AlertIncident
+from ccat_ops_db.models import AlertIncident, PolicySetting
 
 
 class FlakyConfig(Config):
@@ -73,6 +73,8 @@ def test_a_failed_run_is_reported_and_resolved_by_the_next_success(
     ops_db_url, session, tmp_path, webhook, smtp
 ):
     f.make_topology(session, tmp_path)
+    # "resolved" at once, not after the default 10 minutes the condition must stay gone
+    session.add(PolicySetting(key="alert_resolved_after_minutes", value=0))
     session.commit()
     settings = _settings(webhook, smtp)
     resources = {"ops_db": OpsDbResource(url=ops_db_url)}

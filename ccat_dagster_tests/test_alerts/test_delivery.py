@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.alerts.dispatch import deliver_due
 from ccat_dagster.lifecycle.alerts.evaluation import evaluate_site
-from ccat_dagster.lifecycle.alerts.incidents import upsert_conditions
+from ccat_dagster.lifecycle.alerts.incidents import Timing, upsert_conditions
 from ccat_dagster.lifecycle.alerts.model import FIRST_ACTION, AlertKind, Condition
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.test_alerts.scenarios import SCENARIOS
@@ -21,6 +21,7 @@ from ccat_ops_db.models import AlertIncident, AuditLog, utcnow
 from ccat_ops_db.policy import POLICY_DEFAULTS
 
 REPEAT = timedelta(minutes=POLICY_DEFAULTS["alert_repeat_minutes"])
+SETTLE = timedelta(minutes=POLICY_DEFAULTS["alert_resolved_after_minutes"])
 
 
 def _kinds(webhook, state: str) -> list[str]:
@@ -74,6 +75,9 @@ def test_each_condition_is_one_message_then_resolved(
     later = scenario.now + timedelta(minutes=31)
     sync, delivery = evaluate_site(session, scenario.site, channels, claimer="d", now=later)
     assert sorted(sync.resolved) == sorted(f"{k}:{b['where']}" for k, b in _pairs(webhook))
+    assert _kinds(webhook, "resolved") == []  # not before it has held for the settle time
+    later += SETTLE
+    evaluate_site(session, scenario.site, channels, claimer="d", now=later)
     assert _kinds(webhook, "resolved") == expected
     resolved = [b for b in webhook.bodies if b["state"] == "resolved"]
     assert all(b["text"].startswith("[ccat] RESOLVED ") for b in resolved)
@@ -164,7 +168,7 @@ def test_two_senders_at_once_send_one_message(engine, session, tmp_path, webhook
     session.commit()
     now = utcnow()
     condition = Condition(AlertKind.PIPELINE_STALLED, "ccat", "ccat", "nothing moves", now)
-    upsert_conditions(session, [condition], now=now)
+    upsert_conditions(session, [condition], now=now, timing=Timing(REPEAT, SETTLE))
     session.commit()
     barrier = threading.Barrier(2)
     sent: list[int] = []
@@ -189,21 +193,35 @@ def test_two_senders_at_once_send_one_message(engine, session, tmp_path, webhook
     assert len(smtp.mails) == 1
 
 
-def test_an_incident_seen_again_after_it_cleared_is_announced_again(
+def test_a_condition_back_within_the_settle_time_continues_the_incident(
     session, tmp_path, webhook, channels
 ):
-    topo = f.make_topology(session, tmp_path)
-    scenario = SCENARIOS["buffer_critical"](topo)
-    session.commit()
-    evaluate_site(session, "cologne", channels, claimer="a", now=scenario.now)
-    scenario.clear()
-    session.commit()
-    evaluate_site(session, "cologne", channels, claimer="a", now=scenario.now)
+    """A level hovering at its threshold is one incident, not a message per tick; gone for
+    the settle time it is resolved, and back after that it is announced again."""
     from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
 
-    record_disk_usage(session, topo.buffer("cologne"), used_bytes=88, total_bytes=100)
-    session.commit()
-    evaluate_site(session, "cologne", channels, claimer="a", now=utcnow())
+    topo = f.make_topology(session, tmp_path)
+    buffer = topo.buffer("cologne")
+    t0 = utcnow()
+
+    def level(percent: int, at) -> None:
+        record_disk_usage(session, buffer, used_bytes=percent, total_bytes=100, measured_at=at)
+        session.commit()
+        evaluate_site(session, "cologne", channels, claimer="a", now=at)
+
+    level(88, t0)
+    for minute in range(1, 9):  # flapping every minute around the critical threshold
+        level(84 if minute % 2 else 86, t0 + timedelta(minutes=minute))
+    assert [b["state"] for b in webhook.bodies] == ["open"]
+    incident = session.query(AlertIncident).one()
+    session.refresh(incident)
+    assert incident.resolved_at is None  # minute 8 was critical again
+    assert incident.since.replace(tzinfo=None) == t0.replace(tzinfo=None)
+
+    level(50, t0 + timedelta(minutes=9))
+    evaluate_site(session, "cologne", channels, claimer="a", now=t0 + timedelta(minutes=9) + SETTLE)
+    assert [b["state"] for b in webhook.bodies] == ["open", "resolved"]
+    level(90, t0 + timedelta(minutes=10) + SETTLE)
     assert [b["state"] for b in webhook.bodies] == ["open", "resolved", "open"]
     assert session.query(AlertIncident).count() == 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -40,8 +40,8 @@ def deliver_due(
     """Send every message of ``site`` (or of ``keys``) that is due, on every channel. With no
     channel configured the messages count as sent: the caller's log is the channel then."""
     now = now or utcnow()
-    repeat = timedelta(minutes=get_policy(session).alert_repeat_minutes)
-    ids = incidents.claim_due(session, site, claimer=claimer, repeat=repeat, now=now, keys=keys)
+    timing = incidents.Timing.of(get_policy(session))
+    ids = incidents.claim_due(session, site, claimer=claimer, timing=timing, now=now, keys=keys)
     out = Delivery()
     for incident_id in ids:
         incident = session.get_one(AlertIncident, incident_id, populate_existing=True)

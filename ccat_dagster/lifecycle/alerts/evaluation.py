@@ -13,6 +13,7 @@ from ccat_dagster.lifecycle.alerts.channels import Channel
 from ccat_dagster.lifecycle.alerts.conditions import site_conditions
 from ccat_dagster.lifecycle.alerts.dispatch import Delivery, deliver_due
 from ccat_dagster.lifecycle.alerts.model import EVALUATED_KINDS, AlertKind, Condition, incident_key
+from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_ops_db.models import utcnow
 
 
@@ -28,8 +29,16 @@ def evaluate_site(
     message of the site that is due (failed runs included: a delivery that failed when the
     run-failure sensor tried is retried here)."""
     now = now or utcnow()
-    conditions = site_conditions(session, site, now=now)
-    sync = incidents.sync_site(session, site, conditions, kinds=EVALUATED_KINDS, now=now)
+    policy = get_policy(session)
+    conditions = site_conditions(session, site, now=now, policy=policy)
+    sync = incidents.sync_site(
+        session,
+        site,
+        conditions,
+        kinds=EVALUATED_KINDS,
+        timing=incidents.Timing.of(policy),
+        now=now,
+    )
     session.commit()
     return sync, deliver_due(session, site, channels, claimer=claimer, now=now)
 
@@ -63,7 +72,8 @@ def report_run_failure(
 ) -> Delivery:
     """Open the incident of a failed run and send it now if it is due."""
     now = now or utcnow()
-    incidents.upsert_conditions(session, [condition], now=now)
+    timing = incidents.Timing.of(get_policy(session))
+    incidents.upsert_conditions(session, [condition], now=now, timing=timing)
     session.commit()
     return deliver_due(
         session, condition.site, channels, claimer=claimer, now=now, keys=[condition.key]

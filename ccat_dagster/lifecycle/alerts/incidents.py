@@ -1,14 +1,15 @@
-"""The durable state of the incidents (``alert_incident``): opened and updated from the
-conditions of each evaluation, resolved when their condition is gone, and claimed for sending.
+"""The durable state of the incidents (``alert_incident``): opened and updated from the conditions
+of each evaluation, resolved when their condition is gone, and claimed for sending.
 
-Every step is one set-based statement, so two processes evaluating the same site (two daemons,
-a daemon and ``ccat run-until-idle``) agree: the upsert keeps one row per incident key, and a
+Every step is one set-based statement, so two processes evaluating the same site (two daemons, a
+daemon and ``ccat run-until-idle``) agree: the upsert keeps one row per incident key, and a
 claim is a conditional ``UPDATE ... RETURNING`` that only one of them wins (PostgreSQL re-checks
 the condition on the row the other one updated; SQLite holds its write lock). A row is due for
 an "open" message when it was never announced or its last message is older than the policy's
-``alert_repeat_minutes``, and for a "resolved" message once after it was resolved, if it had
-been announced. A claim not given back within ``CLAIM_LEASE`` (a sender that died) is taken
-over.
+``alert_repeat_minutes``, and for a "resolved" message once its condition has been gone for
+``alert_resolved_after_minutes``, if it had been announced. A condition back before that
+continues the same incident (nothing is sent); one back after it is a new announcement. A claim
+not given back within ``CLAIM_LEASE`` (a sender that died) is taken over.
 """
 
 from __future__ import annotations
@@ -23,9 +24,26 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.alerts.model import AlertKind, Condition
 from ccat_ops_db.models import AlertIncident, table_of, utcnow
+from ccat_ops_db.policy import Policy
 
 #: a claim older than this belongs to a sender that died; another process sends instead
 CLAIM_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often an open incident is repeated, and how long a resolution must hold."""
+
+    repeat: timedelta
+    settle: timedelta
+
+    @classmethod
+    def of(cls, policy: Policy) -> Timing:
+        return cls(
+            repeat=timedelta(minutes=policy.alert_repeat_minutes),
+            settle=timedelta(minutes=policy.alert_resolved_after_minutes),
+        )
+
 
 t = table_of(AlertIncident)
 
@@ -43,9 +61,12 @@ def _insert(session: Session):
     return (postgresql if dialect == "postgresql" else sqlite).insert(t)
 
 
-def upsert_conditions(session: Session, conditions: Sequence[Condition], *, now: datetime) -> None:
+def upsert_conditions(
+    session: Session, conditions: Sequence[Condition], *, now: datetime, timing: Timing
+) -> None:
     """Open (or keep open, with the latest text) one incident per condition. An incident
-    resolved before and seen again is reopened: announced again, ``since`` from now on."""
+    resolved for longer than ``timing.settle`` and seen again is reopened: announced again,
+    ``since`` from now on; one resolved more recently just continues."""
     if not conditions:
         return
     rows = [
@@ -64,7 +85,7 @@ def upsert_conditions(session: Session, conditions: Sequence[Condition], *, now:
     ]
     stmt = _insert(session).values(rows)
     new = stmt.excluded
-    reopened = t.c.resolved_at.is_not(None)
+    reopened = t.c.resolved_at <= now - timing.settle  # NULL (open): not reopened
 
     def when_reopened(value, kept):
         return sa.case((reopened, value), else_=kept)
@@ -109,12 +130,13 @@ def sync_site(
     conditions: Sequence[Condition],
     *,
     kinds: Sequence[AlertKind],
+    timing: Timing,
     now: datetime | None = None,
 ) -> Sync:
     """Make the incidents of ``site`` of ``kinds`` what ``conditions`` says holds now: open the
     new ones, update the open ones, resolve the ones whose condition is gone. Caller commits."""
     now = now or utcnow()
-    upsert_conditions(session, conditions, now=now)
+    upsert_conditions(session, conditions, now=now, timing=timing)
     current = {c.key for c in conditions}
     still_open = session.scalars(
         sa.select(t.c.key).where(
@@ -144,7 +166,7 @@ def claim_due(
     site: str,
     *,
     claimer: str,
-    repeat: timedelta,
+    timing: Timing,
     now: datetime | None = None,
     keys: Sequence[str] | None = None,
 ) -> list[int]:
@@ -153,10 +175,10 @@ def claim_due(
     now = now or utcnow()
     due_open = sa.and_(
         t.c.resolved_at.is_(None),
-        sa.or_(t.c.notified_at.is_(None), t.c.notified_at <= now - repeat),
+        sa.or_(t.c.notified_at.is_(None), t.c.notified_at <= now - timing.repeat),
     )
     due_resolved = sa.and_(
-        t.c.resolved_at.is_not(None),
+        t.c.resolved_at <= now - timing.settle,
         t.c.notified_at.is_not(None),
         t.c.resolved_notified_at.is_(None),
     )
