@@ -33,6 +33,7 @@ from ccat_dagster.lifecycle.alerts.channels import Channel, SmtpChannel, Webhook
 from ccat_dagster.lifecycle.alerts.dispatch import Delivery
 from ccat_dagster.lifecycle.alerts.evaluation import (
     evaluate_site,
+    job_of,
     report_run_failure,
     resolve_run_failures,
     run_failed,
@@ -116,12 +117,12 @@ def build_alert_sensor(site_short_name: str, settings: Settings) -> SensorDefini
     def alert_sensor(context: SensorEvaluationContext, ops_db: OpsDbResource):
         claimer = _claimer(name)
         with ops_db.session() as session:
-            failed_runs = {
-                incident.location.rsplit("@", 1)[0]: incident
+            failed_jobs = {
+                job_of(incident.location)
                 for incident in open_incidents(session, s, AlertKind.RUN_FAILED)
             }
-            if failed_runs:
-                resolve_run_failures(session, s, _succeeded_jobs(context, set(failed_runs)))
+            if failed_jobs:
+                resolve_run_failures(session, s, _succeeded_jobs(context, failed_jobs))
                 session.commit()
             sync, delivery = evaluate_site(session, s, channels, claimer=claimer)
         _log(context, delivery)

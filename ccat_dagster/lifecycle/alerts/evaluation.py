@@ -48,6 +48,11 @@ def run_job_where(site: str, job_name: str) -> str:
     return f"{job_name}@{site}"
 
 
+def job_of(where: str) -> str:
+    """The job name of a failed-run incident's ``where`` (``run_job_where``'s inverse)."""
+    return where.rsplit("@", 1)[0]
+
+
 def run_failed(
     site: str, job_name: str, run_id: str, error: str, *, ended_at: datetime | None
 ) -> Condition:
