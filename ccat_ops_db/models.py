@@ -671,3 +671,44 @@ class AuditLog(Base):
     evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_audit_log_entity", "entity_type", "entity_id"),)
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+class AlertIncident(Base):
+    """One thing an operator is told about (docs/operations.md: alerts and dashboards): a failed
+    run, FAILED packages, a failed ``lta_presence``, a buffer at CRITICAL or EMERGENCY, a location
+    unavailable too long, a stalled pipeline, a disk-pressure forecast.
+
+    ``key`` names the incident (``{kind}:{where}``) and is unique, so the evaluation of two
+    processes (two daemons, a daemon and ``ccat run-until-idle``) updates one row; sending is
+    claimed with ``claimed_by``/``claimed_at`` first, so only one of them sends. The row stays
+    after the incident is resolved and is reopened when the same thing happens again: its
+    ``notified_at`` is what throttles the reminders across restarts."""
+
+    __tablename__ = "alert_incident"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    #: short name of the site whose code location evaluates and sends it
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    #: where, as shown to people (``site/location``, a job name)
+    location: Mapped[str] = mapped_column(String(512))
+    #: what, as of the latest evaluation
+    summary: Mapped[str] = mapped_column(Text)
+    first_action: Mapped[str] = mapped_column(Text)
+    #: since when the condition holds (kept while it stays open)
+    since: Mapped[datetime] = mapped_column()
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: last open (or reminder) message delivered; None: not announced yet
+    notified_at: Mapped[datetime | None] = mapped_column()
+    notify_count: Mapped[int] = mapped_column(Integer, default=0)
+    resolved_at: Mapped[datetime | None] = mapped_column()
+    #: the "resolved" message was delivered
+    resolved_notified_at: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    #: the last delivery error (kept for ``ccat status`` and the sensor's log)
+    last_error: Mapped[str | None] = mapped_column(Text)

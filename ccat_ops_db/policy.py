@@ -78,6 +78,16 @@ class Policy:
     # when a location reaches its critical level in fewer than disk_forecast_alert_hours.
     disk_forecast_window_hours: Annotated[int, _count(1)] = 24
     disk_forecast_alert_hours: Annotated[int, _count(1)] = 12
+    # Alerts (docs/operations.md: alerts and dashboards): an open incident is announced again at
+    # most this often; a location must stay unavailable this long before it is one (probes
+    # with backoff cure most outages sooner); a site with pending work and no status change
+    # for alert_stall_minutes is a stalled pipeline.
+    alert_repeat_minutes: Annotated[int, _count(1)] = 240
+    alert_location_unavailable_minutes: Annotated[int, _count(0)] = 30
+    alert_stall_minutes: Annotated[int, _count(1)] = 120
+    # A condition gone for this long is resolved for good ("resolved" sent); one back sooner
+    # continues the same incident, so a level hovering at its threshold is not a message a tick.
+    alert_resolved_after_minutes: Annotated[int, _count(0)] = 10
 
     @model_validator(mode="after")
     def _critical_slows_down(self) -> Policy:

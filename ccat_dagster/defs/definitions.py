@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
+from ccat_dagster.defs.alerts import build_alert_sensor, build_run_failure_alert_sensor
 from ccat_dagster.defs.assets import build_site_assets
 from ccat_dagster.defs.availability import build_location_checks, build_location_probe_sensor
 from ccat_dagster.defs.cleanup import (
@@ -68,6 +69,10 @@ def build_site_definitions(
         )
     )
     sensors.append(build_release_claims_sensor(site.short_name, cleanup_job))
+    sensors += [
+        build_alert_sensor(site.short_name, settings),
+        build_run_failure_alert_sensor(site.short_name, settings),
+    ]
     checks += build_buffer_capacity_checks(site)
     checks += build_location_checks(site, _asset_keys(assets))
     return Definitions(

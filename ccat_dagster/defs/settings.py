@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 PREFIX = "CCAT_"
 
@@ -36,6 +36,20 @@ class Settings(BaseModel):
     temp_sweep_margin_seconds: float = Field(600.0, ge=0)
     #: console log level of the runs ``ccat run-until-idle`` executes in-process
     run_log_level: str = "WARNING"
+    #: minimum seconds between ticks of ``<site>_alert_sensor`` (docs/operations.md: alerts)
+    alert_interval_seconds: int = Field(60, ge=1)
+    #: incoming-webhook URL the alerts are POSTed to as JSON with a "text" field (Slack,
+    #: Mattermost); empty: no webhook
+    alert_webhook_url: SecretStr = SecretStr("")
+    #: SMTP server of the alert e-mails; empty: no e-mail
+    alert_smtp_host: str = ""
+    alert_smtp_port: int = Field(25, ge=1, le=65535)
+    alert_smtp_from: str = "ccat-dagster@localhost"
+    #: recipients, comma-separated
+    alert_smtp_to: str = ""
+    alert_smtp_starttls: bool = False
+    alert_smtp_user: str = ""
+    alert_smtp_password: SecretStr = SecretStr("")
 
     @field_validator("cleanup_cron")
     @classmethod
@@ -52,6 +66,25 @@ class Settings(BaseModel):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value().strip()
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("an http:// or https:// URL")
+        return SecretStr(url)
+
+    @property
+    def alert_recipients(self) -> list[str]:
+        return [a.strip() for a in self.alert_smtp_to.split(",") if a.strip()]
+
+    @classmethod
+    def _shown(cls, name: str, values: Mapping[str, str]) -> str:
+        # a webhook URL or a password is a secret: an error names the variable, not its value
+        if cls.model_fields[name].annotation is SecretStr:
+            return "'***'"
+        return repr(values.get(name))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings from ``environ`` (default ``os.environ``); unset variables keep their
@@ -66,7 +99,7 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{PREFIX}{str(err['loc'][0]).upper()}={values.get(str(err['loc'][0]))!r}: "
+                f"{PREFIX}{str(err['loc'][0]).upper()}={cls._shown(str(err['loc'][0]), values)}: "
                 f"{err['msg']}"
                 for err in exc.errors()
             )

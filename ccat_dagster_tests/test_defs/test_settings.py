@@ -92,3 +92,36 @@ def test_a_bad_value_stops_the_definitions_from_loading(default_topology_db, mon
     monkeypatch.setenv("CCAT_CLEANUP_CRON", "never")
     with pytest.raises(SettingsError, match="CCAT_CLEANUP_CRON"):
         build_site_definitions("us", ops_db_url=default_topology_db)
+
+
+def test_alert_channels_come_from_the_ccat_alert_variables():
+    settings = Settings.from_env(
+        {
+            "CCAT_ALERT_INTERVAL_SECONDS": "15",
+            "CCAT_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hooks/token",
+            "CCAT_ALERT_SMTP_HOST": "127.0.0.1",
+            "CCAT_ALERT_SMTP_PORT": "2525",
+            "CCAT_ALERT_SMTP_TO": "a@example.org,b@example.org",
+            "CCAT_ALERT_SMTP_PASSWORD": "hunter2",
+        }
+    )
+    assert settings.alert_interval_seconds == 15
+    assert settings.alert_webhook_url.get_secret_value() == "http://127.0.0.1:9/hooks/token"
+    assert settings.alert_smtp_port == 2525
+    assert settings.alert_recipients == ["a@example.org", "b@example.org"]
+    # secrets never show in a repr (a log line, an error)
+    assert "token" not in repr(settings)
+    assert "hunter2" not in repr(settings)
+
+
+def test_a_bad_webhook_url_is_an_error_that_does_not_show_it():
+    with pytest.raises(SettingsError, match="CCAT_ALERT_WEBHOOK_URL='\\*\\*\\*'") as excinfo:
+        Settings.from_env({"CCAT_ALERT_WEBHOOK_URL": "hooks.example.org/secret"})
+    assert "secret" not in str(excinfo.value)
+
+
+def test_every_site_has_its_alert_sensors(default_topology_db):
+    settings = Settings(alert_interval_seconds=17)
+    defs = build_site_definitions("cologne", ops_db_url=default_topology_db, settings=settings)
+    assert defs.resolve_sensor_def("cologne_alert_sensor").minimum_interval_seconds == 17
+    assert defs.resolve_sensor_def("cologne_run_failure_alert_sensor")

@@ -179,3 +179,12 @@ def location_probe_sensor(site: str) -> str:
 
 def release_claims_sensor(site: str) -> str:
     return f"{site}_release_claims_sensor"
+
+
+def alert_sensor(site: str) -> str:
+    """Evaluates the site's alert conditions and sends what is due."""
+    return f"{site}_alert_sensor"
+
+
+def run_failure_alert_sensor(site: str) -> str:
+    return f"{site}_run_failure_alert_sensor"
