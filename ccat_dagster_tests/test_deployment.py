@@ -93,6 +93,7 @@ FAST_INTERVALS = {
     "CCAT_SENSOR_INTERVAL_SECONDS": "5",
     "CCAT_MONITOR_INTERVAL_SECONDS": "30",
     "CCAT_CLEANUP_CRON": "* * * * *",
+    "CCAT_ALERT_INTERVAL_SECONDS": "5",
 }
 # Left STOPPED so that the manual `dagster job launch` below has the us buffer still to clean.
 MANUAL_ONLY_SCHEDULE = "us_cleanup_schedule"
@@ -142,7 +143,15 @@ class Running:
 
 @pytest.fixture
 def running(
-    tmp_path, sshd_server, s3_endpoint, s3_bucket, fresh_postgres_url, dagster_pg_url, chromium
+    tmp_path,
+    sshd_server,
+    s3_endpoint,
+    s3_bucket,
+    fresh_postgres_url,
+    dagster_pg_url,
+    chromium,
+    alert_webhook,
+    alert_smtp,
 ) -> Iterator[Running]:
     root = tmp_path / "sites"
     topology = real_topology(
@@ -172,6 +181,11 @@ def running(
         "DAGSTER_PG_URL": dagster_pg_url,
         "CCAT_SSH_KEY_FILE": sshd_server.key_file,
         "CCAT_HOST": sshd_server.host,
+        # the alerts go to a real local webhook receiver and a real local SMTP server
+        "CCAT_ALERT_WEBHOOK_URL": alert_webhook.url,
+        "CCAT_ALERT_SMTP_HOST": "127.0.0.1",
+        "CCAT_ALERT_SMTP_PORT": str(alert_smtp.port),
+        "CCAT_ALERT_SMTP_TO": "oncall@example.org",
         **FAST_INTERVALS,
     }
     log_dir = tmp_path / "logs"
@@ -280,7 +294,7 @@ def _tag_filter(tags: dict[str, str]) -> list[dict[str, str]]:
 
 
 def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui(
-    running: Running, s3_client, s3_bucket, sshd_server, chromium
+    running: Running, s3_client, s3_bucket, sshd_server, chromium, alert_webhook, alert_smtp
 ):
     gql, url, root, deployment = running.gql, running.ops_db_url, running.root, running.deployment
     started = time.monotonic()
@@ -472,6 +486,36 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
     waiting_or_running = max_concurrent((r["creationTime"], r["endTime"]) for r in us_runs)
     assert waiting_or_running > limit, "the backfill put more us runs in the queue than the limit"
     assert all(by_id[r["runId"]]["tags"].get("ccat/site") == "us" for r in backfilled["runs"])
+
+    # ---- a run that fails is told to the people on call, through both channels, once
+    assert not alert_webhook.bodies, f"no incident so far: {alert_webhook.bodies}"
+    broken = dagster_job_launch(
+        running.env,
+        REPO,
+        workspace=running.workspace,
+        location="ccat",
+        job="ccat_cleanup",
+        run_config={"ops": {"ccat_cleanup_lta_presence": {"config": {"location": "nowhere"}}}},
+        tags={"ccat/trigger": "deployment-test-alert"},
+    )
+    assert broken.returncode == 0, broken.stderr[-3000:]
+    [alert] = wait_until(
+        lambda: [b for b in alert_webhook.bodies if b.get("kind") == "run_failed"],
+        timeout=FINAL_TIMEOUT,
+        what="the run_failed alert at the webhook receiver",
+        interval=2,
+        describe=lambda: deployment.logs(1500),
+    )
+    assert alert["where"] == "ccat_cleanup@ccat", alert
+    assert alert["state"] == "open", alert
+    assert "nowhere" in alert["text"], alert  # what went wrong, in the message itself
+    wait_until(
+        lambda: [m for m in alert_smtp.mails if m["Subject"].startswith("[ccat] ALERT run_failed")],
+        timeout=60,
+        what="the run_failed alert by e-mail",
+    )
+    time.sleep(15)  # three alert ticks: the incident is not sent again
+    assert len([b for b in alert_webhook.bodies if b.get("kind") == "run_failed"]) == 1
 
     # ---- cross-site lineage: through GraphQL ...
     nodes = {tuple(n["assetKey"]["path"]): n for n in gql(ASSET_NODES_QUERY)["assetNodes"]}
