@@ -36,6 +36,8 @@ class Settings(BaseModel):
     temp_sweep_margin_seconds: float = Field(600.0, ge=0)
     #: console log level of the runs ``ccat run-until-idle`` executes in-process
     run_log_level: str = "WARNING"
+    #: the short name of the site whose code location ``ccat_dagster.sites.site`` loads
+    site: str | None = None
 
     @field_validator("cleanup_cron")
     @classmethod
