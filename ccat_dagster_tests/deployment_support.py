@@ -145,13 +145,15 @@ class Deployment:
     processes: list[ManagedProcess] = field(default_factory=list)
     webserver_port: int | None = None
 
-    def start(self, name: str, argv: list[str]) -> ManagedProcess:
+    def start(
+        self, name: str, argv: list[str], *, extra_env: dict[str, str] | None = None
+    ) -> ManagedProcess:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.root,
-                env=self.env,
+                env={**self.env, **(extra_env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -162,6 +164,7 @@ class Deployment:
         return process
 
     def start_code_server(self, site: str, port: int) -> ManagedProcess:
+        """As docker/compose.yaml starts it: the one site module, the site chosen by CCAT_SITE."""
         return self.start(
             f"code-server-{site}",
             [
@@ -169,7 +172,7 @@ class Deployment:
                 "code-server",
                 "start",
                 "-m",
-                f"ccat_dagster.sites.{site}",
+                "ccat_dagster.sites.site",
                 "-h",
                 HOST,
                 "-p",
@@ -177,6 +180,7 @@ class Deployment:
                 "--location-name",
                 site,
             ],
+            extra_env={"CCAT_SITE": site},
         )
 
     def start_daemon(self, workspace: Path) -> ManagedProcess:

@@ -35,6 +35,7 @@ from dagster import (
 )
 from sqlalchemy.orm import Session
 
+from ccat_dagster.defs.activity import skip_if_inactive
 from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, location_named
@@ -54,6 +55,7 @@ from ccat_dagster.lifecycle.capacity.availability import (
     unavailability,
 )
 from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.activity import inactive_among, inactive_location_ids
 from ccat_dagster.storage.base import DiskUsage, Storage
 from ccat_dagster.storage.errors import LocationUnavailableError, StorageError
 from ccat_ops_db.models import DataLocation, Site
@@ -117,6 +119,8 @@ class StageGate:
     observer: str
     storage_for: StorageFor
     unavailable: Unavailability
+    #: locations switched off in the topology since the definitions loaded: never started on
+    inactive: dict[int, str] = field(default_factory=dict)
     needs: dict[Hashable, Needs] = field(default_factory=dict)
     admissions: dict[int, Admission] = field(default_factory=dict)
     targets: dict[Hashable, tuple[DataLocation, str]] = field(default_factory=dict)
@@ -135,10 +139,19 @@ class StageGate:
         *,
         run_id: str | None = None,
     ) -> StageGate:
-        gate = cls(session, stage, site, observer, storage_for, unavailability(session, observer))
+        gate = cls(
+            session,
+            stage,
+            site,
+            observer,
+            storage_for,
+            unavailability(session, observer),
+            inactive_location_ids(session),
+        )
         items = list(items)
         if items:
-            if gate.unavailable:  # else computed only for the items of a batch that meets one
+            # else computed only for the items of a batch that meets an unavailable location
+            if gate.unavailable or gate.inactive:
                 gate.needs = stage.needs(session, site, items)
             if stage.admission_targets is not None:
                 gate.targets = stage.admission_targets(session, site, items)
@@ -160,10 +173,18 @@ class StageGate:
 
     def waits(self, item: Hashable) -> str | None:
         """Why ``item`` cannot run now (None: it may run)."""
+        if self.inactive:
+            needs = self._needs_of(item)
+            stopping = inactive_among(
+                self.inactive,
+                reads=needs.reads,
+                writes=needs.writes,
+                any_of_reads=needs.any_of_reads,
+            )
+            if stopping:
+                return f"not started: {', '.join(stopping)} inactive in the ops DB"
         if self.unavailable:
-            needs = self.needs.get(item)
-            if needs is None:
-                needs = self.needs[item] = self.stage.needs(self.session, self.site, [item])[item]
+            needs = self._needs_of(item)
             blocking = self.unavailable.waiting_for(needs)
             if blocking:
                 return f"waiting for {describe_waits(blocking)}"
@@ -174,6 +195,14 @@ class StageGate:
             if admission is not None and not admission.admits(key):
                 return admission.reason(key)
         return None
+
+    def _needs_of(self, item: Hashable) -> Needs:
+        needs = self.needs.get(item)
+        if needs is None:
+            # a stage that declares no needs for an item uses no location but its own
+            found = self.stage.needs(self.session, self.site, [item]).get(item, Needs())
+            needs = self.needs[item] = found
+        return needs
 
     def location_error(
         self, exc: LocationUnavailableError, *, run_id: str | None = None
@@ -219,6 +248,9 @@ def build_location_probe_sensor(site: SiteView) -> SensorDefinition:
         events = []
         lines = []
         with ops_db.session() as session, storage.registry() as storages:
+            stopped = skip_if_inactive(context, session, s)
+            if stopped is not None:
+                return stopped
             for location, result in probe_due_locations(session, storages.get, observer=s):
                 events += location_events(location, ok=result.ok, detail=result.detail, observer=s)
                 lines.append(

@@ -52,6 +52,7 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.defs.activity import skip_if_inactive
 from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.partitions import drop_partitions, release_ended_partitions
@@ -454,6 +455,10 @@ def build_buffer_monitor_sensor(
     ):
         events = []
         with ops_db.session() as session, storage.registry() as storages:
+            # only the site: its inactive locations are left out of the measurement already
+            stopped = skip_if_inactive(context, session, s)
+            if stopped is not None:
+                return stopped
             site_db = site_row(session, s)
             samples = measure_site(session, site_db, storages)
             action = site_buffer_action(session, site_db)

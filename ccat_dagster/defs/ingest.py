@@ -16,6 +16,7 @@ from dagster import (
     sensor,
 )
 
+from ccat_dagster.defs.activity import skip_if_inactive
 from ccat_dagster.defs.keys import location_asset_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import location_named
@@ -85,6 +86,9 @@ def build_ingest_sensor(
         context: SensorEvaluationContext, ops_db: OpsDbResource, storage: SiteStorageResource
     ):
         with ops_db.session() as session, storage.registry() as storages:
+            stopped = skip_if_inactive(context, session, s, location.name)
+            if stopped is not None:
+                return stopped
             source = location_named(session, s, location.name)
             assert isinstance(source, DiskDataLocation)  # validated by the topology
             try:

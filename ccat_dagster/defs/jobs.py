@@ -29,6 +29,7 @@ from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import Stage, log_event, site_row
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.activity import why_inactive
 from ccat_dagster.storage.errors import LocationUnavailableError
 
 TRANSIENT_RETRY = RetryPolicy(
@@ -38,6 +39,7 @@ TRANSIENT_RETRY = RetryPolicy(
 
 def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
     stage_config = stage.config  # the op's typed run config (its ``items``)
+    at = stage.location(site)  # where the stage ran when the definitions loaded
 
     @op(
         name=names.stage_op(site.short_name, stage.name),
@@ -57,16 +59,22 @@ def build_stage_job(site: SiteView, stage: Stage) -> JobDefinition:
         deferred: dict[str, str] = {}  # str(item) -> why
         done = skipped = 0
         with ops_db.session() as session, storage.registry() as storages:
+            # A run queued before `ccat topology apply` switched its site or location off
+            # starts nothing: its items stay PENDING, as deferred work does.
+            stopped = why_inactive(session, site.short_name, at and at.name)
+            items = [] if stopped else list(config.items)
+            if stopped:
+                deferred.update({str(item): f"not started: {stopped}" for item in config.items})
             gate = StageGate.open(
                 session,
                 stage,
                 site_row(session, site.short_name),
                 storage.site,
                 storages.get,
-                config.items,
+                items,
                 run_id=context.run_id,
             )
-            for item in config.items:
+            for item in items:
                 for event in gate.take_events():
                     log_event(context, event)
                 why = gate.waits(item)

@@ -32,6 +32,7 @@ from dagster import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ccat_dagster.defs.activity import skip_if_inactive
 from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.keys import DATA_TRANSFER_PACKAGE, RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.partitions import partitions_of
@@ -123,6 +124,8 @@ def build_stage_sensor(
     site: SiteView, stage: Stage, stage_job: JobDefinition, *, interval_seconds: int
 ) -> SensorDefinition:
     op_name = names.stage_op(site.short_name, stage.name)
+    # where the stage ran when the definitions loaded: re-checked in the ops DB every tick
+    at = stage.location(site)
 
     @sensor(
         name=names.stage_sensor(site.short_name, stage.name),
@@ -137,6 +140,9 @@ def build_stage_sensor(
         cursor = StageCursor.parse(context.cursor)
         running, busy = items_in_flight(context, stage, stage_job.name, op_name)
         with ops_db.session() as session, storage.registry() as storages:
+            stopped = skip_if_inactive(context, session, site.short_name, at and at.name)
+            if stopped is not None:
+                return stopped
             site_db = site_row(session, site.short_name)
             if not _paused(session, site_db, stage):
                 stage.plan(session, site_db)

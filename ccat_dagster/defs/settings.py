@@ -50,6 +50,8 @@ class Settings(BaseModel):
     alert_smtp_starttls: bool = False
     alert_smtp_user: str = ""
     alert_smtp_password: SecretStr = SecretStr("")
+    #: the short name of the site whose code location ``ccat_dagster.sites.site`` loads
+    site: str | None = None
 
     @field_validator("cleanup_cron")
     @classmethod

@@ -65,19 +65,38 @@ class SiteView:
         return bool(self.of_type(LocationType.LONG_TERM_ARCHIVE))
 
 
+class UnknownSiteError(LookupError):
+    """A site name that names no active site of the ops DB."""
+
+    def __str__(self) -> str:  # LookupError would repr() a single argument (quotes).
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class TopologySnapshot:
+    #: the active sites (an inactive site has no code location)
     sites: tuple[SiteView, ...]
+    #: short names of the sites the ops DB holds as inactive, to name them in errors
+    inactive_sites: tuple[str, ...] = ()
 
     def site(self, short_name: str) -> SiteView:
         for site in self.sites:
             if site.short_name == short_name:
                 return site
-        known = ", ".join(s.short_name for s in self.sites) or "none"
-        raise LookupError(
-            f"site {short_name!r} is not in the topology of the ops DB (known: {known}); "
-            "apply a topology that defines it with `ccat topology apply FILE`"
-        )
+        active = ", ".join(s.short_name for s in self.sites) or "none"
+        if short_name in self.inactive_sites:
+            why = (
+                f"site {short_name!r} is inactive in the ops DB (active sites: {active}); set "
+                "active: true on it in the topology and run `ccat topology apply FILE`, or "
+                "remove its code location from the workspace"
+            )
+        else:
+            why = (
+                f"site {short_name!r} is not in the topology of the ops DB (active sites: "
+                f"{active}); name one of those, or add the site to the topology and run "
+                "`ccat topology apply FILE`"
+            )
+        raise UnknownSiteError(why)
 
     @property
     def source_sites(self) -> list[SiteView]:
@@ -93,7 +112,9 @@ class TopologyUnavailableError(RuntimeError):
 
 
 def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
-    """Active sites and locations from the ops DB, with a clear error when there are none."""
+    """Active sites and their active locations from the ops DB, with a clear error when there
+    are none. An inactive site is left out: nothing of it is loaded, and the other sites' assets
+    do not depend on it."""
     try:
         with session_factory(url)() as session:
             sites = session.scalars(select(Site).order_by(Site.short_name)).all()
@@ -115,7 +136,9 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
                     ),
                 )
                 for site in sites
+                if site.active
             )
+            inactive = tuple(site.short_name for site in sites if not site.active)
     except SQLAlchemyError as exc:
         raise TopologyUnavailableError(
             f"cannot read the topology from the ops DB ({exc.__class__.__name__}: {exc}); "
@@ -123,10 +146,10 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
         ) from exc
     if not views:
         raise TopologyUnavailableError(
-            "the ops DB has no sites yet: run `ccat topology apply FILE` before loading the "
+            "the ops DB has no active sites: run `ccat topology apply FILE` before loading the "
             "Dagster code locations"
         )
-    return TopologySnapshot(sites=views)
+    return TopologySnapshot(sites=views, inactive_sites=inactive)
 
 
 def _order(location: DataLocation) -> tuple[int, str]:

@@ -23,8 +23,9 @@ SITES = ("ccat", "cologne", "us")
 
 
 def _site_defs(name: str):
-    """The site module's definitions, built now (``@definitions``: nothing at import)."""
-    return importlib.import_module(f"ccat_dagster.sites.{name}").defs()
+    """The site's definitions as workspace.yaml selects them (``attribute: <site>`` of the one
+    site module), built now (``@definitions``: nothing at import)."""
+    return getattr(importlib.import_module("ccat_dagster.sites.site"), name)()
 
 
 def _deps(defs) -> dict[str, set[str]]:

@@ -70,12 +70,13 @@ def test_settings_are_frozen():
 def test_definitions_read_the_environment_when_built_not_at_import(
     default_topology_db, monkeypatch
 ):
-    from ccat_dagster.sites import cologne  # imported before the variables are set
+    from ccat_dagster.sites import site  # imported before the variables are set
 
+    cologne = site.site_definitions("cologne")
     monkeypatch.setenv("CCAT_SENSOR_INTERVAL_SECONDS", "11")
     monkeypatch.setenv("CCAT_MONITOR_INTERVAL_SECONDS", "13")
     monkeypatch.setenv("CCAT_CLEANUP_CRON", "*/3 * * * *")
-    defs = cologne.defs()
+    defs = cologne()
     assert defs.resolve_sensor_def("cologne_data_transfer_sensor").minimum_interval_seconds == 11
     assert defs.resolve_sensor_def("cologne_buffer_monitor_sensor").minimum_interval_seconds == 13
     assert defs.resolve_schedule_def("cologne_cleanup_schedule").cron_schedule == "*/3 * * * *"

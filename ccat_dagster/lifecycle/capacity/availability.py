@@ -324,15 +324,19 @@ def record_location_error(
 def due_probes(
     session: Session, *, observer: str, now: datetime | None = None
 ) -> list[DataLocation]:
-    """Locations unavailable from ``observer`` whose next probe is due (few rows: in Python, so
-    that naive SQLite timestamps compare correctly)."""
+    """Active locations unavailable from ``observer`` whose next probe is due (few rows: in
+    Python, so that naive SQLite timestamps compare correctly). A location switched off in the
+    topology is not probed: no work waits for it any more."""
     now = now or utcnow()
     rows = session.execute(
         sa.select(LocationAvailability, DataLocation)
         .join(DataLocation, DataLocation.id == LocationAvailability.data_location_id)
+        .join(Site, Site.id == DataLocation.site_id)
         .where(
             LocationAvailability.observer == observer,
             LocationAvailability.available.is_(False),
+            DataLocation.active.is_(True),
+            Site.active.is_(True),
         )
         .order_by(LocationAvailability.data_location_id)
         .execution_options(populate_existing=True)
