@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "locations",
     "files",
     "pipeline",
+    "retry",
+    "demo",
     "deletion",
     "staging",
     "verify",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-from ccat_dagster.cli._common import ops_session
+from ccat_dagster.cli._common import OperatorError, ops_session
+from ccat_dagster.cli._json import emit, json_option
 from ccat_dagster.cli._tables import show, table, tracked
 
 
@@ -12,6 +15,7 @@ def deletion_plan_command(
     location: str = typer.Option(
         None, "--location", "-l", help="Only this location (site/name or a unique name)."
     ),
+    as_json: bool = json_option(),
 ) -> None:
     """What would be deleted now and why, what is blocked and by which rule, bytes per location.
 
@@ -23,10 +27,41 @@ def deletion_plan_command(
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None
         plan = plan_deletions(session, location=loc)
-        typer.echo(plan.summary())
-        if not plan.deletable and not plan.blocked:
-            typer.echo("  nothing to delete and nothing waiting")
+        where = loc.qualified_name if loc else None
         session.rollback()
+    if as_json:
+        emit(
+            {
+                "at": plan.now,
+                "location": where,
+                "deletable_by_rule": dict(sorted(plan.count_by_rule.items())),
+                "bytes_to_free_by_location": dict(sorted(plan.bytes_by_location.items())),
+                "blocked_by_rule": {
+                    rule: dict(sorted(reasons.items()))
+                    for rule, reasons in sorted(plan.blocked_by_rule.items())
+                },
+                "staged_packages_to_close": len(plan.staged_packages_to_close),
+                "permanent_failures": [
+                    {
+                        "copy_id": copy_id,
+                        "location": plan.location_names.get(loc_id, str(loc_id)),
+                        "copy_type": copy_type,
+                        "attempts": retries,
+                        "reason": reason,
+                    }
+                    for copy_id, loc_id, copy_type, retries, reason in plan.permanent_failures
+                ],
+            }
+        )
+        return
+    typer.echo(plan.summary())
+    if plan.permanent_failures:
+        typer.echo(
+            "  fix the cause, then `ccat retry` (or `ccat retry --location LOC`) gives them "
+            "their retries back"
+        )
+    if not plan.deletable and not plan.blocked:
+        typer.echo("  nothing to delete and nothing waiting")
 
 
 def disk_monitor_command(
@@ -36,6 +71,7 @@ def disk_monitor_command(
     local_site: str = typer.Option(
         None, "--from-site", help="Measure as this site's code server would (local vs SSH)."
     ),
+    as_json: bool = json_option(),
 ) -> None:
     """Measure disk usage now (locally, or over SSH for remote hosts), record it, show levels."""
     from sqlalchemy import select
@@ -48,7 +84,7 @@ def disk_monitor_command(
     from ccat_ops_db.models import DataLocation, DiskDataLocation, Site
 
     if sum(bool(x) for x in (all_, location_name, site)) != 1:
-        raise typer.BadParameter("give exactly one of --all, --location-name, --site")
+        raise OperatorError("give exactly one of --all, --location-name NAME, --site SITE")
     with ops_session() as session, StorageRegistry(local_site=local_site) as storages:
         if location_name:
             locations = [resolve_location(session, location_name)]
@@ -59,7 +95,10 @@ def disk_monitor_command(
             locations = list(session.scalars(query))
         disks = [loc for loc in locations if isinstance(loc, DiskDataLocation)]
         if not disks:
-            raise typer.BadParameter("no active disk location matches")
+            raise OperatorError(
+                f"no active disk location {'at site ' + repr(site) if site else 'matches'}; "
+                "`ccat list-locations` shows the sites and their locations"
+            )
         usage_table = table(
             "LOCATION",
             "USED",
@@ -83,6 +122,7 @@ def disk_monitor_command(
         policy = get_policy(session)
         forecasts = forecast_locations(session, [loc for loc, _, _ in measured], policy=policy)
         alerts = []
+        documents: list[dict[str, Any]] = []
         for (loc, usage, status), ahead in zip(measured, forecasts, strict=True):
             rate = ahead.fill_rate_percent_per_hour
             usage_table.add_row(
@@ -99,6 +139,31 @@ def disk_monitor_command(
             alert = pressure_alert(ahead, policy)
             if alert:
                 alerts.append(alert)
+            documents.append(
+                {
+                    "location": f"{loc.site.short_name}/{loc.name}",
+                    "measured_at": status.measured_at,
+                    "used_bytes": usage.used_bytes,
+                    "total_bytes": usage.total_bytes,
+                    "used_percent": round(status.percent, 3),
+                    "level": status.level.name,
+                    "samples": ahead.samples,
+                    "fill_rate_percent_per_hour": rate,
+                    "hours_to": {
+                        level: ahead.hours_to.get(level)
+                        for level in ("warning", "critical", "full")
+                    },
+                    "alert": alert,
+                }
+            )
+        if as_json:
+            emit(
+                {
+                    "forecast_window_hours": policy.disk_forecast_window_hours,
+                    "locations": documents,
+                }
+            )
+            return
         show(usage_table)
         typer.echo(
             f"forecast: fill rate over the last {policy.disk_forecast_window_hours} h of "

@@ -7,10 +7,13 @@ the code locations, not a code change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_ops_db.config import ops_db_url
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import (
     DataLocation,
@@ -74,7 +77,7 @@ class TopologySnapshot:
             if site.short_name == short_name:
                 return site
         known = ", ".join(s.short_name for s in self.sites) or "none"
-        raise LookupError(
+        raise UnknownSiteError(
             f"site {short_name!r} is not in the topology of the ops DB (known: {known}); "
             "apply a topology that defines it with `ccat topology apply FILE`"
         )
@@ -88,14 +91,48 @@ class TopologySnapshot:
         return [s for s in self.sites if s.is_lta]
 
 
+class UnknownSiteError(LookupError):
+    """A site name that is not in the topology of the ops DB."""
+
+    def __str__(self) -> str:  # LookupError would repr() a single argument (quotes).
+        return str(self.args[0]) if self.args else ""
+
+
 class TopologyUnavailableError(RuntimeError):
-    pass
+    """The topology cannot be read from the ops DB."""
+
+
+class TopologyEmptyError(TopologyUnavailableError):
+    """The ops DB is reachable but holds no topology yet: no database file, no schema or no
+    sites. A first start, not a fault; the code locations load a placeholder saying what to do
+    (``ccat_dagster.defs.setup``)."""
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite ops DB whose file does not exist (None for any other URL). Asked
+    first so that loading a code location never creates an empty database file."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
 
 
 def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
     """Active sites and locations from the ops DB, with a clear error when there are none."""
+    url = url or ops_db_url()
+    missing = _missing_sqlite_file(url)
+    if missing:
+        raise TopologyEmptyError(
+            f"there is no ops DB at {missing} yet: run `ccat topology apply FILE` (or `make "
+            "demo`) to create it, then reload the code locations"
+        )
     try:
         with session_factory(url)() as session:
+            if not inspect(session.connection()).has_table(Site.__tablename__):
+                raise TopologyEmptyError(
+                    "the ops DB has no schema yet: run `ccat topology apply FILE` (or `ccat db "
+                    "upgrade` first), then reload the code locations"
+                )
             sites = session.scalars(select(Site).order_by(Site.short_name)).all()
             views = tuple(
                 SiteView(
@@ -122,7 +159,7 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
             "check CCAT_OPS_DB_URL, then run `ccat db upgrade` and `ccat topology apply FILE`"
         ) from exc
     if not views:
-        raise TopologyUnavailableError(
+        raise TopologyEmptyError(
             "the ops DB has no sites yet: run `ccat topology apply FILE` before loading the "
             "Dagster code locations"
         )

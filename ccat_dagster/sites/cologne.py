@@ -6,9 +6,9 @@ when Dagster loads the code location, not when the module is imported; tests cal
 
 from dagster import Definitions, definitions
 
-from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster.defs.setup import site_definitions
 
 
 @definitions
 def defs() -> Definitions:
-    return build_site_definitions("cologne")
+    return site_definitions("cologne")
