@@ -41,8 +41,7 @@ def _prepare(home: Path) -> None:
     if (home / PREPARED).exists():
         typer.echo(
             "no data yet. Next: `make demo` in another shell simulates observations and runs "
-            "the pipeline into this home; the UI shows its runs and assets (reload the code "
-            "locations if they were loaded before the topology)"
+            "the pipeline into this home; the UI shows its runs and assets as they happen"
         )
     else:
         typer.echo(
