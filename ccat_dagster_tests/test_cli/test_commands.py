@@ -13,11 +13,10 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.simulate import demo_topology, simulate_instrument
+from ccat_dagster.simulate import simulate_instrument
 from ccat_ops_db.migrate import current
 from ccat_ops_db.models import RawDataFile
 from ccat_ops_db.session import make_engine
-from ccat_ops_db.topology import dump_topology
 
 runner = CliRunner()
 
@@ -35,6 +34,17 @@ COMMANDS = [
     ["files"],
     ["files", "register"],
     ["files", "declare-lost"],
+    ["status"],
+    ["run-until-idle"],
+    ["retry"],
+    ["demo"],
+    ["deletion-plan"],
+    ["disk-monitor"],
+    ["staging"],
+    ["staging", "create"],
+    ["staging", "list"],
+    ["staging", "complete"],
+    ["verify"],
 ]
 
 
@@ -43,21 +53,6 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
-
-
-@pytest.fixture
-def topology_file(tmp_path) -> Path:
-    path = tmp_path / "topology.yaml"
-    path.write_text(dump_topology(demo_topology(tmp_path / "home")))
-    return path
-
-
-@pytest.fixture
-def empty_sqlite(tmp_path, monkeypatch) -> str:
-    """An ops DB URL whose database has no schema yet (an operator's first start)."""
-    url = f"sqlite:///{tmp_path / 'first_start.db'}"
-    monkeypatch.setenv("CCAT_OPS_DB_URL", url)
-    return url
 
 
 def test_db_upgrade_and_current(empty_sqlite):
