@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "retry",
     "demo",
     "deletion",
+    "disk_monitor",
     "staging",
     "verify",
 )

@@ -1,10 +1,11 @@
 """``--json`` output of the ``ccat`` commands: one JSON document on stdout, for scripts and
 monitoring.
 
-The documents are stable (docs/operations.md, "Machine-readable output"): keys are only ever
-added, never renamed or removed; timestamps are ISO 8601 in UTC; sizes are bytes; enum values are
-their names. Nothing else goes to stdout with ``--json`` (no table, no markup, no progress bar:
-progress is on stderr and only on a terminal), so ``ccat status --json | jq`` always parses.
+The documents are stable (docs/operations.md, "Scripts and monitoring"): keys are only ever
+added, never renamed or removed; timestamps are ISO 8601 in UTC; sizes are bytes; statuses and
+types are the values the ops DB stores (as in the tables). Nothing else goes to stdout with
+``--json`` (no table, no markup, no progress bar: progress is on stderr and only on a
+terminal), so ``ccat status --json | jq`` always parses.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _default(value: Any) -> Any:
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
         return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, enum.Enum):
-        return value.name
+        return value.value
     if isinstance(value, PurePath):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -46,6 +46,13 @@ def test_retry_resets_permanent_deletion_failures_and_the_cleanup_deletes_them(s
     assert failure["location"] == buffer.qualified_name
     assert failure["attempts"] == 2
 
+    shown = runner.invoke(app, ["deletion-plan"])
+    assert "PERMANENT FAILURES: fix the cause, then `ccat retry`" in shown.stdout
+    row = next(
+        line.split() for line in shown.stdout.splitlines() if line.split()[:1] == [str(copy_id)]
+    )
+    assert row[1:4] == ["data_transfer_package", buffer.qualified_name, "2"]
+
     path.rmdir()  # the operator fixed the cause; the cleanup alone does not try again
     f.cleanup_cycle(session, run_id="c")
     assert _copy(session, copy_id).status == S.DELETION_FAILED
