@@ -71,8 +71,7 @@ def plan_parts(plan: DeletionPlan, where: str | None) -> list[Any]:
             "LOCATION",
             "ATTEMPTS",
             "REASON",
-            title="PERMANENT FAILURES: fix the cause, then `ccat retry` (or `ccat retry "
-            "--location LOC`) gives them their retries back",
+            title="PERMANENT FAILURES (deletion failed max_retries times)",
             right=("COPY", "ATTEMPTS"),
         )
         for f in doc["permanent_failures"]:
@@ -83,7 +82,12 @@ def plan_parts(plan: DeletionPlan, where: str | None) -> list[Any]:
                 str(f["attempts"]),
                 f["reason"] or "",
             )
-        parts.append(failures)
+        # The hint as a line of its own: a table title wraps to the table's width.
+        parts += [
+            failures,
+            "fix the cause, then `ccat retry` (or `ccat retry --location LOC`) gives them their "
+            "retries back",
+        ]
     return parts
 
 

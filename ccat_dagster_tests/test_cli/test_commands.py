@@ -319,3 +319,26 @@ def test_tables_are_not_wrapped_when_piped():
     lines = render(wide).splitlines()
     assert lines[0].split() == ["LOCATION", "REASON"]
     assert lines[-1].split() == ["cologne/lta", "x" * 500]
+
+
+def test_tables_show_data_as_it_is_never_as_markup(monkeypatch):
+    """Bug: a failure reason naming a path like "[/data/x]" is a closing tag to rich's markup:
+    the table raised MarkupError (and "[bold]" vanished). Cells and lines are plain text, piped
+    or on a terminal."""
+    import io
+
+    from ccat_dagster.cli._tables import render, show, table
+
+    reason = "cannot delete [/data/x]: [bold]denied"
+    cells = table("LOCATION", "REASON")
+    cells.add_row("cologne/buffer", reason)
+    assert reason in render(cells, f"line {reason}")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    show(cells, f"line {reason}")
+    assert reason in terminal.getvalue()
