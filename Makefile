@@ -62,9 +62,14 @@ faults: install debs
 demo: install
 	CCAT_HOME=$(DEMO_HOME) $(VENV)/bin/ccat demo
 
+# The UI on the demo home. `ccat demo --prepare` first makes the home (ops DB with the demo
+# topology, Dagster instance) if there is none yet, so the code locations load on a fresh clone
+# too; it keeps a home that exists. UI_ARGS go to `dagster dev` (e.g. UI_ARGS="-p 3001").
+UI_ARGS ?=
 ui: install
+	CCAT_HOME=$(DEMO_HOME) $(VENV)/bin/ccat demo --prepare
 	CCAT_HOME=$(DEMO_HOME) DAGSTER_HOME=$(DEMO_HOME)/dagster_home \
-	  $(VENV)/bin/dagster dev -w workspace.yaml
+	  $(VENV)/bin/dagster dev -w workspace.yaml $(UI_ARGS)
 
 bench: install debs
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -16,6 +16,9 @@ from ccat_dagster.simulate import demo_topology, simulate_instrument
 from ccat_ops_db.topology import apply_topology
 
 MARKER = ".ccat-demo-home"
+#: a demo home with the topology and no data yet (`ccat demo --prepare`, which `make ui` runs):
+#: `ccat demo` fills it instead of starting afresh, so a UI already open on it keeps working
+PREPARED = ".ccat-demo-prepared"
 # Small bundles and no waiting so a few hundred MB show every stage; retention 0 so the
 # two-stage deletion of the telescope's raw files completes within the demo.
 DEMO_POLICY = {
@@ -41,17 +44,51 @@ class DemoData:
     modules: int
 
 
+class DemoHomeError(RuntimeError):
+    """CCAT_HOME points at a directory the demo must not touch."""
+
+
+def is_demo_home(home: Path) -> bool:
+    """``home`` is ours to use: missing, empty, or made by the demo."""
+    return not home.exists() or (home / MARKER).exists() or not any(home.iterdir())
+
+
+def _refuse(home: Path) -> DemoHomeError:
+    return DemoHomeError(
+        f"{home} exists and is not a demo home (no {MARKER} file); refusing to touch it: point "
+        "CCAT_HOME (`make demo DEMO_HOME=...`) at an empty or demo directory"
+    )
+
+
 def reset_demo_home(home: Path) -> None:
-    """Empty ``home`` if it is a demo home made by us (never anything else)."""
+    """Empty ``home`` if it is a demo home made by us (never anything else). A home only
+    prepared (no data yet) is kept: a UI may already be open on its Dagster instance."""
+    if not is_demo_home(home):
+        raise _refuse(home)
+    if (home / PREPARED).exists():
+        return
     if home.exists():
-        if not (home / MARKER).exists() and any(home.iterdir()):
-            raise RuntimeError(
-                f"{home} exists and is not a demo home (no {MARKER} file); refusing to reset it. "
-                "Point CCAT_HOME at an empty or demo directory."
-            )
         shutil.rmtree(home)
     home.mkdir(parents=True)
     (home / MARKER).write_text("made by `ccat demo`; deleted and re-created by it\n")
+
+
+def prepare_demo_home(home: Path) -> bool:
+    """Make ``home`` a demo home (the marker files) unless it is one; True if it was new. The
+    caller applies the topology (``initialise_demo``); a demo home with data is left as it is."""
+    if not is_demo_home(home):
+        raise _refuse(home)
+    if (home / MARKER).exists():
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    (home / MARKER).write_text("made by `ccat demo`; deleted and re-created by it\n")
+    (home / PREPARED).write_text("topology applied, no data yet; `ccat demo` fills it\n")
+    return True
+
+
+def mark_filled(home: Path) -> None:
+    """The demo wrote its data: the next `ccat demo` starts afresh again."""
+    (home / PREPARED).unlink(missing_ok=True)
 
 
 def initialise_demo(session, home: Path) -> None:

@@ -29,7 +29,10 @@ COMMAND_MODULES = (
     "locations",
     "files",
     "pipeline",
+    "retry",
+    "demo",
     "deletion",
+    "disk_monitor",
     "staging",
     "verify",
 )

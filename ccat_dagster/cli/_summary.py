@@ -1,4 +1,5 @@
-"""``ccat status`` and the end of ``ccat demo``: the per-stage summary as text and tables."""
+"""``ccat status`` and the end of ``ccat demo``: the per-stage summary as text and tables, and
+as the JSON document of ``ccat status --json``."""
 
 from __future__ import annotations
 
@@ -111,3 +112,59 @@ def render_summary(s: PipelineSummary) -> str:
 
 def show_summary(s: PipelineSummary) -> None:
     show(*summary_parts(s))
+
+
+def summary_document(s: PipelineSummary) -> dict[str, Any]:
+    """The summary as the JSON document of ``ccat status --json`` (keys: docs/operations.md)."""
+    return {
+        "files": {"count": s.files[0], "bytes": s.files[1]},
+        "packages_by_state": dict(sorted(s.packages_by_state.items())),
+        "packages_by_status": dict(sorted(s.packages_by_status.items())),
+        "bundles_by_status": dict(sorted(s.bundles_by_status.items())),
+        "transfers": [
+            {
+                "route": route,
+                "destination": dest,
+                "status": status,
+                "unpack_status": unpack,
+                "count": n,
+            }
+            for route, dest, status, unpack, n in s.transfers
+        ],
+        "archive_transfers": dict(sorted(s.archive_transfers.items())),
+        "copies": [
+            {"location": location, "kind": kind, "status": status, "count": n, "bytes": size or 0}
+            for (location, kind, status), (n, size) in sorted(s.copies.items())
+        ],
+        "unusable_archive_copies": [
+            {"package": package, "location": location, "status": status, "reason": reason}
+            for package, location, status, reason in s.unusable_lta_copies
+        ],
+        "unavailable_locations": [
+            {
+                "location": u.location,
+                "location_type": u.location_type,
+                "observer": u.observer,
+                "since": u.since,
+                "reason": u.reason,
+                "consecutive_failures": u.consecutive_failures,
+                "last_probe_at": u.last_probe_at,
+                "next_probe_at": u.next_probe_at,
+            }
+            for u in s.unavailable
+        ],
+        "ingest_findings": [
+            {"location": location, "kind": kind, "path": path, "message": message}
+            for location, kind, path, message in s.ingest_findings
+        ],
+        "lost_files": [
+            {
+                "package": package,
+                "obs_unit_module": unit_module,
+                "lost": lost,
+                "total": total,
+                "detail": detail,
+            }
+            for package, unit_module, lost, total, detail in s.lost_files
+        ],
+    }

@@ -41,6 +41,8 @@ def console(*, stderr: bool = False) -> Console:
         force_terminal=terminal,
         color_system="auto" if terminal else None,
         highlight=False,
+        # Cells and lines carry data (failure reasons, paths like "[/data/x]"): never markup.
+        markup=False,
         soft_wrap=False,
     )
 
@@ -75,7 +77,7 @@ def show(*renderables: Any) -> None:
 
 def render(*renderables: Any) -> str:
     """The plain text of tables (or text), as ``show`` prints them when piped."""
-    out = Console(width=_PLAIN_WIDTH, color_system=None, highlight=False, record=True)
+    out = Console(width=_PLAIN_WIDTH, color_system=None, highlight=False, markup=False, record=True)
     with out.capture() as captured:
         for i, renderable in enumerate(renderables):
             if i:

@@ -1,17 +1,101 @@
-"""``ccat deletion-plan`` and ``ccat disk-monitor``: inspect deletion and buffer pressure."""
+"""``ccat deletion-plan``: what a cleanup would delete now and why, what is blocked, and the
+deletions that failed for good; as tables or as the JSON document of ``--json``."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ccat_dagster.cli._common import ops_session
-from ccat_dagster.cli._tables import show, table, tracked
+from ccat_dagster.cli._json import emit, json_option
+from ccat_dagster.cli._tables import show, table
+
+if TYPE_CHECKING:
+    from ccat_dagster.lifecycle.deletion.plan import DeletionPlan
+
+
+def plan_document(plan: DeletionPlan, where: str | None) -> dict[str, Any]:
+    """The plan as the JSON document of ``ccat deletion-plan --json`` (docs/operations.md)."""
+    return {
+        "at": plan.now,
+        "location": where,
+        "deletable_by_rule": dict(sorted(plan.count_by_rule.items())),
+        "bytes_to_free_by_location": dict(sorted(plan.bytes_by_location.items())),
+        "blocked_by_rule": {
+            rule: dict(sorted(reasons.items()))
+            for rule, reasons in sorted(plan.blocked_by_rule.items())
+        },
+        "staged_packages_to_close": len(plan.staged_packages_to_close),
+        "permanent_failures": [
+            {
+                "copy_id": copy_id,
+                "location": plan.location_names.get(loc_id, str(loc_id)),
+                "copy_type": copy_type.value,
+                "attempts": retries,
+                "reason": reason,
+            }
+            for copy_id, loc_id, copy_type, retries, reason in plan.permanent_failures
+        ],
+    }
+
+
+def plan_parts(plan: DeletionPlan, where: str | None) -> list[Any]:
+    """The plan as text and tables: what goes, where bytes are freed, what waits and why."""
+    doc = plan_document(plan, where)
+    parts: list[Any] = [
+        f"deletion plan at {plan.now:%Y-%m-%d %H:%M:%S}Z" + (f" for {where}" if where else "")
+    ]
+    if not plan.deletable and not plan.blocked:
+        parts.append("nothing to delete and nothing waiting")
+    if doc["deletable_by_rule"]:
+        deletable = table("RULE", "COPIES", title="deletable now", right=("COPIES",))
+        for rule, n in doc["deletable_by_rule"].items():
+            deletable.add_row(rule, str(n))
+        freed = table("LOCATION", "BYTES", title="bytes to free", right=("BYTES",))
+        for name, nbytes in doc["bytes_to_free_by_location"].items():
+            freed.add_row(name, f"{nbytes:,}")
+        parts += [deletable, freed]
+    if plan.staged_packages_to_close:
+        parts.append(f"STAGED package copies to close: {len(plan.staged_packages_to_close)}")
+    if doc["blocked_by_rule"]:
+        blocked = table("RULE", "WHY IT WAITS", "COPIES", title="blocked", right=("COPIES",))
+        for rule, reasons in doc["blocked_by_rule"].items():
+            for i, (reason, n) in enumerate(reasons.items()):
+                blocked.add_row(rule if i == 0 else "", reason, str(n))
+        parts.append(blocked)
+    if plan.permanent_failures:
+        failures = table(
+            "COPY",
+            "TYPE",
+            "LOCATION",
+            "ATTEMPTS",
+            "REASON",
+            title="PERMANENT FAILURES (deletion failed max_retries times)",
+            right=("COPY", "ATTEMPTS"),
+        )
+        for f in doc["permanent_failures"]:
+            failures.add_row(
+                str(f["copy_id"]),
+                f["copy_type"],
+                f["location"],
+                str(f["attempts"]),
+                f["reason"] or "",
+            )
+        # The hint as a line of its own: a table title wraps to the table's width.
+        parts += [
+            failures,
+            "fix the cause, then `ccat retry` (or `ccat retry --location LOC`) gives them their "
+            "retries back",
+        ]
+    return parts
 
 
 def deletion_plan_command(
     location: str = typer.Option(
         None, "--location", "-l", help="Only this location (site/name or a unique name)."
     ),
+    as_json: bool = json_option(),
 ) -> None:
     """What would be deleted now and why, what is blocked and by which rule, bytes per location.
 
@@ -23,91 +107,13 @@ def deletion_plan_command(
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None
         plan = plan_deletions(session, location=loc)
-        typer.echo(plan.summary())
-        if not plan.deletable and not plan.blocked:
-            typer.echo("  nothing to delete and nothing waiting")
+        where = loc.qualified_name if loc else None
         session.rollback()
-
-
-def disk_monitor_command(
-    all_: bool = typer.Option(False, "--all", help="Every active disk location."),
-    location_name: str = typer.Option(None, "--location-name", help="One location."),
-    site: str = typer.Option(None, "--site", help="Every active disk location of a site."),
-    local_site: str = typer.Option(
-        None, "--from-site", help="Measure as this site's code server would (local vs SSH)."
-    ),
-) -> None:
-    """Measure disk usage now (locally, or over SSH for remote hosts), record it, show levels."""
-    from sqlalchemy import select
-
-    from ccat_dagster.lifecycle.capacity.buffer_policy import record_disk_usage
-    from ccat_dagster.lifecycle.capacity.forecast import forecast_locations, pressure_alert
-    from ccat_dagster.lifecycle.common.locations import resolve_location
-    from ccat_dagster.lifecycle.common.policy import get_policy
-    from ccat_dagster.storage.factory import StorageRegistry
-    from ccat_ops_db.models import DataLocation, DiskDataLocation, Site
-
-    if sum(bool(x) for x in (all_, location_name, site)) != 1:
-        raise typer.BadParameter("give exactly one of --all, --location-name, --site")
-    with ops_session() as session, StorageRegistry(local_site=local_site) as storages:
-        if location_name:
-            locations = [resolve_location(session, location_name)]
-        else:
-            query = select(DataLocation).where(DataLocation.active.is_(True))
-            if site:
-                query = query.join(Site).where(Site.short_name == site)
-            locations = list(session.scalars(query))
-        disks = [loc for loc in locations if isinstance(loc, DiskDataLocation)]
-        if not disks:
-            raise typer.BadParameter("no active disk location matches")
-        usage_table = table(
-            "LOCATION",
-            "USED",
-            "LEVEL",
-            "USED GB",
-            "TOTAL GB",
-            "FILL %/h",
-            "TO WARNING",
-            "TO CRITICAL",
-            "TO FULL",
-            right=("USED", "USED GB", "TOTAL GB", "FILL %/h"),
-        )
-        measured = []
-        for loc in tracked(disks, "measuring disk usage"):
-            usage = storages.get(loc).disk_usage()
-            status = record_disk_usage(
-                session, loc, used_bytes=usage.used_bytes, total_bytes=usage.total_bytes
-            )
-            measured.append((loc, usage, status))
-        session.commit()
-        policy = get_policy(session)
-        forecasts = forecast_locations(session, [loc for loc, _, _ in measured], policy=policy)
-        alerts = []
-        for (loc, usage, status), ahead in zip(measured, forecasts, strict=True):
-            rate = ahead.fill_rate_percent_per_hour
-            usage_table.add_row(
-                f"{loc.site.short_name}/{loc.name}",
-                f"{status.percent:.1f}%",
-                status.level.name,
-                f"{usage.used_bytes / 1e9:,.1f}",
-                f"{usage.total_bytes / 1e9:,.1f}",
-                "?" if rate is None else f"{rate:.3f}",
-                ahead.shown("warning"),
-                ahead.shown("critical"),
-                ahead.shown("full"),
-            )
-            alert = pressure_alert(ahead, policy)
-            if alert:
-                alerts.append(alert)
-        show(usage_table)
-        typer.echo(
-            f"forecast: fill rate over the last {policy.disk_forecast_window_hours} h of "
-            "samples, cleanups ignored ('?': fewer than 3 samples, '-': not filling)"
-        )
-        for alert in alerts:
-            typer.echo(f"WARNING: {alert}")
+    if as_json:
+        emit(plan_document(plan, where))
+    else:
+        show(*plan_parts(plan, where))
 
 
 def register(app: typer.Typer) -> None:
     app.command("deletion-plan")(deletion_plan_command)
-    app.command("disk-monitor")(disk_monitor_command)

@@ -7,6 +7,7 @@ import getpass
 import typer
 
 from ccat_dagster.cli._common import ops_session, register_operator_error
+from ccat_dagster.cli._json import emit, json_option
 from ccat_dagster.cli._tables import show, table
 from ccat_dagster.lifecycle.staging.requests import StagingError
 
@@ -67,10 +68,19 @@ def create_command(
         )
 
 
+def _past_retention(job, now) -> bool:
+    """Active past its retention: the files stay; the requester should complete it."""
+    from ccat_dagster.lifecycle.staging.requests import retention_ends_at
+
+    ends = retention_ends_at(job)
+    return bool(job.active and ends is not None and ends <= now)
+
+
 @staging_app.command("list")
 def list_command(
     active: bool = typer.Option(False, "--active", help="Only active jobs."),
     location: str = typer.Option(None, "--location", "-l", help="Only jobs to this location."),
+    as_json: bool = json_option(),
 ) -> None:
     """Every StagingJob: id, active, status, destination, packages, retention end, failure.
 
@@ -83,6 +93,25 @@ def list_command(
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None
         jobs = list_staging_jobs(session, active_only=active, location=loc)
+        now = utcnow()
+        if as_json:
+            emit(
+                [
+                    {
+                        "id": job.id,
+                        "active": job.active,
+                        "status": job.status.value,
+                        "location": job.destination_location.qualified_name,
+                        "packages": sorted(p.name for p in job.raw_data_packages),
+                        "retention_ends_at": retention_ends_at(job),
+                        "past_retention": _past_retention(job, now),
+                        "requested_by": job.requested_by,
+                        "failure_reason": job.failure_reason,
+                    }
+                    for job in jobs
+                ]
+            )
+            return
         if not jobs:
             typer.echo("no staging jobs")
             return
@@ -96,13 +125,11 @@ def list_command(
             "REQUESTED BY / FAILURE",
             right=("ID", "PKGS"),
         )
-        now = utcnow()
         for job in jobs:
             dest = job.destination_location
             ends = retention_ends_at(job)
             extra = job.failure_reason or job.requested_by or ""
-            if job.active and ends is not None and ends <= now:
-                # Active past its retention: the files stay; the requester should complete it.
+            if _past_retention(job, now):
                 extra = f"retention over, still active: complete it when done. {extra}".strip()
             jobs_table.add_row(
                 str(job.id),

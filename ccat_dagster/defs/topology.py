@@ -7,10 +7,13 @@ the code locations, not a code change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ccat_ops_db.config import ops_db_url
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import (
     DataLocation,
@@ -108,15 +111,42 @@ class TopologySnapshot:
 
 
 class TopologyUnavailableError(RuntimeError):
-    pass
+    """The topology cannot be read from the ops DB."""
+
+
+class TopologyEmptyError(TopologyUnavailableError):
+    """The ops DB is reachable but holds no topology yet: no database file, no schema or no
+    sites. A first start, not a fault; the code locations load a placeholder saying what to do
+    (``ccat_dagster.defs.setup``)."""
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite ops DB whose file does not exist (None for any other URL). Asked
+    first so that loading a code location never creates an empty database file."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
 
 
 def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
     """Active sites and their active locations from the ops DB, with a clear error when there
     are none. An inactive site is left out: nothing of it is loaded, and the other sites' assets
     do not depend on it."""
+    url = url or ops_db_url()
+    missing = _missing_sqlite_file(url)
+    if missing:
+        raise TopologyEmptyError(
+            f"there is no ops DB at {missing} yet: run `ccat topology apply FILE` (or `make "
+            "demo`) to create it, then reload the code locations"
+        )
     try:
         with session_factory(url)() as session:
+            if not inspect(session.connection()).has_table(Site.__tablename__):
+                raise TopologyEmptyError(
+                    "the ops DB has no schema yet: run `ccat topology apply FILE` (or `ccat db "
+                    "upgrade` first), then reload the code locations"
+                )
             sites = session.scalars(select(Site).order_by(Site.short_name)).all()
             views = tuple(
                 SiteView(
@@ -145,8 +175,8 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
             "check CCAT_OPS_DB_URL, then run `ccat db upgrade` and `ccat topology apply FILE`"
         ) from exc
     if not views:
-        raise TopologyUnavailableError(
-            "the ops DB has no active sites: run `ccat topology apply FILE` before loading the "
+        raise TopologyEmptyError(
+            "the ops DB has no active sites yet: run `ccat topology apply FILE` before loading the "
             "Dagster code locations"
         )
     return TopologySnapshot(sites=views, inactive_sites=inactive)

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from dagster import Definitions, definitions
 
-from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.settings import Settings
-from ccat_dagster.defs.topology import load_topology_snapshot
+from ccat_dagster.defs.setup import definitions_or_setup
+from ccat_dagster.defs.topology import TopologyEmptyError, load_topology_snapshot
 
 
 class SiteNotSelectedError(RuntimeError):
@@ -34,7 +34,7 @@ def site_definitions(site: str) -> Callable[..., Definitions]:
 
     @definitions
     def site_defs() -> Definitions:
-        return build_site_definitions(site)
+        return definitions_or_setup(site)
 
     return site_defs
 
@@ -43,16 +43,19 @@ def site_definitions(site: str) -> Callable[..., Definitions]:
 def defs() -> Definitions:
     """The code location of the site ``CCAT_SITE`` names."""
     settings = Settings.from_env()
-    snapshot = load_topology_snapshot()
     if not settings.site:
-        active = ", ".join(s.short_name for s in snapshot.sites)
+        try:
+            active = ", ".join(s.short_name for s in load_topology_snapshot().sites)
+        except TopologyEmptyError:
+            active = "none yet"
         raise SiteNotSelectedError(
             "CCAT_SITE is not set: set it to the short name of the site this code server runs "
             f"at (active sites in the ops DB: {active}), or select the site with the workspace "
             "entry's `attribute: <site>`"
         )
-    # An unknown or inactive name is an error naming the active sites (TopologySnapshot.site).
-    return build_site_definitions(settings.site, snapshot=snapshot, settings=settings)
+    # An unknown or inactive name is an error naming the active sites (TopologySnapshot.site);
+    # an ops DB without a topology loads the placeholder (defs/setup.py).
+    return definitions_or_setup(settings.site, settings=settings)
 
 
 def __getattr__(name: str) -> Callable[..., Definitions]:

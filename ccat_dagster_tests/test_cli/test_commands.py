@@ -13,11 +13,10 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
-from ccat_dagster.simulate import demo_topology, simulate_instrument
+from ccat_dagster.simulate import simulate_instrument
 from ccat_ops_db.migrate import current
 from ccat_ops_db.models import RawDataFile
 from ccat_ops_db.session import make_engine
-from ccat_ops_db.topology import dump_topology
 
 runner = CliRunner()
 
@@ -35,6 +34,17 @@ COMMANDS = [
     ["files"],
     ["files", "register"],
     ["files", "declare-lost"],
+    ["status"],
+    ["run-until-idle"],
+    ["retry"],
+    ["demo"],
+    ["deletion-plan"],
+    ["disk-monitor"],
+    ["staging"],
+    ["staging", "create"],
+    ["staging", "list"],
+    ["staging", "complete"],
+    ["verify"],
 ]
 
 
@@ -43,21 +53,6 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
-
-
-@pytest.fixture
-def topology_file(tmp_path) -> Path:
-    path = tmp_path / "topology.yaml"
-    path.write_text(dump_topology(demo_topology(tmp_path / "home")))
-    return path
-
-
-@pytest.fixture
-def empty_sqlite(tmp_path, monkeypatch) -> str:
-    """An ops DB URL whose database has no schema yet (an operator's first start)."""
-    url = f"sqlite:///{tmp_path / 'first_start.db'}"
-    monkeypatch.setenv("CCAT_OPS_DB_URL", url)
-    return url
 
 
 def test_db_upgrade_and_current(empty_sqlite):
@@ -324,3 +319,26 @@ def test_tables_are_not_wrapped_when_piped():
     lines = render(wide).splitlines()
     assert lines[0].split() == ["LOCATION", "REASON"]
     assert lines[-1].split() == ["cologne/lta", "x" * 500]
+
+
+def test_tables_show_data_as_it_is_never_as_markup(monkeypatch):
+    """Bug: a failure reason naming a path like "[/data/x]" is a closing tag to rich's markup:
+    the table raised MarkupError (and "[bold]" vanished). Cells and lines are plain text, piped
+    or on a terminal."""
+    import io
+
+    from ccat_dagster.cli._tables import render, show, table
+
+    reason = "cannot delete [/data/x]: [bold]denied"
+    cells = table("LOCATION", "REASON")
+    cells.add_row("cologne/buffer", reason)
+    assert reason in render(cells, f"line {reason}")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    show(cells, f"line {reason}")
+    assert reason in terminal.getvalue()

@@ -1,0 +1,1 @@
+"""The ``ccat`` command (issue 13, the command line): one file per concern."""
