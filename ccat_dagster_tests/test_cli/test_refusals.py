@@ -84,7 +84,7 @@ def test_ops_db_without_schema(empty_sqlite):
 def test_ops_db_without_topology(ops_db_url, monkeypatch, tmp_path):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
     line = _refused(["run-until-idle", "--max-passes", "1"])
-    assert "no sites yet: run `ccat topology apply FILE`" in line
+    assert "no active sites yet: run `ccat topology apply FILE`" in line
 
 
 @pytest.mark.parametrize(
