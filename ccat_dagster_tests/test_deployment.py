@@ -575,7 +575,10 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
         ("asset-lineage-us-lta-upstream.png", f"{upstream}&lineageDepth=6"),
         ("global-asset-lineage.png", f"{gql.base_url}/asset-groups"),
         ("us-lta-partitions.png", f"{gql.base_url}/assets/us/lta/raw_data_package?view=partitions"),
-        ("telescope-buffer-deletions.png", f"{telescope_asset}?view=events"),
+        (
+            "telescope-buffer-deletion.png",
+            f"{telescope_asset}?view=events&partition={package_names[0]}",
+        ),
     ]:
         shot = ARTIFACTS / name
         shot.unlink(missing_ok=True)
