@@ -1,5 +1,8 @@
 """The cleanup of one site: a scheduled job gated on lta_presence checks, and the buffer monitor.
 
+Deactivated locations that still hold copies (``SiteView.draining``) are cleaned like active
+ones, so a location can be drained and retired.
+
 Job ``{site}_cleanup`` (names: ``lifecycle.common.names``). ``..._lta_presence`` re-checks live, for
 every package whose copy at this site the rules would delete, the archive copies the deletion
 relies on, and records each as an ``lta_presence`` check evaluation of that package's partition;
@@ -117,11 +120,11 @@ class CleanupConfig(Config):
 
 
 def _site_locations(session: Session, site: Site, name: str | None) -> list[DataLocation]:
-    """The locations this site's cleanup may touch (never a LONG_TERM_ARCHIVE)."""
+    """The locations this site's cleanup may touch (never a LONG_TERM_ARCHIVE): the active ones
+    and the deactivated ones, which are drained by the same rules so that they can be retired
+    and the SOURCE files waiting for their package copies are released."""
     locations = [
-        loc
-        for loc in site.locations
-        if loc.active and loc.location_type != LocationType.LONG_TERM_ARCHIVE
+        loc for loc in site.locations if loc.location_type != LocationType.LONG_TERM_ARCHIVE
     ]
     if name is None:
         return locations
@@ -278,10 +281,8 @@ def _delete_op(s: str, where: LocationView) -> OpDefinition:
                     )
                 return fresh.get((package.id, lta.id)) or live(package, lta)
 
+            # deactivated or not, the same rules: a deactivated location is drained
             location = location_named(session, s, where.name)
-            if not location.active:  # deactivated since the code location loaded
-                context.log.info(f"{where.qualified_name}: inactive, nothing to do")
-                return
             report = run_cleanup_cycle(
                 session,
                 storage_for=storages.get,
@@ -318,7 +319,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
     """Check, then one deletion step per cleaned location of the site (each in its own
     ``{site}_{location}_deletion`` pool), and the sweep of temporaries."""
     s = site.short_name
-    cleaned = names.cleaned_locations(site.locations)
+    # the draining (deactivated) locations keep their step until they are empty
+    cleaned = names.cleaned_locations(site.locations + site.draining)
     check_step = _check_op(s, [loc.name for loc in cleaned])
     delete_steps = [_delete_op(s, loc) for loc in cleaned]
     temporaries_step = build_temporaries_op(s)

@@ -1,7 +1,10 @@
 """A read-only snapshot of the topology in the ops DB, taken when a code location loads.
 
 Assets are generated from it, so adding a site or an LTA is a topology change plus a reload of
-the code locations, not a code change.
+the code locations, not a code change. A deactivated location that still holds copies the
+deletion rules look at is *draining*: it has no stage, asset or pool any more, but its site's
+cleanup keeps a deletion step for it until it is empty, so it can be retired (and the SOURCE
+files whose release waits for its package copies are released).
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import (
     DataLocation,
     LocationType,
+    PhysicalCopy,
+    PhysicalCopyStatus,
     Site,
     location_pool_prefix,
     qualified_location_name,
@@ -51,7 +57,10 @@ class LocationView:
 class SiteView:
     short_name: str
     name: str
+    #: the active locations
     locations: tuple[LocationView, ...]
+    #: deactivated locations still holding copies to clean (never a LONG_TERM_ARCHIVE)
+    draining: tuple[LocationView, ...] = ()
 
     def of_type(self, location_type: LocationType) -> list[LocationView]:
         return [loc for loc in self.locations if loc.location_type == location_type]
@@ -92,26 +101,63 @@ class TopologyUnavailableError(RuntimeError):
     pass
 
 
+#: the copy statuses the deletion rules still act on (a location holding only DELETED, BAD or
+#: LOST copies has nothing left to clean)
+_TO_CLEAN = (
+    PhysicalCopyStatus.PRESENT,
+    PhysicalCopyStatus.STAGED,
+    PhysicalCopyStatus.DELETION_POSSIBLE,
+    PhysicalCopyStatus.DELETION_SCHEDULED,
+    PhysicalCopyStatus.DELETION_IN_PROGRESS,
+    PhysicalCopyStatus.DELETION_FAILED,
+)
+
+
+def _view(site: Site, loc: DataLocation) -> LocationView:
+    return LocationView(
+        site=site.short_name,
+        name=loc.name,
+        location_type=loc.location_type,
+        priority=loc.priority,
+        storage=loc.storage_type.value,
+        ingest=IngestSpec.model_validate(loc.ingest) if loc.ingest else None,
+    )
+
+
+def _holding_copies(session: Session) -> set[int]:
+    """Ids of the inactive locations (not archives) with copies left to clean, in one query."""
+    return set(
+        session.scalars(
+            select(PhysicalCopy.data_location_id)
+            .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
+            .where(
+                DataLocation.active.is_(False),
+                DataLocation.location_type != LocationType.LONG_TERM_ARCHIVE,
+                PhysicalCopy.status.in_(_TO_CLEAN),
+            )
+            .distinct()
+        )
+    )
+
+
 def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
-    """Active sites and locations from the ops DB, with a clear error when there are none."""
+    """Active sites and locations (and the draining ones) from the ops DB, with a clear error
+    when there are none."""
     try:
         with session_factory(url)() as session:
             sites = session.scalars(select(Site).order_by(Site.short_name)).all()
+            draining = _holding_copies(session)
             views = tuple(
                 SiteView(
                     short_name=site.short_name,
                     name=site.name,
                     locations=tuple(
-                        LocationView(
-                            site=site.short_name,
-                            name=loc.name,
-                            location_type=loc.location_type,
-                            priority=loc.priority,
-                            storage=loc.storage_type.value,
-                            ingest=IngestSpec.model_validate(loc.ingest) if loc.ingest else None,
-                        )
+                        _view(site, loc) for loc in sorted(site.locations, key=_order) if loc.active
+                    ),
+                    draining=tuple(
+                        _view(site, loc)
                         for loc in sorted(site.locations, key=_order)
-                        if loc.active
+                        if not loc.active and loc.id in draining
                     ),
                 )
                 for site in sites

@@ -34,6 +34,7 @@ from ccat_ops_db.models import (
     Site,
 )
 from ccat_ops_db.session import session_scope
+from ccat_ops_db.topology import apply_topology
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -225,3 +226,47 @@ def test_buffer_monitor_escalates_at_emergency_and_pauses_packaging(ops_db_url, 
         assert session.scalars(select(RawDataPackage)).all() == [], "packaging paused"
     assert not isinstance(paused, SensorResult) or not paused.run_requests
     assert isinstance(paused, (SkipReason, SensorResult))
+
+
+def test_a_deactivated_buffer_is_drained_and_its_source_files_released(archived):
+    """A location taken out of the topology keeps its cleanup step while it holds copies: its
+    package copies go by the same rules, and so the SOURCE files they held back (issue 13)."""
+    url, root, instance = archived
+    topology = real_topology(root, policy={"retention_period_minutes": 0})
+    ccat = topology["sites"][0]
+    old = next(loc for loc in ccat["locations"] if loc["name"] == "telescope_buffer")
+    old["active"] = False
+    new_path = root / "ccat" / "buffer_2"
+    new_path.mkdir()
+    ccat["locations"].append(
+        {
+            "name": "telescope_buffer_2",
+            "type": "BUFFER",
+            "priority": 2,
+            "storage": {"kind": "disk", "path": str(new_path)},
+        }
+    )
+    with session_scope(url) as session:
+        apply_topology(session, topology)
+    snapshot = load_topology_snapshot(url).site("ccat")
+    assert [loc.name for loc in snapshot.draining] == ["telescope_buffer"]
+    assert "telescope_buffer" not in [loc.name for loc in snapshot.locations]
+
+    report = drive(url, instance)  # with the schedules: the cleanup runs
+    assert not report.failed_runs
+    assert report.by_job.get("ccat_cleanup")
+    with session_scope(url) as session:
+        old_buffer = session.scalars(
+            select(DataLocation).where(DataLocation.name == "telescope_buffer")
+        ).one()
+        copies = session.scalars(
+            select(PhysicalCopy.status).where(PhysicalCopy.data_location_id == old_buffer.id)
+        ).all()
+    assert copies
+    assert set(copies) == {PhysicalCopyStatus.DELETED}
+    assert not any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
+    source_files = _copies(url, "ccat", LocationType.SOURCE)
+    assert source_files
+    assert {status for _, status in source_files} == {PhysicalCopyStatus.DELETED}
+    # drained: the next load of the code location has no step for it any more
+    assert load_topology_snapshot(url).site("ccat").draining == ()
