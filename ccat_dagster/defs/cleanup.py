@@ -17,8 +17,9 @@ this site; the other locations' steps do nothing) and ``dry_run``. The last step
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as docs/lifecycle.md describes:
-pools lowered to max_critical_transfers and an immediate cleanup at CRITICAL, packaging paused
-and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. The
+pools lowered to max_critical_transfers and a cleanup every critical_cleanup_interval_minutes at
+CRITICAL; at EMERGENCY a cleanup every emergency_cleanup_interval_minutes, packaging paused and
+a failed ``buffer_capacity`` check (defs.pressure_cleanup); limits go back when pressure falls. The
 cleanup cron and the monitor's interval come from ``defs.settings.Settings`` (read when the
 definitions are built).
 """
@@ -57,6 +58,7 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
+from ccat_dagster.defs.pressure_cleanup import cleanup_in_flight, pressure_cleanup_run_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
     TRANSFER,
@@ -495,12 +497,17 @@ def build_buffer_monitor_sensor(
                 log(action.alert)
             if TRANSFER.applies(site):  # lowered at once under pressure, back when it falls
                 follow_max_runs(context.instance, session, TRANSFER, site, site_db)
-            run_now = bool(action and action.run_cleanup_now and _has_deletable(session, site_db))
+            run_key = pressure_cleanup_run_key(s, action, utcnow())
+            run_now = bool(
+                run_key
+                and not cleanup_in_flight(context.instance, cleanup_job.name)
+                and _has_deletable(session, site_db)
+            )
         run_requests = []
         if run_now:
             run_requests.append(
                 RunRequest(
-                    run_key=f"{s}_pressure_cleanup:{int(utcnow().timestamp() // 600)}",
+                    run_key=run_key,
                     run_config=cleanup_run_config(site),
                     tags={"ccat/site": s, "ccat/trigger": "buffer_pressure"},
                 )
