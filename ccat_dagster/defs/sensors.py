@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.partitions import data_transfer_packages, raw_data_packages
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.run_limit_check import site_run_limit_problem
 from ccat_dagster.defs.stages import (
     BUNDLE,
     PACKAGE,
@@ -45,6 +46,7 @@ from ccat_dagster.defs.stages import (
 )
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_ops_db.models import DataLocation, DataTransferPackage, RawDataPackage
 
 IN_FLIGHT = [
@@ -138,6 +140,9 @@ def build_stage_sensor(
             ready = [i for i in candidates if i not in waiting]
             if stage.pool_follows_max_runs:
                 limit = follow_max_runs(context.instance, session, stage, site, site_db)
+                problem = site_run_limit_problem(context.instance, get_policy(session))
+                if problem:
+                    context.log.warning(problem)
             else:
                 limit = stage.max_runs(session, site_db)
             free_runs = max(limit - running, 0)

@@ -8,15 +8,18 @@ from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
 from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster.defs.run_limit_check import site_run_limit_problem
 from ccat_dagster.defs.stages import TRANSFER
 from ccat_dagster.instance import (
     POSTGRES_TEMPLATE,
     SQLITE_TEMPLATE,
     render_instance_config,
     template_path,
+    write_instance_config,
 )
 from ccat_dagster.lifecycle.capacity.run_limits import OTHER_RUNS, site_run_limit
 from ccat_dagster.lifecycle.common import names
+from ccat_dagster.runner import open_instance
 from ccat_dagster.simulate import DEFAULT_TOPOLOGY_PATH
 from ccat_ops_db.policy import Policy
 from ccat_ops_db.session import session_scope
@@ -70,3 +73,19 @@ def test_instance_init_derives_the_site_run_limit_from_the_ops_db_policy(
     total, per_site = _run_limits((tmp_path / "dh" / "dagster.yaml").read_text())
     assert per_site == dict.fromkeys(("ccat/site", "dagster/code_location"), limit)
     assert total == -1
+
+
+def test_a_stale_instance_run_limit_is_reported_with_the_fix(tmp_path, monkeypatch):
+    """dagster.yaml written for max_normal_transfers 5, the policy raised to 8 since."""
+    for name in ("DAGSTER_PG_URL", "DAGSTER_PG_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "dh"
+    write_instance_config(home)
+    with open_instance(home) as instance:
+        assert site_run_limit_problem(instance, Policy()) is None
+        problem = site_run_limit_problem(
+            instance, Policy(max_normal_transfers=8, max_critical_transfers=1)
+        )
+    assert problem is not None
+    assert "to 14, below the 17 the policy needs" in problem
+    assert "ccat instance init --force" in problem
