@@ -356,12 +356,17 @@ def cleanup_run_config(site: SiteView, *, location: str | None = None, dry_run: 
     }
 
 
-def _has_deletable(session: Session, site: Site) -> bool:
-    """Anything deletable at a location of ``site`` that answers from here (a full one does:
-    deleting is what frees it); a location that does not answer waits for its probe."""
+def _has_deletable(session: Session, site: Site, view: SiteView) -> bool:
+    """Anything deletable at a location of ``site`` that has a delete step in this code
+    location (``view``: one activated or deactivated since has none until the next load, and a
+    run would only do nothing) and answers from here (a full one does: deleting is what frees
+    it); a location that does not answer waits for its probe."""
     down = unavailability(session, site.short_name)
+    stepped = {loc.name for loc in names.cleaned_locations(view.locations + view.draining)}
     answering = [
-        loc for loc in _site_locations(session, site, None) if not down.blocks(loc.id, write=False)
+        loc
+        for loc in _site_locations(session, site, None)
+        if loc.name in stepped and not down.blocks(loc.id, write=False)
     ]
     return has_deletable(session, answering, observer=site.short_name)
 
@@ -392,7 +397,7 @@ def build_cleanup_schedule(
     )
     def cleanup_schedule(context: ScheduleEvaluationContext, ops_db: OpsDbResource):
         with ops_db.session() as session:
-            if not _has_deletable(session, site_row(session, site.short_name)):
+            if not _has_deletable(session, site_row(session, site.short_name), site):
                 return SkipReason("nothing deletable at this site")
         return RunRequest(run_config=cleanup_run_config(site), tags={"ccat/site": site.short_name})
 
@@ -501,7 +506,7 @@ def build_buffer_monitor_sensor(
             run_now = bool(
                 run_key
                 and not cleanup_in_flight(context.instance, cleanup_job.name)
-                and _has_deletable(session, site_db)
+                and _has_deletable(session, site_db, site)
             )
         run_requests = []
         if run_now:
