@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ccat_dagster.cli._common import ops_session, register_operator_error
+from ccat_dagster.cli._common import SchemaError, ops_session, register_operator_error
 from ccat_dagster.instance import (
     InstanceConfigExistsError,
     template_name,
@@ -41,23 +41,26 @@ def init_command(
             raise typer.BadParameter("set DAGSTER_HOME or pass --home DIR", param_hint="--home")
         home = Path(os.environ["DAGSTER_HOME"])
     name = template_name()
-    policy = _policy_in_ops_db()
+    policy, where = _policy_in_ops_db()
     target = write_instance_config(home, replace=force, policy=policy)
-    where = "the ops DB's" if policy is not None else "the default"
     limit = site_run_limit(policy or Policy())
     typer.echo(
         f"wrote {target} from {template_path(name)}: at most {limit} runs per site, from "
-        f"{where} policy (write it again after changing max_normal_transfers)"
+        f"{where} (write it again after changing max_normal_transfers)"
     )
 
 
-def _policy_in_ops_db() -> Policy | None:
-    """The policy of the ops DB that ``CCAT_OPS_DB_URL`` names; None when it is unset (the
-    instance is then written for the default policy, as the image's copy of the template)."""
+def _policy_in_ops_db() -> tuple[Policy | None, str]:
+    """The policy of the ops DB that ``CCAT_OPS_DB_URL`` names, and where it came from; None
+    (the default policy, as the image's copy of the template) when the variable is unset or the
+    ops DB has no schema yet (a new deployment may write the instance first)."""
     if not os.environ.get("CCAT_OPS_DB_URL"):
-        return None
-    with ops_session() as session:
-        return get_policy(session)
+        return None, "the default policy"
+    try:
+        with ops_session() as session:
+            return get_policy(session), "the ops DB's policy"
+    except SchemaError as exc:
+        return None, f"the default policy ({exc}, then `ccat instance init --force`)"
 
 
 def register(app: typer.Typer) -> None:

@@ -89,3 +89,18 @@ def test_a_stale_instance_run_limit_is_reported_with_the_fix(tmp_path, monkeypat
     assert problem is not None
     assert "to 14, below the 17 the policy needs" in problem
     assert "ccat instance init --force" in problem
+
+
+def test_instance_init_before_the_ops_db_schema_uses_the_default_policy(tmp_path, monkeypatch):
+    """The documented order of a new deployment writes the instance before `ccat db upgrade`."""
+    for name in ("DAGSTER_PG_URL", "DAGSTER_PG_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CCAT_OPS_DB_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    result = runner.invoke(app, ["instance", "init"])
+    assert result.exit_code == 0, result.output
+    assert "at most 14 runs per site, from the default policy" in result.output
+    assert "ccat db upgrade" in result.output
+    assert (tmp_path / "dh" / "dagster.yaml").read_text() == template_path(
+        SQLITE_TEMPLATE
+    ).read_text()
