@@ -201,6 +201,8 @@ def _check_op(s: str, cleaned: list[str]) -> OpDefinition:
             locations = _site_locations(session, site_row(session, s), config.location)
             if config.location is not None and config.location not in cleaned:
                 _no_step_for(s, config.location, cleaned)
+            # no delete step, nothing to check: one (de)activated since the code location loaded
+            locations = [loc for loc in locations if loc.name in cleaned]
             for location in locations:
                 plan = plan_deletions(session, location=location, observer=s)
                 for c in plan.deletable:
