@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
+
+from ccat_dagster.lifecycle.capacity.run_limits import site_run_limit
+from ccat_ops_db.policy import Policy
 
 _TEMPLATES = Path(__file__).resolve().parent / "instance_templates"
 SQLITE_TEMPLATE = "dagster.yaml"
@@ -54,8 +57,25 @@ def postgres_url_from_env() -> str | None:
     return url
 
 
-def write_instance_config(home: Path, *, replace: bool = True) -> Path:
-    """Write ``home/dagster.yaml`` (PostgreSQL when configured in the env, else SQLite).
+#: the lines of a template that hold the run limit per site (``# site run limit``)
+_SITE_RUN_LIMIT = re.compile(r"(?m)^(\s+limit: )\d+(  # site run limit)$")
+
+
+def render_instance_config(name: str, policy: Policy | None = None) -> str:
+    """Template ``name`` with its run limit per site derived from ``policy`` (default: the
+    policy's defaults, which the templates hold as written)."""
+    limit = site_run_limit(policy or Policy())
+    text, count = _SITE_RUN_LIMIT.subn(rf"\g<1>{limit}\g<2>", template_path(name).read_text())
+    if count == 0:  # a template edited without its marker would silently keep a fixed limit
+        raise ValueError(f"{template_path(name)} has no '# site run limit' line")
+    return text
+
+
+def write_instance_config(
+    home: Path, *, replace: bool = True, policy: Policy | None = None
+) -> Path:
+    """Write ``home/dagster.yaml`` (PostgreSQL when configured in the env, else SQLite), its run
+    limit per site derived from ``policy`` (``lifecycle.capacity.run_limits``).
 
     With ``replace=False`` an existing file is kept and InstanceConfigExistsError raised."""
     home.mkdir(parents=True, exist_ok=True)
@@ -65,7 +85,7 @@ def write_instance_config(home: Path, *, replace: bool = True) -> Path:
             f"{target} exists; compare it with {template_path(template_name())} or pass "
             "--force to replace it"
         )
-    shutil.copyfile(template_path(template_name()), target)
+    target.write_text(render_instance_config(template_name(), policy))
     return target
 
 

@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import select
 
 from ccat_dagster.cli._summary import render_summary
+from ccat_dagster.lifecycle.capacity.run_limits import site_run_limit
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas, pipeline_summary
 from ccat_dagster_tests.deployment_support import (
     ASSET_NODES_QUERY,
@@ -79,6 +80,7 @@ from ccat_ops_db.models import (
     RawDataPackagePhysicalCopy,
     Site,
 )
+from ccat_ops_db.policy import Policy
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
@@ -98,7 +100,10 @@ FAST_INTERVALS = {
 # Left STOPPED so that the manual `dagster job launch` below has the us buffer still to clean.
 MANUAL_ONLY_SCHEDULE = "us_cleanup_schedule"
 N_OBS_UNITS, FILES_PER_UNIT = 10, 15  # x 2 instrument modules = 300 raw files
-BACKFILL_PARTITIONS = 6  # more than the per-site run limit (4), so the queue must hold some
+# more than the per-site run limit (the instance is written for the default policy), so the
+# queue must hold some; at most the 20 packages there are
+BACKFILL_PARTITIONS = site_run_limit(Policy()) + 2
+assert BACKFILL_PARTITIONS <= N_OBS_UNITS * 2
 ARCHIVE_TIMEOUT = 600  # a bound, not a target: the figures are in docs/performance.md
 FINAL_TIMEOUT = 240
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")

@@ -71,6 +71,10 @@ class Policy:
     )
     max_normal_transfers: Annotated[int, _count(1)] = 5
     max_critical_transfers: Annotated[int, _count(1)] = 1
+    # At CRITICAL the buffer monitor requests a cleanup of the site this often (one at a time),
+    # at EMERGENCY more often still, instead of waiting for the cleanup schedule.
+    critical_cleanup_interval_minutes: Annotated[int, _count(1)] = 5
+    emergency_cleanup_interval_minutes: Annotated[int, _count(1)] = 1
     max_retries: Annotated[int, _count(0)] = 3
     # Every archive copy is read back in full and checksummed this often (the scrub).
     lta_reverify_interval_minutes: Annotated[int, _count(1)] = 43_200
@@ -96,6 +100,18 @@ class Policy:
             fail(
                 f"max_critical_transfers ({critical}) must not exceed max_normal_transfers "
                 f"({normal}): a full buffer must slow transfers down, not speed them up"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _emergency_cleans_more_often(self) -> Policy:
+        critical = self.critical_cleanup_interval_minutes
+        emergency = self.emergency_cleanup_interval_minutes
+        if emergency > critical:
+            fail(
+                f"emergency_cleanup_interval_minutes ({emergency}) must not exceed "
+                f"critical_cleanup_interval_minutes ({critical}): a fuller buffer must be "
+                "cleaned at least as often"
             )
         return self
 

@@ -1,5 +1,8 @@
 """The cleanup of one site: a scheduled job gated on lta_presence checks, and the buffer monitor.
 
+Deactivated locations that still hold copies (``SiteView.draining``) are cleaned like active
+ones, so a location can be drained and retired.
+
 Job ``{site}_cleanup`` (names: ``lifecycle.common.names``). ``..._lta_presence`` re-checks live, for
 every package whose copy at this site the rules would delete, the archive copies the deletion
 relies on, and records each as an ``lta_presence`` check evaluation of that package's partition;
@@ -14,8 +17,9 @@ this site; the other locations' steps do nothing) and ``dry_run``. The last step
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as docs/lifecycle.md describes:
-pools lowered to max_critical_transfers and an immediate cleanup at CRITICAL, packaging paused
-and a failed ``buffer_capacity`` check at EMERGENCY; limits go back when pressure falls. The
+pools lowered to max_critical_transfers and a cleanup every critical_cleanup_interval_minutes at
+CRITICAL; at EMERGENCY a cleanup every emergency_cleanup_interval_minutes, packaging paused and
+a failed ``buffer_capacity`` check (defs.pressure_cleanup); limits go back when pressure falls. The
 cleanup cron and the monitor's interval come from ``defs.settings.Settings`` (read when the
 definitions are built).
 """
@@ -56,6 +60,7 @@ from ccat_dagster.defs.activity import skip_if_inactive
 from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.partitions import drop_partitions, release_ended_partitions
+from ccat_dagster.defs.pressure_cleanup import cleanup_in_flight, pressure_cleanup_run_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
     TRANSFER,
@@ -119,11 +124,11 @@ class CleanupConfig(Config):
 
 
 def _site_locations(session: Session, site: Site, name: str | None) -> list[DataLocation]:
-    """The locations this site's cleanup may touch (never a LONG_TERM_ARCHIVE)."""
+    """The locations this site's cleanup may touch (never a LONG_TERM_ARCHIVE): the active ones
+    and the deactivated ones, which are drained by the same rules so that they can be retired
+    and the SOURCE files waiting for their package copies are released."""
     locations = [
-        loc
-        for loc in site.locations
-        if loc.active and loc.location_type != LocationType.LONG_TERM_ARCHIVE
+        loc for loc in site.locations if loc.location_type != LocationType.LONG_TERM_ARCHIVE
     ]
     if name is None:
         return locations
@@ -198,6 +203,8 @@ def _check_op(s: str, cleaned: list[str]) -> OpDefinition:
             locations = _site_locations(session, site_row(session, s), config.location)
             if config.location is not None and config.location not in cleaned:
                 _no_step_for(s, config.location, cleaned)
+            # no delete step, nothing to check: one (de)activated since the code location loaded
+            locations = [loc for loc in locations if loc.name in cleaned]
             for location in locations:
                 plan = plan_deletions(session, location=location, observer=s)
                 for c in plan.deletable:
@@ -280,10 +287,8 @@ def _delete_op(s: str, where: LocationView) -> OpDefinition:
                     )
                 return fresh.get((package.id, lta.id)) or live(package, lta)
 
+            # deactivated or not, the same rules: a deactivated location is drained
             location = location_named(session, s, where.name)
-            if not location.active:  # deactivated since the code location loaded
-                context.log.info(f"{where.qualified_name}: inactive, nothing to do")
-                return
             report = run_cleanup_cycle(
                 session,
                 storage_for=storages.get,
@@ -325,7 +330,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
     """Check, then one deletion step per cleaned location of the site (each in its own
     ``{site}_{location}_deletion`` pool), and the sweep of temporaries."""
     s = site.short_name
-    cleaned = names.cleaned_locations(site.locations)
+    # the draining (deactivated) locations keep their step until they are empty
+    cleaned = names.cleaned_locations(site.locations + site.draining)
     check_step = _check_op(s, [loc.name for loc in cleaned])
     delete_steps = [_delete_op(s, loc) for loc in cleaned]
     temporaries_step = build_temporaries_op(s)
@@ -359,12 +365,17 @@ def cleanup_run_config(site: SiteView, *, location: str | None = None, dry_run: 
     }
 
 
-def _has_deletable(session: Session, site: Site) -> bool:
-    """Anything deletable at a location of ``site`` that answers from here (a full one does:
-    deleting is what frees it); a location that does not answer waits for its probe."""
+def _has_deletable(session: Session, site: Site, view: SiteView) -> bool:
+    """Anything deletable at a location of ``site`` that has a delete step in this code
+    location (``view``: one activated or deactivated since has none until the next load, and a
+    run would only do nothing) and answers from here (a full one does: deleting is what frees
+    it); a location that does not answer waits for its probe."""
     down = unavailability(session, site.short_name)
+    stepped = {loc.name for loc in names.cleaned_locations(view.locations + view.draining)}
     answering = [
-        loc for loc in _site_locations(session, site, None) if not down.blocks(loc.id, write=False)
+        loc
+        for loc in _site_locations(session, site, None)
+        if loc.name in stepped and not down.blocks(loc.id, write=False)
     ]
     return has_deletable(session, answering, observer=site.short_name)
 
@@ -395,7 +406,7 @@ def build_cleanup_schedule(
     )
     def cleanup_schedule(context: ScheduleEvaluationContext, ops_db: OpsDbResource):
         with ops_db.session() as session:
-            if not _has_deletable(session, site_row(session, site.short_name)):
+            if not _has_deletable(session, site_row(session, site.short_name), site):
                 return SkipReason("nothing deletable at this site")
         return RunRequest(run_config=cleanup_run_config(site), tags={"ccat/site": site.short_name})
 
@@ -504,12 +515,17 @@ def build_buffer_monitor_sensor(
                 log(action.alert)
             if TRANSFER.applies(site):  # lowered at once under pressure, back when it falls
                 follow_max_runs(context.instance, session, TRANSFER, site, site_db)
-            run_now = bool(action and action.run_cleanup_now and _has_deletable(session, site_db))
+            run_key = pressure_cleanup_run_key(s, action, utcnow())
+            run_now = bool(
+                run_key
+                and not cleanup_in_flight(context.instance, cleanup_job.name)
+                and _has_deletable(session, site_db, site)
+            )
         run_requests = []
         if run_now:
             run_requests.append(
                 RunRequest(
-                    run_key=f"{s}_pressure_cleanup:{int(utcnow().timestamp() // 600)}",
+                    run_key=run_key,
                     run_config=cleanup_run_config(site),
                     tags={"ccat/site": s, "ccat/trigger": "buffer_pressure"},
                 )

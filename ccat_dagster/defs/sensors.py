@@ -37,6 +37,7 @@ from ccat_dagster.defs.availability import StageGate
 from ccat_dagster.defs.keys import DATA_TRANSFER_PACKAGE, RAW_DATA_PACKAGE, asset_key
 from ccat_dagster.defs.partitions import partitions_of
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.run_limit_check import site_run_limit_problem
 from ccat_dagster.defs.stages import (
     BUNDLE,
     PACKAGE,
@@ -47,6 +48,7 @@ from ccat_dagster.defs.stages import (
 )
 from ccat_dagster.defs.topology import SiteView
 from ccat_dagster.lifecycle.common import names
+from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_ops_db.models import DataLocation, DataTransferPackage, LocationType, RawDataPackage
 
 IN_FLIGHT = [
@@ -154,6 +156,9 @@ def build_stage_sensor(
             ready = [i for i in candidates if i not in waiting]
             if stage.pool_follows_max_runs:
                 limit = follow_max_runs(context.instance, session, stage, site, site_db)
+                problem = site_run_limit_problem(context.instance, get_policy(session))
+                if problem:
+                    context.log.warning(problem)
             else:
                 limit = stage.max_runs(session, site_db)
             free_runs = max(limit - running, 0)

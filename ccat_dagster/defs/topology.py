@@ -1,7 +1,10 @@
 """A read-only snapshot of the topology in the ops DB, taken when a code location loads.
 
 Assets are generated from it, so adding a site or an LTA is a topology change plus a reload of
-the code locations, not a code change.
+the code locations, not a code change. A deactivated location that still holds copies the
+deletion rules look at is *draining*: it has no stage, asset or pool any more, but its site's
+cleanup keeps a deletion step for it until it is empty, so it can be retired (and the SOURCE
+files whose release waits for its package copies are released).
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from pathlib import Path
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.integrity.holdings import HOLDING_STATUSES
 from ccat_ops_db.config import ops_db_url
 from ccat_ops_db.ingest_spec import IngestSpec
 from ccat_ops_db.models import (
     DataLocation,
     LocationType,
+    PhysicalCopy,
     Site,
     location_pool_prefix,
     qualified_location_name,
@@ -54,7 +60,10 @@ class LocationView:
 class SiteView:
     short_name: str
     name: str
+    #: the active locations
     locations: tuple[LocationView, ...]
+    #: deactivated locations still holding copies to clean (never a LONG_TERM_ARCHIVE)
+    draining: tuple[LocationView, ...] = ()
 
     def of_type(self, location_type: LocationType) -> list[LocationView]:
         return [loc for loc in self.locations if loc.location_type == location_type]
@@ -129,10 +138,37 @@ def _missing_sqlite_file(url: str) -> str | None:
     return None if Path(parsed.database).exists() else parsed.database
 
 
+def _view(site: Site, loc: DataLocation) -> LocationView:
+    return LocationView(
+        site=site.short_name,
+        name=loc.name,
+        location_type=loc.location_type,
+        priority=loc.priority,
+        storage=loc.storage_type.value,
+        ingest=IngestSpec.model_validate(loc.ingest) if loc.ingest else None,
+    )
+
+
+def _holding_copies(session: Session) -> set[int]:
+    """Ids of the inactive locations (not archives) with copies left to clean, in one query."""
+    return set(
+        session.scalars(
+            select(PhysicalCopy.data_location_id)
+            .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
+            .where(
+                DataLocation.active.is_(False),
+                DataLocation.location_type != LocationType.LONG_TERM_ARCHIVE,
+                PhysicalCopy.status.in_(HOLDING_STATUSES),
+            )
+            .distinct()
+        )
+    )
+
+
 def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
-    """Active sites and their active locations from the ops DB, with a clear error when there
-    are none. An inactive site is left out: nothing of it is loaded, and the other sites' assets
-    do not depend on it."""
+    """Active sites and their active locations (and the draining ones: deactivated, still
+    holding copies) from the ops DB, with a clear error when there are none. An inactive site
+    is left out: nothing of it is loaded, and the other sites' assets do not depend on it."""
     url = url or ops_db_url()
     missing = _missing_sqlite_file(url)
     if missing:
@@ -148,21 +184,18 @@ def load_topology_snapshot(url: str | None = None) -> TopologySnapshot:
                     "upgrade` first), then reload the code locations"
                 )
             sites = session.scalars(select(Site).order_by(Site.short_name)).all()
+            draining = _holding_copies(session)
             views = tuple(
                 SiteView(
                     short_name=site.short_name,
                     name=site.name,
                     locations=tuple(
-                        LocationView(
-                            site=site.short_name,
-                            name=loc.name,
-                            location_type=loc.location_type,
-                            priority=loc.priority,
-                            storage=loc.storage_type.value,
-                            ingest=IngestSpec.model_validate(loc.ingest) if loc.ingest else None,
-                        )
+                        _view(site, loc) for loc in sorted(site.locations, key=_order) if loc.active
+                    ),
+                    draining=tuple(
+                        _view(site, loc)
                         for loc in sorted(site.locations, key=_order)
-                        if loc.active
+                        if not loc.active and loc.id in draining
                     ),
                 )
                 for site in sites

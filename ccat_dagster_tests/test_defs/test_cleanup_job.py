@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import (
@@ -13,6 +15,8 @@ from dagster import (
     AssetMaterialization,
     AssetObservation,
     DagsterEventType,
+    DagsterRun,
+    DagsterRunStatus,
     EventRecordsFilter,
     FloatMetadataValue,
     IntMetadataValue,
@@ -27,6 +31,7 @@ from dagster import (
 )
 from sqlalchemy import select
 
+from ccat_dagster.defs import cleanup
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.partitions import partition_set_name
@@ -45,6 +50,7 @@ from ccat_ops_db.models import (
     Site,
 )
 from ccat_ops_db.session import session_scope
+from ccat_ops_db.topology import apply_topology
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -305,3 +311,105 @@ def test_a_copy_transferred_again_is_materialized_again(archived):
 
     assert again.execute_in_process(instance=instance).success
     assert _shown_materialized(instance, bundles) == {name}
+
+
+def test_a_deactivated_buffer_is_drained_and_its_source_files_released(archived):
+    """A location taken out of the topology keeps its cleanup step while it holds copies: its
+    package copies go by the same rules, and so the SOURCE files they held back (issue 13)."""
+    url, root, instance = archived
+    topology = real_topology(root, policy={"retention_period_minutes": 0})
+    ccat = topology["sites"][0]
+    old = next(loc for loc in ccat["locations"] if loc["name"] == "telescope_buffer")
+    old["active"] = False
+    new_path = root / "ccat" / "buffer_2"
+    new_path.mkdir()
+    ccat["locations"].append(
+        {
+            "name": "telescope_buffer_2",
+            "type": "BUFFER",
+            "priority": 2,
+            "storage": {"kind": "disk", "path": str(new_path)},
+        }
+    )
+    with session_scope(url) as session:
+        apply_topology(session, topology)
+    snapshot = load_topology_snapshot(url).site("ccat")
+    assert [loc.name for loc in snapshot.draining] == ["telescope_buffer"]
+    assert "telescope_buffer" not in [loc.name for loc in snapshot.locations]
+
+    report = drive(url, instance)  # with the schedules: the cleanup runs
+    assert not report.failed_runs
+    assert report.by_job.get("ccat_cleanup")
+    with session_scope(url) as session:
+        old_buffer = session.scalars(
+            select(DataLocation).where(DataLocation.name == "telescope_buffer")
+        ).one()
+        copies = session.scalars(
+            select(PhysicalCopy.status).where(PhysicalCopy.data_location_id == old_buffer.id)
+        ).all()
+    assert copies
+    assert set(copies) == {PhysicalCopyStatus.DELETED}
+    assert not any((root / "ccat" / "buffer" / "raw_data_packages").iterdir())
+    source_files = _copies(url, "ccat", LocationType.SOURCE)
+    assert source_files
+    assert {status for _, status in source_files} == {PhysicalCopyStatus.DELETED}
+    # drained: the next load of the code location has no step for it any more
+    assert load_topology_snapshot(url).site("ccat").draining == ()
+
+
+def _pressure(root, *, emergency: bool) -> dict:
+    """The topology of ``archived`` with thresholds that put every disk at CRITICAL (below the
+    machine's real usage) or EMERGENCY, and pressure-cleanup intervals of 2 and 1 minutes."""
+    thresholds = {"warning": 0.001, "critical": 0.002, "emergency": 0.003 if emergency else 99.99}
+    return real_topology(
+        root,
+        policy={
+            "retention_period_minutes": 0,
+            "buffer_thresholds_percent": thresholds,
+            "critical_cleanup_interval_minutes": 2,
+            "emergency_cleanup_interval_minutes": 1,
+        },
+    )
+
+
+def _pressure_run_keys(url, instance, monkeypatch, minutes: int) -> list[str]:
+    """The run keys the buffer monitor requests at one tick a minute for ``minutes``."""
+    defs = build_site_definitions("ccat", ops_db_url=url)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    keys = []
+    for minute in range(minutes):
+        monkeypatch.setattr(cleanup, "utcnow", lambda m=minute: start + timedelta(minutes=m))
+        with build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources
+        ) as ctx:
+            result = defs.resolve_sensor_def("ccat_buffer_monitor_sensor")(ctx)
+        assert isinstance(result, SensorResult)
+        keys += [r.run_key for r in result.run_requests]
+    return keys
+
+
+def test_the_cleanup_runs_more_often_at_critical_and_more_still_at_emergency(archived, monkeypatch):
+    """At CRITICAL a cleanup every critical_cleanup_interval_minutes, not once per schedule
+    interval; at EMERGENCY every emergency_cleanup_interval_minutes; never two at once."""
+    url, root, instance = archived
+    with session_scope(url) as session:
+        apply_topology(session, _pressure(root, emergency=False))
+    critical = _pressure_run_keys(url, instance, monkeypatch, minutes=10)
+    # every tick requests one; Dagster launches one per run key: one run per 2-minute slot
+    assert len(critical) == 10
+    assert len(set(critical)) == 5, "5 cleanups in 10 minutes, not 1 per 10-minute schedule"
+    assert all(":CRITICAL:" in k for k in critical)
+
+    with session_scope(url) as session:
+        apply_topology(session, _pressure(root, emergency=True))
+    emergency = _pressure_run_keys(url, instance, monkeypatch, minutes=10)
+    assert len(set(emergency)) == 10, "a cleanup every minute: more than at CRITICAL"
+    assert all(":EMERGENCY:" in k for k in emergency)
+
+    # a cleanup in flight (started, its worker busy): the monitor waits for it
+    instance.add_run(
+        DagsterRun(
+            job_name="ccat_cleanup", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED
+        )
+    )
+    assert _pressure_run_keys(url, instance, monkeypatch, minutes=3) == []

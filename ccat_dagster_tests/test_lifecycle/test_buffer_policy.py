@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from ccat_dagster.lifecycle.capacity.buffer_policy import (
     BufferLevel,
@@ -68,6 +69,11 @@ def test_escalation_per_level():
     emergency = buffer_action(BufferLevel.EMERGENCY, POLICY, site="ccat")
     assert emergency.pause_packaging
     assert emergency.run_cleanup_now
+    # the pressure cleanup: none below CRITICAL, every 5 min at CRITICAL, every 1 at EMERGENCY
+    assert (normal.cleanup_interval_minutes, warning.cleanup_interval_minutes) == (None, None)
+    assert (critical.cleanup_interval_minutes, emergency.cleanup_interval_minutes) == (5, 1)
+    assert "cleanup every 5 min" in critical.alert
+    assert "cleanup every 1 min" in emergency.alert
     assert "EMERGENCY" in emergency.alert
     assert "ccat" in emergency.alert
 
@@ -140,3 +146,10 @@ def test_site_actions_follow_worst_buffer_and_relax_when_pressure_falls(session,
         False,
         False,
     )
+
+
+def test_emergency_must_not_clean_less_often_than_critical():
+    with pytest.raises(ValidationError, match="must not exceed critical_cleanup_interval"):
+        Policy(critical_cleanup_interval_minutes=2, emergency_cleanup_interval_minutes=3)
+    relaxed = Policy(critical_cleanup_interval_minutes=10, emergency_cleanup_interval_minutes=10)
+    assert buffer_action(BufferLevel.EMERGENCY, relaxed, site="x").cleanup_interval_minutes == 10

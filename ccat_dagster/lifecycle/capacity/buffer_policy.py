@@ -4,8 +4,11 @@ Every measurement is a durable ``DiskUsageSample``
 row and the level is recomputed from its percent with the policy in force, so changing the
 thresholds takes effect at once. The escalation (docs/lifecycle.md: buffer levels)
 is a pure function of the latest level: < warning normal; warning logged; critical -> fewer
-parallel transfers and immediate cleanup of eligible data; emergency -> additionally pause new
-packaging and alert an operator. When pressure falls the limits go back on the next decision.
+parallel transfers and a cleanup of eligible data every ``critical_cleanup_interval_minutes``;
+emergency -> a cleanup every ``emergency_cleanup_interval_minutes`` (shorter), new packaging
+paused and an operator alerted. No level relaxes a deletion rule beyond the retention of
+DELETION_POSSIBLE files: the last copy outside an archive waits for a verified archive copy at
+every level. When pressure falls the limits go back on the next decision.
 """
 
 from __future__ import annotations
@@ -157,6 +160,8 @@ class BufferAction:
     level: BufferLevel
     max_parallel_transfers: int
     run_cleanup_now: bool
+    #: how often the buffer monitor requests a cleanup at this level (None: only the schedule)
+    cleanup_interval_minutes: int | None
     pause_packaging: bool
     alert: str | None
 
@@ -170,12 +175,14 @@ def buffer_action(
     if level == BufferLevel.EMERGENCY:
         alert = (
             f"site {site}: buffer EMERGENCY {detail}- new packaging paused, transfers limited to "
-            f"{policy.max_critical_transfers}; free space or add capacity now"
+            f"{policy.max_critical_transfers}, cleanup every "
+            f"{policy.emergency_cleanup_interval_minutes} min; free space or add capacity now"
         )
     elif level == BufferLevel.CRITICAL:
         alert = (
             f"site {site}: buffer CRITICAL {detail}- transfers limited to "
-            f"{policy.max_critical_transfers}, cleanup runs now"
+            f"{policy.max_critical_transfers}, cleanup every "
+            f"{policy.critical_cleanup_interval_minutes} min"
         )
     elif level == BufferLevel.WARNING:
         alert = f"site {site}: buffer WARNING {detail}- add capacity before it becomes critical"
@@ -186,6 +193,13 @@ def buffer_action(
             policy.max_critical_transfers if critical else policy.max_normal_transfers
         ),
         run_cleanup_now=critical,
+        cleanup_interval_minutes=(
+            policy.emergency_cleanup_interval_minutes
+            if level == BufferLevel.EMERGENCY
+            else policy.critical_cleanup_interval_minutes
+            if critical
+            else None
+        ),
         pause_packaging=level == BufferLevel.EMERGENCY,
         alert=alert,
     )

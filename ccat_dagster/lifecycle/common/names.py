@@ -13,7 +13,8 @@ Pools are ``{site}_{location}_{operation}`` (``DataLocation.pool_prefix`` is the
   (``STAGE_PLACEMENT``); the single-partition asset materializations of the stage use the same
   pool, so one limit holds for both;
 - deletion runs in ``{site}_{location}_deletion``, one cleanup step per active location where
-  deletion is valid (never a LONG_TERM_ARCHIVE), so a limit per location holds;
+  deletion is valid (never a LONG_TERM_ARCHIVE), and per deactivated one still holding copies
+  (draining), so a limit per location holds;
 - monitoring: the re-verification of archive copies (the scrub) runs in
   ``{site}_{lta}_monitoring``; disk monitoring and probes run in sensors, which take no pool.
 """
