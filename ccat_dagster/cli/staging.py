@@ -82,17 +82,23 @@ def list_command(
     location: str = typer.Option(None, "--location", "-l", help="Only jobs to this location."),
     as_json: bool = json_option(),
 ) -> None:
-    """Every StagingJob: id, active, status, destination, packages, retention end, failure.
+    """Every StagingJob: id, active, status, destination, packages staged of all, retention end,
+    failure.
 
     An active job past its retention keeps its files; it is flagged so its requester is asked
     to complete it."""
     from ccat_dagster.lifecycle.common.locations import resolve_location
-    from ccat_dagster.lifecycle.staging.requests import list_staging_jobs, retention_ends_at
+    from ccat_dagster.lifecycle.staging.requests import (
+        list_staging_jobs,
+        retention_ends_at,
+        staged_counts,
+    )
     from ccat_ops_db.models import utcnow
 
     with ops_session() as session:
         loc = resolve_location(session, location) if location else None
         jobs = list_staging_jobs(session, active_only=active, location=loc)
+        staged = staged_counts(session, jobs)
         now = utcnow()
         if as_json:
             emit(
@@ -103,6 +109,7 @@ def list_command(
                         "status": job.status.value,
                         "location": job.destination_location.qualified_name,
                         "packages": sorted(p.name for p in job.raw_data_packages),
+                        "staged": staged[job.id],
                         "retention_ends_at": retention_ends_at(job),
                         "past_retention": _past_retention(job, now),
                         "requested_by": job.requested_by,
@@ -120,10 +127,10 @@ def list_command(
             "ACTIVE",
             "STATUS",
             "LOCATION",
-            "PKGS",
+            "STAGED",
             "RETENTION ENDS",
             "REQUESTED BY / FAILURE",
-            right=("ID", "PKGS"),
+            right=("ID", "STAGED"),
         )
         for job in jobs:
             dest = job.destination_location
@@ -136,7 +143,7 @@ def list_command(
                 "yes" if job.active else "no",
                 job.status.value,
                 f"{dest.site.short_name}/{dest.name}",
-                str(len(job.raw_data_packages)),
+                f"{staged[job.id]}/{len(job.raw_data_packages)}",
                 ends.strftime("%Y-%m-%d %H:%M") if ends else "-",
                 extra,
             )

@@ -118,7 +118,9 @@ def test_staging_list_json_rows(session, tmp_path):
 
     topo = f.make_topology(session, tmp_path, lta_sites=("cologne",))
     pkg, _ = f.archived_package(topo)
+    waiting, _ = f.archived_package(topo)
     job = f.stage(topo, [pkg], retention_minutes=0)
+    job.raw_data_packages.append(waiting)  # in the job, not staged yet
     session.commit()
     [row] = _json(["staging", "list", "--json"])
     assert set(row) == {
@@ -127,13 +129,15 @@ def test_staging_list_json_rows(session, tmp_path):
         "status",
         "location",
         "packages",
+        "staged",
         "retention_ends_at",
         "requested_by",
         "failure_reason",
         "past_retention",
     }
     assert row["id"] == job.id
-    assert row["packages"] == [pkg.name]
+    assert row["packages"] == sorted([pkg.name, waiting.name])
+    assert row["staged"] == 1  # the progress of staging
     assert row["active"] is True
     assert row["past_retention"] is True
     assert row["retention_ends_at"].endswith("Z")

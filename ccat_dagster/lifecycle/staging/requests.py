@@ -35,6 +35,7 @@ from ccat_ops_db.models import (
     Status,
     as_utc,
     qualified_location_name,
+    staging_job_raw_data_package,
 )
 
 S = PhysicalCopyStatus
@@ -293,6 +294,29 @@ def list_staging_jobs(
     if location is not None:
         query = query.where(StagingJob.destination_location_id == location.id)
     return list(session.scalars(query))
+
+
+def staged_counts(session: Session, jobs: Sequence[StagingJob]) -> dict[int, int]:
+    """Job id -> how many of its packages are STAGED at its destination so far: the progress of
+    staging, which runs in the staging sensor's runs (one query for all ``jobs``)."""
+    if not jobs:
+        return {}
+    link = staging_job_raw_data_package
+    rows = session.execute(
+        sa.select(link.c.staging_job_id, sa.func.count())
+        .join(StagingJob, StagingJob.id == link.c.staging_job_id)
+        .join(
+            RawDataPackagePhysicalCopy,
+            (RawDataPackagePhysicalCopy.raw_data_package_id == link.c.raw_data_package_id)
+            & (RawDataPackagePhysicalCopy.data_location_id == StagingJob.destination_location_id),
+        )
+        .where(
+            link.c.staging_job_id.in_([job.id for job in jobs]),
+            RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.STAGED,
+        )
+        .group_by(link.c.staging_job_id)
+    ).all()
+    return {job.id: 0 for job in jobs} | {job_id: n for job_id, n in rows}
 
 
 def retention_ends_at(job: StagingJob) -> datetime | None:
