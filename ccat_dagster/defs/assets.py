@@ -221,6 +221,11 @@ def _lta_presence_check(site: str, lta: str):
 
 
 def _all(key) -> AssetDep:
+    """A dependency on another location's asset without a partition-to-partition mapping: each
+    asset's partitions are the copies its location holds now (``defs/partitions.py``), so the
+    parent partition of a copy is usually gone (cleaned) when the copy is re-checked or
+    backfilled, and Dagster's backfill refuses a partition whose mapped parent does not exist.
+    Where the bytes came from is in the ops DB."""
     return AssetDep(key, partition_mapping=AllPartitionMapping())
 
 
@@ -281,7 +286,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                         f"DataTransferPackages pulled into LTA-site buffer {buf.qualified_name} "
                         "(primary routes from source sites; secondary routes from other LTA sites)."
                     ),
-                    deps=[AssetDep(k) for k in upstream],
+                    deps=[_all(k) for k in upstream],
                     stage=TRANSFER,
                     finder=_find_transfer_item,
                 )
@@ -307,7 +312,7 @@ def build_site_assets(snapshot: TopologySnapshot, site: SiteView) -> tuple[list,
                         f"RawDataPackages in the long-term archive {lta.qualified_name} "
                         f"({lta.storage}); verified by the blocking lta_presence check."
                     ),
-                    deps=[AssetDep(asset_key(s, b.name, RAW_DATA_PACKAGE)) for b in buffers],
+                    deps=[_all(asset_key(s, b.name, RAW_DATA_PACKAGE)) for b in buffers],
                     stage=ARCHIVE_COPY,
                     finder=_find_archive_item,
                 )

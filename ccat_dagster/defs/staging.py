@@ -7,6 +7,7 @@ as ``ccat staging create`` (``dagster job launch -j <site>_create_staging_job --
 """
 
 from dagster import (
+    AllPartitionMapping,
     AssetDep,
     AssetsDefinition,
     Config,
@@ -144,7 +145,7 @@ def build_staged_asset(
             f"RawDataPackages staged (unpacked, files PRESENT, package copy STAGED) at the "
             f"PROCESSING location {processing.qualified_name} for active StagingJobs."
         ),
-        deps=[AssetDep(k) for k in lta_keys],
+        deps=[AssetDep(k, partition_mapping=AllPartitionMapping()) for k in lta_keys],
         stage=STAGE,
         finder=_find_staging_item,
     )

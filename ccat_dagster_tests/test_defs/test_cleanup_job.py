@@ -27,14 +27,17 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
     job,
+    materialize,
     op,
 )
 from sqlalchemy import select
 
 from ccat_dagster.defs import cleanup
+from ccat_dagster.defs.assets import build_site_assets
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.partitions import partition_set_name
+from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import log_event
 from ccat_dagster.defs.topology import load_topology_snapshot
 from ccat_dagster.lifecycle.archive.repair import unusable_lta_copies
@@ -413,3 +416,33 @@ def test_the_cleanup_runs_more_often_at_critical_and_more_still_at_emergency(arc
         )
     )
     assert _pressure_run_keys(url, instance, monkeypatch, minutes=3) == []
+
+
+def test_an_archived_partition_is_checked_again_after_its_buffer_copy_is_gone(archived):
+    """A backfill of an archive's partitions after the cleanup: the buffer partition it came
+    from is gone, the run re-checks the archive copy live instead of failing."""
+    url, _root, instance = archived
+    assert not drive(url, instance).failed_runs  # the cleanup empties the buffers
+    buffer_copies = _copies(url, "cologne", LocationType.BUFFER)
+    assert buffer_copies
+    assert all(status == PhysicalCopyStatus.DELETED for _, status in buffer_copies)
+    snapshot = load_topology_snapshot(url)
+    assets, checks = build_site_assets(snapshot, snapshot.site("cologne"))
+    lta = AssetKey(["cologne", "lta", "raw_data_package"])
+    with session_scope(url) as session:
+        name = session.scalars(select(RawDataPackage.name)).first()
+    assert name
+    result = materialize(
+        [a for a in assets if lta in a.keys] + checks,
+        partition_key=name,
+        instance=instance,
+        resources={
+            "ops_db": OpsDbResource(url=url),
+            "storage": SiteStorageResource(site="cologne"),
+        },
+    )
+    assert result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.check_name == "lta_presence"
+    assert evaluation.passed
+    assert evaluation.partition == name

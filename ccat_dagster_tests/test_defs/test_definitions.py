@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster import AllPartitionMapping
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
@@ -163,3 +164,18 @@ def test_pools_follow_the_primary_location_and_skip_inactive_ones(fresh_sqlite_u
         "cologne_b_second_deletion",
     } <= used
     assert not any(p.startswith(("cologne_b_second_data", "cologne_c_off")) for p in used)
+
+
+def test_no_partition_depends_on_a_partition_of_another_location(default_topology_db):
+    """Each location's asset has its own partitions (the copies it holds now): a partition
+    mapped onto its parent's would make Dagster's backfill refuse an archive partition whose
+    buffer copy was cleaned ("depends on non-existent partitions")."""
+    for site in SITES:
+        graph = _site_defs(site).resolve_asset_graph()
+        for key in graph.get_all_asset_keys():
+            node = graph.get(key)
+            if not node.is_materializable or node.partitions_def is None:
+                continue
+            for parent in node.parent_keys:
+                mapping = graph.get_partition_mapping(key, parent)
+                assert isinstance(mapping, AllPartitionMapping), (key, parent, mapping)
