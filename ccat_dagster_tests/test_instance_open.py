@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 
-from ccat_dagster.cli.pipeline import _instance
+from ccat_dagster.cli.pipeline import dagster_instance
 from ccat_dagster.instance import write_instance_config
 from ccat_dagster.runner import open_instance
 
@@ -24,7 +24,7 @@ def _open(home: str, through_cli: bool, barrier, results) -> None:
     os.environ["DAGSTER_HOME"] = home
     barrier.wait()
     try:
-        with _instance() if through_cli else open_instance(home) as instance:
+        with dagster_instance() if through_cli else open_instance(home) as instance:
             instance.get_runs(limit=1)
         results.put("ok")
     except Exception as exc:  # noqa: BLE001 - reported to the test

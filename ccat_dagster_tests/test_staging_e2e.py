@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from ccat_dagster.cli import app
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster.defs.partitions import partition_set_name
 from ccat_dagster.defs.topology import load_topology_snapshot
 from ccat_dagster.lifecycle.staging import requests as jobs
 from ccat_dagster_tests.pipeline_support import (
@@ -331,9 +332,12 @@ def test_cli_and_dagster_job_create_the_same_staging_job(archived_env):
     assert "PENDING" in listing.output
     assert len([line for line in listing.output.splitlines() if "cologne/processing" in line]) == 2
 
-    # one partition of the staged asset, as from the UI: the same stage function
+    # one partition of the staged asset, as from the UI: the same stage function. The asset's
+    # partitions are the packages staged there, so the operator adds the key first (the
+    # Materialize dialog's "Add partition"), as this does
     first, other_unit = units[unit][0], units[sorted(units)[1]][0]
     staged_asset = defs.resolve_assets_def(STAGED_KEY)
+    instance.add_dynamic_partitions(partition_set_name(STAGED_KEY), [first, other_unit])
     one = materialize([staged_asset], partition_key=first, instance=instance)
     assert one.success
     assert _staged_intact(url, archived_env[2], first)
