@@ -613,7 +613,9 @@ class S3Storage(Storage):
         check_prefix(prefix, location=self.name)
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         paginator = self.client.get_paginator("list_objects_v2")
-        extra = {"StartAfter": self.object_key(start_after)} if start_after else {}
+        # a start key need not be an object's (the audit resumes after any key)
+        after = f"{self.prefix}/{start_after}" if self.prefix else start_after
+        extra = {"StartAfter": after} if start_after else {}
         try:
             for page in paginator.paginate(
                 Bucket=self.bucket,
