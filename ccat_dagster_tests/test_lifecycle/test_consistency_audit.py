@@ -27,6 +27,7 @@ from ccat_ops_db.models import (
     AuditFindingState,
     DataLocation,
     LocationType,
+    PhysicalCopy,
     PhysicalCopyStatus,
     PolicySetting,
     RawDataPackage,
@@ -312,3 +313,23 @@ def test_only_active_audited_locations_that_are_due(session, topo):
     assert [loc.name for loc in locations_due(session, site)] == ["lta"]
     later = utcnow() + timedelta(minutes=61)
     assert [loc.name for loc in locations_due(session, site, now=later)] == ["buffer", "lta"]
+
+
+def test_at_a_source_only_lost_files_are_looked_for(session, topo):
+    _policy(session, audit_confirm_minutes=0, audit_anomaly_fraction=1)
+    source = topo.source
+    package = f.file_raw_data_package(topo, n_files=3)
+    session.commit()
+    f.write_object(source, "raw/new_obs/just_written.dat", b"new data, not yet filed")
+    gone = package.raw_data_files[0]
+    f.object_path(source, gone.relative_path).unlink()
+    storage = f.local_storage_for(source)
+    now = utcnow()
+    first = audit_location(session, source, storage, now=now)
+    assert (first.dark, first.lost) == (0, 1)
+    second = audit_location(session, source, storage, now=now + timedelta(minutes=1))
+    assert second.acted == 1
+    assert f.object_path(source, "raw/new_obs/just_written.dat").exists()
+    copies = {c.raw_data_file_id: c.status for c in session.scalars(select(PhysicalCopy))}
+    assert copies[gone.id] == S.LOST
+    assert [copies[r.id] for r in package.raw_data_files[1:]] == [S.PRESENT, S.PRESENT]
