@@ -333,3 +333,26 @@ def test_at_a_source_only_lost_files_are_looked_for(session, topo):
     copies = {c.raw_data_file_id: c.status for c in session.scalars(select(PhysicalCopy))}
     assert copies[gone.id] == S.LOST
     assert [copies[r.id] for r in package.raw_data_files[1:]] == [S.PRESENT, S.PRESENT]
+
+
+def test_a_half_done_move_is_finished_and_other_bytes_are_never_overwritten(session, topo):
+    _policy(session, audit_confirm_minutes=0, audit_anomaly_fraction=1)
+    buffer = topo.buffer("cologne")
+    now = utcnow()
+    day = now.date().isoformat()
+    f.write_object(buffer, "stray/a.tar", b"same bytes")
+    f.write_object(buffer, f".ccat-quarantine/{day}/stray/a.tar", b"same bytes")  # copied
+    f.write_object(buffer, "stray/b.tar", b"new bytes!")
+    f.write_object(buffer, f".ccat-quarantine/{day}/stray/b.tar", b"old bytes!")  # other
+    storage = f.local_storage_for(buffer)
+    audit_location(session, buffer, storage, now=now)
+    report = audit_location(session, buffer, storage, now=now)
+    assert report.quarantined == 1
+    assert len(report.errors) == 1
+    assert not f.object_path(buffer, "stray/a.tar").exists()
+    assert f.object_path(buffer, "stray/b.tar").read_bytes() == b"new bytes!"
+    assert f.object_path(buffer, f".ccat-quarantine/{day}/stray/b.tar").read_bytes() == (
+        b"old bytes!"
+    )
+    states = {x.key: x.state for x in _findings(session, buffer)}
+    assert states == {"stray/a.tar": F.QUARANTINED, "stray/b.tar": F.OPEN}

@@ -63,7 +63,12 @@ def quarantine(
     """Move a confirmed dark object into the quarantine and record where (the caller
     commits). Storage errors propagate and leave the finding open."""
     target = quarantine_key(finding.key, now)
-    storage.move(finding.key, target)
+    if _half_moved(storage, finding.key, target):
+        # an earlier move copied it (S3) and failed before the delete: the bytes are safe in
+        # the quarantine, only the old key is left to remove
+        storage.delete(finding.key)
+    else:
+        storage.move(finding.key, target)
     finding.quarantine_key = target
     _record(
         session,
@@ -73,6 +78,14 @@ def quarantine(
         size=finding.size,
         run_id=run_id,
     )
+
+
+def _half_moved(storage: Storage, key: str, target: str) -> bool:
+    """The quarantine already holds these very bytes (same size and checksum)."""
+    there, here = storage.stat(target), storage.stat(key)
+    if not (there.exists and here.exists and there.size == here.size):
+        return False
+    return storage.checksum(target)[0] == storage.checksum(key)[0]
 
 
 def quarantined(session: Session, location_ids: Sequence[int] | None = None) -> list[AuditFinding]:
