@@ -6,6 +6,7 @@ flight are not dark."""
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
 import pytest
@@ -356,3 +357,26 @@ def test_a_half_done_move_is_finished_and_other_bytes_are_never_overwritten(sess
     )
     states = {x.key: x.state for x in _findings(session, buffer)}
     assert states == {"stray/a.tar": F.QUARANTINED, "stray/b.tar": F.OPEN}
+
+
+def test_a_dark_object_in_an_s3_archive_is_moved_into_its_quarantine(
+    session, topo, s3_bucket, s3_endpoint
+):
+    _policy(session, audit_confirm_minutes=0, audit_anomaly_fraction=0.5)
+    s3_lta = _s3_archive(session, topo, s3_bucket, s3_endpoint)
+    storages = StorageRegistry()
+    storage = storages.get(s3_lta)
+    for package in [f.archived_package(topo)[0] for _ in range(2)]:
+        storage.write_stream(package.relative_path, io.BytesIO(f.package_bytes(package)))
+        f.add_package_copy(topo, package, s3_lta, verified=True, write=False)
+    session.commit()
+    storage.write_stream("packages/copied_by_hand.tar", io.BytesIO(b"by hand"))
+    now = utcnow()
+    audit_location(session, s3_lta, storage, now=now)
+    report = audit_location(session, s3_lta, storage, now=now)
+    assert (report.dark, report.lost, report.quarantined) == (1, 0, 1)
+    [finding] = _findings(session, s3_lta)
+    assert not storage.stat("packages/copied_by_hand.tar").exists
+    with storage.open_read(finding.quarantine_key) as fh:
+        assert fh.read() == b"by hand"
+    storages.close()
