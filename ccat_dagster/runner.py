@@ -199,10 +199,14 @@ def _tick_sensors(loop: _Loop, defs: Definitions) -> int:
 
 
 def _tick_schedules(loop: _Loop, defs: Definitions) -> int:
+    from ccat_dagster.defs.audit import NOT_RUN_UNTIL_IDLE
+
     instance, report, log = loop.instance, loop.report, loop.log
     repo = defs.get_repository_def()
     launched = 0
     for schedule_def in repo.schedule_defs:
+        if schedule_def.tags.get(NOT_RUN_UNTIL_IDLE):
+            continue  # a periodic check of the storage, not a step of the pipeline
         try:
             with build_schedule_context(
                 instance=instance, repository_def=repo, resources=defs.resources

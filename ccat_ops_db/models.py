@@ -712,3 +712,89 @@ class AlertIncident(Base):
     claimed_at: Mapped[datetime | None] = mapped_column()
     #: the last delivery error (kept for ``ccat status`` and the sensor's log)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# --------------------------------------------------------------------------- consistency audit
+
+
+class AuditFindingKind(enum.Enum):
+    #: the catalogue says PRESENT, the storage has no object or one of another size
+    LOST = "lost"
+    #: the storage has an object under the location's managed keys the catalogue does not know
+    DARK = "dark"
+
+
+class AuditFindingState(enum.Enum):
+    #: seen, not yet confirmed by a scan at least ``audit_confirm_minutes`` later
+    OPEN = "open"
+    #: lost, confirmed: the copy was marked LOST and sent to repair
+    ACTED = "acted"
+    #: dark, confirmed: moved to the location's quarantine prefix
+    QUARANTINED = "quarantined"
+    #: moved back from the quarantine by an operator (``ccat quarantine release``)
+    RELEASED = "released"
+    #: deleted from the quarantine by an operator (``ccat quarantine purge``)
+    PURGED = "purged"
+    #: not seen again (the object came back, the catalogue learned it, the copy changed)
+    GONE = "gone"
+
+
+class AuditFinding(Base):
+    """One difference between a location's storage and the catalogue, found by the consistency
+    audit (docs/operations.md: the consistency audit). Rows are kept after they are closed:
+    the report of what was found, when, and what was done."""
+
+    __tablename__ = "audit_finding"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"))
+    key: Mapped[str] = mapped_column(String(2048))
+    kind: Mapped[AuditFindingKind] = mapped_column(_enum(AuditFindingKind))
+    state: Mapped[AuditFindingState] = mapped_column(
+        _enum(AuditFindingState), default=AuditFindingState.OPEN
+    )
+    #: the object's size as listed (None: no object)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    #: the catalogue's size of a lost copy
+    expected_size: Mapped[int | None] = mapped_column(BigInteger)
+    #: the PRESENT copy of a lost finding
+    physical_copy_id: Mapped[int | None] = mapped_column(ForeignKey("physical_copy.id"))
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column()
+    #: when the state last changed after confirmation (acted, quarantined, released, purged)
+    acted_at: Mapped[datetime | None] = mapped_column()
+    #: where a quarantined object is now (``.ccat-quarantine/<date>/<key>``)
+    quarantine_key: Mapped[str | None] = mapped_column(String(2100))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    data_location: Mapped[DataLocation] = relationship()
+
+    __table_args__ = (
+        Index("ix_audit_finding_location_state", "data_location_id", "state"),
+        Index("ix_audit_finding_location_key", "data_location_id", "key"),
+    )
+
+
+class AuditCursor(Base):
+    """Where the consistency audit of one location stands: the last key of its last slice
+    (``""``: the next slice starts a new pass), and the counts of that slice."""
+
+    __tablename__ = "audit_cursor"
+
+    data_location_id: Mapped[int] = mapped_column(ForeignKey("data_location.id"), primary_key=True)
+    last_key: Mapped[str] = mapped_column(String(2048), default="")
+    pass_number: Mapped[int] = mapped_column(Integer, default=1)
+    pass_started_at: Mapped[datetime | None] = mapped_column()
+    #: when the last complete pass ended (None: none has yet)
+    pass_finished_at: Mapped[datetime | None] = mapped_column()
+    slice_at: Mapped[datetime | None] = mapped_column()
+    slice_objects: Mapped[int] = mapped_column(Integer, default=0)
+    slice_dark: Mapped[int] = mapped_column(Integer, default=0)
+    slice_lost: Mapped[int] = mapped_column(Integer, default=0)
+    #: the last slice was anomalous (too many dark or lost): what it said; None when not
+    anomaly: Mapped[str | None] = mapped_column(Text)
+    #: when the present run of anomalous slices began
+    anomaly_since: Mapped[datetime | None] = mapped_column()
+
+    data_location: Mapped[DataLocation] = relationship()

@@ -28,6 +28,15 @@ def _percent(value: Any) -> Any:
 Percent = Annotated[float, BeforeValidator(_percent)]
 
 
+def _fraction(value: Any) -> Any:
+    if not is_number(value) or not 0 <= value <= 1:
+        fail(f"must be a fraction between 0 and 1 (0.01 is 1%), got {value!r}")
+    return value
+
+
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+
+
 def _count(minimum: int) -> Any:
     return BeforeValidator(
         whole_number(minimum, "must be a whole number >= {minimum}, got {value}")
@@ -92,6 +101,15 @@ class Policy:
     # A condition gone for this long is resolved for good ("resolved" sent); one back sooner
     # continues the same incident, so a level hovering at its threshold is not a message a tick.
     alert_resolved_after_minutes: Annotated[int, _count(0)] = 10
+    # The consistency audit (docs/operations.md): each location is listed in slices of at most
+    # audit_slice_objects objects, one slice per location every audit_interval_minutes; a
+    # finding is acted on only when a scan at least audit_confirm_minutes after the first sees
+    # it again; a slice with more than audit_anomaly_fraction of its objects dark or lost acts
+    # on nothing and raises an alert instead (a wrong mount or bucket).
+    audit_slice_objects: Annotated[int, _count(1)] = 10_000
+    audit_interval_minutes: Annotated[int, _count(0)] = 60
+    audit_confirm_minutes: Annotated[int, _count(0)] = 1_440
+    audit_anomaly_fraction: Fraction = 0.01
 
     @model_validator(mode="after")
     def _critical_slows_down(self) -> Policy:

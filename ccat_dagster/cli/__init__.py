@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "disk_monitor",
     "staging",
     "verify",
+    "quarantine",
 )
 
 for _module in COMMAND_MODULES:

@@ -6,6 +6,7 @@ from dagster import Definitions, in_process_executor
 
 from ccat_dagster.defs.alerts import build_alert_sensor, build_run_failure_alert_sensor
 from ccat_dagster.defs.assets import build_site_assets
+from ccat_dagster.defs.audit import build_audit_job, build_audit_schedule, build_consistency_checks
 from ccat_dagster.defs.availability import build_location_checks, build_location_probe_sensor
 from ccat_dagster.defs.cleanup import (
     build_buffer_capacity_checks,
@@ -75,6 +76,9 @@ def build_site_definitions(
     ]
     checks += build_buffer_capacity_checks(site)
     checks += build_location_checks(site, _asset_keys(assets))
+    checks += build_consistency_checks(site, _asset_keys(assets))
+    audit_job = build_audit_job(site)
+    jobs.append(audit_job)
     return Definitions(
         # Every run is one batched op (or one asset step): running it in the run's own process
         # saves the multiprocess executor's per-step process start (seconds per run).
@@ -83,7 +87,10 @@ def build_site_definitions(
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
-        schedules=[build_cleanup_schedule(site, cleanup_job, cron=settings.cleanup_cron)],
+        schedules=[
+            build_cleanup_schedule(site, cleanup_job, cron=settings.cleanup_cron),
+            build_audit_schedule(site, audit_job),
+        ],
         resources={
             "ops_db": OpsDbResource(url=ops_db_url),
             "storage": SiteStorageResource(site=site.short_name),

@@ -11,6 +11,8 @@ RAW_DATA_PACKAGE = "raw_data_package"
 DATA_TRANSFER_PACKAGE = "data_transfer_package"
 STAGED_RAW_DATA_PACKAGE = "staged_raw_data_package"
 LTA_PRESENCE = "lta_presence"
+#: the consistency audit of a location (dark and lost objects), on the location's asset
+CONSISTENCY = "consistency"
 
 
 #: the kind of asset that stands for a location's data, by location type

@@ -59,6 +59,17 @@ def check_prefix(prefix: str, *, location: str) -> str:
     return prefix
 
 
+def sort_key(name: str, *, is_directory: bool) -> str:
+    """How a walk orders the entries of one directory so that the keys it yields come out in
+    ascending order: a directory ``a`` sorts as ``a/`` (``a.txt`` < ``a/x`` < ``a0``)."""
+    return f"{name}/" if is_directory else name
+
+
+def may_hold_keys_after(directory_key: str, start_after: str) -> bool:
+    """Whether a directory (its key, relative) may hold a key greater than ``start_after``."""
+    return not start_after or f"{directory_key}/" >= start_after[: len(directory_key) + 1]
+
+
 @dataclass(frozen=True)
 class ObjectStat:
     exists: bool
@@ -160,8 +171,17 @@ class Storage(abc.ABC):
         """Idempotent: a missing object counts as deleted (``existed=False``)."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        """(key, size) of every object under ``prefix``."""
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under ``prefix``, in ascending key order (code point
+        order, which is the order S3 lists UTF-8 keys in); with ``start_after`` only the keys
+        after it, so a long listing can be taken in slices (:func:`sort_key` of a directory
+        entry gives the order a walk must visit them in)."""
+
+    @abc.abstractmethod
+    def move(self, key: str, new_key: str) -> None:
+        """Give the object under ``key`` the name ``new_key`` (a rename on disk and over SFTP,
+        copy then delete on S3). PermanentStorageError when ``key`` is missing or ``new_key``
+        exists: an object is never overwritten by a move."""
 
     @abc.abstractmethod
     def checksum(self, key: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:

@@ -31,6 +31,8 @@ from ccat_dagster.storage.base import (
     TemporaryObject,
     check_key,
     check_prefix,
+    may_hold_keys_after,
+    sort_key,
 )
 from ccat_dagster.storage.errors import (
     LocationFullError,
@@ -341,7 +343,7 @@ class LocalDiskStorage(Storage):
             raise self._map(exc, key, reading=False) from exc
         return DeleteResult(key=key, existed=True)
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[tuple[str, int]]:
         check_prefix(prefix, location=self.name)
         # Walk only the directory the prefix points into; the rest of the prefix filters names.
         start_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -349,24 +351,55 @@ class LocalDiskStorage(Storage):
         if not start.is_dir():
             self._require_root(prefix or None)
             return
-        for dirpath, dirnames, filenames in os.walk(start, onerror=self._raise_walk_error):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, self.root)
-            if rel_dir == "." and PARTIAL_DIR in dirnames:
-                dirnames.remove(PARTIAL_DIR)  # writes in progress, never objects
-            for filename in sorted(filenames):
-                if is_part_file(filename):
-                    continue
-                key = filename if rel_dir == "." else f"{rel_dir}/{filename}".replace(os.sep, "/")
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    size = os.stat(os.path.join(dirpath, filename)).st_size
-                except FileNotFoundError:
-                    continue  # deleted while listing
-                except OSError as exc:
-                    raise self._map(exc, key, reading=True) from exc
-                yield key, size
+        yield from self._walk(start_dir, prefix, start_after)
+
+    def _walk(self, rel_dir: str, prefix: str, start_after: str) -> Iterator[tuple[str, int]]:
+        """The objects under ``rel_dir`` in ascending key order (``base.sort_key``)."""
+        directory = self.root / rel_dir if rel_dir else self.root
+        try:
+            with os.scandir(directory) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except FileNotFoundError:
+            return  # removed while listing
+        except OSError as exc:
+            raise self._map(exc, rel_dir or None, reading=True) from exc
+        entries.sort(key=lambda e: sort_key(e[0], is_directory=e[1]))
+        for name, is_dir in entries:
+            key = f"{rel_dir}/{name}" if rel_dir else name
+            if is_dir:
+                if key == PARTIAL_DIR:
+                    continue  # writes in progress, never objects
+                if (key.startswith(prefix) or prefix.startswith(key + "/")) and (
+                    may_hold_keys_after(key, start_after)
+                ):
+                    yield from self._walk(key, prefix, start_after)
+                continue
+            if is_part_file(name) or not key.startswith(prefix) or key <= start_after:
+                continue
+            try:
+                size = os.stat(directory / name).st_size
+            except FileNotFoundError:
+                continue  # deleted while listing
+            except OSError as exc:
+                raise self._map(exc, key, reading=True) from exc
+            yield key, size
+
+    def move(self, key: str, new_key: str) -> None:
+        path, target = self.path_of(key), self.path_of(new_key)
+        self._require_root(key)
+        if not path.is_file():
+            raise PermanentStorageError("no object to move", location=self.name, key=key)
+        if target.exists():
+            raise PermanentStorageError(
+                f"refusing to move onto an existing object {new_key}", location=self.name, key=key
+            )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, target)
+        except OSError as exc:
+            raise self._map(exc, key, reading=False) from exc
+        _fsync_dir(target.parent)
+        _fsync_dir(path.parent)
 
     def _raise_walk_error(self, exc: OSError) -> None:
         raise self._map(exc, None, reading=True) from exc

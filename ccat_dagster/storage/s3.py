@@ -609,13 +609,19 @@ class S3Storage(Storage):
             raise self._map(exc, key) from exc
         return DeleteResult(key=key, existed=True)
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[tuple[str, int]]:
         check_prefix(prefix, location=self.name)
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         paginator = self.client.get_paginator("list_objects_v2")
+        # a start key need not be an object's (the audit resumes after any key)
+        after = f"{self.prefix}/{start_after}" if self.prefix else start_after
+        extra = {"StartAfter": after} if start_after else {}
         try:
             for page in paginator.paginate(
-                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+                Bucket=self.bucket,
+                Prefix=full,
+                PaginationConfig={"PageSize": self.list_page_size},
+                **extra,
             ):
                 for obj in page.get("Contents", []):
                     yield self._relative(obj["Key"]), int(obj["Size"])
@@ -623,6 +629,25 @@ class S3Storage(Storage):
             raise
         except Exception as exc:
             raise self._map(exc, prefix or None) from exc
+
+    def move(self, key: str, new_key: str) -> None:
+        """A managed copy (multipart above 5 GB; the object metadata, with the stored checksum,
+        goes with the bytes), then the delete of the old key."""
+        if self._head(key) is None:
+            raise PermanentStorageError("no object to move", location=self.name, key=key)
+        if self._head(new_key) is not None:
+            raise PermanentStorageError(
+                f"refusing to move onto an existing object {new_key}", location=self.name, key=key
+            )
+        try:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self.object_key(key)},
+                self.bucket,
+                self.object_key(new_key),
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        except Exception as exc:
+            raise self._map(exc, key) from exc
 
     def list_temporaries(self) -> Iterator[TemporaryObject]:
         """Unfinished multipart uploads under the prefix (size: the parts uploaded so far)."""

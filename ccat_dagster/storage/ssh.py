@@ -40,6 +40,8 @@ from ccat_dagster.storage.base import (
     TemporaryObject,
     check_key,
     check_prefix,
+    may_hold_keys_after,
+    sort_key,
 )
 from ccat_dagster.storage.errors import (
     LocationFullError,
@@ -584,11 +586,11 @@ class SSHStorage(Storage):
             self._require_root(key)  # not "already deleted" under a missing mount
         return DeleteResult(key=key, existed=existed)
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[tuple[str, int]]:
         check_prefix(prefix, location=self.name)
-        yield from self._walk(prefix.rpartition("/")[0], prefix)
+        yield from self._walk(prefix.rpartition("/")[0], prefix, start_after)
 
-    def _walk(self, rel_dir: str, prefix: str) -> Iterator[tuple[str, int]]:
+    def _walk(self, rel_dir: str, prefix: str, start_after: str) -> Iterator[tuple[str, int]]:
         directory = posixpath.join(self.root, rel_dir) if rel_dir else self.root
         with self._errors(rel_dir or None, "list"), self.connection.sftp_lock:
             try:
@@ -599,20 +601,37 @@ class SSHStorage(Storage):
             if not rel_dir:
                 self._require_root(prefix or None)
             return
-        for entry in sorted(entries, key=lambda e: e.filename):
+        order = [(e, stat_mode.S_ISDIR(e.st_mode or 0)) for e in entries]
+        order.sort(key=lambda e: sort_key(e[0].filename, is_directory=e[1]))
+        for entry, is_dir in order:
             rel = f"{rel_dir}/{entry.filename}" if rel_dir else entry.filename
             mode = entry.st_mode or 0
             if rel == PARTIAL_DIR:
                 continue  # writes in progress, never objects
-            if stat_mode.S_ISDIR(mode):
-                if rel.startswith(prefix) or prefix.startswith(rel + "/"):
-                    yield from self._walk(rel, prefix)
+            if is_dir:
+                if (rel.startswith(prefix) or prefix.startswith(rel + "/")) and (
+                    may_hold_keys_after(rel, start_after)
+                ):
+                    yield from self._walk(rel, prefix, start_after)
             elif (
                 stat_mode.S_ISREG(mode)
                 and not is_temp_name(entry.filename)
                 and rel.startswith(prefix)
+                and rel > start_after
             ):
                 yield rel, entry.st_size or 0
+
+    def move(self, key: str, new_key: str) -> None:
+        path, target = self._path(key), self._path(new_key)
+        if not self.stat(key).exists:
+            raise PermanentStorageError("no object to move", location=self.name, key=key)
+        if self.stat(new_key).exists:
+            raise PermanentStorageError(
+                f"refusing to move onto an existing object {new_key}", location=self.name, key=key
+            )
+        self._makedirs(posixpath.dirname(target), new_key)
+        with self._errors(key, "move"), self.connection.sftp_lock:
+            self.connection.sftp().posix_rename(path, target)
 
     def list_temporaries(self) -> Iterator[TemporaryObject]:
         """The files (and any directories) in ``<root>/.ccat-partial/`` on the server."""

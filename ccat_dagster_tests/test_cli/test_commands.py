@@ -45,6 +45,10 @@ COMMANDS = [
     ["staging", "list"],
     ["staging", "complete"],
     ["verify"],
+    ["quarantine"],
+    ["quarantine", "list"],
+    ["quarantine", "release"],
+    ["quarantine", "purge"],
 ]
 
 

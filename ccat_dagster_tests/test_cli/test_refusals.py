@@ -101,6 +101,9 @@ def test_ops_db_without_topology(ops_db_url, monkeypatch, tmp_path):
         (["staging", "complete", "999"], "no staging job 999"),
         (["staging", "create", "-l", "nosuch", "-p", "x"], "nosuch"),
         (["run-until-idle", "--site", "nosuch"], "site 'nosuch' is not in the topology"),
+        (["quarantine", "release", "999"], "not in quarantine: 999"),
+        (["quarantine", "purge", "999", "--yes"], "not in quarantine: 999"),
+        (["quarantine", "list", "-l", "nosuch"], "unknown location 'nosuch'"),
         (
             [
                 "files",

@@ -1,7 +1,8 @@
 """The conditions of one site that are incidents now, each from the ops DB in a few set-based
 queries: FAILED RawDataPackages, archive copies that failed ``lta_presence``, buffer levels
 CRITICAL and EMERGENCY, locations unavailable from the site longer than the policy's threshold,
-the disk-pressure forecast, and a stalled pipeline (:mod:`.stall`).
+the disk-pressure forecast, a stalled pipeline (:mod:`.stall`), and locations whose
+consistency audit found too many dark or lost objects to act on (the location looks wrong).
 
 A condition belongs to the site that acts on it (whose code location sends it): FAILED packages
 to the site of their SOURCE, an archive copy to the archive's site, a level or forecast to the
@@ -23,6 +24,7 @@ from ccat_dagster.lifecycle.capacity.forecast import forecast_locations, pressur
 from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_ops_db.models import (
     UNUSABLE_COPY_STATUSES,
+    AuditCursor,
     DataLocation,
     DiskUsageSample,
     LocationType,
@@ -54,6 +56,7 @@ def site_conditions(
         *disk_forecasts(session, site, policy=policy, now=now),
         *unavailable_too_long(session, site, policy=policy, now=now),
         *stalled_pipeline(session, site, policy=policy, now=now),
+        *audit_anomalies(session, site),
     ]
 
 
@@ -225,4 +228,30 @@ def unavailable_too_long(
         )
         for row in unavailable_locations(session, observer=site)
         if row.since <= limit
+    ]
+
+
+def audit_anomalies(session: Session, site: str) -> list[Condition]:
+    """Locations whose latest consistency-audit slice found too many dark or lost objects to
+    be believed (``lifecycle/audit/run.py``): the location itself looks wrong."""
+    rows = session.execute(
+        sa.select(DataLocation, AuditCursor.anomaly, AuditCursor.anomaly_since)
+        .join(AuditCursor, AuditCursor.data_location_id == DataLocation.id)
+        .join(Site, Site.id == DataLocation.site_id)
+        .where(
+            Site.short_name == site,
+            DataLocation.active == sa.true(),
+            AuditCursor.anomaly.is_not(None),
+        )
+        .order_by(DataLocation.name)
+    ).all()
+    return [
+        Condition(
+            AlertKind.LOCATION_LOOKS_WRONG,
+            site,
+            location.qualified_name,
+            text or "",
+            as_utc(since) if since is not None else None,
+        )
+        for location, text, since in rows
     ]

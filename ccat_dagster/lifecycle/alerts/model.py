@@ -17,6 +17,7 @@ class AlertKind(enum.StrEnum):
     LOCATION_UNAVAILABLE = "location_unavailable"
     PIPELINE_STALLED = "pipeline_stalled"
     DISK_FORECAST = "disk_forecast"
+    LOCATION_LOOKS_WRONG = "location_looks_wrong"
 
 
 #: the kinds a site's alert evaluation decides from the ops DB (a failed run is reported by the
@@ -56,6 +57,10 @@ FIRST_ACTION: dict[AlertKind, str] = {
     AlertKind.DISK_FORECAST: (
         "check that the location's cleanup runs (`ccat deletion-plan`) or plan more capacity "
         "before it reaches its critical level"
+    ),
+    AlertKind.LOCATION_LOOKS_WRONG: (
+        "check that the location is the right mount, host or bucket (its `consistency` check "
+        "in the UI shows the slice); the audit acts on nothing there until a slice looks right"
     ),
 }
 

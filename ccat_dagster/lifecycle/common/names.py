@@ -146,6 +146,15 @@ def cleanup_temporaries_op(site: str) -> str:
     return f"{cleanup_job(site)}_temporaries"
 
 
+def consistency_audit_job(site: str) -> str:
+    """The consistency audit of the site's locations (one slice of each that is due)."""
+    return f"{site}_consistency_audit"
+
+
+def consistency_audit_op(site: str) -> str:
+    return f"{consistency_audit_job(site)}_op"
+
+
 def create_staging_job(site: str) -> str:
     return f"{site}_create_staging_job"
 
@@ -163,6 +172,10 @@ def stage_sensor(site: str, stage: str) -> str:
 
 def cleanup_schedule(site: str) -> str:
     return f"{cleanup_job(site)}_schedule"
+
+
+def consistency_audit_schedule(site: str) -> str:
+    return f"{consistency_audit_job(site)}_schedule"
 
 
 def ingest_sensor(site: str, location: str) -> str:
