@@ -3,9 +3,13 @@ DataTransferRoute rows idempotently, deactivated (never deleted) when removed, s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import event, select
+from typer.testing import CliRunner
 
+from ccat_dagster.cli import app
 from ccat_dagster_tests.pipeline_support import real_topology
 from ccat_ops_db.models import DataTransferRoute, RouteType
 from ccat_ops_db.topology import TopologyError, apply_topology, parse_topology, show_topology
@@ -36,10 +40,12 @@ def test_routes_are_written_idempotently_and_deactivated_not_deleted(session, en
     assert "route ccat -> RELAY via hub -> us" in summary.created
     assert "route ccat -> DIRECT -> cologne (inactive)" in summary.created
     relay, direct = _rows(session)
-    assert relay.route_type is RouteType.RELAY and relay.active
+    assert relay.route_type is RouteType.RELAY
+    assert relay.active
     assert (relay.origin_site.short_name, relay.relay_site.short_name) == ("ccat", "hub")
     assert relay.destination_site.short_name == "us"
-    assert direct.route_type is RouteType.DIRECT and not direct.active
+    assert direct.route_type is RouteType.DIRECT
+    assert not direct.active
 
     writes: list[str] = []
 
@@ -177,3 +183,21 @@ def test_two_active_routes_from_one_origin_and_relay_loops_are_refused(tmp_path)
 def test_every_problem_of_the_routes_is_reported_together(tmp_path):
     errors = _errors(_topology(tmp_path, {**RELAY, "relay": "us"}, {**CUSTOM, "location": "lta"}))
     assert len(errors) == 2, errors
+
+
+def test_list_locations_shows_the_routes_in_text_and_json(ops_db_url, session, tmp_path):
+    apply_topology(session, _topology(tmp_path, RELAY, {**DIRECT, "active": False}))
+    session.commit()
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list-locations"], env={"CCAT_OPS_DB_URL": ops_db_url})
+    assert listed.exit_code == 0, listed.output
+    assert "routes: ccat -> RELAY via hub -> us" in listed.stdout.splitlines()
+    assert "routes: ccat -> DIRECT -> cologne (inactive)" in listed.stdout.splitlines()
+
+    doc = json.loads(
+        runner.invoke(app, ["list-locations", "--json"], env={"CCAT_OPS_DB_URL": ops_db_url}).stdout
+    )
+    by_name = {f"{r['site']}/{r['location']}": r for r in doc}
+    expected = ["ccat -> RELAY via hub -> us", "ccat -> DIRECT -> cologne (inactive)"]
+    assert by_name["ccat/telescope_buffer"]["routes"] == expected
+    assert by_name["hub/buffer"]["routes"] == []
