@@ -177,3 +177,20 @@ def test_relay_onward_planning_skips_hops_already_sent_on(ops_db_url, tmp_path):
     assert created == []
     # one query for the hops (none left), none per hop (its route, its destination)
     assert not [s for s in statements if "data_transfer_route" in s], statements
+
+
+def test_relay_through_an_archive_site_archives_there_and_goes_on(ops_db_url, tmp_path):
+    """``ccat -> RELAY via cologne -> us``: the relay site is an archive site, so it unpacks and
+    archives the bundle on the way; the copies are cleaned by the archive-site rules."""
+    route = {"origin": "ccat", "type": "RELAY", "relay": "cologne", "destination": "us"}
+    _run(ops_db_url, tmp_path, route, cleanup=True)
+    with session_scope(ops_db_url) as session:
+        _all_archived_everywhere(session)
+        for name, legs in _hops(session).items():
+            assert legs[0] == ("ccat/telescope_buffer", "cologne/buffer", "relay"), name
+            assert legs[1][:2] == ("cologne/buffer", "us/buffer"), name
+            assert len(legs) == 2, name
+        copies = _copies(session)
+        for kind in ("data_transfer_package", "raw_data_package"):
+            for where in ("ccat/telescope_buffer", "cologne/buffer", "us/buffer"):
+                assert copies[(kind, where)] == Counter({S.DELETED: 4}), (kind, where)
