@@ -54,9 +54,10 @@ def apply_command(
     """Validate FILE completely, then make the database match it in one transaction.
 
     Re-applying the same file changes nothing; a site, location or route missing from FILE is
-    deactivated, never deleted (routes: DIRECT, RELAY, CUSTOM overrides of the round-robin). Creates the schema first if the database has none. After a change, the
-    code locations are reloaded through the webserver when its URL is known (--webserver-url
-    or CCAT_DAGSTER_WEBSERVER_URL); otherwise the command that does it is printed.
+    deactivated, never deleted (routes: DIRECT, RELAY, CUSTOM overrides of the round-robin).
+    Creates the schema first if the database has none. After a change, the code locations are
+    reloaded through the webserver when its URL is known (--webserver-url or
+    CCAT_DAGSTER_WEBSERVER_URL); otherwise the command that does it is printed.
     """
     with ops_session(create_schema=True) as session:
         summary = apply_topology(session, file)
