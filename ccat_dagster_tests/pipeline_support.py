@@ -55,11 +55,14 @@ def real_topology(
     telescope_buffer: Path | None = None,
     ingest: dict[str, Any] | None = None,
     source_host=None,
+    routes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The e2e topology; without sshd/S3 every storage is a local disk under ``root``
     (the telescope buffer at ``telescope_buffer`` when given, e.g. on a small disk). With
     ``ingest``, the SOURCE ``ccat/primecam_raw_data`` (``root/ccat/src``) has that ingest key;
-    with ``source_host`` (an sshd) the SOURCE lies on that host (an instrument computer)."""
+    with ``source_host`` (an sshd) the SOURCE lies on that host (an instrument computer).
+    With ``routes`` (the topology's route overrides) two more places exist for them: a relay
+    site ``hub`` with only a BUFFER, and a second BUFFER ``us/intake`` (priority 2)."""
 
     def disk(
         *parts: str, remote: bool = False, path: Path | None = None, host=None
@@ -88,7 +91,7 @@ def real_topology(
         if s3_endpoint
         else disk("cologne", "lta")
     )
-    return {
+    topology: dict[str, Any] = {
         "sites": [
             {
                 "short_name": "ccat",
@@ -131,6 +134,21 @@ def real_topology(
             **(policy or {}),
         },
     }
+    if routes is not None:
+        topology["sites"][2]["locations"].append(
+            {"name": "intake", "type": "BUFFER", "priority": 2, "storage": disk("us", "intake")}
+        )
+        topology["sites"].append(
+            {
+                "short_name": "hub",
+                "name": "Relay hub",
+                "locations": [
+                    {"name": "buffer", "type": "BUFFER", "storage": disk("hub", "buffer")}
+                ],
+            }
+        )
+        topology["routes"] = routes
+    return topology
 
 
 #: the ingest key of a SOURCE whose instrument marks each finished directory (the demo's)

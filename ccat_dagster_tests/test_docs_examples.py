@@ -21,6 +21,7 @@ from ccat_ops_db.topology import (
     INGEST_KEYS,
     LOCATION_KEYS,
     POLICY_DEFAULTS,
+    ROUTE_KEYS,
     SITE_KEYS,
     STORAGE_KEYS,
     THRESHOLD_KEYS,
@@ -191,6 +192,7 @@ def test_operators_guide_names_every_job_sensor_schedule_and_check(tmp_path, mon
 def test_configuration_reference_lists_every_topology_key():
     doc = CONFIGURATION.read_text()
     keys = {*TOP_LEVEL_KEYS, *SITE_KEYS, *LOCATION_KEYS, *INGEST_KEYS, *THRESHOLD_KEYS}
+    keys |= set(ROUTE_KEYS)
     keys |= set(POLICY_DEFAULTS)
     keys |= {k for kind_keys in STORAGE_KEYS.values() for k in kind_keys}
     missing = sorted(k for k in keys if f"`{k}`" not in doc)

@@ -1,8 +1,9 @@
 """The sites-and-locations topology: load the YAML, validate all of it, apply it idempotently.
 
 The YAML format is the contract of docs/configuration.md (``sites`` with their ``locations`` and a
-``storage`` each, plus a ``policy`` section). Validation (the pydantic models of
-:mod:`ccat_ops_db.topology_schema` and :mod:`ccat_ops_db.policy`) collects every problem before
+``storage`` each, ``routes``: manual route overrides, and a ``policy`` section). Validation (the
+pydantic models of :mod:`ccat_ops_db.topology_schema`, :mod:`ccat_ops_db.topology_routes` and
+:mod:`ccat_ops_db.policy`) collects every problem before
 anything is written and raises them together as one :class:`TopologyError` that names each entry
 (``sites[1].locations[2] (cologne/lta)``) and the fix. Applying is one transaction that only
 touches what differs: re-applying the same file issues no UPDATE; a location or site missing from
@@ -32,6 +33,8 @@ from ccat_ops_db.models import (
     TapeDataLocation,
 )
 from ccat_ops_db.policy import POLICY_DEFAULTS, THRESHOLD_KEYS, validate_policy
+from ccat_ops_db.topology_routes import ROUTE_KEYS, RouteSpec, validate_routes
+from ccat_ops_db.topology_routes_apply import apply_routes, show_routes
 from ccat_ops_db.topology_schema import (
     INGEST_KEYS,
     LOCATION_KEYS,
@@ -49,6 +52,7 @@ __all__ = [
     "INGEST_KEYS",
     "LOCATION_KEYS",
     "POLICY_DEFAULTS",
+    "ROUTE_KEYS",
     "SAFE_IDENTIFIER",
     "SITE_KEYS",
     "STORAGE_KEYS",
@@ -56,6 +60,7 @@ __all__ = [
     "TOP_LEVEL_KEYS",
     "ApplySummary",
     "LocationSpec",
+    "RouteSpec",
     "SiteSpec",
     "Topology",
     "TopologyError",
@@ -93,6 +98,8 @@ class Topology:
     sites: tuple[SiteSpec, ...]
     # Validated policy keys as given in the file (thresholds completed with their defaults).
     policy: dict[str, Any]
+    # Manual route overrides (DIRECT, RELAY, CUSTOM), validated against ``sites``.
+    routes: tuple[RouteSpec, ...] = ()
 
 
 @dataclass
@@ -157,9 +164,11 @@ def parse_topology(data: Mapping[str, Any], source: str | None = None) -> Topolo
     policy, problems = validate_policy(data.get("policy"))
     errors += problems
     errors += check_sites(sites, complete=not errors)
+    routes, problems = validate_routes(data.get("routes"), sites)
+    errors += problems
     if errors:
         raise TopologyError(errors, source)
-    return Topology(sites=tuple(sites), policy=policy)
+    return Topology(sites=tuple(sites), policy=policy, routes=tuple(routes))
 
 
 # --------------------------------------------------------------------------- applying
@@ -277,6 +286,11 @@ def apply_topology(
             if loc.active:
                 loc.active = False
                 summary.deactivated.append(f"{short}/{loc.name} (its site is not in the topology)")
+    session.flush()  # new sites get their ids before routes refer to them
+    routes = apply_routes(session, parsed.routes)
+    summary.created += routes.created
+    summary.updated += routes.updated
+    summary.deactivated += routes.deactivated
     _apply_policy(session, parsed.policy, summary)
     session.flush()
     return summary
@@ -380,6 +394,9 @@ def show_topology(session: Session) -> dict[str, Any]:
         if row.key in POLICY_DEFAULTS
     }
     result: dict[str, Any] = {"sites": out_sites}
+    routes = show_routes(session)
+    if routes:
+        result["routes"] = routes
     if policy:
         result["policy"] = policy
     return result

@@ -215,7 +215,7 @@ class SiteSpec(_Entry):
     locations: Annotated[list[LocationSpec], BeforeValidator(_locations)] = _RequiredText
 
 
-TOP_LEVEL_KEYS = ("sites", "policy")
+TOP_LEVEL_KEYS = ("sites", "routes", "policy")
 SITE_KEYS: tuple[str, ...] = tuple(SiteSpec.model_fields)
 LOCATION_KEYS: tuple[str, ...] = tuple(LocationSpec.model_fields)
 INGEST_KEYS: tuple[str, ...] = tuple(IngestSpec.model_fields)

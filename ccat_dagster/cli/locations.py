@@ -1,5 +1,5 @@
 """``ccat list-locations``: every site and location, with its operations and their pool names,
-and the sites it is unavailable from (since when, why)."""
+the sites it is unavailable from (since when, why), and the route overrides."""
 
 from __future__ import annotations
 
@@ -44,9 +44,17 @@ def locations_tables(rows: list[LocationInfo]) -> list[Table]:
     return [locations, pools] + ([unavailable] if unavailable.row_count else [])
 
 
+def route_lines(rows: list[LocationInfo]) -> list[str]:
+    """One line per route override, e.g. ``routes: ccat -> RELAY via hub -> us``."""
+    routes = dict.fromkeys(route for row in rows for route in row.routes)
+    if not routes:
+        return ["routes: none (round-robin primary routes and secondary routes only)"]
+    return [f"routes: {route}" for route in routes]
+
+
 def format_locations_table(rows: list[LocationInfo]) -> str:
     """The tables of ``ccat list-locations`` as plain text."""
-    return render(*locations_tables(rows))
+    return "\n".join([render(*locations_tables(rows)).rstrip("\n"), *route_lines(rows)]) + "\n"
 
 
 def list_locations_command(
@@ -54,7 +62,9 @@ def list_locations_command(
 ) -> None:
     """List every site and location (type, storage, priority, active), the operations that run
     at each with the names of their concurrency pools (exactly the pools the Dagster ops use),
-    and the sites a location is unavailable from (work needing it waits)."""
+    the sites a location is unavailable from (work needing it waits), and the route overrides
+    of the topology (DIRECT, RELAY, CUSTOM; in --json: ``routes`` of each location, those from
+    its site)."""
     with ops_session() as session:
         rows = describe_locations(session)
     if as_json:
@@ -63,6 +73,7 @@ def list_locations_command(
         typer.echo("no locations yet; apply a topology with `ccat topology apply FILE`")
     else:
         show(*locations_tables(rows))
+        typer.echo("\n".join(route_lines(rows)))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""``ccat topology``: apply a sites-and-locations YAML file to the ops database, or show it."""
+"""``ccat topology``: apply a sites-locations-and-routes YAML file to the ops database, or show
+it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ccat_ops_db.topology import apply_topology, dump_topology, show_topology
 
 register_operator_error(ReloadError)
 
-topology_app = typer.Typer(help="Sites, data locations and policy (the topology YAML).")
+topology_app = typer.Typer(help="Sites, data locations, routes and policy (the topology YAML).")
 
 
 def _webserver_url_option() -> Any:
@@ -52,10 +53,11 @@ def apply_command(
 ) -> None:
     """Validate FILE completely, then make the database match it in one transaction.
 
-    Re-applying the same file changes nothing; a location missing from FILE is deactivated,
-    never deleted. Creates the schema first if the database has none. After a change, the
-    code locations are reloaded through the webserver when its URL is known (--webserver-url
-    or CCAT_DAGSTER_WEBSERVER_URL); otherwise the command that does it is printed.
+    Re-applying the same file changes nothing; a site, location or route missing from FILE is
+    deactivated, never deleted (routes: DIRECT, RELAY, CUSTOM overrides of the round-robin).
+    Creates the schema first if the database has none. After a change, the code locations are
+    reloaded through the webserver when its URL is known (--webserver-url or
+    CCAT_DAGSTER_WEBSERVER_URL); otherwise the command that does it is printed.
     """
     with ops_session(create_schema=True) as session:
         summary = apply_topology(session, file)

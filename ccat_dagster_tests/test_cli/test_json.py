@@ -62,6 +62,7 @@ def test_list_locations_json(applied):
         "active",
         "pools",
         "unavailable",
+        "routes",
     }
     assert lta["location_type"] == "LONG_TERM_ARCHIVE"
     assert ["long_term_archive_transfer", "cologne_lta_long_term_archive_transfer"] in lta["pools"]

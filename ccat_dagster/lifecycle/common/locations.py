@@ -18,11 +18,13 @@ from ccat_dagster.lifecycle.common.names import Placed, site_pools
 from ccat_dagster.lifecycle.common.operations import operations_for_type
 from ccat_ops_db.models import (
     DataLocation,
+    DataTransferRoute,
     DiskDataLocation,
     LocationType,
     S3DataLocation,
     Site,
 )
+from ccat_ops_db.topology_routes_apply import describe_row
 
 
 class LocationError(LookupError):
@@ -152,6 +154,9 @@ class LocationInfo:
     pools: tuple[tuple[str, str], ...]
     #: (observer site, since (ISO), reason) for each site it is unavailable from
     unavailable: tuple[tuple[str, str, str], ...] = ()
+    #: the route overrides from this location's site, e.g. ``ccat -> RELAY via hub -> us``
+    #: (an inactive one ends with `` (inactive)``)
+    routes: tuple[str, ...] = ()
 
 
 _TYPE_ORDER = list(LocationType)  # SOURCE, BUFFER, LONG_TERM_ARCHIVE, PROCESSING: the data flow
@@ -173,6 +178,10 @@ def describe_locations(session: Session) -> list[LocationInfo]:
     sites: Sequence[Site] = session.scalars(
         select(Site).options(selectinload(Site.locations)).order_by(Site.id)
     ).all()
+    routes: dict[int, list[str]] = {}
+    for route in session.scalars(select(DataTransferRoute).order_by(DataTransferRoute.id)):
+        text = describe_row(route) + ("" if route.active else " (inactive)")
+        routes.setdefault(route.origin_site_id, []).append(text)
     rows = []
     for site in sites:
         # the pools the site's Dagster ops use (its code location loads its active locations)
@@ -191,6 +200,7 @@ def describe_locations(session: Session) -> list[LocationInfo]:
                     active=loc.active and site.active,
                     pools=tuple((op.value, pools[(loc.name, op)]) for op in ops),
                     unavailable=tuple(down.get(loc.id, ())),
+                    routes=tuple(routes.get(site.id, ())),
                 )
             )
     return rows

@@ -57,6 +57,7 @@ RULE_RDP_SOURCE_BUFFER = "can_delete_raw_data_package_from_source_buffer"
 RULE_RDP_LTA_BUFFER = "can_delete_raw_data_package_from_lta_buffer"
 RULE_DTP_SOURCE_BUFFER = "can_delete_data_transfer_package_from_source_buffer"
 RULE_DTP_LTA_BUFFER = "can_delete_data_transfer_package_from_lta_buffer"
+RULE_DTP_RELAY_BUFFER = "can_delete_data_transfer_package_from_relay_buffer"
 RULE_RDF_DELETION_POSSIBLE = "process_deletion_possible_raw_data_files"
 RULE_RDF_PROCESSING = "find_deletable_processing_raw_data_files"
 RULE_RDF_STAGED = "find_deletable_staged_raw_data_files_by_location"
@@ -447,33 +448,76 @@ def _rule_dtp_source_buffer(ctx: RuleContext) -> _Rule:
     """DataTransferPackage | SOURCE Buffer | Verified at LTA site buffer | Completed transfer +
     unpack to >=1 LTA site.
 
-    Deletable when a DataTransfer from this buffer to an LTA site is COMPLETED with unpack_status
-    COMPLETED, and every DataTransfer from this buffer for this package is COMPLETED and unpacked
-    (a pending or failed one keeps the copy: it may still need to be sent).
+    Deletable when a DataTransfer of the bundle to an LTA site is COMPLETED with unpack_status
+    COMPLETED -- from this buffer, or onwards from a relay site's buffer (a RELAY route) -- and
+    every DataTransfer of the bundle from this buffer is done: COMPLETED and unpacked, or, for a
+    hop to a relay site without an archive (never unpacked there), COMPLETED. A pending or
+    failed one keeps the copy: it may still need to be sent.
     """
+    return _forwarded_bundle_rule(
+        RULE_DTP_SOURCE_BUFFER, ctx, lambda dl: dl.c.site_id.in_(source_site_ids()), at_source=True
+    )
+
+
+def _rule_dtp_relay_buffer(ctx: RuleContext) -> _Rule:
+    """DataTransferPackage | BUFFER of a relay site (neither a source nor an LTA site) |
+    Forwarded to the destination | Completed transfer + unpack to >=1 LTA site.
+
+    A RELAY route leaves the bundle in the relay site's buffer, where nothing unpacks it;
+    deletable on the same condition as at a source buffer: the bundle was unpacked at an LTA
+    site and every DataTransfer of it from this buffer is done.
+    """
+    return _forwarded_bundle_rule(
+        RULE_DTP_RELAY_BUFFER,
+        ctx,
+        lambda dl: sa.and_(
+            dl.c.site_id.not_in(source_site_ids()), dl.c.site_id.not_in(lta_site_ids())
+        ),
+        at_source=False,
+    )
+
+
+def _forwarded_bundle_rule(
+    name: str,
+    ctx: RuleContext,
+    sites: Callable[[Any], ColumnElement[bool]],
+    *,
+    at_source: bool,
+) -> _Rule:
+    """A bundle copy at a buffer that forwards it (a source or relay site's): it goes once the
+    data is unpacked at an LTA site and every transfer from this buffer is done."""
     pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
     dest = dl_t.alias("dest")
     to_lta_site = _completed_transfer(
         dtp.c.id,
-        lambda dt: dt.c.origin_location_id == pc.c.data_location_id,
         lambda dt: (
             sa.exists()
             .where(dest.c.id == dt.c.destination_location_id, dest.c.site_id.in_(lta_site_ids()))
             .correlate_except(dest)
         ),
     )
-    other = dt_t.alias("any_transfer")
+    other, other_dest = dt_t.alias("any_transfer"), dl_t.alias("any_destination")
+    # a hop to a site without an archive (a relay) is never unpacked: arrived is done
+    unpacked_or_relayed = sa.or_(
+        other.c.unpack_status == Status.COMPLETED,
+        sa.exists()
+        .where(
+            other_dest.c.id == other.c.destination_location_id,
+            other_dest.c.site_id.not_in(lta_site_ids()),
+        )
+        .correlate_except(other_dest),
+    )
     unfinished = (
         sa.exists()
         .where(
             other.c.data_transfer_package_id == dtp.c.id,
             other.c.origin_location_id == pc.c.data_location_id,
-            sa.or_(other.c.status != Status.COMPLETED, other.c.unpack_status != Status.COMPLETED),
+            sa.or_(other.c.status != Status.COMPLETED, ~unpacked_or_relayed),
         )
         .correlate_except(other)
     )
     return _Rule(
-        name=RULE_DTP_SOURCE_BUFFER,
+        name=name,
         copy_type=CopyType.DATA_TRANSFER_PACKAGE,
         select_from=pc.join(dl, dl.c.id == pc.c.data_location_id).join(
             dtp, dtp.c.id == pc.c.data_transfer_package_id
@@ -482,13 +526,17 @@ def _rule_dtp_source_buffer(ctx: RuleContext) -> _Rule:
         package_id=sa.null(),
         base=[
             *_copies(pc, dl, CopyType.DATA_TRANSFER_PACKAGE, [LocationType.BUFFER]),
-            dl.c.site_id.in_(source_site_ids()),
+            sites(dl),
             _candidate(pc, ctx, S.PRESENT),
         ],
         allow=sa.and_(to_lta_site, ~unfinished),
         reason=sa.case(
             (~to_lta_site, sa.literal("no COMPLETED, unpacked DataTransfer to an LTA site yet")),
-            else_=sa.literal("a DataTransfer from this buffer is not yet COMPLETED and unpacked"),
+            else_=sa.literal(
+                "a DataTransfer from this buffer is not yet COMPLETED and unpacked"
+                if at_source
+                else "a DataTransfer from this relay buffer is not yet COMPLETED"
+            ),
         ),
     )
 
@@ -656,6 +704,7 @@ def _rule_rdf_processing(ctx: RuleContext, *, staged: bool) -> _Rule:
 _RULES: dict[str, Callable[[RuleContext], _Rule]] = {
     RULE_DTP_SOURCE_BUFFER: _rule_dtp_source_buffer,
     RULE_DTP_LTA_BUFFER: _rule_dtp_lta_buffer,
+    RULE_DTP_RELAY_BUFFER: _rule_dtp_relay_buffer,
     RULE_RDP_SOURCE_BUFFER: _rule_rdp_source_buffer,
     RULE_RDP_LTA_BUFFER: _rule_rdp_lta_buffer,
     RULE_RDF_PROCESSING: lambda ctx: _rule_rdf_processing(ctx, staged=False),

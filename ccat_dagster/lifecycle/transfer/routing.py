@@ -17,7 +17,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
-from ccat_dagster.lifecycle.common.locations import get_primary_buffer_for_site, lta_sites
+from ccat_dagster.lifecycle.common.locations import (
+    get_primary_buffer_for_site,
+    is_lta_site,
+    lta_sites,
+)
 from ccat_dagster.lifecycle.common.locks import ROUTING, planner_lock, scope
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
@@ -201,18 +205,28 @@ def plan_relay_onward_transfers(
 
 
 def _plan_relay_onward_transfers(session: Session, run_id: str | None) -> list[DataTransfer]:
-    created = []
-    relayed = session.scalars(
-        select(DataTransfer).where(
-            DataTransfer.route_kind == RELAY, DataTransfer.status == Status.COMPLETED
+    # Only the hops not yet sent on from the relay buffer: the scan ends with each hop's onward
+    # transfer instead of growing with the history of every bundle ever relayed.
+    onward = aliased(DataTransfer)
+    hops = session.scalars(
+        select(DataTransfer)
+        .where(
+            DataTransfer.route_kind == RELAY,
+            DataTransfer.status == Status.COMPLETED,
+            ~exists().where(
+                onward.data_transfer_package_id == DataTransfer.data_transfer_package_id,
+                onward.origin_location_id == DataTransfer.destination_location_id,
+            ),
         )
+        .order_by(DataTransfer.id)
     ).all()
-    for hop in relayed:
-        dtp = hop.data_transfer_package
-        route = _custom_route(session, dtp.origin_location.site)
-        if route is None:
+    created = []
+    for hop in hops:
+        dtp, relay = hop.data_transfer_package, hop.destination_location
+        site = _onward_site(session, dtp.origin_location.site, relay)
+        if site is None:
             continue
-        destination = _buffer_of(session, route.destination_site)
+        destination = _buffer_of(session, site)
         already = session.scalar(
             select(DataTransfer.id).where(
                 DataTransfer.data_transfer_package_id == dtp.id,
@@ -220,11 +234,21 @@ def _plan_relay_onward_transfers(session: Session, run_id: str | None) -> list[D
             )
         )
         if already is None:
-            created.append(
-                _new_transfer(session, dtp, hop.destination_location, destination, PRIMARY, run_id)
-            )
+            created.append(_new_transfer(session, dtp, relay, destination, PRIMARY, run_id))
     session.commit()
     return created
+
+
+def _onward_site(session: Session, origin: Site, relay: DataLocation) -> Site | None:
+    """Where a bundle relayed to ``relay`` goes on to: the destination of the origin's route;
+    with the route gone meanwhile, the next LTA site round-robin -- or nowhere from an LTA
+    relay site, whose secondary routes forward what it unpacked."""
+    route = _custom_route(session, origin)
+    if route is not None and route.destination_site_id != relay.site_id:
+        return route.destination_site
+    if is_lta_site(relay.site):
+        return None
+    return next_lta_site(session, origin)
 
 
 def _new_transfer(
