@@ -1,7 +1,8 @@
 """The conditions of one site that are incidents now, each from the ops DB in a few set-based
 queries: FAILED RawDataPackages, archive copies that failed ``lta_presence``, buffer levels
 CRITICAL and EMERGENCY, locations unavailable from the site longer than the policy's threshold,
-the disk-pressure forecast, and a stalled pipeline (:mod:`.stall`).
+the disk-pressure forecast, a stalled pipeline (:mod:`.stall`), and fixity at rest and the
+restore drill (:mod:`.fixity`).
 
 A condition belongs to the site that acts on it (whose code location sends it): FAILED packages
 to the site of their SOURCE, an archive copy to the archive's site, a level or forecast to the
@@ -15,6 +16,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.alerts.fixity import (
+    fixity_behind,
+    fixity_mismatches,
+    restore_drill_failed,
+)
 from ccat_dagster.lifecycle.alerts.model import AlertKind, Condition
 from ccat_dagster.lifecycle.alerts.stall import stalled_pipeline
 from ccat_dagster.lifecycle.capacity.availability import unavailable_locations
@@ -54,6 +60,9 @@ def site_conditions(
         *disk_forecasts(session, site, policy=policy, now=now),
         *unavailable_too_long(session, site, policy=policy, now=now),
         *stalled_pipeline(session, site, policy=policy, now=now),
+        *fixity_mismatches(session, site, policy=policy, now=now),
+        *fixity_behind(session, site, policy=policy),
+        *restore_drill_failed(session, site),
     ]
 
 

@@ -17,6 +17,9 @@ class AlertKind(enum.StrEnum):
     LOCATION_UNAVAILABLE = "location_unavailable"
     PIPELINE_STALLED = "pipeline_stalled"
     DISK_FORECAST = "disk_forecast"
+    FIXITY_MISMATCH = "fixity_mismatch"
+    FIXITY_BEHIND = "fixity_behind"
+    RESTORE_DRILL_FAILED = "restore_drill_failed"
 
 
 #: the kinds a site's alert evaluation decides from the ops DB (a failed run is reported by the
@@ -56,6 +59,18 @@ FIRST_ACTION: dict[AlertKind, str] = {
     AlertKind.DISK_FORECAST: (
         "check that the location's cleanup runs (`ccat deletion-plan`) or plan more capacity "
         "before it reaches its critical level"
+    ),
+    AlertKind.FIXITY_MISMATCH: (
+        "find out why the archive's bytes changed at rest (disk, controller, bucket policy); "
+        "the copy was marked BAD or LOST and re-archived from a good copy (`ccat status`)"
+    ),
+    AlertKind.FIXITY_BEHIND: (
+        "raise lta_reverify_bytes_per_second (or the archive's override) or "
+        "lta_reverify_interval_minutes in the topology's policy, then `ccat topology apply`"
+    ),
+    AlertKind.RESTORE_DRILL_FAILED: (
+        "open the latest materialization of the site's restore_drill asset and read which "
+        "package failed from which archive and why; docs/operations.md, fixity and restore drills"
     ),
 }
 

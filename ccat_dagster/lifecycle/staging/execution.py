@@ -412,6 +412,7 @@ def stage_raw_data_package(
     *,
     storage_for: StorageFor,
     run_id: str | None = None,
+    only_from: DataLocation | None = None,
 ) -> StageOutcome:
     """Make ``package`` staged and intact at the PROCESSING ``location`` for its open jobs.
 
@@ -419,7 +420,9 @@ def stage_raw_data_package(
     the package is streamed from the nearest verified LTA copy into the location root and
     verified; files already there with identical content are kept, missing ones restored, and a
     different file in the way stops it (nothing is overwritten). Then the copies are recorded
-    and every open job whose packages are all intact there becomes COMPLETED.
+    and every open job whose packages are all intact there becomes COMPLETED. With
+    ``only_from`` the package is read from that archive only (the restore drill tests each
+    archive), provided it holds a verified copy.
     """
     files = _files(session, package)
     target = storage_for(location)
@@ -449,6 +452,8 @@ def stage_raw_data_package(
             )
         _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
     sources = lta_sources(session, package, location)
+    if only_from is not None:
+        sources = [lta for lta in sources if lta.id == only_from.id]
     if not sources:
         return _staging_failed(
             session,
