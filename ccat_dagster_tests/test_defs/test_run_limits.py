@@ -42,8 +42,8 @@ def test_the_templates_hold_the_site_run_limit_of_the_default_policy():
         total, per_site = _run_limits(text)
         assert total == -1, "a limit across sites would bind before a site's own"
         # transfers at max_normal_transfers, and room for every other job of the site
-        assert per_site == dict.fromkeys(("ccat/site", "dagster/code_location"), 14)
-        assert site_run_limit(Policy()) == 14 > Policy().max_normal_transfers
+        assert per_site == dict.fromkeys(("ccat/site", "dagster/code_location"), 15)
+        assert site_run_limit(Policy()) == 15 > Policy().max_normal_transfers
 
 
 def test_every_job_of_a_site_besides_the_transfers_has_its_cap_counted(default_topology_db):
