@@ -92,7 +92,7 @@ def test_a_stale_instance_run_limit_is_reported_with_the_fix(tmp_path, monkeypat
             instance, Policy(max_normal_transfers=8, max_critical_transfers=1)
         )
     assert problem is not None
-    assert "to 14, below the 17 the policy needs" in problem
+    assert "to 15, below the 18 the policy needs" in problem
     assert "ccat instance init --force" in problem
 
 
@@ -104,7 +104,7 @@ def test_instance_init_before_the_ops_db_schema_uses_the_default_policy(tmp_path
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
     result = runner.invoke(app, ["instance", "init"])
     assert result.exit_code == 0, result.output
-    assert "at most 14 runs per site, from the default policy" in result.output
+    assert "at most 15 runs per site, from the default policy" in result.output
     assert "ccat db upgrade" in result.output
     assert (tmp_path / "dh" / "dagster.yaml").read_text() == template_path(
         SQLITE_TEMPLATE

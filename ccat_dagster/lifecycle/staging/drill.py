@@ -29,6 +29,7 @@ from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.lifecycle.ingest.raw_data_packages import package_files
 from ccat_dagster.lifecycle.staging.execution import stage_raw_data_package
 from ccat_dagster.lifecycle.staging.requests import (
+    DRILL_REQUESTER,
     StagingError,
     complete_staging_job,
     create_staging_job,
@@ -52,7 +53,7 @@ from ccat_ops_db.models import (
 
 StorageFor = Callable[[DataLocation], Storage]
 ENTITY = "restore_drill"
-REQUESTER = "restore-drill"
+REQUESTER = DRILL_REQUESTER
 PASSED, FAILED = "PASSED", "FAILED"
 S = PhysicalCopyStatus
 

@@ -32,7 +32,11 @@ from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.lifecycle.common.progress import pending_on_transient
 from ccat_dagster.lifecycle.common.retries import handle_failure
 from ccat_dagster.lifecycle.ingest.raw_data_packages import package_files
-from ccat_dagster.lifecycle.staging.requests import ENTITY, verified_lta_copies
+from ccat_dagster.lifecycle.staging.requests import (
+    DRILL_REQUESTER,
+    ENTITY,
+    verified_lta_copies,
+)
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
@@ -120,6 +124,8 @@ def staging_candidates(session: Session, site: Site) -> list[tuple[int, int]]:
             dl.c.location_type == LocationType.PROCESSING,
             dl.c.active.is_(True),
             ~_claimed_at_location(),
+            # a restore drill stages its own job, timed, from the archive it tests
+            sa.or_(sj.c.requested_by.is_(None), sj.c.requested_by != DRILL_REQUESTER),
         )
         .group_by(sjp.c.raw_data_package_id, sj.c.destination_location_id)
         .order_by(sa.func.min(sj.c.id), sjp.c.raw_data_package_id)
