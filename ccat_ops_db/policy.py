@@ -8,7 +8,7 @@ docs/configuration.md and docs/lifecycle.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, field, fields
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
@@ -62,6 +62,19 @@ class BufferThresholds:
         return self
 
 
+def _rates_by_location(value: Any) -> Any:
+    """``{"site/location": bytes per second}``: whole numbers >= 0 (0 = unlimited)."""
+    if not isinstance(value, dict):
+        fail('must be a mapping of "site/location" to bytes per second, e.g. {"cologne/lta": 0}')
+    for key, rate in value.items():
+        if not isinstance(key, str) or key.count("/") != 1 or not all(key.split("/")):
+            fail(f'keys must name a location as "site/location", got {key!r}')
+        whole_number(0, f"{key}: must be a whole number >= 0 (bytes per second), got {{value}}")(
+            rate
+        )
+    return value
+
+
 def _thresholds(value: Any) -> Any:
     if not isinstance(value, dict | BufferThresholds):
         fail("must be a mapping, e.g. {warning: 70, critical: 85, emergency: 95}")
@@ -87,6 +100,18 @@ class Policy:
     max_retries: Annotated[int, _count(0)] = 3
     # Every archive copy is read back in full and checksummed this often (the scrub).
     lta_reverify_interval_minutes: Annotated[int, _count(1)] = 43_200
+    # The scrub reads each archive at most this fast (bytes/s, 0 = unlimited), per location
+    # overridable by "site/location"; one run of it reads at most rate x lta_reverify_run_minutes.
+    lta_reverify_bytes_per_second: Annotated[int, _count(0)] = 0
+    lta_reverify_bytes_per_second_by_location: Annotated[
+        dict[str, int], BeforeValidator(_rates_by_location)
+    ] = field(default_factory=dict)
+    lta_reverify_run_minutes: Annotated[int, _count(1)] = 60
+    # The restore drill: every restore_drill_interval_minutes a random sample of this many
+    # archived packages is staged from each archive of a site to its PROCESSING location and
+    # verified file by file.
+    restore_drill_interval_minutes: Annotated[int, _count(1)] = 10_080
+    restore_drill_sample_size: Annotated[int, _count(1)] = 3
     # The disk-pressure forecast fits the fill rate over this many hours of samples, and warns
     # when a location reaches its critical level in fewer than disk_forecast_alert_hours.
     disk_forecast_window_hours: Annotated[int, _count(1)] = 24
@@ -132,6 +157,12 @@ class Policy:
                 "cleaned at least as often"
             )
         return self
+
+    def lta_reverify_rate(self, location: str) -> int:
+        """The scrub's read rate at ``location`` ("site/location"), bytes/s; 0 = unlimited."""
+        return self.lta_reverify_bytes_per_second_by_location.get(
+            location, self.lta_reverify_bytes_per_second
+        )
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> Policy:

@@ -2,7 +2,8 @@
 
 ``{site}_alert_sensor`` evaluates the site's conditions from the ops DB every
 ``CCAT_ALERT_INTERVAL_SECONDS`` (FAILED packages, failed ``lta_presence``, buffer CRITICAL and
-EMERGENCY, locations unavailable too long, the disk-pressure forecast, a stalled pipeline),
+EMERGENCY, locations unavailable too long, the disk-pressure forecast, a stalled pipeline,
+fixity mismatches and a scrub rate that falls behind, a failed restore drill),
 opens and resolves the incidents, resolves the failed-run incidents whose job has succeeded
 since, and sends what is due. ``{site}_run_failure_alert_sensor`` reports each failed run of
 this code location's jobs at once. The decisions are ``ccat_dagster.lifecycle.alerts``; the

@@ -18,6 +18,7 @@ from ccat_dagster.defs.dead_runs import build_release_claims_sensor
 from ccat_dagster.defs.ingest import build_ingest_sensors
 from ccat_dagster.defs.jobs import build_stage_job
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
+from ccat_dagster.defs.restore_drill import build_site_restore_drill
 from ccat_dagster.defs.sensors import build_stage_sensor
 from ccat_dagster.defs.settings import Settings
 from ccat_dagster.defs.stages import PIPELINE_STAGES
@@ -62,6 +63,9 @@ def build_site_definitions(
     assets += staging_assets
     jobs += staging_jobs
     sensors += staging_sensors
+    drill_assets, drill_jobs, drill_schedules = build_site_restore_drill(snapshot, site)
+    assets += drill_assets
+    jobs += drill_jobs
     cleanup_job = build_cleanup_job(site)
     jobs.append(cleanup_job)
     sensors.append(
@@ -90,6 +94,7 @@ def build_site_definitions(
         schedules=[
             build_cleanup_schedule(site, cleanup_job, cron=settings.cleanup_cron),
             build_audit_schedule(site, audit_job),
+            *drill_schedules,
         ],
         resources={
             "ops_db": OpsDbResource(url=ops_db_url),

@@ -619,7 +619,7 @@ class ReverifyConfig(Config):
 def _ready_reverify(session: Session, site: Site) -> list[ReverifyItem]:
     return [
         ReverifyItem(package=p, lta=lta)
-        for p, lta in reverification.copies_due_for_reverification(session, site)
+        for p, lta in reverification.next_reverification_batch(session, site)
     ]
 
 
@@ -649,8 +649,9 @@ def _reverify_needs(
 REVERIFY = Stage(
     name="lta_reverification",
     operation=OperationType.MONITORING,
-    description="Read archive copies back in full once per lta_reverify_interval_minutes; a bad "
-    "copy is marked BAD/LOST and re-archived from a good copy.",
+    description="Read archive copies back in full once per lta_reverify_interval_minutes, oldest "
+    "first, at most lta_reverify_bytes_per_second per archive; a bad copy is marked BAD/LOST and "
+    "re-archived from a good copy.",
     plan=lambda _session, _site: None,
     ready=_ready_reverify,
     execute=_execute_reverify,

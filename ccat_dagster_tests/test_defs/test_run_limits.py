@@ -42,8 +42,8 @@ def test_the_templates_hold_the_site_run_limit_of_the_default_policy():
         total, per_site = _run_limits(text)
         assert total == -1, "a limit across sites would bind before a site's own"
         # transfers at max_normal_transfers, and room for every other job of the site
-        assert per_site == dict.fromkeys(("ccat/site", "dagster/code_location"), 15)
-        assert site_run_limit(Policy()) == 15 > Policy().max_normal_transfers
+        assert per_site == dict.fromkeys(("ccat/site", "dagster/code_location"), 16)
+        assert site_run_limit(Policy()) == 16 > Policy().max_normal_transfers
 
 
 def test_every_job_of_a_site_besides_the_transfers_has_its_cap_counted(default_topology_db):
@@ -92,7 +92,7 @@ def test_a_stale_instance_run_limit_is_reported_with_the_fix(tmp_path, monkeypat
             instance, Policy(max_normal_transfers=8, max_critical_transfers=1)
         )
     assert problem is not None
-    assert "to 15, below the 18 the policy needs" in problem
+    assert "to 16, below the 19 the policy needs" in problem
     assert "ccat instance init --force" in problem
 
 
@@ -104,7 +104,7 @@ def test_instance_init_before_the_ops_db_schema_uses_the_default_policy(tmp_path
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
     result = runner.invoke(app, ["instance", "init"])
     assert result.exit_code == 0, result.output
-    assert "at most 15 runs per site, from the default policy" in result.output
+    assert "at most 16 runs per site, from the default policy" in result.output
     assert "ccat db upgrade" in result.output
     assert (tmp_path / "dh" / "dagster.yaml").read_text() == template_path(
         SQLITE_TEMPLATE

@@ -1,8 +1,9 @@
 """The conditions of one site that are incidents now, each from the ops DB in a few set-based
 queries: FAILED RawDataPackages, archive copies that failed ``lta_presence``, buffer levels
 CRITICAL and EMERGENCY, locations unavailable from the site longer than the policy's threshold,
-the disk-pressure forecast, a stalled pipeline (:mod:`.stall`), and locations whose
-consistency audit found too many dark or lost objects to act on (the location looks wrong).
+the disk-pressure forecast, a stalled pipeline (:mod:`.stall`), fixity at rest and the
+restore drill (:mod:`.fixity`), and locations whose consistency audit found too many dark or
+lost objects to act on (the location looks wrong).
 
 A condition belongs to the site that acts on it (whose code location sends it): FAILED packages
 to the site of their SOURCE, an archive copy to the archive's site, a level or forecast to the
@@ -16,6 +17,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.alerts.fixity import (
+    fixity_behind,
+    fixity_mismatches,
+    restore_drill_failed,
+)
 from ccat_dagster.lifecycle.alerts.model import AlertKind, Condition
 from ccat_dagster.lifecycle.alerts.stall import stalled_pipeline
 from ccat_dagster.lifecycle.capacity.availability import unavailable_locations
@@ -57,6 +63,9 @@ def site_conditions(
         *unavailable_too_long(session, site, policy=policy, now=now),
         *stalled_pipeline(session, site, policy=policy, now=now),
         *audit_anomalies(session, site),
+        *fixity_mismatches(session, site, policy=policy, now=now),
+        *fixity_behind(session, site, policy=policy),
+        *restore_drill_failed(session, site),
     ]
 
 

@@ -18,6 +18,9 @@ class AlertKind(enum.StrEnum):
     PIPELINE_STALLED = "pipeline_stalled"
     DISK_FORECAST = "disk_forecast"
     LOCATION_LOOKS_WRONG = "location_looks_wrong"
+    FIXITY_MISMATCH = "fixity_mismatch"
+    FIXITY_BEHIND = "fixity_behind"
+    RESTORE_DRILL_FAILED = "restore_drill_failed"
 
 
 #: the kinds a site's alert evaluation decides from the ops DB (a failed run is reported by the
@@ -61,6 +64,18 @@ FIRST_ACTION: dict[AlertKind, str] = {
     AlertKind.LOCATION_LOOKS_WRONG: (
         "check that the location is the right mount, host or bucket (its `consistency` check "
         "in the UI shows the slice); the audit acts on nothing there until a slice looks right"
+    ),
+    AlertKind.FIXITY_MISMATCH: (
+        "find out why the archive's bytes changed at rest (disk, controller, bucket policy); "
+        "the copy was marked BAD or LOST and re-archived from a good copy (`ccat status`)"
+    ),
+    AlertKind.FIXITY_BEHIND: (
+        "raise lta_reverify_bytes_per_second (or the archive's override) or "
+        "lta_reverify_interval_minutes in the topology's policy, then `ccat topology apply`"
+    ),
+    AlertKind.RESTORE_DRILL_FAILED: (
+        "open the latest materialization of the site's restore_drill asset and read which "
+        "package failed from which archive and why; docs/operations.md, fixity and restore drills"
     ),
 }
 

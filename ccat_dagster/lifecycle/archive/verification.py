@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ccat_dagster.storage.base import Storage
+from ccat_dagster.storage.throttle import throttled_checksum
 from ccat_ops_db.models import DataLocation, RawDataPackage, utcnow
 
 
@@ -74,13 +75,18 @@ VerifyLtaCopy = Callable[[RawDataPackage, DataLocation], LtaEvidence]
 
 
 def verify_lta_copy(
-    storage: Storage, package: RawDataPackage, *, prefer_stored_checksum: bool = True
+    storage: Storage,
+    package: RawDataPackage,
+    *,
+    prefer_stored_checksum: bool = True,
+    bytes_per_second: int = 0,
 ) -> LtaEvidence:
     """Does ``storage`` hold ``package`` with its recorded size and checksum, right now?
 
     With ``prefer_stored_checksum`` a checksum stored with the object at write time (S3
     metadata, written only after the streamed bytes matched) is accepted; otherwise the object
-    is streamed and hashed. Storage errors propagate: callers treat them as "cannot prove it".
+    is streamed and hashed, at most ``bytes_per_second`` (0: as fast as the storage goes; the
+    scrub's rate limit). Storage errors propagate: callers treat them as "cannot prove it".
     """
     key = package.relative_path
     base = {
@@ -117,7 +123,9 @@ def verify_lta_copy(
     if stored is not None and stored[0] == package.checksum_algorithm:
         actual, source = stored[1], "stored"
     else:
-        actual, _ = storage.checksum(key, package.checksum_algorithm)
+        actual, _ = throttled_checksum(
+            storage, key, package.checksum_algorithm, bytes_per_second=bytes_per_second
+        )
         source = "computed"
     ok = actual == package.checksum
     return LtaEvidence(

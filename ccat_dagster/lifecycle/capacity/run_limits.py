@@ -14,9 +14,9 @@ from __future__ import annotations
 from ccat_ops_db.policy import Policy
 
 #: site job (the part of the Dagster job name after ``{site}_``) -> runs it has in flight at
-#: most: one per stage (its sensor's cap), staging jobs created by hand one at a time, two
-#: cleanups (the schedule's and the buffer monitor's, which waits while one is in flight), and
-#: one consistency audit (its schedule waits while one is in flight)
+#: most: one per stage (its sensor's cap), staging jobs created by hand one at a time, one
+#: restore drill and one consistency audit (their schedules wait while one is in flight), and
+#: two cleanups (the schedule's and the buffer monitor's, which waits while one is in flight)
 OTHER_RUNS: dict[str, int] = {
     "raw_data_package_creation": 1,
     "data_transfer_package_creation": 1,
@@ -25,6 +25,7 @@ OTHER_RUNS: dict[str, int] = {
     "lta_reverification": 1,
     "staging": 1,
     "create_staging_job": 1,
+    "restore_drill": 1,
     "cleanup": 2,
     "consistency_audit": 1,
 }

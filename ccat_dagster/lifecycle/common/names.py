@@ -166,6 +166,14 @@ def create_staging_op(site: str) -> str:
 # --------------------------------------------------------------------------- sensors, schedules
 
 
+def restore_drill_job(site: str) -> str:
+    return f"{site}_restore_drill"
+
+
+def restore_drill_schedule(site: str) -> str:
+    return f"{restore_drill_job(site)}_schedule"
+
+
 def stage_sensor(site: str, stage: str) -> str:
     return f"{stage_job(site, stage)}_sensor"
 

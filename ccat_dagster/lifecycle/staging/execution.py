@@ -32,7 +32,11 @@ from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.lifecycle.common.progress import pending_on_transient
 from ccat_dagster.lifecycle.common.retries import handle_failure
 from ccat_dagster.lifecycle.ingest.raw_data_packages import package_files
-from ccat_dagster.lifecycle.staging.requests import ENTITY, verified_lta_copies
+from ccat_dagster.lifecycle.staging.requests import (
+    DRILL_REQUESTER,
+    ENTITY,
+    verified_lta_copies,
+)
 from ccat_dagster.packaging import RAW_DATA_PACKAGE, ExpectedMember, unpack_package
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
@@ -120,6 +124,8 @@ def staging_candidates(session: Session, site: Site) -> list[tuple[int, int]]:
             dl.c.location_type == LocationType.PROCESSING,
             dl.c.active.is_(True),
             ~_claimed_at_location(),
+            # a restore drill stages its own job, timed, from the archive it tests
+            sa.or_(sj.c.requested_by.is_(None), sj.c.requested_by != DRILL_REQUESTER),
         )
         .group_by(sjp.c.raw_data_package_id, sj.c.destination_location_id)
         .order_by(sa.func.min(sj.c.id), sjp.c.raw_data_package_id)
@@ -412,6 +418,7 @@ def stage_raw_data_package(
     *,
     storage_for: StorageFor,
     run_id: str | None = None,
+    only_from: DataLocation | None = None,
 ) -> StageOutcome:
     """Make ``package`` staged and intact at the PROCESSING ``location`` for its open jobs.
 
@@ -419,7 +426,9 @@ def stage_raw_data_package(
     the package is streamed from the nearest verified LTA copy into the location root and
     verified; files already there with identical content are kept, missing ones restored, and a
     different file in the way stops it (nothing is overwritten). Then the copies are recorded
-    and every open job whose packages are all intact there becomes COMPLETED.
+    and every open job whose packages are all intact there becomes COMPLETED. With
+    ``only_from`` the package is read from that archive only (the restore drill tests each
+    archive), provided it holds a verified copy.
     """
     files = _files(session, package)
     target = storage_for(location)
@@ -449,6 +458,8 @@ def stage_raw_data_package(
             )
         _set_jobs(session, jobs, Status.IN_PROGRESS, f"staging {package.name} from the LTA", run_id)
     sources = lta_sources(session, package, location)
+    if only_from is not None:
+        sources = [lta for lta in sources if lta.id == only_from.id]
     if not sources:
         return _staging_failed(
             session,

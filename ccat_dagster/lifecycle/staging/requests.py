@@ -39,6 +39,9 @@ from ccat_ops_db.models import (
 )
 
 S = PhysicalCopyStatus
+#: ``requested_by`` of the staging jobs of restore drills (:mod:`.drill`): the drill stages
+#: them itself, so the staging stage leaves them alone
+DRILL_REQUESTER = "restore-drill"
 MINUTES_PER_DAY = 24 * 60
 ENTITY = "staging_job"
 
