@@ -78,6 +78,11 @@ class Policy:
     max_retries: Annotated[int, _count(0)] = 3
     # Every archive copy is read back in full and checksummed this often (the scrub).
     lta_reverify_interval_minutes: Annotated[int, _count(1)] = 43_200
+    # Replication between archives (an archive that joined later is backfilled from the
+    # others): at most this many packages, and this many bytes (at least one package), per
+    # archive run of a site, after its first archiving and repairs.
+    lta_backfill_max_per_run: Annotated[int, _count(1)] = 100
+    lta_backfill_bytes_per_run: Annotated[int, _count(1)] = 500_000_000_000
     # The disk-pressure forecast fits the fill rate over this many hours of samples, and warns
     # when a location reaches its critical level in fewer than disk_forecast_alert_hours.
     disk_forecast_window_hours: Annotated[int, _count(1)] = 24
