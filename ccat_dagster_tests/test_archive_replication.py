@@ -16,14 +16,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterRunStatus, RunsFilter, instance_for_test
+from dagster import (
+    AssetKey,
+    DagsterRunStatus,
+    RunsFilter,
+    instance_for_test,
+)
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
+from ccat_dagster.lifecycle.archive.backfill import backfill_candidates
 from ccat_dagster.lifecycle.archive.repair import record_lta_check
-from ccat_dagster.lifecycle.archive.verification import verify_lta_copy
+from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier, verify_lta_copy
+from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
+from ccat_dagster.lifecycle.transfer.routing import plan_secondary_transfers
 from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests.pipeline_support import (
     drive,
@@ -44,6 +52,7 @@ from ccat_ops_db.models import (
     RawDataPackage,
     RawDataPackagePhysicalCopy,
     Site,
+    Status,
 )
 from ccat_ops_db.session import session_scope
 
@@ -244,3 +253,117 @@ def test_a_lost_archive_copy_is_restored_from_the_other_archive(cleaned):
         assert _present_outside_archives(session) == []
     result = CliRunner().invoke(app, ["verify"], env={"CCAT_OPS_DB_URL": url})
     assert result.exit_code == 0, result.output
+
+
+def _cleanup_at(url: str, site: str, name: str) -> None:
+    with session_scope(url) as session, StorageRegistry(local_site=site) as storages:
+        location = session.scalars(
+            select(DataLocation)
+            .join(Site, Site.id == DataLocation.site_id)
+            .where(Site.short_name == site, DataLocation.name == name)
+        ).one()
+        report = run_cleanup_cycle(
+            session,
+            storage_for=storages.get,
+            verify_lta_copy=make_storage_lta_verifier(storages.get),
+            run_id=f"cleanup-{site}-{name}",
+            location=location,
+        )
+        assert report.deleted, report
+
+
+def _bonn_backfill(session) -> list[tuple[str, str]]:
+    site = session.scalars(select(Site).where(Site.short_name == "bonn")).one()
+    found = backfill_candidates(session, site, max_packages=100, max_bytes=10**12)
+    return [(package.name, source.qualified_name) for package, source, _lta in found]
+
+
+def _backfill_waits_for_the_bundles(url: str) -> None:
+    """Every bundle lies unpacked in a buffer of cologne or us: backfill leaves every package
+    to it, before its secondary route to bonn is planned and while it is under way; a package
+    whose transfer to bonn FAILED is backfilled from an archive instead."""
+    with session_scope(url) as session:
+        assert _bonn_backfill(session) == []
+        planned = plan_secondary_transfers(session, run_id="test")
+        assert planned
+        assert all(t.destination_location.site.short_name == "bonn" for t in planned)
+        assert _bonn_backfill(session) == []
+        failed = planned[0]
+        failed.status = Status.FAILED
+        session.commit()
+        names = {p.name for p in failed.data_transfer_package.raw_data_packages}
+        found = _bonn_backfill(session)
+        assert {name for name, _ in found} == names
+        assert {source for _, source in found} <= {"cologne/lta", "us/lta"}
+        failed.status = Status.PENDING  # as `ccat retry` does
+        session.commit()
+
+
+def test_an_archive_site_added_while_bundles_wait_in_buffers_gets_them_by_bundle(
+    ops_db_url, tmp_path
+):
+    """The normal path is not raced: a package whose bundle still lies in an archive site's
+    buffer reaches the new site by a secondary route and is archived there from the site's own
+    buffer, once. cologne's buffer was cleaned first, so the bundles cologne received by their
+    primary route are left only in us's buffer, where a secondary route put them: they are
+    forwarded from there (else us's copies would wait for the new site forever)."""
+    url = ops_db_url
+    topology = real_topology(
+        tmp_path, policy={"retention_period_minutes": 5, "data_transfer_package_max_bytes": 1}
+    )
+    setup_pipeline(url, topology, tmp_path, n_obs_units=2, files_per_unit=3, max_size=60_000)
+    with instance_for_test() as instance:
+        assert not drive(url, instance, include_schedules=False).failed_runs
+    _cleanup_at(url, "cologne", "buffer")
+    with session_scope(url) as session:
+        via_cologne = {
+            t.data_transfer_package_id
+            for t in session.scalars(
+                select(DataTransfer).where(DataTransfer.route_kind == "primary")
+            )
+            if t.destination_location.site.short_name == "cologne"
+        }
+        assert via_cologne, "round-robin sent some bundles to cologne"
+    _apply(url, _with_third_archive_site(topology, tmp_path), tmp_path)
+    _backfill_waits_for_the_bundles(url)
+
+    with instance_for_test() as instance:
+        assert not drive(url, instance, include_schedules=False).failed_runs
+        key = AssetKey(["bonn", "lta", "raw_data_package"])
+        materialized = instance.fetch_materializations(key, limit=1000).records
+        with session_scope(url) as session:
+            packages = session.scalars(select(RawDataPackage)).all()
+            assert packages_missing_from_ltas(session) == []
+            bonn = session.scalars(select(Site).where(Site.short_name == "bonn")).one()
+            for package in packages:
+                copy = _lta_copy(session, package, "bonn")
+                assert copy is not None
+                assert copy.status == S.PRESENT
+                assert copy.verified_at is not None
+                transfer = session.scalars(
+                    select(LongTermArchiveTransfer).where(
+                        LongTermArchiveTransfer.raw_data_package_id == package.id,
+                        LongTermArchiveTransfer.destination_location_id == copy.data_location_id,
+                    )
+                ).one()
+                origin = session.get_one(DataLocation, transfer.origin_location_id)
+                assert (origin.site_id, origin.location_type) == (bonn.id, LocationType.BUFFER)
+            for transfer in session.scalars(
+                select(DataTransfer)
+                .join(DataLocation, DataLocation.id == DataTransfer.destination_location_id)
+                .where(DataLocation.site_id == bonn.id)
+            ):
+                assert transfer.route_kind == "secondary"
+                if transfer.data_transfer_package_id in via_cologne:
+                    assert transfer.origin_location.site.short_name == "us"
+            # one archive copy per package: each partition materialized once
+            assert sorted(str(r.partition_key) for r in materialized) == sorted(
+                p.name for p in packages
+            )
+
+        # and the cleanup is not wedged by the new site: every buffer empties
+        assert not drive(url, instance).failed_runs
+        let_retention_elapse(url)
+        assert not drive(url, instance).failed_runs
+    with session_scope(url) as session:
+        assert _present_outside_archives(session) == []
