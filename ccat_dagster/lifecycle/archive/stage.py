@@ -1,4 +1,5 @@
-"""Stage 5: RawDataPackages at an LTA-site BUFFER are copied into the site's LONG_TERM_ARCHIVE.
+"""Stage 5: RawDataPackages at an LTA-site BUFFER are copied into the site's LONG_TERM_ARCHIVE
+(and archive copies found BAD/LOST, and archived packages an archive lacks, from elsewhere).
 
 docs/lifecycle.md (the path of the data, step 6). The copy is a
 verified streaming write (nothing appears under the final key unless the checksum matched);
@@ -155,8 +156,8 @@ def send_data_to_long_term_archive(
     storage_for: StorageFor,
     run_id: str | None = None,
 ) -> StageOutcome:
-    """Copy the package tar from ``source`` (a buffer of the archive's site; for a repair any good
-    copy) into the LTA, verified while written; not yet PRESENT."""
+    """Copy the package tar from ``source`` (a buffer of the archive's site; for a repair or a
+    backfill any good copy) into the LTA, verified while written; not yet PRESENT."""
     transfer = _lta_transfer(session, package, source, lta)
     if transfer.status == Status.COMPLETED:
         return StageOutcome(package.name, ok=True, skipped=True)
