@@ -152,9 +152,35 @@ def _archive_runs(instance, site: str) -> list:
     ]
 
 
+def _killed_backfill(url: str) -> int:
+    """What a backfill run killed in the middle of its copy leaves: its LongTermArchiveTransfer
+    IN_PROGRESS, and no copy row at the archive (nothing is under the final key)."""
+    with session_scope(url) as session:
+        package = session.scalars(select(RawDataPackage).order_by(RawDataPackage.id)).first()
+        assert package is not None
+        location = {
+            loc.qualified_name: loc
+            for loc in session.scalars(
+                select(DataLocation).where(
+                    DataLocation.location_type == LocationType.LONG_TERM_ARCHIVE
+                )
+            )
+        }
+        transfer = LongTermArchiveTransfer(
+            raw_data_package_id=package.id,
+            origin_location_id=location["cologne/lta"].id,
+            destination_location_id=location["bonn/lta"].id,
+            status=Status.IN_PROGRESS,
+        )
+        session.add(transfer)
+        session.commit()
+        return transfer.id
+
+
 def test_an_archive_site_added_after_everything_was_cleaned_is_backfilled(cleaned):
     url, root, topology = cleaned
     _apply(url, _with_third_archive_site(topology, root), root)
+    killed = _killed_backfill(url)
 
     with instance_for_test() as instance:
         report = drive(url, instance)
@@ -189,6 +215,10 @@ def test_an_archive_site_added_after_everything_was_cleaned_is_backfilled(cleane
             ).all()
             assert _present_outside_archives(session) == []
             names = {p.name for p in packages}
+            # the killed run's transfer was taken up again, not counted as a failure
+            resumed = session.get_one(LongTermArchiveTransfer, killed)
+            assert resumed.status == Status.COMPLETED
+            assert not resumed.retry_count
 
         # visible in Dagster: the new archive's partitions materialized, in rate-limited runs
         key = AssetKey(["bonn", "lta", "raw_data_package"])
