@@ -180,6 +180,12 @@ def _killed_backfill(url: str) -> int:
 def test_an_archive_site_added_after_everything_was_cleaned_is_backfilled(cleaned):
     url, root, topology = cleaned
     _apply(url, _with_third_archive_site(topology, root), root)
+    # the new archive is empty: ccat verify lists every package as missing there
+    before = CliRunner().invoke(app, ["verify", "--json"], env={"CCAT_OPS_DB_URL": url})
+    assert before.exit_code != 0
+    missing = json.loads(before.stdout)["violations"]
+    assert len(missing) == 4
+    assert {v["location"] for v in missing} == {"bonn/lta"}
     killed = _killed_backfill(url)
 
     with instance_for_test() as instance:
