@@ -112,6 +112,11 @@ class Policy:
     # verified file by file.
     restore_drill_interval_minutes: Annotated[int, _count(1)] = 10_080
     restore_drill_sample_size: Annotated[int, _count(1)] = 3
+    # Replication between archives (an archive that joined later is backfilled from the
+    # others): at most this many packages, and this many bytes (at least one package), per
+    # archive run of a site, after its first archiving and repairs.
+    lta_backfill_max_per_run: Annotated[int, _count(1)] = 100
+    lta_backfill_bytes_per_run: Annotated[int, _count(1)] = 500_000_000_000
     # The disk-pressure forecast fits the fill rate over this many hours of samples, and warns
     # when a location reaches its critical level in fewer than disk_forecast_alert_hours.
     disk_forecast_window_hours: Annotated[int, _count(1)] = 24

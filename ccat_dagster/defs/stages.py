@@ -105,7 +105,7 @@ class StageConfig(Config):
 
 class ArchiveItem(Config):
     """A package to copy into a long-term archive, by ops-DB ids: the location it is read from
-    is a buffer of the site, or for a repair any location holding a good copy."""
+    is a buffer of the site, or for a repair or a backfill any location holding a good copy."""
 
     package: int
     source: int
@@ -586,7 +586,8 @@ def _archive_needs(
 ARCHIVE = Stage(
     name="long_term_archive_transfer",
     operation=OperationType.LONG_TERM_ARCHIVE_TRANSFER,
-    description="Copy unpacked RawDataPackages into the long-term archive; lta_presence check.",
+    description="Copy unpacked RawDataPackages into the long-term archive (repairs and backfill "
+    "from other archives after them); lta_presence check.",
     plan=lambda _session, _site: None,
     ready=_ready_archive,
     execute=_execute_archive,

@@ -1,4 +1,5 @@
-"""Stage 5: RawDataPackages at an LTA-site BUFFER are copied into the site's LONG_TERM_ARCHIVE.
+"""Stage 5: RawDataPackages at an LTA-site BUFFER are copied into the site's LONG_TERM_ARCHIVE
+(and archive copies found BAD/LOST, and archived packages an archive lacks, from elsewhere).
 
 docs/lifecycle.md (the path of the data, step 6). The copy is a
 verified streaming write (nothing appears under the final key unless the checksum matched);
@@ -9,14 +10,22 @@ only a confirmed copy becomes PRESENT and makes the package ARCHIVED.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from sqlalchemy import and_, case, exists, literal, or_, select
+from sqlalchemy import and_, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
+from ccat_dagster.lifecycle.archive.backfill import backfill_candidates
 from ccat_dagster.lifecycle.archive.repair import record_lta_check
+from ccat_dagster.lifecycle.archive.sources import (
+    Candidate,
+    best_per_target,
+    good_source,
+    not_in_lta_and_not_failed,
+    site_ltas,
+    source_rank,
+)
 from ccat_dagster.lifecycle.archive.verification import LtaEvidence, verify_lta_copy
 from ccat_dagster.lifecycle.common.copies import discard_bad_copy, upsert_copy
 from ccat_dagster.lifecycle.common.outcomes import StageOutcome, transfer_metadata
@@ -48,40 +57,21 @@ from ccat_ops_db.models import (
 StorageFor = Callable[[DataLocation], Storage]
 
 
-def _not_in_lta_and_not_failed(lta: Any):
-    held = aliased(RawDataPackagePhysicalCopy)
-    in_lta = exists().where(
-        held.raw_data_package_id == RawDataPackage.id,
-        held.data_location_id == lta.id,
-        held.status == PhysicalCopyStatus.PRESENT,
-    )
-    failed = exists().where(
-        LongTermArchiveTransfer.raw_data_package_id == RawDataPackage.id,
-        LongTermArchiveTransfer.destination_location_id == lta.id,
-        LongTermArchiveTransfer.status == Status.FAILED,
-    )
-    return [~in_lta, ~failed]
-
-
-def _site_ltas(site: Site):
-    lta = aliased(DataLocation)
-    return lta, and_(
-        lta.site_id == site.id,
-        lta.location_type == LocationType.LONG_TERM_ARCHIVE,
-        lta.active.is_(True),
-    )
-
-
-def archive_candidates(
-    session: Session, site: Site
-) -> list[tuple[RawDataPackage, DataLocation, DataLocation]]:
+def archive_candidates(session: Session, site: Site) -> list[Candidate]:
     """(package, source, lta) for every package one of this site's active LONG_TERM_ARCHIVE
     locations should hold but does not (and whose archive transfer there has not failed for
-    good): packages PRESENT at a buffer of this site, and packages whose copy in the archive
-    failed a live check (BAD/LOST), repaired from the best PRESENT tar left anywhere (this
-    site's buffer, a verified copy in another archive, another site's buffer)."""
+    good), in this order of priority:
+
+    1. first archiving: packages PRESENT at a buffer of this site;
+    2. repair: packages whose copy in the archive failed a live check (BAD/LOST), from the
+       best PRESENT tar left anywhere (this site's buffer, a verified copy in another archive,
+       another site's buffer);
+    3. backfill: archived packages the archive has never held and no bundle brings
+       (:mod:`ccat_dagster.lifecycle.archive.backfill`), at most the policy's
+       ``lta_backfill_max_per_run`` packages and ``lta_backfill_bytes_per_run`` bytes.
+    """
     source = aliased(DataLocation)
-    lta, is_site_lta = _site_ltas(site)
+    lta, is_site_lta = site_ltas(site)
     copy = RawDataPackagePhysicalCopy
     first_archive = (
         select(RawDataPackage, source, lta, literal(0).label("rank"))
@@ -92,45 +82,36 @@ def archive_candidates(
             source.site_id == site.id,
             source.location_type == LocationType.BUFFER,
             copy.status == PhysicalCopyStatus.PRESENT,
-            *_not_in_lta_and_not_failed(lta),
+            *not_in_lta_and_not_failed(lta),
         )
     )
     unusable = aliased(RawDataPackagePhysicalCopy)
-    rank = case(
-        (source.site_id == site.id, 1),
-        (source.location_type == LocationType.LONG_TERM_ARCHIVE, 2),
-        else_=3,
-    )
     repair = (
-        select(RawDataPackage, source, lta, rank.label("rank"))
+        select(RawDataPackage, source, lta, source_rank(source, site).label("rank"))
         .join(unusable, unusable.raw_data_package_id == RawDataPackage.id)
         .join(lta, and_(is_site_lta, lta.id == unusable.data_location_id))
         .join(copy, copy.raw_data_package_id == RawDataPackage.id)
         .join(source, source.id == copy.data_location_id)
         .where(
             unusable.status.in_(UNUSABLE_COPY_STATUSES),
-            copy.status == PhysicalCopyStatus.PRESENT,
-            source.id != lta.id,
-            source.active.is_(True),
-            source.location_type.in_([LocationType.BUFFER, LocationType.LONG_TERM_ARCHIVE]),
-            # an archive copy is a source only once verified there
-            or_(source.location_type == LocationType.BUFFER, copy.verified_at.is_not(None)),
-            *_not_in_lta_and_not_failed(lta),
+            *good_source(source, copy, lta),
+            *not_in_lta_and_not_failed(lta),
         )
     )
-    rows = [
+    result = best_per_target(
         (package, src, archive, rank)
         for query in (first_archive, repair)
         for package, src, archive, rank in session.execute(query).all()
-    ]
-    rows.sort(key=lambda r: (r[0].id, r[2].priority, r[2].id, r[3], r[1].id))
-    seen: set[tuple[int, int]] = set()
-    result = []
-    for package, src, archive, _ in rows:
-        if (package.id, archive.id) not in seen:  # the best source per (package, lta)
-            seen.add((package.id, archive.id))
-            result.append((package, src, archive))
-    return result
+    )
+    taken = {(package.id, archive.id) for package, _, archive in result}
+    policy = get_policy(session)
+    backfill = backfill_candidates(
+        session,
+        site,
+        max_packages=policy.lta_backfill_max_per_run,
+        max_bytes=policy.lta_backfill_bytes_per_run,
+    )
+    return result + [c for c in backfill if (c[0].id, c[2].id) not in taken]
 
 
 def _lta_transfer(
@@ -175,8 +156,8 @@ def send_data_to_long_term_archive(
     storage_for: StorageFor,
     run_id: str | None = None,
 ) -> StageOutcome:
-    """Copy the package tar from ``source`` (a buffer of the archive's site; for a repair any good
-    copy) into the LTA, verified while written; not yet PRESENT."""
+    """Copy the package tar from ``source`` (a buffer of the archive's site; for a repair or a
+    backfill any good copy) into the LTA, verified while written; not yet PRESENT."""
     transfer = _lta_transfer(session, package, source, lta)
     if transfer.status == Status.COMPLETED:
         return StageOutcome(package.name, ok=True, skipped=True)

@@ -12,7 +12,7 @@ the automatic choice: DIRECT (to that site's buffer), CUSTOM (to an explicit loc
 
 from __future__ import annotations
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import case, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
@@ -150,6 +150,11 @@ def plan_primary_transfers(
 def plan_secondary_transfers(session: Session, *, run_id: str | None = None) -> list[DataTransfer]:
     """LTA -> LTA: once a bundle is unpacked at one LTA site, send it to every other LTA site.
 
+    The origin is the buffer it arrived at by its primary (relay, direct, custom) route, or,
+    when that copy is gone, one a secondary route filled: an LTA site that joins while the
+    bundle still waits in some buffer gets it too (and that buffer's copy may then go by its
+    deletion rule, which waits for every active LTA site).
+
     Every site's transfer sensor runs this; they take turns on the ``routing:secondary``
     planner lock (shared with relay routes, which may target the same buffer), and the
     (bundle, destination) unique constraint backs it up.
@@ -170,10 +175,11 @@ def _plan_secondary_transfers(session: Session, run_id: str | None) -> list[Data
         .where(
             arrived.status == Status.COMPLETED,
             arrived.unpack_status == Status.COMPLETED,
-            arrived.route_kind != SECONDARY,
             _has_copy_at(arrived.destination_location_id),
         )
-        .order_by(DataTransferPackage.id)
+        # forwarded from where it arrived by its own route; from a buffer a secondary route
+        # filled only when that copy is gone (an LTA site that joined after it was deleted)
+        .order_by(DataTransferPackage.id, case((arrived.route_kind == SECONDARY, 1), else_=0))
     ).all()
     for dtp, origin in rows:
         reached = set(
