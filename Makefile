@@ -5,10 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := openssh-server chromium
+# docker.io ... debootstrap: the compose test's engine (docker/test/engine.sh installs them too)
+DEBS := openssh-server chromium docker.io containerd runc docker-compose debootstrap
 DEMO_HOME ?= $(CURDIR)/.ccat-demo
 
-.PHONY: test test-fast demo ui lint format bench debs install clean faults
+.PHONY: test test-fast test-compose docker-engine-stop demo ui lint format bench debs install clean faults
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,14 +44,27 @@ format: install
 # (ccat_dagster_tests/conftest.py).
 TEST_WORKERS ?= 2
 # The deployment tests (a daemon, a webserver and three code servers each) run afterwards on
-# their own: under the other worker's load their code servers overran the stop timeout.
-DEPLOYMENT_TESTS := ccat_dagster_tests/test_deployment.py ccat_dagster_tests/test_deployment_dead_runs.py
+# their own: under the other worker's load their code servers overran the stop timeout. The
+# compose test (the whole docker/compose.yaml in a local Docker engine, on fixed ports) is one
+# of them: one at a time, never beside another deployment.
+DEPLOYMENT_TESTS := ccat_dagster_tests/test_deployment.py ccat_dagster_tests/test_deployment_dead_runs.py \
+  ccat_dagster_tests/test_compose.py
 test: install debs lint
 	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) $(addprefix --ignore=,$(DEPLOYMENT_TESTS))
 	$(VENV)/bin/pytest -q -ra $(DEPLOYMENT_TESTS)
 
 test-fast: install debs
 	$(VENV)/bin/pytest -q -ra -m "not slow" -n $(TEST_WORKERS)
+
+# docker/compose.yaml started for real (docker/README.md, "Testing the compose file"): installs
+# and starts a Docker engine when there is none, builds the base images once (cached), runs the
+# stack, archives a package, tears it down and stops the engine it started.
+test-compose: install debs
+	$(VENV)/bin/pytest -q -ra ccat_dagster_tests/test_compose.py
+
+# Stops a dockerd that docker/test/engine.sh started and left running (e.g. after `engine.sh up`).
+docker-engine-stop:
+	bash docker/test/engine.sh stop
 
 # The nightly-size fault-injection run (docs/reliability.md): FAULT_SCHEDULES seeded schedules
 # against the real components on FAULT_WORKERS harnesses side by side; exit 1 on any violation.

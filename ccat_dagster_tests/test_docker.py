@@ -2,8 +2,9 @@
 of the default topology running a site module that exists, the environment covers every
 variable the code reads, each site's storage is mounted in its own container, the workspace
 points at services that exist, and the Dockerfile installs the project and copies files that
-exist. No Docker engine is needed; ``docker compose config`` is used in addition when available.
-The PostgreSQL init script is run against the local server.
+exist. No Docker engine is needed; ``docker compose config`` (or Debian's docker-compose, installed
+when missing) checks the file too. The PostgreSQL init script is run against the local server;
+test_compose.py starts the whole file for real.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from packaging.specifiers import SpecifierSet
 from sqlalchemy.engine import make_url
 
 from ccat_dagster.defs.settings import PREFIX as SETTINGS_PREFIX
 from ccat_dagster.defs.settings import Settings
+from ccat_dagster_tests.fixtures.compose import DOCKER_COMPOSE_V1, compose_cli, v1_compatible
 from ccat_dagster_tests.fixtures.databases import postgres_admin_url, require_postgres
 from ccat_ops_db.models import LocationType, StorageType
 from ccat_ops_db.topology import load_topology, parse_topology
@@ -238,6 +241,22 @@ def test_startup_order_migration_then_code_servers_then_daemon_and_ui(services):
             assert needs[f"{site}-code-server"]["condition"] == "service_healthy"
 
 
+def test_ops_db_init_creates_the_dagster_instance_schema_before_the_code_servers(services):
+    """Three code servers creating the instance schema on their first start race
+    (DuplicateTable "instance_info"): the loser serves a load error while its health check
+    passes. The one-shot that every code server waits for migrates it first."""
+    init = services["ops-db-init"]
+    steps = [step.strip() for step in command(init)[-1].split("&&")]
+    assert "dagster instance migrate" in steps, steps
+    env = environment(init)
+    server_env = environment(services["ccat-code-server"])
+    for var in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
+        assert env[var] == server_env[var], var
+    for site in default_sites():
+        depends = services[f"{site}-code-server"]["depends_on"]
+        assert depends["ops-db-init"]["condition"] == "service_completed_successfully"
+
+
 # --------------------------------------------------------------------------- environment
 
 
@@ -415,6 +434,60 @@ def test_dockerfile_installs_the_project_and_copies_files_that_exist():
     assert ".git" in ignore
 
 
+def test_every_service_of_the_project_image_can_build_it(services):
+    """`docker compose up --build` (docker/README.md) builds the image from docker/Dockerfile;
+    a service without `build:` would try to pull ccat-dagster, which is in no registry."""
+    for name, service in services.items():
+        if name == "postgres":
+            continue
+        assert "ccat-dagster" in service["image"], name
+        build = service.get("build")
+        assert isinstance(build, dict), f"{name} has no build: section"
+        assert (DOCKER / build["context"]).resolve() == ROOT, name
+        assert (ROOT / build["dockerfile"]).resolve() == DOCKERFILE, name
+
+
+def test_image_creates_every_volume_mount_point_owned_by_ccat(compose, services):
+    """A new named volume takes the owner of the image's directory it is mounted on; where the
+    image has none, the volume is root's and the ccat user cannot write it."""
+    rows = dockerfile_instructions()
+    created: set[str] = set()
+    owned: set[str] = set()
+    for keyword, rest in rows:
+        if keyword != "RUN":
+            continue
+        for step in rest.split("&&"):
+            words = shlex.split(step)
+            if words[:2] == ["mkdir", "-p"]:
+                created.update(words[2:])
+            if words[:3] == ["chown", "-R", "ccat:ccat"]:
+                owned.update(w.rstrip("/") for w in words[3:])
+    assert [rest for keyword, rest in rows if keyword == "USER"][-1] == "ccat"
+    declared = set(compose["volumes"])
+    targets = set()
+    for name, service in services.items():
+        if name == "postgres":
+            continue
+        for source, target, _ in mounts(service):
+            if source in declared:
+                targets.add(target)
+    assert targets
+    missing = sorted(targets - created)
+    assert not missing, f"mount points the Dockerfile does not create: {missing}"
+    for target in targets:
+        assert any(target == o or target.startswith(o + "/") for o in owned), target
+
+
+def test_requires_python_excludes_releases_whose_tarfile_lacks_data_filter():
+    """Unpacking relies on tarfile.data_filter, which 3.11.0-3.11.3 lack."""
+    assert "tarfile.data_filter" in (ROOT / "ccat_dagster" / "packaging" / "unpack.py").read_text()
+    spec = SpecifierSet(_pyproject()["project"]["requires-python"])
+    for version in ("3.11.0", "3.11.3"):
+        assert version not in spec, version
+    for version in ("3.11.4", "3.11.7", "3.12.0"):
+        assert version in spec, version
+
+
 def _pyproject() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -468,19 +541,20 @@ def test_postgres_init_script_creates_the_dagster_database():
         engine.dispose()
 
 
-def test_docker_compose_config_accepts_the_file_when_available(tmp_path):
-    docker = shutil.which("docker")
-    if (
-        docker is None
-        or subprocess.run(
-            [docker, "compose", "version"], capture_output=True, timeout=30
-        ).returncode
-    ):
-        pytest.skip("`docker compose` is not installed (the file is checked with PyYAML above)")
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    """`docker compose config` (v2) on the file itself; with Debian's docker-compose (v1.29, what
+    this kind of machine has) on the copy the compose test runs (fixtures/compose.py). Installs
+    docker-compose when neither is there (docker/test/engine.sh); fails when it cannot."""
+    cli = compose_cli()
     env_file = tmp_path / ".env"
     env_file.write_text(ENV_EXAMPLE.read_text())
+    compose_file = COMPOSE
+    if cli == [DOCKER_COMPOSE_V1]:
+        compose_file = tmp_path / "compose.yaml"
+        compose_file.write_text(yaml.safe_dump(v1_compatible(yaml.safe_load(COMPOSE.read_text()))))
+    args = ["-f", str(compose_file), "--project-directory", str(DOCKER)]
     result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config", "-q"],
+        [*cli, *args, "--env-file", str(env_file), "config", "-q"],
         capture_output=True,
         text=True,
         timeout=60,
