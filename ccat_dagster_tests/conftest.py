@@ -9,6 +9,7 @@ pytest_plugins = [
     "ccat_dagster_tests.fixtures.sshd",
     "ccat_dagster_tests.fixtures.s3server",
     "ccat_dagster_tests.fixtures.alert_receivers",
+    "ccat_dagster_tests.fixtures.netns",
 ]
 
 #: test files that start whole deployments or fault harnesses (several processes each): under
