@@ -14,7 +14,9 @@ pytest_plugins = [
 
 #: test files that start whole deployments or fault harnesses (several processes each): under
 #: pytest-xdist they are one unit of work, so two of them never load the machine at once
-HEAVY_FILES = frozenset({"test_faults.py", "test_deployment.py", "test_deployment_dead_runs.py"})
+HEAVY_FILES = frozenset(
+    {"test_faults.py", "test_deployment.py", "test_deployment_dead_runs.py", "test_multihost.py"}
+)
 
 
 def pytest_xdist_make_scheduler(config, log):
