@@ -62,7 +62,7 @@ from ccat_ops_db.models import (
     RawDataPackage,
     Site,
 )
-from ccat_ops_db.session import session_scope
+from ccat_ops_db.session import _cached_engine, session_scope
 from ccat_ops_db.topology import apply_topology
 
 # a whole deployment on five hosts, twice through the pipeline: minutes (docs/scale.md)
@@ -321,6 +321,9 @@ def running(multihost: Network, tmp_path: Path) -> Iterator[Running]:
             yield Running(network, deployment, gql, ops_db_url, home, env)
         finally:
             deployment.stop()
+            # the pooled connections of this process go before the cluster and its namespace
+            _cached_engine(ops_db_url).dispose()
+            _cached_engine.cache_clear()
             shutil.rmtree(ARTIFACTS / "logs", ignore_errors=True)
             shutil.copytree(log_dir, ARTIFACTS / "logs")
 
@@ -446,13 +449,14 @@ def test_sites_on_separate_hosts_archive_and_survive_a_cut_link(running: Running
         lap("cologne cut off")
         written_at_cut = sum(p.stat().st_size for p in bytes_in_flight() or [])
         # the run whose bytes were on the way (the webserver in ops still answers)
-        [cut_run] = [
+        cut_runs = [
             r["runId"]
             for r in runs(gql)
             if r["runId"] not in before
             and r["jobName"] == "cologne_data_transfer"
             and r["status"] == "STARTED"
         ]
+        assert cut_runs, "a cologne transfer run was in flight when its link went down"
         time.sleep(CUT_SECONDS)
         assert not _done(url, n_files)
         network.link("cologne", up=True)
@@ -483,7 +487,8 @@ def test_sites_on_separate_hosts_archive_and_survive_a_cut_link(running: Running
             for p in (instrument_root / "primecam").rglob("*")
             if p.is_file() and p.name != ".complete"
         ], "raw files deleted on the instrument computer"
-        cut_status = {r["runId"]: r["status"] for r in runs(gql)}[cut_run]
+        statuses = {r["runId"]: r["status"] for r in runs(gql)}
+        cut_status = [statuses[run_id] for run_id in cut_runs]
 
         # ---- `ccat verify` from ops: the catalogue against every host's disk, over SSH
         verify = subprocess.run(

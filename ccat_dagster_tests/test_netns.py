@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from ccat_dagster_tests.fixtures.netns import (
     Network,
     multihost_network,
     namespaces_of_this_run,
+    sweep_dead_runs,
 )
 
 pytestmark = pytest.mark.slow
@@ -77,3 +79,16 @@ def test_hosts_reach_each_other_only_inside_the_network():
             assert time.monotonic() < deadline, "us is back within 20 s of its link"
             time.sleep(0.5)
     assert namespaces_of_this_run(suffix) == []
+
+
+def test_namespaces_left_by_a_dead_run_are_swept():
+    dead = 2**22 + 1  # above pid_max's default, so no process has it
+    while Path(f"/proc/{dead}").exists():
+        dead += 1
+    stale = f"ccat-{dead}-ccat"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        assert stale in sweep_dead_runs()
+        assert namespaces_of_this_run(str(dead)) == []
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
