@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# docker.io ... debootstrap: the compose test's engine (docker/test/engine.sh installs them too)
-DEBS := openssh-server chromium docker.io containerd runc docker-compose debootstrap
+# docker.io ... debootstrap: the compose test's engine (docker/test/engine.sh installs them too);
+# iproute2: ip and tc for the multi-host test's network namespaces
+DEBS := openssh-server chromium iproute2 docker.io containerd runc docker-compose debootstrap
 DEMO_HOME ?= $(CURDIR)/.ccat-demo
 
 .PHONY: test test-fast test-compose docker-engine-stop demo ui lint format bench debs install clean faults
@@ -19,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Debian packages the integration tests need (a real OpenSSH sshd).
+# Debian packages the integration tests need (a real OpenSSH sshd; iproute2 for the network
+# namespaces of test_multihost.py).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -46,9 +48,11 @@ TEST_WORKERS ?= 2
 # The deployment tests (a daemon, a webserver and three code servers each) run afterwards on
 # their own: under the other worker's load their code servers overran the stop timeout. The
 # compose test (the whole docker/compose.yaml in a local Docker engine, on fixed ports) is one
-# of them: one at a time, never beside another deployment.
+# of them: one at a time, never beside another deployment. test_multihost.py is the same
+# deployment with each site on a host of its own (network namespaces, root only: it fails,
+# never skips, where they cannot be made; docs/scale.md).
 DEPLOYMENT_TESTS := ccat_dagster_tests/test_deployment.py ccat_dagster_tests/test_deployment_dead_runs.py \
-  ccat_dagster_tests/test_compose.py
+  ccat_dagster_tests/test_multihost.py ccat_dagster_tests/test_compose.py
 test: install debs lint
 	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) $(addprefix --ignore=,$(DEPLOYMENT_TESTS))
 	$(VENV)/bin/pytest -q -ra $(DEPLOYMENT_TESTS)

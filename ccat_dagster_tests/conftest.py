@@ -9,12 +9,19 @@ pytest_plugins = [
     "ccat_dagster_tests.fixtures.sshd",
     "ccat_dagster_tests.fixtures.s3server",
     "ccat_dagster_tests.fixtures.alert_receivers",
+    "ccat_dagster_tests.fixtures.netns",
 ]
 
 #: test files that start whole deployments or fault harnesses (several processes each): under
 #: pytest-xdist they are one unit of work, so two of them never load the machine at once
 HEAVY_FILES = frozenset(
-    {"test_faults.py", "test_deployment.py", "test_deployment_dead_runs.py", "test_compose.py"}
+    {
+        "test_faults.py",
+        "test_deployment.py",
+        "test_deployment_dead_runs.py",
+        "test_multihost.py",
+        "test_compose.py",
+    }
 )
 
 

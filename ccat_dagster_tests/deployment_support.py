@@ -256,12 +256,12 @@ def _shutdown_code_server(process: ManagedProcess) -> None:
         return
 
 
-def code_server_ready(port: int) -> bool:
+def code_server_ready(port: int, host: str = HOST) -> bool:
     """True once the code server on ``port`` reports SERVING to Dagster's public health check
     (``dagster api grpc-health-check``; no private Dagster module)."""
     check = [sys.executable, "-m", "dagster", "api", "grpc-health-check"]
     result = subprocess.run(
-        [*check, "--port", str(port), "--host", HOST], capture_output=True, timeout=60
+        [*check, "--port", str(port), "--host", host], capture_output=True, timeout=60
     )
     return result.returncode == 0
 
