@@ -140,6 +140,10 @@ class Policy:
     audit_interval_minutes: Annotated[int, _count(0)] = 60
     audit_confirm_minutes: Annotated[int, _count(0)] = 1_440
     audit_anomaly_fraction: Fraction = 0.01
+    # Partition pruning (docs/scale.md): a package whose lifecycle finished more than this many
+    # days ago (no copy outside the archives holds it, none ended within the horizon, its
+    # archive copy older than the horizon) leaves the archives' partition sets; 0 keeps all.
+    partition_horizon_days: Annotated[int, _count(0)] = 0
 
     @model_validator(mode="after")
     def _critical_slows_down(self) -> Policy:

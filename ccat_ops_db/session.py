@@ -29,7 +29,22 @@ def make_engine(url: str | None = None, **kwargs) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "connect", _postgres_settings)
+    return engine
+
+
+def _postgres_settings(dbapi_connection, _record) -> None:
+    """No JIT compilation: the ops DB's big statements are the set-based finders of the deletion
+    rules (and the like), whose cost estimates cross ``jit_above_cost`` while they run in well
+    under a second; compiling them took longer than running them (1M copies: 1.3 s and 3.5 s of
+    JIT for two statements of 1.1 s and 2.2 s; docs/performance.md)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET jit = off")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
 
 
 @lru_cache(maxsize=8)

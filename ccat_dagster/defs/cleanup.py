@@ -13,7 +13,9 @@ location holds across runs; it re-verifies the LTA copy once more right before d
 copy outside an LTA and keeps anything blocked. Any error fails that step, and the run, with the
 reasons, so an operator sees it in the UI. Config (of the first step): ``location`` (one location of
 this site; the other locations' steps do nothing) and ``dry_run``. The last step ``..._temporaries``
-(same ``location`` and ``dry_run``) removes what killed runs left behind (defs.temporaries).
+(same ``location`` and ``dry_run``) removes what killed runs left behind (defs.temporaries). At a
+site with a long-term archive, ``..._partitions`` prunes the archives' partition sets past the
+policy's ``partition_horizon_days`` (defs.partitions.prune_partitions; nothing when it is 0).
 
 The buffer monitor sensor measures every active disk location of the site, stores the sample,
 reports it as an asset observation (plotted in the UI) and escalates as docs/lifecycle.md describes:
@@ -59,7 +61,11 @@ from sqlalchemy.orm import Session
 from ccat_dagster.defs.activity import skip_if_inactive
 from ccat_dagster.defs.availability import location_asset, location_events
 from ccat_dagster.defs.keys import RAW_DATA_PACKAGE, asset_key
-from ccat_dagster.defs.partitions import drop_partitions, release_ended_partitions
+from ccat_dagster.defs.partitions import (
+    drop_partitions,
+    prune_partitions,
+    release_ended_partitions,
+)
 from ccat_dagster.defs.pressure_cleanup import cleanup_in_flight, pressure_cleanup_run_key
 from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import (
@@ -326,6 +332,40 @@ def _delete_op(s: str, where: LocationView) -> OpDefinition:
     return delete_step
 
 
+def _partitions_op(s: str, archives: list[str]) -> OpDefinition:
+    @op(
+        name=names.cleanup_partitions_op(s),
+        ins={"checked": In(dict)},
+        description=(
+            "Remove from the site's archive partition sets the packages whose lifecycle "
+            "finished more than partition_horizon_days ago (0: keep all)."
+        ),
+        tags={"ccat/site": s},
+    )
+    def partitions_step(context: OpExecutionContext, checked: dict, ops_db: OpsDbResource) -> None:
+        if checked["location"] is not None:  # a cleanup of one location leaves them
+            return
+        with ops_db.session() as session:
+            horizon = get_policy(session).partition_horizon_days
+            for name in archives:
+                location = location_named(session, s, name)
+                pruned = prune_partitions(context.instance, session, location, horizon_days=horizon)
+                verb = "would prune" if checked["dry_run"] else "pruned"
+                context.log.info(
+                    f"{location.qualified_name}: {verb} {len(pruned)} partition(s) past "
+                    f"{horizon} days"
+                    if horizon
+                    else f"{location.qualified_name}: no horizon"
+                )
+                if checked["dry_run"] or not pruned:
+                    continue
+                for observation in pruned:
+                    log_event(context, observation)
+                drop_partitions(context.instance, pruned)
+
+    return partitions_step
+
+
 def build_cleanup_job(site: SiteView) -> JobDefinition:
     """Check, then one deletion step per cleaned location of the site (each in its own
     ``{site}_{location}_deletion`` pool), and the sweep of temporaries."""
@@ -335,6 +375,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
     check_step = _check_op(s, [loc.name for loc in cleaned])
     delete_steps = [_delete_op(s, loc) for loc in cleaned]
     temporaries_step = build_temporaries_op(s)
+    archives = [loc.name for loc in site.of_type(LocationType.LONG_TERM_ARCHIVE)]
+    partitions_step = _partitions_op(s, archives) if archives else None
     job_name = names.cleanup_job(s)
 
     @job(
@@ -351,6 +393,8 @@ def build_cleanup_job(site: SiteView) -> JobDefinition:
         for delete_step in delete_steps:
             delete_step(checked)
         temporaries_step(checked)
+        if partitions_step is not None:
+            partitions_step(checked)
 
     return cleanup_job
 

@@ -6,10 +6,16 @@ holds its data (deleted by the rules, found BAD or LOST), so the UI's partitions
 ``<site>/<location>/<kind>`` are the catalogue's copies at that location. Dagster's open-source
 event log cannot wipe a partition's materializations, but its partition status only counts
 keys the set still has; a key comes back with the copy's next materialization.
+
+An archive's set would grow with the archive (one key per package it holds, ~100k after a year
+or two, where the UI's view of that asset gets slow), so past the policy's
+``partition_horizon_days`` the packages whose lifecycle finished long ago leave it
+(:func:`prune_partitions`): the ops DB, ``ccat status`` and the audit log still describe them.
 """
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 from dagster import (
     AssetKey,
     AssetObservation,
@@ -18,7 +24,7 @@ from dagster import (
     MetadataValue,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ccat_dagster.defs.keys import (
     DATA_TRANSFER_PACKAGE,
@@ -26,8 +32,16 @@ from ccat_dagster.defs.keys import (
     STAGED_RAW_DATA_PACKAGE,
     asset_key,
 )
-from ccat_dagster.lifecycle.integrity.holdings import EndedCopy, ended_copies
-from ccat_ops_db.models import CopyType, DataLocation, LocationType
+from ccat_dagster.lifecycle.deletion.rules import chunks
+from ccat_dagster.lifecycle.integrity.holdings import HOLDING_STATUSES, EndedCopy, ended_copies
+from ccat_ops_db.models import (
+    CopyType,
+    DataLocation,
+    LocationType,
+    PhysicalCopy,
+    RawDataPackage,
+    utcnow,
+)
 
 
 def partition_set_name(key: AssetKey) -> str:
@@ -101,3 +115,81 @@ def drop_partitions(instance: DagsterInstance, observations: list[AssetObservati
     for obs in observations:
         if obs.partition is not None:
             instance.delete_dynamic_partition(partition_set_name(obs.asset_key), obs.partition)
+
+
+def finished_before(
+    session: Session, location_id: int, names: list[str], cutoff: datetime
+) -> list[tuple[str, datetime]]:
+    """Those of ``names`` (packages) whose lifecycle finished before ``cutoff``, with the time
+    their copy at the archive ``location_id`` was created: that copy holds the data and was made
+    before ``cutoff``, and no copy of the package outside the long-term archives holds its data
+    or ended (was last changed) at or after ``cutoff``. One statement per chunk of names."""
+    other = aliased(PhysicalCopy)
+    other_location = aliased(DataLocation)
+    unfinished = (
+        sa.select(other.id)
+        .join(other_location, other_location.id == other.data_location_id)
+        .where(
+            other.raw_data_package_id == RawDataPackage.id,
+            other_location.location_type != LocationType.LONG_TERM_ARCHIVE,
+            sa.or_(other.status.in_(HOLDING_STATUSES), other.updated_at >= cutoff),
+        )
+        .exists()
+    )
+    found: list[tuple[str, datetime]] = []
+    for chunk in chunks(names):
+        found.extend(
+            session.execute(
+                sa.select(RawDataPackage.name, PhysicalCopy.created_at)
+                .join(PhysicalCopy, PhysicalCopy.raw_data_package_id == RawDataPackage.id)
+                .where(
+                    RawDataPackage.name.in_(chunk),
+                    PhysicalCopy.data_location_id == location_id,
+                    PhysicalCopy.status.in_(HOLDING_STATUSES),
+                    PhysicalCopy.created_at < cutoff,
+                    ~unfinished,
+                )
+            ).tuples()
+        )
+    return found
+
+
+def prune_partitions(
+    instance: DagsterInstance,
+    session: Session,
+    location: DataLocation,
+    *,
+    horizon_days: int,
+    now: datetime | None = None,
+) -> list[AssetObservation]:
+    """The partitions of a long-term archive's set whose package finished its lifecycle more
+    than ``horizon_days`` ago (:func:`finished_before`), one observation each saying so, to be
+    logged before :func:`drop_partitions` removes the keys (as for ended copies). Nothing at
+    other locations (their sets hold only what is in flight) and nothing when ``horizon_days``
+    is 0. A package still held outside the archives, or whose copy there ended within the
+    horizon, keeps its key; so does one whose archive copy is newer than the horizon."""
+    if horizon_days <= 0 or location.location_type != LocationType.LONG_TERM_ARCHIVE:
+        return []
+    cutoff = (now or utcnow()) - timedelta(days=horizon_days)
+    observations: list[AssetObservation] = []
+    for kind, copy_type in _KINDS_AT[LocationType.LONG_TERM_ARCHIVE]:
+        assert copy_type == CopyType.RAW_DATA_PACKAGE
+        key = asset_key(location.site.short_name, location.name, kind)
+        keys = instance.get_dynamic_partitions(partition_set_name(key))
+        for name, archived_at in finished_before(session, location.id, list(keys), cutoff):
+            observations.append(
+                AssetObservation(
+                    asset_key=key,
+                    partition=name,
+                    description=(
+                        f"partition pruned: lifecycle finished more than {horizon_days} days "
+                        f"ago; the copy is still at {location.qualified_name}"
+                    ),
+                    metadata={
+                        "status": MetadataValue.text("PRESENT"),
+                        "reason": MetadataValue.text(f"partition_horizon_days={horizon_days}"),
+                        "archived_at": MetadataValue.timestamp(archived_at.replace(tzinfo=UTC)),
+                    },
+                )
+            )
+    return observations

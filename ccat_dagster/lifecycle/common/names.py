@@ -146,6 +146,11 @@ def cleanup_temporaries_op(site: str) -> str:
     return f"{cleanup_job(site)}_temporaries"
 
 
+def cleanup_partitions_op(site: str) -> str:
+    """The step pruning the site's archive partition sets past ``partition_horizon_days``."""
+    return f"{cleanup_job(site)}_partitions"
+
+
 def consistency_audit_job(site: str) -> str:
     """The consistency audit of the site's locations (one slice of each that is due)."""
     return f"{site}_consistency_audit"

@@ -752,7 +752,9 @@ def find_deletable(
         .where(*where, rule.allow)
         .order_by(pc.c.data_location_id, pc.c.id)
     )
-    return [DeletableCopy(*row, rule=rule.name) for row in session.execute(stmt)]
+    name = rule.name
+    # fetchall and positional tuples: iterating the Result fetches row by row (1M copies: ~1 s)
+    return [DeletableCopy._make((*row, name)) for row in session.execute(stmt).all()]
 
 
 def still_allowed(
@@ -811,9 +813,10 @@ def explain_blocked(
         .where(*where, ~rule.allow)
         .order_by(pc.c.data_location_id, pc.c.id)
     )
+    rule_name = rule.name
     return [
-        BlockedCopy(cid, ctype, loc, eid, name, status, rule.name, reason)
-        for cid, ctype, loc, eid, name, status, reason in session.execute(stmt)
+        BlockedCopy(cid, ctype, loc, eid, name, status, rule_name, reason)
+        for cid, ctype, loc, eid, name, status, reason in session.execute(stmt).all()
     ]
 
 
