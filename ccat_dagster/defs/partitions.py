@@ -117,6 +117,10 @@ def drop_partitions(instance: DagsterInstance, observations: list[AssetObservati
             instance.delete_dynamic_partition(partition_set_name(obs.asset_key), obs.partition)
 
 
+#: partitions pruned per archive and cleanup run at most (the steady state is a day's packages)
+PRUNE_PER_RUN = 5_000
+
+
 def finished_before(
     session: Session, location_id: int, names: list[str], cutoff: datetime
 ) -> list[tuple[str, datetime]]:
@@ -161,13 +165,17 @@ def prune_partitions(
     *,
     horizon_days: int,
     now: datetime | None = None,
+    limit: int | None = PRUNE_PER_RUN,
 ) -> list[AssetObservation]:
     """The partitions of a long-term archive's set whose package finished its lifecycle more
     than ``horizon_days`` ago (:func:`finished_before`), one observation each saying so, to be
     logged before :func:`drop_partitions` removes the keys (as for ended copies). Nothing at
     other locations (their sets hold only what is in flight) and nothing when ``horizon_days``
     is 0. A package still held outside the archives, or whose copy there ended within the
-    horizon, keeps its key; so does one whose archive copy is newer than the horizon."""
+    horizon, keeps its key; so does one whose archive copy is newer than the horizon. At most
+    ``limit`` keys, the longest archived first: each is one observation and one
+    ``delete_dynamic_partition`` (Dagster has no bulk delete), so a set that first meets the
+    horizon is pruned over a few cleanups rather than in one long run."""
     if horizon_days <= 0 or location.location_type != LocationType.LONG_TERM_ARCHIVE:
         return []
     cutoff = (now or utcnow()) - timedelta(days=horizon_days)
@@ -176,7 +184,10 @@ def prune_partitions(
         assert copy_type == CopyType.RAW_DATA_PACKAGE
         key = asset_key(location.site.short_name, location.name, kind)
         keys = instance.get_dynamic_partitions(partition_set_name(key))
-        for name, archived_at in finished_before(session, location.id, list(keys), cutoff):
+        finished = sorted(
+            finished_before(session, location.id, list(keys), cutoff), key=lambda f: f[1]
+        )
+        for name, archived_at in finished[:limit]:
             observations.append(
                 AssetObservation(
                     asset_key=key,

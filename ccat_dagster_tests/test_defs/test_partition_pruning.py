@@ -116,6 +116,8 @@ def test_prune_removes_keys_past_the_horizon_and_keeps_recent_and_held_ones(sess
             o.partition
             for o in prune_partitions(instance, session, lta, horizon_days=30, now=later)
         ) == ["ended_recently", "recent_archive"], "still_buffered: its buffer copy holds data"
+        oldest_first = prune_partitions(instance, session, lta, horizon_days=30, now=later, limit=1)
+        assert [o.partition for o in oldest_first] == ["ended_recently"], "a cap per run"
 
 
 def test_cleanup_job_prunes_the_archive_partitions(ops_db_url, session, tmp_path):
