@@ -57,6 +57,7 @@ from ccat_dagster_tests.deployment_support import (
     write_postgres_instance,
     write_workspace,
 )
+from ccat_dagster_tests.fixtures.ci import unavailable
 from ccat_dagster_tests.fixtures.databases import (
     create_pg_database,
     drop_pg_database,
@@ -109,18 +110,12 @@ FINAL_TIMEOUT = 240
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture
 def chromium() -> str:
     path = find_chromium()
     if path is None:
         message = "headless Chromium is not installed (Debian package chromium; `make test`)"
-        if _ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return path
 
 
