@@ -32,6 +32,7 @@ from ccat_ops_db.models import (
     DataTransfer,
     DataTransferPackage,
     LocationAvailability,
+    LocationType,
     LongTermArchiveTransfer,
     PackageState,
     PhysicalCopy,
@@ -263,6 +264,19 @@ def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
 def resize_tmpfs(mount_point: Path, size: str) -> None:
     """Give a tmpfs mounted by :func:`tmpfs` a new size (free space appears at once)."""
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
+
+
+def copy_statuses(url: str, site: str, location_type: LocationType) -> list[PhysicalCopyStatus]:
+    """The status of every copy at the locations of ``location_type`` of ``site``."""
+    with session_scope(url) as session:
+        return list(
+            session.scalars(
+                select(PhysicalCopy.status)
+                .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
+                .join(Site, Site.id == DataLocation.site_id)
+                .where(Site.short_name == site, DataLocation.location_type == location_type)
+            )
+        )
 
 
 def assert_nothing_failed_or_counted(url: str) -> None:

@@ -65,6 +65,7 @@ from ccat_dagster_tests.fixtures.databases import (
 )
 from ccat_dagster_tests.pipeline_support import (
     MARKER_INGEST,
+    copy_statuses,
     drop_simulated_data,
     real_topology,
     sha256,
@@ -217,18 +218,6 @@ def running(
         shutil.copytree(log_dir, ARTIFACTS / "logs")
 
 
-def _copy_statuses(url: str, site: str, location_type: LocationType) -> list[PhysicalCopyStatus]:
-    with session_scope(url) as session:
-        return list(
-            session.scalars(
-                select(PhysicalCopy.status)
-                .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
-                .join(Site, Site.id == DataLocation.site_id)
-                .where(Site.short_name == site, DataLocation.location_type == location_type)
-            )
-        )
-
-
 def _all(statuses: list[PhysicalCopyStatus], status: PhysicalCopyStatus) -> bool:
     return bool(statuses) and all(s == status for s in statuses)
 
@@ -248,8 +237,8 @@ def _archived_in_every_lta(url: str, n_files: int) -> bool:
 
 def _telescope_clean(url: str) -> bool:
     return _all(
-        _copy_statuses(url, "ccat", LocationType.BUFFER), PhysicalCopyStatus.DELETED
-    ) and _all(_copy_statuses(url, "ccat", LocationType.SOURCE), PhysicalCopyStatus.DELETED)
+        copy_statuses(url, "ccat", LocationType.BUFFER), PhysicalCopyStatus.DELETED
+    ) and _all(copy_statuses(url, "ccat", LocationType.SOURCE), PhysicalCopyStatus.DELETED)
 
 
 def _summary(url: str, deployment: Deployment):
@@ -344,7 +333,7 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
         packages = session.scalars(select(RawDataPackage).order_by(RawDataPackage.id)).all()
         package_names = [p.name for p in packages]
     # the us buffer is left to the manual cleanup below (its schedule stays off)
-    assert _all(_copy_statuses(url, "us", LocationType.BUFFER), PhysicalCopyStatus.PRESENT)
+    assert _all(copy_statuses(url, "us", LocationType.BUFFER), PhysicalCopyStatus.PRESENT)
 
     # ---- meanwhile: a backfill of the us LTA asset over a set of partitions (GraphQL) ...
     chosen = package_names[:BACKFILL_PARTITIONS]
@@ -455,8 +444,8 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
     assert manual["jobName"] == "us_cleanup"
     assert manual["tags"]["dagster/code_location"] == "us"
     assert deleters_at["us"] == {manual["runId"]}
-    assert _all(_copy_statuses(url, "us", LocationType.BUFFER), PhysicalCopyStatus.DELETED)
-    lta_us = _copy_statuses(url, "us", LocationType.LONG_TERM_ARCHIVE)
+    assert _all(copy_statuses(url, "us", LocationType.BUFFER), PhysicalCopyStatus.DELETED)
+    lta_us = copy_statuses(url, "us", LocationType.LONG_TERM_ARCHIVE)
     assert _all(lta_us, PhysicalCopyStatus.PRESENT)
 
     # the backfill: one run per partition, each with a passed live lta_presence check

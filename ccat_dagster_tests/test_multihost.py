@@ -50,17 +50,14 @@ from ccat_dagster_tests.deployment_support import (
     write_postgres_instance,
 )
 from ccat_dagster_tests.fixtures.netns import Host, Network
-from ccat_dagster_tests.pipeline_support import sha256
+from ccat_dagster_tests.pipeline_support import copy_statuses, sha256
 from ccat_ops_db.migrate import upgrade
 from ccat_ops_db.models import (
-    DataLocation,
     LocationType,
     PackageState,
-    PhysicalCopy,
     PhysicalCopyStatus,
     RawDataFile,
     RawDataPackage,
-    Site,
 )
 from ccat_ops_db.session import _cached_engine, session_scope
 from ccat_ops_db.topology import apply_topology
@@ -347,18 +344,6 @@ def _write_on_instrument(network: Network, prefix: str, wave: dict) -> int:
     return wave["n_obs_units"] * wave["files_per_unit"] * len(MODULES)
 
 
-def _statuses(url: str, site: str, kind: LocationType) -> list[PhysicalCopyStatus]:
-    with session_scope(url) as session:
-        return list(
-            session.scalars(
-                select(PhysicalCopy.status)
-                .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
-                .join(Site, Site.id == DataLocation.site_id)
-                .where(Site.short_name == site, DataLocation.location_type == kind)
-            )
-        )
-
-
 def _done(url: str, n_files: int) -> bool:
     """Every written file filed and packaged, every package ARCHIVED and PRESENT in both LTAs,
     and the telescope (its buffer and the instrument computer) cleaned."""
@@ -374,7 +359,7 @@ def _done(url: str, n_files: int) -> bool:
     if not archived:
         return False
     gone = PhysicalCopyStatus.DELETED
-    telescope = _statuses(url, "ccat", LocationType.BUFFER) + _statuses(
+    telescope = copy_statuses(url, "ccat", LocationType.BUFFER) + copy_statuses(
         url, "ccat", LocationType.SOURCE
     )
     return bool(telescope) and all(s == gone for s in telescope)
