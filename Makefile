@@ -50,14 +50,14 @@ TEST_WORKERS ?= 2
 # same deployment with each site on a host of its own, in network namespaces: root only, it fails,
 # never skips, where they cannot be made; docs/scale.md) run one after the other, and beside the
 # rest of the suite: they spend most of their time waiting for daemon ticks, a throttled link
-# or containers, so they overlap the CPU-bound part instead of adding to it. The rest runs at a
-# lower priority (nice), so a deployment's processes get the CPU when they ask for it: under an
+# or containers, so they overlap the CPU-bound part instead of adding to it. The rest runs at the
+# lowest priority (nice 19), so a deployment's processes get the CPU when they ask for it: under an
 # equal share, their code servers overran the stop timeout. The deployment tests' output goes to
 # DEPLOYMENT_LOG and is printed when both parts are done; either failing fails `make test`.
 DEPLOYMENT_TESTS := ccat_dagster_tests/test_deployment.py ccat_dagster_tests/test_deployment_dead_runs.py \
   ccat_dagster_tests/test_multihost.py ccat_dagster_tests/test_compose.py
 DEPLOYMENT_LOG := test-artifacts/deployment-tests.log
-TEST_NICE ?= 10
+TEST_NICE ?= 19
 test: install debs lint
 	@mkdir -p $(dir $(DEPLOYMENT_LOG))
 	@echo "deployment tests: in the background, output in $(DEPLOYMENT_LOG)"

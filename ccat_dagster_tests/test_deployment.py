@@ -86,7 +86,9 @@ from ccat_ops_db.policy import Policy
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
-pytestmark = pytest.mark.slow
+# a whole deployment archiving 300 files under the daemon: minutes, more on busy cores (make test
+# runs the rest of the suite beside it); a bound, not a target
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "deployment"

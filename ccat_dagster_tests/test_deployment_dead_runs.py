@@ -42,7 +42,8 @@ from ccat_ops_db.models import RawDataFile, RawDataPackage, Status
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
-pytestmark = pytest.mark.slow
+# a deployment under the daemon: minutes, more on busy cores (a bound, not a target)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = "ccat_raw_data_package_creation"
