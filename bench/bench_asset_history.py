@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_deletion import make_topology
-from bench_run_launch import location_roots, scratch_database
+from bench_run_launch import location_roots
+from scratch import scratch_database
 
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.partitions import partition_set_name
@@ -225,7 +226,7 @@ def run(packages: int) -> None:
     from dagster_graphql.test.utils import define_out_of_process_workspace, execute_dagster_graphql
 
     with (
-        scratch_database("history_dagster") as dagster_url,
+        scratch_database("bench_launch_history_dagster") as dagster_url,
         tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp,
     ):
         home = Path(tmp, "dagster_home")
@@ -273,7 +274,7 @@ def main() -> None:
     parser.add_argument("--packages", default="10000,100000")
     args = parser.parse_args()
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    with location_roots(), scratch_database("history_ops") as ops_url:
+    with location_roots(), scratch_database("bench_launch_history_ops") as ops_url:
         upgrade(ops_url)
         engine = make_engine(ops_url)
         with Session(engine) as session:

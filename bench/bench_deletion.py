@@ -18,17 +18,17 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 # the per-copy can_delete_* decisions of the baseline are test helpers (ccat_dagster_tests)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scratch import scratch_database
 
 from ccat_dagster.lifecycle.deletion import rules as d
 from ccat_dagster.lifecycle.deletion.plan import plan_deletions
@@ -44,28 +44,10 @@ from ccat_ops_db.models import (
 )
 from ccat_ops_db.session import make_engine
 
-ADMIN_URL = os.environ.get(
-    "CCAT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
 FILES_PER_PACKAGE = 8
 PACKAGES_PER_DTP = 10
 # copies per package: 8 files + up to 3 package copies + 2 transfer-package copies / 10
 COPIES_PER_PACKAGE = FILES_PER_PACKAGE + 2.25 + 2 / PACKAGES_PER_DTP
-
-
-@contextmanager
-def scratch_database():
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"ccat_bench_deletion_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def make_topology(session: Session) -> dict[str, int]:
@@ -233,7 +215,7 @@ def baseline_per_copy(
 
 def run(size: int, sample: int) -> dict:
     packages = int(size / COPIES_PER_PACKAGE)
-    with scratch_database() as url:
+    with scratch_database("ccat_bench_deletion") as url:
         upgrade(url)
         engine = make_engine(url)
         counter = StatementCounter(engine)

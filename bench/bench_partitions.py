@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deletion import COPIES_PER_PACKAGE, bulk_load, make_topology, scratch_database
+from bench_deletion import COPIES_PER_PACKAGE, bulk_load, make_topology
+from scratch import scratch_database
 
 from ccat_dagster.defs.partitions import drop_partitions, partition_set_name, prune_partitions
 from ccat_ops_db.migrate import upgrade
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1_000_000)
     parser.add_argument("--horizon-days", type=int, default=30)
     args = parser.parse_args()
-    with scratch_database() as url:
+    with scratch_database("ccat_bench_partitions") as url:
         upgrade(url)
         engine = make_engine(url)
         with Session(engine) as session, instance_for_test() as instance:

@@ -35,16 +35,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deletion import ADMIN_URL, make_topology
+from bench_deletion import make_topology
+from scratch import scratch_database
 
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.instance import write_instance_config
@@ -85,22 +84,6 @@ ROOTS = {
     "cologne": ("buffer", "lta"),
     "us": ("buffer", "lta"),
 }
-
-
-@contextmanager
-def scratch_database(kind: str) -> Iterator[str]:
-    """A new PostgreSQL database ``bench_launch_<kind>_<random>``, dropped afterwards."""
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"bench_launch_{kind}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager
@@ -276,8 +259,8 @@ def main() -> None:
     sizes = [int(n) for n in args.runs.split(",")]
     with (
         location_roots(),
-        scratch_database("ops") as ops_url,
-        scratch_database("dagster") as dagster_url,
+        scratch_database("bench_launch_ops") as ops_url,
+        scratch_database("bench_launch_dagster") as dagster_url,
         tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp,
     ):
         upgrade(ops_url)

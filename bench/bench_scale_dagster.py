@@ -33,7 +33,8 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deletion import bulk_load, make_topology, scratch_database
+from bench_deletion import bulk_load, make_topology
+from scratch import scratch_database
 
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.partitions import partition_set_name
@@ -152,7 +153,7 @@ def run(packages: int) -> None:
 
 
 def _run(packages: int) -> None:
-    with scratch_database() as url:
+    with scratch_database("ccat_bench_scale") as url:
         upgrade(url)
         os.environ["CCAT_OPS_DB_URL"] = url
         engine = make_engine(url)
