@@ -268,6 +268,24 @@ def drive_run_until_idle(home: Path, ops_url: str, files) -> dict:
     return {"e2e_s": e2e_s, "filing_s": filing_s, "start_epoch": start_epoch, "rows": rows}
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system, reaped children included) of the live processes of a process
+    group: a deployment process with its subprocesses (a code server's gRPC server and run
+    workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ...
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
 def drive_daemon(work: Path, home: Path, ops_url: str, dagster_url: str, files, sshd, args) -> dict:
     """The deployment of the deployment test, on this bench's world: code servers, daemon,
     webserver; every sensor and schedule on; file; wait for the end condition."""
@@ -328,6 +346,8 @@ def drive_daemon(work: Path, home: Path, ops_url: str, dagster_url: str, files, 
             describe=deployment.logs,
         )
         instigators = start_all_instigators(gql, locations)
+        cpu_before = {p.name: group_cpu_seconds(p.popen.pid) for p in deployment.processes}
+        bench_cpu_before = group_cpu_seconds(os.getpgrp())
         start, start_epoch = time.perf_counter(), time.time()
         file_everything(ops_url, files)
         filing_s = time.perf_counter() - start
@@ -339,6 +359,12 @@ def drive_daemon(work: Path, home: Path, ops_url: str, dagster_url: str, files, 
             describe=lambda: deployment.logs(1500),
         )
         e2e_s = time.perf_counter() - start
+        cpu = {
+            p.name: group_cpu_seconds(p.popen.pid) - cpu_before[p.name]
+            for p in deployment.processes
+        }
+        # this process's group: moto's S3 server (threads here), the sshd, the polling
+        cpu["bench (moto, sshd)"] = group_cpu_seconds(os.getpgrp()) - bench_cpu_before
         with open_instance(home) as instance:
             # runs the sensors launched meanwhile (the LTA sites' cleanups) finish first
             from dagster import DagsterRunStatus, RunsFilter
@@ -370,6 +396,7 @@ def drive_daemon(work: Path, home: Path, ops_url: str, dagster_url: str, files, 
         "instigators": len(instigators),
         "run_limits": run_tag_limits(dagster_yaml),
         "in_flight_at_end": in_flight_at_end,
+        "cpu": cpu,
     }
 
 
@@ -524,6 +551,13 @@ def report(mode: str, result: dict, total: int, archived, packages: int, bounds:
         print(f"  launch (dequeued -> STARTED: subprocess, code load): {quantiles(launch)}")
         print(f"  of which STARTING -> STARTED (run worker process): {quantiles(worker)}")
         print(f"  created -> STARTED over all runs: {sum(queued) + sum(launch):.1f} s")
+        cpu = result["cpu"]
+        print(
+            f"  CPU seconds from filing to the end condition ({e2e_s:.0f} s x "
+            f"{os.cpu_count()} cores = {e2e_s * (os.cpu_count() or 1):.0f} core-s): "
+            + ", ".join(f"{name} {sec:.0f}" for name, sec in cpu.items())
+            + f"; total {sum(cpu.values()):.0f}"
+        )
         print("\nstage timeline, s after filing (first created, first start, last end):")
         print(f"  {'stage':34s} {'created':>8s} {'start':>8s} {'end':>8s}")
         spans: dict[str, list[float]] = {}
