@@ -253,6 +253,7 @@ def file_everything(ops_url: str, files) -> None:
 
 def drive_run_until_idle(home: Path, ops_url: str, files) -> dict:
     write_instance_config(home)
+    cpu_before = group_cpu_seconds(os.getpgrp())
     start, start_epoch = time.perf_counter(), time.time()
     file_everything(ops_url, files)
     filing_s = time.perf_counter() - start
@@ -264,8 +265,15 @@ def drive_run_until_idle(home: Path, ops_url: str, files) -> dict:
             log=lambda m: None,
         )
         e2e_s = time.perf_counter() - start
+        cpu = {"bench (runs, moto, sshd)": group_cpu_seconds(os.getpgrp()) - cpu_before}
         rows = run_rows(instance)
-    return {"e2e_s": e2e_s, "filing_s": filing_s, "start_epoch": start_epoch, "rows": rows}
+    return {
+        "e2e_s": e2e_s,
+        "filing_s": filing_s,
+        "start_epoch": start_epoch,
+        "rows": rows,
+        "cpu": cpu,
+    }
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -547,27 +555,29 @@ def report(mode: str, result: dict, total: int, archived, packages: int, bounds:
             f"most runs in flight at once {most}; "
             f"runs still in flight at the end condition {result['in_flight_at_end']}"
         )
-        print(f"  queued (created -> dequeued): {quantiles(queued)}")
-        print(f"  launch (dequeued -> STARTED: subprocess, code load): {quantiles(launch)}")
+        if queued:
+            print(f"  queued (created -> dequeued): {quantiles(queued)}")
+        print(f"  created -> STARTED (queue, launch, run worker start): {quantiles(launch)}")
         print(f"  of which STARTING -> STARTED (run worker process): {quantiles(worker)}")
         print(f"  created -> STARTED over all runs: {sum(queued) + sum(launch):.1f} s")
+    if "cpu" in result:
         cpu = result["cpu"]
         print(
-            f"  CPU seconds from filing to the end condition ({e2e_s:.0f} s x "
+            f"CPU seconds from filing to the end condition ({e2e_s:.0f} s x "
             f"{os.cpu_count()} cores = {e2e_s * (os.cpu_count() or 1):.0f} core-s): "
             + ", ".join(f"{name} {sec:.0f}" for name, sec in cpu.items())
             + f"; total {sum(cpu.values()):.0f}"
         )
-        print("\nstage timeline, s after filing (first created, first start, last end):")
-        print(f"  {'stage':34s} {'created':>8s} {'start':>8s} {'end':>8s}")
-        spans: dict[str, list[float]] = {}
-        for r in rows:
-            span = spans.setdefault(r["stage"], [math.inf, math.inf, -math.inf])
-            span[0] = min(span[0], r["created"] - start_epoch)
-            span[1] = min(span[1], r["started"] - start_epoch)
-            span[2] = max(span[2], r["ended"] - start_epoch)
-        for job, (created, started, ended) in sorted(spans.items(), key=lambda kv: kv[1][1]):
-            print(f"  {job:34s} {created:8.1f} {started:8.1f} {ended:8.1f}")
+    print("\nstage timeline, s after filing (first created, first start, last end):")
+    print(f"  {'stage':34s} {'created':>8s} {'start':>8s} {'end':>8s}")
+    spans: dict[str, list[float]] = {}
+    for r in rows:
+        span = spans.setdefault(r["stage"], [math.inf, math.inf, -math.inf])
+        span[0] = min(span[0], r["created"] - start_epoch)
+        span[1] = min(span[1], r["started"] - start_epoch)
+        span[2] = max(span[2], r["ended"] - start_epoch)
+    for job, (created, started, ended) in sorted(spans.items(), key=lambda kv: kv[1][1]):
+        print(f"  {job:34s} {created:8.1f} {started:8.1f} {ended:8.1f}")
     print("\nbound components (same run):")
     for name, rate in bounds.items():
         print(f"  {name:12s} {rate:8.0f} MB/s")
