@@ -311,6 +311,12 @@ def drive_daemon(work: Path, home: Path, ops_url: str, dagster_url: str, files, 
     )
 
     dagster_yaml = write_postgres_instance(home, dagster_url)
+    if args.sensor_threads:
+        # an experiment, not production's config: the sensor and schedule daemons evaluate
+        # their instigators in a thread pool instead of one after another
+        with open(dagster_yaml, "a") as fh:
+            for daemon in ("sensors", "schedules"):
+                fh.write(f"{daemon}:\n  use_threads: true\n  num_workers: {args.sensor_threads}\n")
     ports = [args.port + i for i in range(4)] if args.port else [free_port() for _ in range(4)]
     site_ports: dict[str, int] = dict(zip(SITES, ports, strict=False))
     workspace = write_workspace(work / "workspace.yaml", site_ports)
@@ -405,6 +411,7 @@ def drive_daemon(work: Path, home: Path, ops_url: str, dagster_url: str, files, 
         "run_limits": run_tag_limits(dagster_yaml),
         "in_flight_at_end": in_flight_at_end,
         "cpu": cpu,
+        "sensor_threads": args.sensor_threads,
     }
 
 
@@ -429,6 +436,13 @@ def main() -> None:
         help="first of 4 consecutive ports for the code servers and the webserver (0: free ones)",
     )
     parser.add_argument("--timeout", type=float, default=7200, help="seconds (daemon)")
+    parser.add_argument(
+        "--sensor-threads",
+        type=int,
+        default=0,
+        help="evaluate sensors and schedules in this many threads (daemon; 0: one by one, as "
+        "the instance config of production)",
+    )
     parser.add_argument("--db-prefix", default="ccat_bench_e2e", help="scratch database names")
     args = parser.parse_args()
     os.environ.update(FAKE_ENV)  # moto's fake credentials, never a real profile
@@ -550,7 +564,8 @@ def report(mode: str, result: dict, total: int, archived, packages: int, bounds:
         worker = [r["started"] - r["starting"] for r in rows if r["starting"]]
         most = max_concurrent([(r["started"], r["ended"]) for r in rows])
         print(
-            f"daemon: {result['instigators']} sensors and schedules on; run limits "
+            f"daemon: {result['instigators']} sensors and schedules on "
+            f"({result['sensor_threads'] or 'no'} sensor threads); run limits "
             f"{result['run_limits']} (per unique value; max_concurrent_runs -1), pools default 5; "
             f"most runs in flight at once {most}; "
             f"runs still in flight at the end condition {result['in_flight_at_end']}"
