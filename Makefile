@@ -102,8 +102,8 @@ ui: install
 	CCAT_HOME=$(DEMO_HOME) DAGSTER_HOME=$(DEMO_HOME)/dagster_home \
 	  $(VENV)/bin/dagster dev -w workspace.yaml $(UI_ARGS)
 
-# bench_e2e.py moves E2E_GB through three sites (10 GB: ~40 GB of disk, and ~10 GB of memory
-# for the in-process S3 server); docs/performance.md records a 2 GB run.
+# bench_e2e.py moves E2E_GB through three sites under the daemon (10 GB: ~40 GB of disk, and
+# ~10 GB of memory for the in-process S3 server); docs/performance.md records 2 and 4.4 GB runs.
 E2E_GB ?= 10
 bench: install debs
 	@for b in bench/bench_*.py; do echo "== $$b"; \
