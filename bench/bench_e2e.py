@@ -37,15 +37,15 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections import defaultdict
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scratch import scratch_database
 
 from ccat_dagster.instance import write_instance_config
 from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
@@ -60,27 +60,10 @@ from ccat_ops_db.migrate import upgrade
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
-ADMIN_URL = os.environ.get(
-    "CCAT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
 MB = 1_000_000
 MODULES = ("pcam_280ghz", "pcam_350ghz")
 SITES = ("ccat", "cologne", "us")
 REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def scratch_database(prefix: str):
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
