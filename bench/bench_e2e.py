@@ -27,6 +27,7 @@ span of each stage, the most runs in flight and the time no run was in flight at
 
     .venv/bin/python bench/bench_e2e.py [--gb 10] [--workdir /tmp/ccat_bench_e2e]
         [--run-until-idle] [--sensor-interval 5] [--cleanup-cron '* * * * *'] [--port 0]
+        [--sensor-threads 0] [--db-prefix ccat_bench_e2e]
 """
 
 from __future__ import annotations
