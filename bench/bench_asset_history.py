@@ -42,12 +42,11 @@ from dagster import (
     EventLogEntry,
 )
 from dagster._core.events import StepMaterializationData  # noqa: TID251 (bench: bulk events)
-from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deletion import make_topology
+from bench_deletion import migrate_with_topology
 from bench_run_launch import location_roots
 from scratch import scratch_database
 
@@ -56,8 +55,6 @@ from ccat_dagster.defs.partitions import partition_set_name
 from ccat_dagster.instance import write_instance_config
 from ccat_dagster.runner import open_instance
 from ccat_dagster_tests.deployment_support import postgres_url_for_dagster
-from ccat_ops_db.migrate import upgrade
-from ccat_ops_db.session import make_engine
 
 PATH = ["cologne", "lta", "raw_data_package"]
 KEY = AssetKey(PATH)
@@ -275,12 +272,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("dagster").setLevel(logging.WARNING)
     with location_roots(), scratch_database("bench_launch_history_ops") as ops_url:
-        upgrade(ops_url)
-        engine = make_engine(ops_url)
-        with Session(engine) as session:
-            make_topology(session)
-            session.commit()
-        engine.dispose()
+        migrate_with_topology(ops_url)
         os.environ["CCAT_BENCH_HISTORY_OPS_DB_URL"] = ops_url
         os.environ["CCAT_OPS_DB_URL"] = ops_url
         for n in args.packages.split(","):

@@ -50,6 +50,16 @@ PACKAGES_PER_DTP = 10
 COPIES_PER_PACKAGE = FILES_PER_PACKAGE + 2.25 + 2 / PACKAGES_PER_DTP
 
 
+def migrate_with_topology(url: str) -> None:
+    """A migrated ops DB at ``url`` holding the bench topology of ``make_topology``."""
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        make_topology(session)
+        session.commit()
+    engine.dispose()
+
+
 def make_topology(session: Session) -> dict[str, int]:
     locs: dict[str, DataLocation] = {}
     for short, specs in {

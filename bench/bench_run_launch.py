@@ -37,12 +37,11 @@ from pathlib import Path
 
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
-from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deletion import make_topology
+from bench_deletion import migrate_with_topology
 from scratch import scratch_database
 
 from ccat_dagster.defs.definitions import build_site_definitions
@@ -57,8 +56,6 @@ from ccat_dagster_tests.deployment_support import (
     wait_until,
     write_workspace,
 )
-from ccat_ops_db.migrate import upgrade
-from ccat_ops_db.session import make_engine
 
 SITE = "cologne"
 JOB = "cologne_data_transfer_unpacking"
@@ -263,12 +260,7 @@ def main() -> None:
         scratch_database("bench_launch_dagster") as dagster_url,
         tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp,
     ):
-        upgrade(ops_url)
-        engine = make_engine(ops_url)
-        with Session(engine) as session:
-            make_topology(session)
-            session.commit()
-        engine.dispose()
+        migrate_with_topology(ops_url)
         home = Path(tmp, "dagster_home")
         os.environ["DAGSTER_PG_URL"] = postgres_url_for_dagster(dagster_url)
         os.environ["DAGSTER_HOME"] = str(home)
