@@ -42,33 +42,20 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # The suite runs on TEST_WORKERS pytest-xdist workers (the machines this runs on have 2 cores):
-# a test file stays on one worker, the fault-harness file is one unit of its own
+# a test file stays on one worker, the deployment and fault-harness files share one
 # (ccat_dagster_tests/conftest.py).
 TEST_WORKERS ?= 2
-# The deployment tests (a daemon, a webserver and three code servers each; the compose test runs
-# the whole docker/compose.yaml in a local Docker engine on fixed ports; test_multihost.py is the
-# same deployment with each site on a host of its own, in network namespaces: root only, it fails,
-# never skips, where they cannot be made; docs/scale.md) run one after the other, and beside the
-# rest of the suite: they spend most of their time waiting for daemon ticks, a throttled link
-# or containers, so they overlap the CPU-bound part instead of adding to it. The rest runs at the
-# lowest priority (nice 19), so a deployment's processes get the CPU when they ask for it: under an
-# equal share, their code servers overran the stop timeout. The deployment tests' output goes to
-# DEPLOYMENT_LOG and is printed when both parts are done; either failing fails `make test`.
+# The deployment tests (a daemon, a webserver and three code servers each) run afterwards on
+# their own: under the other worker's load their code servers overran the stop timeout. The
+# compose test (the whole docker/compose.yaml in a local Docker engine, on fixed ports) is one
+# of them: one at a time, never beside another deployment. test_multihost.py is the same
+# deployment with each site on a host of its own (network namespaces, root only: it fails,
+# never skips, where they cannot be made; docs/scale.md).
 DEPLOYMENT_TESTS := ccat_dagster_tests/test_deployment.py ccat_dagster_tests/test_deployment_dead_runs.py \
   ccat_dagster_tests/test_multihost.py ccat_dagster_tests/test_compose.py
-DEPLOYMENT_LOG := test-artifacts/deployment-tests.log
-TEST_NICE ?= 19
 test: install debs lint
-	@mkdir -p $(dir $(DEPLOYMENT_LOG))
-	@echo "deployment tests: in the background, output in $(DEPLOYMENT_LOG)"
-	@$(VENV)/bin/pytest -q -ra -p no:cacheprovider $(DEPLOYMENT_TESTS) > $(DEPLOYMENT_LOG) 2>&1 & \
-	  deployment=$$!; \
-	  nice -n $(TEST_NICE) $(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) \
-	    $(addprefix --ignore=,$(DEPLOYMENT_TESTS)); rest=$$?; \
-	  wait $$deployment; deployed=$$?; \
-	  echo "== deployment tests ($(DEPLOYMENT_LOG))"; cat $(DEPLOYMENT_LOG); \
-	  echo "== exit codes: the suite $$rest, the deployment tests $$deployed"; \
-	  [ $$rest = 0 ] && [ $$deployed = 0 ]
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) $(addprefix --ignore=,$(DEPLOYMENT_TESTS))
+	$(VENV)/bin/pytest -q -ra $(DEPLOYMENT_TESTS)
 
 test-fast: install debs
 	$(VENV)/bin/pytest -q -ra -m "not slow" -n $(TEST_WORKERS)

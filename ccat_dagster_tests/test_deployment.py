@@ -86,8 +86,8 @@ from ccat_ops_db.policy import Policy
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
 
-# a whole deployment archiving 300 files under the daemon: minutes, more on busy cores (make test
-# runs the rest of the suite beside it); a bound, not a target
+# a whole deployment archiving 300 files under the daemon: minutes, more on busy cores (a bound,
+# not a target; pytest's default 600 s was hit on a loaded machine)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,7 @@ from ccat_dagster_tests.faults.report import summarize
 from ccat_dagster_tests.faults.schedule import KINDS, fixed_schedules
 from ccat_dagster_tests.fixtures.ci import unavailable
 
-# 25 schedules on two harnesses: minutes, more while the deployment tests share the cores (a
-# bound, not a target)
+# 25 schedules on two harnesses: minutes, more on busy cores (a bound, not a target)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 WORKERS = 2
