@@ -28,7 +28,7 @@ from ccat_dagster.run_health import LIVE_STATUSES, OWNER_PID_TAG
 from ccat_dagster.runner import open_instance
 from ccat_dagster.storage.local import LocalDiskStorage
 from ccat_dagster_tests.deployment_support import wait_until
-from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
+from ccat_dagster_tests.pipeline_support import copy_statuses, file_simulated_data, real_topology
 from ccat_ops_db.models import (
     DataLocation,
     DiskDataLocation,
@@ -39,7 +39,6 @@ from ccat_ops_db.models import (
     RawDataFile,
     RawDataPackage,
     RawDataPackagePhysicalCopy,
-    Site,
 )
 from ccat_ops_db.session import session_scope
 from ccat_ops_db.topology import apply_topology
@@ -75,17 +74,6 @@ def _kill(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def _copies(session, site: str, location_type: LocationType) -> list[PhysicalCopyStatus]:
-    return list(
-        session.scalars(
-            select(PhysicalCopy.status)
-            .join(DataLocation, DataLocation.id == PhysicalCopy.data_location_id)
-            .join(Site, Site.id == DataLocation.site_id)
-            .where(Site.short_name == site, DataLocation.location_type == location_type)
-        )
-    )
 
 
 def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
@@ -162,7 +150,7 @@ def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
         assert claimed == [], [(c.id, c.status, c.claimed_by) for c in claimed]
         # the telescope is cleaned: its buffer copies and the raw files at the source are gone
         for location_type in (LocationType.BUFFER, LocationType.SOURCE):
-            statuses = _copies(session, "ccat", location_type)
+            statuses = copy_statuses(ops_db_url, "ccat", location_type)
             assert statuses, (location_type, statuses)
             assert set(statuses) == {S.DELETED}, (location_type, statuses)
         lta_copies = session.scalars(
