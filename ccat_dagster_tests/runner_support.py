@@ -17,11 +17,13 @@ from dagster import (
     Failure,
     MetadataValue,
     RunRequest,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     job,
     op,
+    schedule,
     sensor,
 )
 
@@ -125,6 +127,32 @@ def observes_a_buffer(_context: SensorEvaluationContext):
 
 def observing_definitions() -> Definitions:
     return Definitions(jobs=[always_fails], sensors=[observes_a_buffer])
+
+
+#: the instance each tick of ``reads_the_instance`` saw, in this process
+SCHEDULE_INSTANCES: list[object] = []
+
+
+@op
+def noop() -> None:
+    pass
+
+
+@job
+def nothing() -> None:
+    noop()
+
+
+@schedule(job=nothing, cron_schedule="* * * * *")
+def reads_the_instance(context: ScheduleEvaluationContext):
+    """Like the cleanup schedule: reads the runs in flight from ``context.instance``."""
+    SCHEDULE_INSTANCES.append(context.instance)
+    context.instance.get_runs_count()
+    return SkipReason("nothing to do")
+
+
+def scheduled_definitions() -> Definitions:
+    return Definitions(jobs=[nothing], schedules=[reads_the_instance])
 
 
 if __name__ == "__main__":

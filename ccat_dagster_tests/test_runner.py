@@ -133,3 +133,21 @@ def test_sensor_observations_are_recorded_as_the_daemon_records_them(tmp_path):
             )
         )
     assert records, "the buffer monitor's observations reach the UI under run-until-idle too"
+
+
+def test_schedule_ticks_use_the_loop_instance_and_open_no_other(tmp_path, monkeypatch):
+    """A schedule context opened a fresh DagsterInstance from its reference on every tick
+    (storages, connections, schema checks: ~0.6 s on SQLite, each schedule on every pass)."""
+    runner_support.SCHEDULE_INSTANCES.clear()
+    with _instance(tmp_path / "dagster_home") as instance:
+
+        def opened(*args, **kwargs):
+            raise AssertionError("a schedule tick opened another Dagster instance")
+
+        monkeypatch.setattr(DagsterInstance, "from_ref", opened)
+        report = run_until_idle(
+            [runner_support.scheduled_definitions()], instance=instance, log=lambda m: None
+        )
+    assert report.failed_ticks == []
+    assert runner_support.SCHEDULE_INSTANCES
+    assert all(seen is instance for seen in runner_support.SCHEDULE_INSTANCES)

@@ -411,9 +411,19 @@ def test_plan_explains_blocked_items_and_changes_nothing(session, topo):
     deletable = {(r.rule, r.name) for r in plan.deletable}
     assert (d.RULE_RDP_SOURCE_BUFFER, archived.name) in deletable
     # the schedule's quick question agrees with the plan, location by location
-    for location in session.scalars(select(DataLocation)).all():
+    locations = session.scalars(select(DataLocation)).all()
+    with_deletable = []
+    for location in locations:
         expected = bool(plan_deletions(session, location=location).deletable)
         assert has_deletable(session, [location]) == expected, location.name
+        if expected:
+            with_deletable.append(location)
+    # ... and for several at once (one SELECT per rule), whichever holds the deletable copy
+    without = [loc for loc in locations if loc not in with_deletable]
+    assert with_deletable
+    assert without
+    assert not has_deletable(session, without)
+    assert has_deletable(session, [*without, with_deletable[-1]])
     blocked = {(b.rule, b.name): b.reason for b in plan.blocked}
     assert "not ARCHIVED" in blocked[(d.RULE_RDP_SOURCE_BUFFER, "waiting_pkg")]
     assert "not ARCHIVED" in blocked[(d.RULE_RDP_SOURCE_BUFFER, "in_flight_pkg")]

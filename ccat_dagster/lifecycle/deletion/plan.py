@@ -20,6 +20,7 @@ from ccat_dagster.lifecycle.deletion.rules import (
     BlockedCopy,
     DeletableCopy,
     RuleContext,
+    any_deletable,
     dl_t,
     explain_blocked,
     find_closable_staged_raw_data_packages,
@@ -144,10 +145,7 @@ def has_deletable(
     observer: str | None = None,
 ) -> bool:
     """Whether :func:`plan_deletions` would find anything deletable at any of ``locations``,
-    stopping at the first copy found (the question a schedule asks on every tick)."""
+    stopping at the first rule that finds one (the question a schedule asks on every tick)."""
     ctx = rule_context(session, now=now, observer=observer)
-    return any(
-        find_deletable(session, rule, location=location, ctx=ctx)
-        for location in locations
-        for rule in RULE_ORDER
-    )
+    ids = [location.id for location in locations]
+    return any(any_deletable(session, rule, ids, ctx=ctx) for rule in RULE_ORDER)

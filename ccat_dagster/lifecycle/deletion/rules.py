@@ -757,6 +757,24 @@ def find_deletable(
     return [DeletableCopy._make((*row, name)) for row in session.execute(stmt).all()]
 
 
+def any_deletable(
+    session: Session, rule_name: str, location_ids: Sequence[int], *, ctx: RuleContext
+) -> bool:
+    """Whether ``rule_name`` allows deleting any copy at ``location_ids`` now: the rule built
+    once for all of them and one SELECT of at most one row (a schedule asks this every tick)."""
+    if not location_ids:
+        return False
+    rule = _RULES[rule_name](ctx)
+    pc, where = _restrict(rule, None)
+    stmt = (
+        sa.select(pc.c.id)
+        .select_from(rule.select_from)
+        .where(*where, pc.c.data_location_id.in_(location_ids), rule.allow)
+        .limit(1)
+    )
+    return session.execute(stmt).first() is not None
+
+
 def still_allowed(
     session: Session, copies: Sequence[DeletableCopy], *, ctx: RuleContext
 ) -> set[int]:
