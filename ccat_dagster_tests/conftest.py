@@ -35,7 +35,29 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "heavy" if Path(path).name in HEAVY_FILES else path
 
+    # the collection's order (longest first, below), not xdist's "most tests first", which put
+    # the one-test fault harness (~7 minutes) last: the whole suite waited for it alone
+    config.option.loadscopereorder = False
     return _FileScheduling(config, log)
+
+
+def _file_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first, so that the short files fill the gaps at the end: the heavy files, then
+    every file with a test marked slow, then the rest, each file's tests in their own order."""
+    rank: dict[str, int] = {}
+    for item in items:
+        file = _file_of(item)
+        if Path(file).name in HEAVY_FILES:
+            rank[file] = 0
+        elif item.get_closest_marker("slow") is not None:
+            rank[file] = min(rank.get(file, 1), 1)
+        else:
+            rank.setdefault(file, 2)
+    items.sort(key=lambda item: rank[_file_of(item)])
 
 
 @pytest.fixture(autouse=True)
