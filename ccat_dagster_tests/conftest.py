@@ -32,7 +32,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class _FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
+            path = _file_of(nodeid)
             return "heavy" if Path(path).name in HEAVY_FILES else path
 
     # the collection's order (longest first, below), not xdist's "most tests first", which put
@@ -41,8 +41,8 @@ def pytest_xdist_make_scheduler(config, log):
     return _FileScheduling(config, log)
 
 
-def _file_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,14 +50,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     every file with a test marked slow, then the rest, each file's tests in their own order."""
     rank: dict[str, int] = {}
     for item in items:
-        file = _file_of(item)
-        if Path(file).name in HEAVY_FILES:
-            rank[file] = 0
-        elif item.get_closest_marker("slow") is not None:
-            rank[file] = min(rank.get(file, 1), 1)
-        else:
-            rank.setdefault(file, 2)
-    items.sort(key=lambda item: rank[_file_of(item)])
+        file = _file_of(item.nodeid)
+        own = 0 if Path(file).name in HEAVY_FILES else 1 if item.get_closest_marker("slow") else 2
+        rank[file] = min(rank.get(file, 2), own)
+    items.sort(key=lambda item: rank[_file_of(item.nodeid)])
 
 
 @pytest.fixture(autouse=True)
