@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-import boto3.session
-from botocore.handlers import disable_signing
 from dagster import ConfigurableResource
-from dagster_aws.s3 import S3Resource
 from sqlalchemy.orm import Session
 
 from ccat_dagster.storage.factory import StorageRegistry
-from ccat_dagster.storage.s3 import s3_client_config
 from ccat_ops_db.config import ops_db_url
 from ccat_ops_db.models import S3DataLocation
 from ccat_ops_db.session import session_factory
@@ -39,32 +34,6 @@ class OpsDbResource(ConfigurableResource):
             session.close()
 
 
-class TunedS3Resource(S3Resource):
-    """dagster-aws's ``S3Resource`` (the same fields: endpoint, region, retries, profile,
-    credentials, SSL, unsigned) whose clients carry the benchmarked botocore settings of
-    ``s3_client_config`` (connection pool, no SigV4 payload hash), like ``make_s3_client``.
-
-    dagster-aws's ``get_client`` accepts no botocore ``Config``; this builds the client as it
-    does (``construct_s3_client``), from the resource's fields, with that config instead of its
-    retries-only one."""
-
-    def get_client(self) -> Any:
-        client = boto3.session.Session(profile_name=self.profile_name).client(
-            "s3",
-            region_name=self.region_name,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=s3_client_config(max_attempts=self.max_attempts),
-        )
-        if self.use_unsigned_session:
-            client.meta.events.register("choose-signer.s3.*", disable_signing)
-        return client
-
-
 class SiteStorageResource(ConfigurableResource):
     """Storages as seen from ``site``: its own disks are local, other sites' hosts over SSH.
 
@@ -79,6 +48,10 @@ class SiteStorageResource(ConfigurableResource):
         """The boto3 client of an S3 location, built by dagster-aws's ``S3Resource`` (as
         ``TunedS3Resource``: the benchmarked settings of ``make_s3_client``) with the location's
         endpoint and region; credentials from the environment only."""
+        # dagster-aws is imported here, by the runs that reach S3, not by every process that
+        # loads the site's code (defs/s3_resource.py)
+        from ccat_dagster.defs.s3_resource import TunedS3Resource
+
         return TunedS3Resource(
             endpoint_url=location.endpoint_url,
             region_name=location.region,

@@ -12,7 +12,8 @@ import pytest
 from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 
-from ccat_dagster.defs.resources import SiteStorageResource, TunedS3Resource
+from ccat_dagster.defs.resources import SiteStorageResource
+from ccat_dagster.defs.s3_resource import TunedS3Resource
 from ccat_dagster.storage.s3 import make_s3_client, s3_client_config
 from ccat_dagster_tests.fixtures.s3server import FAKE_ENV
 from ccat_ops_db.models import LocationType, S3DataLocation, Site

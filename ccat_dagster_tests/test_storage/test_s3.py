@@ -233,7 +233,7 @@ def test_disk_usage_is_a_clear_not_implemented_error(lta):
 def test_client_built_by_dagster_aws_s3_resource_works(s3_endpoint, s3_bucket, s3_client, tuned):
     from dagster_aws.s3 import S3Resource
 
-    from ccat_dagster.defs.resources import TunedS3Resource  # the client of Dagster runs
+    from ccat_dagster.defs.s3_resource import TunedS3Resource  # the client of Dagster runs
 
     resource_class = TunedS3Resource if tuned else S3Resource
     client = resource_class(endpoint_url=s3_endpoint, region_name="us-east-1").get_client()

@@ -13,15 +13,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_ops_db.models import DataLocation, DiskUsageSample, as_utc, utcnow
 from ccat_ops_db.policy import Policy
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and numpy (a quarter of a second) are imported where a forecast is computed, not with
+# the module: every code server, run worker and CLI process imports this module through the
+# alert conditions, and most never forecast (test_forecast checks that the site's code loads
+# without them).
 
 #: a fill slower than this (percent of the disk per hour) is "not filling"
 MIN_RATE = 1e-6
@@ -56,6 +63,9 @@ class DiskForecast:
 def fill_rate(samples: pd.DataFrame) -> float | None:
     """The robust fill rate (percent per hour) of ``samples`` (columns ``measured_at``, a UTC
     timestamp, and ``percent``), cleanup drops ignored; None with fewer than 3 samples."""
+    import numpy as np
+    import pandas as pd
+
     frame = samples.dropna().sort_values("measured_at").drop_duplicates("measured_at")
     if len(frame) < MIN_SAMPLES:
         return None
@@ -105,6 +115,8 @@ def load_samples(
     session: Session, location_ids: Sequence[int], since: datetime
 ) -> dict[int, pd.DataFrame]:
     """The samples of each location since ``since``, oldest first (one query for all)."""
+    import pandas as pd
+
     rows = session.execute(
         sa.select(
             DiskUsageSample.data_location_id, DiskUsageSample.measured_at, DiskUsageSample.percent
