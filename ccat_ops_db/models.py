@@ -378,6 +378,25 @@ class DataTransferPackage(Base):
     )
 
 
+#: the index column of a key-order index: under the "C" collation on PostgreSQL (rendered where
+#: an operator class would go, which is where CREATE INDEX takes a column's collation)
+KEY_ORDER_POSTGRESQL_OPS = {"relative_path": 'COLLATE "C"'}
+
+
+def _key_order_index(name: str, column: Any) -> Index:
+    """An index for range scans over ``column`` in code point order (the order storage lists
+    keys in; the consistency audit reads one slice of keys at a time): under the "C" collation
+    on PostgreSQL, whose default collation orders otherwise; plain on SQLite, whose default
+    (BINARY) is code point order already. Queries compare the column the same way
+    (``lifecycle/audit/catalogue.ordered``)."""
+    return Index(name, column, postgresql_ops=KEY_ORDER_POSTGRESQL_OPS)
+
+
+_key_order_index("ix_raw_data_file_key", RawDataFile.relative_path)
+_key_order_index("ix_raw_data_package_key", RawDataPackage.relative_path)
+_key_order_index("ix_data_transfer_package_key", DataTransferPackage.relative_path)
+
+
 class DataTransfer(Base):
     """One movement of a DataTransferPackage between two locations, and its unpacking there."""
 
