@@ -32,7 +32,7 @@ from ccat_dagster.defs.keys import (
     STAGED_RAW_DATA_PACKAGE,
     asset_key,
 )
-from ccat_dagster.lifecycle.deletion.rules import chunks
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.integrity.holdings import HOLDING_STATUSES, EndedCopy, ended_copies
 from ccat_ops_db.models import (
     CopyType,

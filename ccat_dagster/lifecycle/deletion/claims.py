@@ -21,11 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.common.policy import Policy
 from ccat_dagster.lifecycle.deletion.rules import (
     DeletableCopy,
     RuleContext,
-    chunks,
     dl_t,
     pc_t,
     retry_or_stale,

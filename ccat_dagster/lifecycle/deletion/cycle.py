@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.archive.verification import VerifyLtaCopy
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.deletion.claims import find_permanent_deletion_failures
 from ccat_dagster.lifecycle.deletion.executor import (
     DEFAULT_BATCH_SIZE,
@@ -29,7 +30,6 @@ from ccat_dagster.lifecycle.deletion.rules import (
     RULE_RDP_STAGED_CLOSE,
     DeletableCopy,
     RuleContext,
-    chunks,
     find_closable_staged_raw_data_packages,
     find_deletable,
     pc_t,

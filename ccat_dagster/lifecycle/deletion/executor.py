@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.archive.verification import VerifyLtaCopy
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.deletion.claims import (
     claim_for_deletion,
     give_back,
@@ -37,7 +38,6 @@ from ccat_dagster.lifecycle.deletion.rules import (
     RULE_RDP_SOURCE_BUFFER,
     DeletableCopy,
     RuleContext,
-    chunks,
     dl_t,
     group_by_location,
     pc_t,

@@ -25,11 +25,11 @@ from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.archive.repair import record_lta_check
 from ccat_dagster.lifecycle.archive.verification import LtaEvidence, VerifyLtaCopy
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.deletion.rules import (
     RULE_RDF_DELETION_POSSIBLE,
     RULE_RDP_SOURCE_BUFFER,
     DeletableCopy,
-    chunks,
     dl_t,
     pc_t,
 )

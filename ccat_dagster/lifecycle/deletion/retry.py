@@ -17,10 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_dagster.lifecycle.deletion.claims import find_permanent_deletion_failures
 from ccat_dagster.lifecycle.deletion.plan import location_names
-from ccat_dagster.lifecycle.deletion.rules import chunks, pc_t
+from ccat_dagster.lifecycle.deletion.rules import pc_t
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.models import DataLocation, PhysicalCopyStatus
 

@@ -32,6 +32,7 @@ from ccat_dagster.lifecycle.capacity.buffer_policy import (
     latest_buffer_statuses,
     should_delete_based_on_buffer_status,
 )
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_ops_db.models import (
     CopyType,
@@ -73,8 +74,6 @@ REASON_REPAIR_PENDING = (
 
 #: A claim older than this is treated as abandoned by a crashed run and may be taken over.
 DEFAULT_STALE_CLAIM_AFTER = timedelta(minutes=60)
-
-_IN_CHUNK = 5000  # ids per IN (...) list: SQLite's bound-parameter limit is 32766
 
 pc_t = table_of(PhysicalCopy)
 dl_t = table_of(DataLocation)
@@ -902,8 +901,3 @@ def group_by_location(rows: Iterable[DeletableCopy]) -> dict[int, list[Deletable
     for row in rows:
         grouped.setdefault(row.data_location_id, []).append(row)
     return grouped
-
-
-def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

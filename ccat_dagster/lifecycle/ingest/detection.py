@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.ingest.filing import CHUNK_ROWS, FilingError, is_utf8, shown_path
+from ccat_dagster.lifecycle.common.chunks import chunks
+from ccat_dagster.lifecycle.ingest.filing import FilingError, is_utf8, shown_path
 from ccat_dagster.lifecycle.ingest.source_tree import (
     IngestError as IngestError,  # re-exported: the error of a tick
 )
@@ -144,11 +145,11 @@ def _unshown(shown: str) -> str:
 def _already_registered(session: Session, location_id: int, paths: list[str]) -> dict[str, int]:
     """relative path -> filed size, of the ``paths`` that are in the catalogue."""
     known: dict[str, int] = {}
-    for start in range(0, len(paths), CHUNK_ROWS):
+    for chunk in chunks(paths):
         rows = session.execute(
             select(RawDataFile.relative_path, RawDataFile.size).where(
                 RawDataFile.source_location_id == location_id,
-                RawDataFile.relative_path.in_(paths[start : start + CHUNK_ROWS]),
+                RawDataFile.relative_path.in_(chunk),
             )
         )
         known.update((path, size) for path, size in rows)

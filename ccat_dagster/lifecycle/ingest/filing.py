@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.common.chunks import CHUNK_ROWS, chunks
 from ccat_dagster.lifecycle.common.locations import resolve_location
 from ccat_ops_db.audit import audit_many
 from ccat_ops_db.checksum import DEFAULT_ALGORITHM, checksum_file
@@ -41,8 +42,6 @@ from ccat_ops_db.models import (
     utcnow,
 )
 
-# Rows per lookup/INSERT round; the drivers split it further into multi-row statements.
-CHUNK_ROWS = 5_000
 # Problems listed in one error message; the rest are counted.
 MAX_LISTED_PROBLEMS = 20
 AUDIT_ENTITY_TYPE = "physical_copy"
@@ -247,11 +246,6 @@ class _FileCollector:
         self.files[relative] = _Candidate(relative, real, st.st_size)
 
 
-def _chunks(items: Sequence, size: int = CHUNK_ROWS) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _check_names(obs_unit: str, instrument_module: str) -> list[str]:
     problems = []
     for what, value in (("obs unit", obs_unit), ("instrument module", instrument_module)):
@@ -436,9 +430,9 @@ def _register(
         raise FilingError(name, problems)
     new: list[tuple[_Candidate, str]] = []
     done = 0
-    for chunk in _chunks(candidates):
+    for chunk in chunks(candidates):
         registered = _existing_rows(session, source.id, [c.relative_path for c in chunk])
-        for part in _chunks(chunk, batch):
+        for part in chunks(chunk, batch):
             hashed = checksums([c.relative_path for c in part])
             for candidate in part:
                 done += 1
@@ -513,7 +507,7 @@ def _insert_new_files(
         f"raw data file registered at {source.qualified_name} ({obs_unit}, {instrument_module})"
     )
     now = utcnow()
-    for chunk in _chunks(new):
+    for chunk in chunks(new):
         file_ids = dict(
             session.execute(
                 insert(files).returning(files.c.relative_path, files.c.id),

@@ -14,13 +14,14 @@ is none.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ccat_dagster.lifecycle.common.chunks import CHUNK_ROWS, chunks
 from ccat_dagster.lifecycle.integrity.reads import BAD, GOOD, UNPROVEN, CopyStates
 from ccat_dagster.lifecycle.integrity.report import NO_GOOD_COPY, VerifyReport, Violation
 from ccat_dagster.lifecycle.integrity.scope import Scope
@@ -37,13 +38,7 @@ S = PhysicalCopyStatus
 pc_t = table_of(PhysicalCopy)
 rdf_t = table_of(RawDataFile)
 rdp_t = table_of(RawDataPackage)
-_CHUNK = 5000
 _FILE_COPY_STATUSES = (S.PRESENT, S.DELETION_POSSIBLE)
-
-
-def _chunks(items: Sequence[int], size: int = _CHUNK) -> Iterator[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class FileCheck:
@@ -97,7 +92,7 @@ class FileCheck:
             if package_id in unproven_packages:
                 c.files_unproven -= 1
                 c.files_proven += 1
-        for chunk in _chunks(at_risk):
+        for chunk in chunks(at_risk):
             self._look_at_files(rdf_t.c.raw_data_package_id.in_(chunk))
         unpackaged = rdf_t.c.raw_data_package_id.is_(None)
         if self.scope.limited:
@@ -145,7 +140,7 @@ class FileCheck:
         and those that still have a PRESENT copy not found bad (e.g. made meanwhile)."""
         bad = self.states.bad_package_copies
         held: set[int] = set()
-        for chunk in _chunks(package_ids):
+        for chunk in chunks(package_ids):
             rows = self.session.execute(
                 sa.select(pc_t.c.raw_data_package_id, pc_t.c.id).where(
                     pc_t.c.type == CopyType.RAW_DATA_PACKAGE,
@@ -169,7 +164,7 @@ class FileCheck:
                 )
                 .where(condition, rdf_t.c.lost_at.is_(None), rdf_t.c.id > after)
                 .order_by(rdf_t.c.id)
-                .limit(_CHUNK)
+                .limit(CHUNK_ROWS)
             ).all()
             if not files:
                 return

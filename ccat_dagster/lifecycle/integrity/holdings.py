@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ccat_dagster.lifecycle.deletion.rules import chunks
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_ops_db.models import (
     AuditLog,
     CopyType,

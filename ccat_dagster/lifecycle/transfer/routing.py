@@ -19,13 +19,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
+from ccat_dagster.lifecycle.common.chunks import chunks
 from ccat_dagster.lifecycle.common.locations import (
     get_primary_buffer_for_site,
     is_lta_site,
     lta_sites,
 )
 from ccat_dagster.lifecycle.common.locks import ROUTING, planner_lock, scope
-from ccat_dagster.lifecycle.deletion.rules import chunks
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import (
     DataLocation,
