@@ -1,18 +1,28 @@
 """The restore drill's bookkeeping (both ops-DB backends): which packages a drill samples, when
-one is due, and that the staging stage leaves a drill's job to the drill."""
+one is due, that the staging stage leaves a drill's job to the drill, and that a drill cut short
+by an archive that stops answering is recorded as INTERRUPTED."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import select, update
 
 from ccat_dagster.lifecycle.staging import drill
 from ccat_dagster.lifecycle.staging.execution import staging_candidates
 from ccat_dagster.lifecycle.staging.requests import DRILL_REQUESTER, create_staging_job
+from ccat_dagster.storage.errors import LocationUnavailableError
 from ccat_dagster_tests import factories as f
 from ccat_ops_db.audit import audit
-from ccat_ops_db.models import PolicySetting, RawDataPackagePhysicalCopy, utcnow
+from ccat_ops_db.models import (
+    AuditLog,
+    PolicySetting,
+    RawDataPackagePhysicalCopy,
+    StagingJob,
+    utcnow,
+)
 
 
 def _archived(session, topo, n: int):
@@ -70,3 +80,23 @@ def test_a_drill_is_due_an_interval_after_the_archive_began_then_after_the_last(
     assert drill.drill_due(session, site, now=utcnow() + timedelta(minutes=2)) is not None
     # a site without a PROCESSING location never drills
     assert drill.drill_due(session, topo.sites["ccat"]) is None
+
+
+def test_a_drill_cut_short_by_an_archive_that_stops_answering_is_recorded_and_due_again(
+    session, topo
+):
+    _archived(session, topo, 2)
+    site, lta = topo.sites["cologne"], topo.lta("cologne")
+    Path(lta.path).rename(f"{lta.path}.unmounted")  # the archive's mount is gone
+    with pytest.raises(LocationUnavailableError):
+        drill.run_restore_drill(session, site, storage_for=f.local_storage_for, run_id="run-d1")
+    [row] = session.scalars(select(AuditLog).where(AuditLog.entity_type == drill.ENTITY)).all()
+    assert row.new_status == drill.INTERRUPTED
+    assert row.run_id == "run-d1"
+    assert "interrupted: LocationUnavailableError" in row.reason, row.reason
+    assert row.evidence["interrupted"].startswith("LocationUnavailableError")
+    # the drill's staging job was released, and the next drill is not put off for an interval
+    jobs = session.scalars(select(StagingJob)).all()
+    assert jobs
+    assert not any(j.active for j in jobs)
+    assert drill.last_drill(session, site) is None

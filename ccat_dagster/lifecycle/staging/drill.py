@@ -17,7 +17,7 @@ alert and the schedule's "is a drill due" read it. No Dagster here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
@@ -55,6 +55,9 @@ StorageFor = Callable[[DataLocation], Storage]
 ENTITY = "restore_drill"
 REQUESTER = DRILL_REQUESTER
 PASSED, FAILED = "PASSED", "FAILED"
+#: a drill cut short by an error of its own run (an archive that stopped answering, say): its
+#: record says so, and the next drill is due at once (``last_drill`` counts finished drills only)
+INTERRUPTED = "INTERRUPTED"
 S = PhysicalCopyStatus
 
 
@@ -80,13 +83,17 @@ class DrillReport:
     packages: list[PackageRestore] = field(default_factory=list)
     staging_job: int | None = None
     note: str = ""
+    #: the error that cut the drill short, "" when it ran to its end
+    interrupted: str = ""
 
     @property
     def ok(self) -> bool:
-        return all(p.ok for p in self.packages)
+        return not self.interrupted and all(p.ok for p in self.packages)
 
     @property
     def outcome(self) -> str:
+        if self.interrupted:
+            return INTERRUPTED
         return PASSED if self.ok else FAILED
 
     @property
@@ -99,7 +106,16 @@ class DrillReport:
             "staging_job": self.staging_job,
             "packages": [asdict(p) for p in self.packages],
             "note": self.note,
+            "interrupted": self.interrupted,
         }
+
+    def describe(self) -> str:
+        if self.interrupted:
+            done = f"{len(self.packages)} package(s) restored before" if self.packages else ""
+            return f"interrupted: {self.interrupted}" + (f" ({done})" if done else "")
+        if self.ok:
+            return "every file restored and verified"
+        return "; ".join(f"{p.package} from {p.lta}: {p.detail}" for p in self.failures)
 
 
 def drill_location(site: Site) -> DataLocation | None:
@@ -225,31 +241,61 @@ def run_restore_drill(
     samples = [(p, lta) for lta in archives for p in drill_sample(session, lta, processing, size)]
     report = DrillReport(site.short_name, processing.qualified_name, utcnow())
     start = time.monotonic()
-    if not samples:
-        report.note = "nothing archived to restore yet"
-    else:
-        try:
-            job = create_staging_job(
-                session,
-                location=processing,
-                packages=list(dict.fromkeys(p.name for p, _ in samples)),
-                retention_days=1,
-                requested_by=REQUESTER,
-                run_id=run_id,
-            )
-        except StagingError as exc:  # a sampled copy stopped being verified meanwhile
-            report.note = f"cannot start: {exc}"
+    try:
+        if not samples:
+            report.note = "nothing archived to restore yet"
         else:
-            report.staging_job = job.id
-            try:
-                for package, lta in samples:
-                    report.packages.append(
-                        _restore_one(session, package, lta, processing, storage_for, run_id)
-                    )
-            finally:
-                # released at once: the next cleanup deletes the drill's files (rule 6)
-                complete_staging_job(session, job.id, run_id=run_id)
-    report.seconds = time.monotonic() - start
+            _restore_samples(session, report, samples, processing, storage_for, run_id)
+    except Exception as exc:
+        # the run fails (and its alert says why); the drill's record says so too
+        session.rollback()
+        report.interrupted = f"{type(exc).__name__}: {exc}"
+        _record(session, report, processing, time.monotonic() - start, run_id)
+        raise
+    _record(session, report, processing, time.monotonic() - start, run_id)
+    return report
+
+
+def _restore_samples(
+    session: Session,
+    report: DrillReport,
+    samples: Sequence[tuple[RawDataPackage, DataLocation]],
+    processing: DataLocation,
+    storage_for: StorageFor,
+    run_id: str | None,
+) -> None:
+    try:
+        job = create_staging_job(
+            session,
+            location=processing,
+            packages=list(dict.fromkeys(p.name for p, _ in samples)),
+            retention_days=1,
+            requested_by=REQUESTER,
+            run_id=run_id,
+        )
+    except StagingError as exc:  # a sampled copy stopped being verified meanwhile
+        report.note = f"cannot start: {exc}"
+        return
+    report.staging_job = job.id
+    try:
+        for package, lta in samples:
+            report.packages.append(
+                _restore_one(session, package, lta, processing, storage_for, run_id)
+            )
+    finally:
+        # released at once: the next cleanup deletes the drill's files (rule 6)
+        complete_staging_job(session, job.id, run_id=run_id)
+
+
+def _record(
+    session: Session,
+    report: DrillReport,
+    processing: DataLocation,
+    seconds: float,
+    run_id: str | None,
+) -> None:
+    """The drill's audit row (its outcome, reason and evidence), committed."""
+    report.seconds = seconds
     audit(
         session,
         entity_type=ENTITY,
@@ -257,26 +303,26 @@ def run_restore_drill(
         new_status=report.outcome,
         reason=(
             f"restore drill of {len(report.packages)} package(s) to {processing.qualified_name}: "
-            + (
-                "every file restored and verified"
-                if report.ok
-                else "; ".join(f"{p.package} from {p.lta}: {p.detail}" for p in report.failures)
-            )
+            + report.describe()
         ),
         data_location_id=processing.id,
         run_id=run_id,
         evidence=report.evidence(),
     )
     session.commit()
-    return report
 
 
 def last_drill(session: Session, site: Site) -> AuditLog | None:
-    """The latest drill of ``site`` (its audit row), None before the first one."""
+    """The latest finished drill of ``site`` (its audit row), None before the first one; an
+    interrupted drill is not one (the next is due at once)."""
     return session.scalar(
         sa.select(AuditLog)
         .join(DataLocation, DataLocation.id == AuditLog.data_location_id)
-        .where(AuditLog.entity_type == ENTITY, DataLocation.site_id == site.id)
+        .where(
+            AuditLog.entity_type == ENTITY,
+            DataLocation.site_id == site.id,
+            AuditLog.new_status != INTERRUPTED,
+        )
         .order_by(AuditLog.id.desc())
         .limit(1)
     )
