@@ -296,3 +296,61 @@ def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, t
             )
         ]
         assert any("re-package from SOURCE" in r for r in reasons)
+
+
+def test_a_package_tar_lost_from_the_source_buffer_before_bundling_is_repackaged(
+    ops_db_url, tmp_path
+):
+    """The consistency audit confirmed the only tar of a package not yet bundled as LOST (an
+    operator removed it by hand): the SOURCE files are still there, so it is packaged again and
+    archived with the rest, with no one running a command."""
+    from ccat_dagster.lifecycle.common.progress import set_status
+    from ccat_dagster.lifecycle.ingest.raw_data_packages import (
+        build_raw_data_package,
+        create_raw_data_packages_for_location,
+    )
+    from ccat_dagster.storage.factory import StorageRegistry
+    from ccat_ops_db.models import DataLocation
+
+    setup_pipeline(ops_db_url, real_topology(tmp_path), tmp_path, n_obs_units=2, files_per_unit=2)
+    with session_scope(ops_db_url) as session, StorageRegistry(local_site="ccat") as storages:
+        source = session.scalar(
+            select(DataLocation).where(DataLocation.name == "primecam_raw_data")
+        )
+        packages = create_raw_data_packages_for_location(session, source)
+        for p in packages:
+            assert build_raw_data_package(session, p, storage_for=storages.get).ok
+        victim = packages[0]
+        (tmp_path / "ccat" / "buffer" / victim.relative_path).unlink()
+        copy = session.scalars(
+            select(RawDataPackagePhysicalCopy).where(
+                RawDataPackagePhysicalCopy.raw_data_package_id == victim.id,
+                RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+            )
+        ).one()
+        set_status(  # as lifecycle/audit/lost.act_on_lost marks a confirmed lost copy
+            session,
+            copy,
+            PhysicalCopyStatus.LOST,
+            entity_type="physical_copy",
+            reason="consistency audit: object missing (seen by two scans)",
+            data_location_id=copy.data_location_id,
+        )
+        session.commit()
+        victim_name = victim.name
+    with instance_for_test() as instance:
+        report = drive(ops_db_url, instance, include_schedules=False)
+    assert report.idle, report
+    with session_scope(ops_db_url) as session:
+        assert packages_missing_from_ltas(session) == []
+        package = session.scalar(select(RawDataPackage).where(RawDataPackage.name == victim_name))
+        assert package.state == PackageState.ARCHIVED
+        trail = [
+            a.reason
+            for a in session.scalars(
+                select(AuditLog).where(
+                    AuditLog.entity_type == "raw_data_package", AuditLog.entity_id == package.id
+                )
+            )
+        ]
+        assert any("re-packaging from the SOURCE files" in r for r in trail), trail

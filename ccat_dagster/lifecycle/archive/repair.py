@@ -8,8 +8,10 @@ archive stage copies the package again, from the best PRESENT copy that still ex
 the archive's own site, a verified copy in another archive, any other buffer). When no copy of
 the package tar is left anywhere, the SOURCE site re-packages it from its raw files (the tar is a
 function of the files' bytes, so it comes out the same) into its buffer, and the archive copies
-it from there. Until every archive copy of a package is good again, the deletion rules keep every
-copy of its data outside the archives (:mod:`ccat_dagster.lifecycle.deletion.rules`).
+it from there. The same holds for a package not bundled yet whose only tar (in the SOURCE site's
+buffer) was found BAD or LOST, by the consistency audit say: it is packaged again. Until every
+archive copy of a package is good again, the deletion rules keep every copy of its data outside
+the archives (:mod:`ccat_dagster.lifecycle.deletion.rules`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ccat_ops_db.models import (
     DataLocation,
     LocationType,
     LongTermArchiveTransfer,
+    PackageState,
     PhysicalCopy,
     PhysicalCopyStatus,
     RawDataFile,
@@ -140,6 +143,20 @@ def unusable_lta_copy(package_id: Any) -> sa.Exists:
     )
 
 
+def _unusable_tar_anywhere(package_id: Any) -> sa.Exists:
+    """EXISTS a BAD or LOST copy of the package tar, at any location."""
+    pc = pc_t.alias("unusable_tar")
+    return (
+        sa.exists()
+        .where(
+            pc.c.type == CopyType.RAW_DATA_PACKAGE,
+            pc.c.raw_data_package_id == package_id,
+            pc.c.status.in_(UNUSABLE_COPY_STATUSES),
+        )
+        .correlate_except(pc)
+    )
+
+
 def _present_tar_anywhere(package_id: Any) -> sa.Exists:
     pc = pc_t.alias("tar_copy")
     return (
@@ -175,8 +192,10 @@ def _file_missing_at_source(package: Any) -> sa.Exists:
 
 
 def packages_to_repackage(session: Session, source_location_ids: Sequence[int]) -> list[int]:
-    """COMPLETED packages of these SOURCE locations with a BAD/LOST archive copy, no PRESENT
-    tar left anywhere, and every raw file still on disk at the SOURCE (one SELECT)."""
+    """COMPLETED packages of these SOURCE locations with no PRESENT tar left anywhere and every
+    raw file still on disk at the SOURCE (one SELECT) that need a tar: one with a BAD/LOST
+    archive copy, or one not bundled yet whose tar was found BAD or LOST (the consistency audit
+    confirmed the only copy in the buffer gone; bundling would wait for it for good)."""
     if not source_location_ids:
         return []
     rdp = table_of(RawDataPackage).alias("rdp")
@@ -186,7 +205,14 @@ def packages_to_repackage(session: Session, source_location_ids: Sequence[int]) 
             .where(
                 rdp.c.source_location_id.in_(list(source_location_ids)),
                 rdp.c.status == Status.COMPLETED,
-                unusable_lta_copy(rdp.c.id),
+                sa.or_(
+                    unusable_lta_copy(rdp.c.id),
+                    sa.and_(
+                        rdp.c.state == PackageState.WAITING,
+                        rdp.c.data_transfer_package_id.is_(None),
+                        _unusable_tar_anywhere(rdp.c.id),
+                    ),
+                ),
                 ~_present_tar_anywhere(rdp.c.id),
                 ~_file_missing_at_source(rdp),
             )
