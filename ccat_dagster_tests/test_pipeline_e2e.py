@@ -18,7 +18,13 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
+from ccat_dagster.lifecycle.common.progress import set_status
+from ccat_dagster.lifecycle.ingest.raw_data_packages import (
+    build_raw_data_package,
+    create_raw_data_packages_for_location,
+)
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
+from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests.pipeline_support import (
     drive,
     real_topology,
@@ -28,6 +34,7 @@ from ccat_dagster_tests.pipeline_support import (
 )
 from ccat_ops_db.models import (
     AuditLog,
+    DataLocation,
     DataTransfer,
     DataTransferPackage,
     LongTermArchiveTransfer,
@@ -251,18 +258,18 @@ def test_permanently_corrupt_source_fails_and_archives_nothing_of_it(real_env):
         assert retried.state == PackageState.ARCHIVED
 
 
+def _packaged_at_the_telescope(session) -> list[RawDataPackage]:
+    """Packaging by hand, without Dagster: every filed file into a package tar in the buffer."""
+    source = session.scalar(select(DataLocation).where(DataLocation.name == "primecam_raw_data"))
+    packages = create_raw_data_packages_for_location(session, source)
+    with StorageRegistry(local_site="ccat") as storages:
+        for p in packages:
+            assert build_raw_data_package(session, p, storage_for=storages.get).ok
+    return packages
+
+
 def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, tmp_path):
     """Bundling verifies each package tar; a corrupt one is re-made from the SOURCE files."""
-    from dagster import instance_for_test
-
-    from ccat_dagster.lifecycle.ingest.raw_data_packages import (
-        build_raw_data_package,
-        create_raw_data_packages_for_location,
-    )
-    from ccat_dagster.storage.factory import StorageRegistry
-    from ccat_dagster_tests.pipeline_support import real_topology
-    from ccat_ops_db.models import DataLocation
-
     setup_pipeline(
         ops_db_url,
         real_topology(tmp_path),
@@ -271,13 +278,8 @@ def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, t
         files_per_unit=2,
         max_size=50_000,
     )
-    with session_scope(ops_db_url) as session, StorageRegistry(local_site="ccat") as storages:
-        source = session.scalar(
-            select(DataLocation).where(DataLocation.name == "primecam_raw_data")
-        )
-        packages = create_raw_data_packages_for_location(session, source)
-        for p in packages:
-            assert build_raw_data_package(session, p, storage_for=storages.get).ok
+    with session_scope(ops_db_url) as session:
+        packages = _packaged_at_the_telescope(session)
         victim = packages[0].name
         tar = tmp_path / "ccat" / "buffer" / packages[0].relative_path
     _flip_byte(tar, offset=600)
@@ -304,23 +306,9 @@ def test_a_package_tar_lost_from_the_source_buffer_before_bundling_is_repackaged
     """The consistency audit confirmed the only tar of a package not yet bundled as LOST (an
     operator removed it by hand): the SOURCE files are still there, so it is packaged again and
     archived with the rest, with no one running a command."""
-    from ccat_dagster.lifecycle.common.progress import set_status
-    from ccat_dagster.lifecycle.ingest.raw_data_packages import (
-        build_raw_data_package,
-        create_raw_data_packages_for_location,
-    )
-    from ccat_dagster.storage.factory import StorageRegistry
-    from ccat_ops_db.models import DataLocation
-
     setup_pipeline(ops_db_url, real_topology(tmp_path), tmp_path, n_obs_units=2, files_per_unit=2)
-    with session_scope(ops_db_url) as session, StorageRegistry(local_site="ccat") as storages:
-        source = session.scalar(
-            select(DataLocation).where(DataLocation.name == "primecam_raw_data")
-        )
-        packages = create_raw_data_packages_for_location(session, source)
-        for p in packages:
-            assert build_raw_data_package(session, p, storage_for=storages.get).ok
-        victim = packages[0]
+    with session_scope(ops_db_url) as session:
+        victim = _packaged_at_the_telescope(session)[0]
         (tmp_path / "ccat" / "buffer" / victim.relative_path).unlink()
         copy = session.scalars(
             select(RawDataPackagePhysicalCopy).where(

@@ -143,28 +143,15 @@ def unusable_lta_copy(package_id: Any) -> sa.Exists:
     )
 
 
-def _unusable_tar_anywhere(package_id: Any) -> sa.Exists:
-    """EXISTS a BAD or LOST copy of the package tar, at any location."""
-    pc = pc_t.alias("unusable_tar")
-    return (
-        sa.exists()
-        .where(
-            pc.c.type == CopyType.RAW_DATA_PACKAGE,
-            pc.c.raw_data_package_id == package_id,
-            pc.c.status.in_(UNUSABLE_COPY_STATUSES),
-        )
-        .correlate_except(pc)
-    )
-
-
-def _present_tar_anywhere(package_id: Any) -> sa.Exists:
+def _tar_anywhere(package_id: Any, statuses: Sequence[PhysicalCopyStatus]) -> sa.Exists:
+    """EXISTS a copy of the package tar in one of ``statuses``, at any location."""
     pc = pc_t.alias("tar_copy")
     return (
         sa.exists()
         .where(
             pc.c.type == CopyType.RAW_DATA_PACKAGE,
             pc.c.raw_data_package_id == package_id,
-            pc.c.status == S.PRESENT,
+            pc.c.status.in_(list(statuses)),
         )
         .correlate_except(pc)
     )
@@ -210,10 +197,10 @@ def packages_to_repackage(session: Session, source_location_ids: Sequence[int]) 
                     sa.and_(
                         rdp.c.state == PackageState.WAITING,
                         rdp.c.data_transfer_package_id.is_(None),
-                        _unusable_tar_anywhere(rdp.c.id),
+                        _tar_anywhere(rdp.c.id, UNUSABLE_COPY_STATUSES),
                     ),
                 ),
-                ~_present_tar_anywhere(rdp.c.id),
+                ~_tar_anywhere(rdp.c.id, [S.PRESENT]),
                 ~_file_missing_at_source(rdp),
             )
             .order_by(rdp.c.id)
