@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 # pandas and numpy (a quarter of a second) are imported where a forecast is computed, not with
 # the module: every code server, run worker and CLI process imports this module through the
-# alert conditions, and most never forecast (test_forecast checks that the site's code loads
-# without them).
+# alert conditions, and most never forecast (test_defs/test_import_cost.py checks that the
+# site's code loads without them).
 
 #: a fill slower than this (percent of the disk per hour) is "not filling"
 MIN_RATE = 1e-6
