@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 from dagster import instance_for_test
 from sqlalchemy import select
 
@@ -55,9 +56,15 @@ def _bundled(url: str, root: Path) -> tuple[int, str, Path]:
         return dtp.id, dtp.checksum, root / "ccat" / "buffer" / dtp.relative_path
 
 
-def test_bundle_rotted_at_origin_is_rebuilt_and_archived(ops_db_url, tmp_path):
+@pytest.mark.parametrize("spoiled", ["rotted", "gone"])
+def test_bundle_rotted_at_origin_is_rebuilt_and_archived(ops_db_url, tmp_path, spoiled):
+    """Rotted: a byte flipped at rest. Gone: removed by hand before any site pulled it (the
+    pull fails with the object missing, not with a checksum mismatch)."""
     dtp_id, checksum, bundle = _bundled(ops_db_url, tmp_path)
-    _flip_byte(bundle, offset=bundle.stat().st_size // 2)
+    if spoiled == "rotted":
+        _flip_byte(bundle, offset=bundle.stat().st_size // 2)
+    else:
+        bundle.unlink()
 
     with instance_for_test() as instance:
         drive(ops_db_url, instance, include_schedules=False)

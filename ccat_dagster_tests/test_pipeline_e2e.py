@@ -268,8 +268,10 @@ def _packaged_at_the_telescope(session) -> list[RawDataPackage]:
     return packages
 
 
-def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, tmp_path):
-    """Bundling verifies each package tar; a corrupt one is re-made from the SOURCE files."""
+@pytest.mark.parametrize("spoiled", ["rotted", "gone"])
+def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, tmp_path, spoiled):
+    """Bundling verifies each package tar; a corrupt one (or one removed by hand before the
+    audit saw it) is re-made from the SOURCE files."""
     setup_pipeline(
         ops_db_url,
         real_topology(tmp_path),
@@ -282,7 +284,10 @@ def test_package_rotted_in_source_buffer_is_repackaged_from_source(ops_db_url, t
         packages = _packaged_at_the_telescope(session)
         victim = packages[0].name
         tar = tmp_path / "ccat" / "buffer" / packages[0].relative_path
-    _flip_byte(tar, offset=600)
+    if spoiled == "rotted":
+        _flip_byte(tar, offset=600)
+    else:
+        tar.unlink()
     with instance_for_test() as instance:
         report = drive(ops_db_url, instance, include_schedules=False)
     assert report.failed_runs  # the bundle with the rotten tar failed once, visibly
@@ -342,3 +347,67 @@ def test_a_package_tar_lost_from_the_source_buffer_before_bundling_is_repackaged
             )
         ]
         assert any("re-packaging from the SOURCE files" in r for r in trail), trail
+
+
+@pytest.mark.parametrize("us_archive", ["up", "away"])
+def test_a_package_tar_lost_from_an_archive_buffer_before_it_was_archived_there_is_archived(
+    ops_db_url, tmp_path, us_archive
+):
+    """Cologne's archive was away (and us's too, or us archived everything and the telescope
+    was cleaned) when a package tar vanished from cologne's buffer (removed by hand) before
+    cologne had archived it. The archive stage finds it gone, marks it LOST without counting it
+    against the package, and cologne archives the package from the best copy left: the us
+    archive, or the telescope's buffer. Nothing is lost and no one runs a command."""
+    topology = real_topology(tmp_path, policy={"retention_period_minutes": 0})
+    setup_pipeline(ops_db_url, topology, tmp_path, n_obs_units=2, files_per_unit=2)
+    ltas = {site: tmp_path / site / "lta" for site in ("cologne", "us")}
+    away = {site: lta.with_name("lta.away") for site, lta in ltas.items()}
+    for site in ("cologne", "us") if us_archive == "away" else ("cologne",):
+        ltas[site].rename(away[site])
+    with instance_for_test() as instance:
+        drive(ops_db_url, instance)
+    with session_scope(ops_db_url) as session:
+        assert packages_missing_from_ltas(session), "cologne's archive was away"
+        [victim, *_] = session.scalars(
+            select(RawDataPackage)
+            .join(RawDataPackagePhysicalCopy)
+            .join(DataLocation)
+            .where(
+                DataLocation.name == "buffer",
+                DataLocation.site.has(short_name="cologne"),
+                RawDataPackagePhysicalCopy.status == PhysicalCopyStatus.PRESENT,
+            )
+            .order_by(RawDataPackage.id)
+        )
+        victim_name = victim.name
+        (tmp_path / "cologne" / "buffer" / victim.relative_path).unlink()
+    away["cologne"].rename(ltas["cologne"])
+    with instance_for_test() as instance:
+        drive(ops_db_url, instance)
+        with session_scope(ops_db_url) as session:
+            package = session.scalar(
+                select(RawDataPackage).where(RawDataPackage.name == victim_name)
+            )
+            data = (ltas["cologne"] / package.relative_path).read_bytes()
+            assert sha256(data) == package.checksum, "cologne archived it from another copy"
+            lost = session.scalars(
+                select(AuditLog).where(AuditLog.new_status == PhysicalCopyStatus.LOST.value)
+            ).all()
+            assert [a.reason for a in lost if "gone from cologne/buffer" in a.reason], lost
+            transfers = session.scalars(
+                select(LongTermArchiveTransfer).where(
+                    LongTermArchiveTransfer.raw_data_package_id == package.id
+                )
+            ).all()
+            assert all(t.status != Status.FAILED for t in transfers)
+            assert all((t.retry_count or 0) == 0 for t in transfers), "not the package's fault"
+        if us_archive == "away":
+            away["us"].rename(ltas["us"])
+            drive(ops_db_url, instance)
+    with session_scope(ops_db_url) as session:
+        assert packages_missing_from_ltas(session) == []
+        assert all(
+            p.state == PackageState.ARCHIVED for p in session.scalars(select(RawDataPackage))
+        )
+    verify = CliRunner().invoke(app, ["verify"], env={"CCAT_OPS_DB_URL": ops_db_url})
+    assert verify.exit_code == 0, verify.output

@@ -7,6 +7,9 @@ somewhere (state ARCHIVED, or a verified archive copy) and has *no* copy row at 
 (BAD/LOST rows are repairs, :mod:`ccat_dagster.lifecycle.archive.repair`) is copied there from
 the best verified copy elsewhere (:mod:`ccat_dagster.lifecycle.archive.sources`); the
 ``lta_presence`` check then makes it PRESENT with ``verified_at``, like every archive copy.
+The same holds for a package whose tar reached the site's buffer and was found gone there
+(LOST) before the site archived it, archived elsewhere or not: its bundle has arrived, so the
+best copy left anywhere (another archive, another site's buffer) stands in for it.
 
 Backfill never races the bundles. A package still on its way to the archive's site is left to
 the normal path (secondary routes forward its bundle, the site's buffer gets its tar and first
@@ -71,13 +74,15 @@ def archived_somewhere() -> ColumnElement[bool]:
     return or_(RawDataPackage.state == PackageState.ARCHIVED, verified)
 
 
-def _at_site_buffer(site_id: int) -> ColumnElement[bool]:
-    """The package tar is PRESENT at a buffer of the site: first archiving takes it."""
+def _at_site_buffer(site_id: int, status: PhysicalCopyStatus = S.PRESENT) -> ColumnElement[bool]:
+    """The package tar is at a buffer of the site in ``status``. PRESENT: first archiving takes
+    it. LOST: it reached the buffer and was found gone there before the site archived it, so
+    its bundle has arrived and nothing more will come by the normal path."""
     held = aliased(RawDataPackagePhysicalCopy)
     at = aliased(DataLocation)
     return exists().where(
         held.raw_data_package_id == RawDataPackage.id,
-        held.status == S.PRESENT,
+        held.status == status,
         at.id == held.data_location_id,
         at.site_id == site_id,
         at.location_type == LocationType.BUFFER,
@@ -117,7 +122,7 @@ def wants_backfill(lta: DataLocation) -> list[ColumnElement[bool]]:
     return [
         _no_copy_row_at(lta),
         ~archive_transfer_failed(lta),
-        archived_somewhere(),
+        or_(archived_somewhere(), _at_site_buffer(lta.site_id, S.LOST)),
         ~_at_site_buffer(lta.site_id),
         ~bundle_on_its_way(lta.site_id),
     ]

@@ -27,14 +27,13 @@ from ccat_dagster.lifecycle.archive.sources import (
     source_rank,
 )
 from ccat_dagster.lifecycle.archive.verification import LtaEvidence, verify_lta_copy
-from ccat_dagster.lifecycle.common.copies import discard_bad_copy, upsert_copy
+from ccat_dagster.lifecycle.common.copies import discard_bad_copy, find_copy, upsert_copy
 from ccat_dagster.lifecycle.common.outcomes import StageOutcome, transfer_metadata
 from ccat_dagster.lifecycle.common.policy import get_policy
-from ccat_dagster.lifecycle.common.progress import tracked_copy
+from ccat_dagster.lifecycle.common.progress import set_status, tracked_copy
 from ccat_dagster.lifecycle.common.retries import handle_failure
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import (
-    ChecksumMismatchError,
     LocationUnavailableError,
     PermanentStorageError,
     StorageError,
@@ -177,15 +176,13 @@ def send_data_to_long_term_archive(
             destination_id=lta.id,
             run_id=run_id,
         )
-    except ChecksumMismatchError as exc:
+    except PermanentStorageError as exc:  # a checksum mismatch is one too
         if _source_bad_at_rest(session, package, source, storage_for, run_id):
             # not the archive's fault: the next attempt takes another source, uncounted
             transfer.status = Status.PENDING
             transfer.failure_reason = f"source copy at {source.qualified_name} is bad: {exc}"
             session.commit()
             return StageOutcome(package.name, ok=False, error=transfer.failure_reason)
-        return _archive_failed(session, transfer, package, exc, run_id)
-    except PermanentStorageError as exc:
         return _archive_failed(session, transfer, package, exc, run_id)
     session.commit()
     return StageOutcome(
@@ -211,9 +208,12 @@ def _source_bad_at_rest(
     storage_for: StorageFor,
     run_id: str | None,
 ) -> bool:
-    """After a checksum mismatch while copying: is the source copy itself bad (rather than the
-    bytes damaged on the way)? A bad archive copy is marked BAD for repair; a bad buffer copy is
-    removed (the buffer is re-filled from a good copy when one is needed)."""
+    """After a checksum mismatch or a permanent error while copying: is the source copy itself
+    bad or gone (rather than the bytes damaged on the way, or the archive refusing them)? A bad
+    or missing archive copy is marked BAD/LOST for repair; a buffer copy that is gone is marked
+    LOST (someone removed it: the package is taken from another copy, which the site's archive
+    may then backfill from anywhere); a bad one is removed (the buffer is re-filled from a good
+    copy when one is needed)."""
     storage = storage_for(source)
     try:
         evidence = verify_lta_copy(storage, package, prefer_stored_checksum=False)
@@ -223,6 +223,21 @@ def _source_bad_at_rest(
         return False
     if source.location_type == LocationType.LONG_TERM_ARCHIVE:
         record_lta_check(session, package, source, evidence, run_id=run_id)
+    elif not evidence.exists:
+        copy = find_copy(
+            session, RawDataPackagePhysicalCopy, "raw_data_package_id", package.id, source.id
+        )
+        if copy is not None and copy.status == PhysicalCopyStatus.PRESENT:
+            set_status(
+                session,
+                copy,
+                PhysicalCopyStatus.LOST,
+                entity_type="physical_copy",
+                reason=f"gone from {source.qualified_name} before it was archived: "
+                f"{evidence.detail}",
+                data_location_id=source.id,
+                run_id=run_id,
+            )
     else:
         discard_bad_copy(
             session,

@@ -22,7 +22,12 @@ from ccat_dagster.lifecycle.common.outcomes import StageOutcome, stopwatch, tran
 from ccat_dagster.lifecycle.common.policy import Policy, get_policy
 from ccat_dagster.lifecycle.common.progress import pending_on_transient, set_status
 from ccat_dagster.lifecycle.common.retries import handle_failure
-from ccat_dagster.packaging import PackageMember, PackageSourceChangedError, write_package
+from ccat_dagster.packaging import (
+    PackageMember,
+    PackageSourceChangedError,
+    PackagingError,
+    write_package,
+)
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError
 from ccat_ops_db.audit import audit, audit_many
@@ -176,12 +181,14 @@ def _rebuild_corrupt_package(
     dtp: DataTransferPackage,
     package: RawDataPackage,
     storage: Storage,
-    exc: PackageSourceChangedError,
+    exc: PackagingError | PermanentStorageError,
     run_id: str | None,
+    *,
+    found: str = "corrupt in",
 ) -> StageOutcome:
-    """A RawDataPackage tar rotted in the buffer: remove the bad copy, take the package out of
-    this bundle and re-package it from the SOURCE files (counting towards its retries); the
-    bundle is retried with the others."""
+    """A RawDataPackage tar rotted in the buffer (or is gone from it): remove the bad copy,
+    take the package out of this bundle and re-package it from the SOURCE files (counting
+    towards its retries); the bundle is retried with the others."""
     buffer = dtp.origin_location
     discard_bad_copy(
         session,
@@ -191,7 +198,7 @@ def _rebuild_corrupt_package(
         package.id,
         buffer,
         package.relative_path,
-        reason=f"corrupt in {buffer.qualified_name}, removed to re-package from SOURCE: {exc}",
+        reason=f"{found} {buffer.qualified_name}, removed to re-package from SOURCE: {exc}",
         run_id=run_id,
     )
     package.data_transfer_package_id = None
@@ -290,6 +297,13 @@ def build_data_transfer_package(
             raise
         return _rebuild_corrupt_package(session, dtp, corrupt, storage, exc, run_id)
     except PermanentStorageError as exc:
+        # a package tar removed from the buffer (before an audit saw it): re-made like a
+        # corrupt one, not the bundle's fault (a missing mount raises here, and waits)
+        gone = next((p for p in packages if not storage.stat(p.relative_path).exists), None)
+        if gone is not None:
+            return _rebuild_corrupt_package(
+                session, dtp, gone, storage, exc, run_id, found="gone from"
+            )
         permanent = handle_failure(
             session,
             dtp,

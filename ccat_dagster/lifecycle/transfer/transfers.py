@@ -7,14 +7,14 @@ RawDataPackage tar against the manifest and the ops DB. A mismatch marks the arr
 (removed: the verified original is still at the origin), and the transfer is retried from the
 origin up to ``max_retries``; then FAILED, and the packages it carries with it.
 
-A pull that does not match the recorded checksum re-reads the origin copy before it counts: when
-the bundle rotted at rest at its origin, every further pull would fail the same way, so the bad
-origin copy is removed and the bundle goes back to bundling, which rebuilds it from its package
-tars (each verified on the way; the tar bytes are a function of the content, so the rebuilt
-bundle has the recorded checksum). That counts towards the bundle's retries, not the transfer's.
-A bundle that rotted in the buffer of the archive site forwarding it (a secondary route) is
-rebuilt there from the verified copies of its packages at that site (its buffer or archive),
-counted against the transfer.
+A pull that does not match the recorded checksum, or fails for good (the origin's object may be
+gone), re-reads the origin copy before it counts: when the bundle rotted at rest at its origin or
+was removed there, every further pull would fail the same way, so the bad origin copy is removed
+and the bundle goes back to bundling, which rebuilds it from its package tars (each verified on the
+way; the tar bytes are a function of the content, so the rebuilt bundle has the recorded checksum).
+That counts towards the bundle's retries, not the transfer's. A bundle that rotted in the buffer of
+the archive site forwarding it (a secondary route) is rebuilt there from the verified copies of its
+packages at that site (its buffer or archive), counted against the transfer.
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ def execute_data_transfer(
             destination_id=destination.id,
             run_id=run_id,
         )
-    except ChecksumMismatchError as exc:
+    except PermanentStorageError as exc:  # a checksum mismatch is one too
+        # a mismatch, or an error that may be the origin's object being gone: re-read the
+        # origin before blaming the transfer (a destination refusing the bytes reads back good)
         session.refresh(dtp)
         if dtp.status != Status.COMPLETED:
             return _wait_for_rebuild(session, transfer, exc, run_id)
@@ -138,8 +140,6 @@ def execute_data_transfer(
             if transfer.origin_location_id == dtp.origin_location_id:
                 return _rebuild_at_origin(session, transfer, storage_for(origin), exc, run_id)
             return _rebuild_at_relay(session, transfer, storage_for, exc, run_id)
-        return _transfer_failed(session, transfer, exc, run_id)
-    except PermanentStorageError as exc:
         return _transfer_failed(session, transfer, exc, run_id)
     upsert_copy(
         session,
@@ -224,7 +224,7 @@ def _rebuild_at_origin(
     session: Session,
     transfer: DataTransfer,
     origin: Storage,
-    exc: ChecksumMismatchError,
+    exc: StorageError,
     run_id: str | None,
 ) -> StageOutcome:
     """The bundle rotted at rest at its origin: remove that copy and send the bundle back to
@@ -262,7 +262,7 @@ def _rebuild_at_relay(
     session: Session,
     transfer: DataTransfer,
     storage_for: StorageFor,
-    exc: ChecksumMismatchError,
+    exc: StorageError,
     run_id: str | None,
 ) -> StageOutcome:
     """The bundle rotted at rest in the buffer of the archive site that forwards it (a
