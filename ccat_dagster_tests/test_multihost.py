@@ -9,10 +9,11 @@ streams from it into the telescope buffer, the LTA sites pull the bundles from t
 The telescope's uplink is throttled (a token bucket), as the real one is slow.
 
 Driven only by the daemon (sensors and schedules turned on through GraphQL): files written on
-the instrument computer reach ARCHIVED in both LTAs and the telescope is cleaned; then, with more
-(bigger) files, cologne is cut off (its link down) while one of its transfer runs is in flight,
-and brought back 20 s later: the work finishes by itself, nothing is lost, and ``ccat verify``
-(from ops, over SSH to every host) passes.
+the instrument computer reach ARCHIVED in both LTAs; then, with more (bigger) files, while the
+telescope's cleanup of the first ones runs, cologne is cut off (its link down) while one of its
+transfer runs is in flight, and brought back 15 s later: the work finishes by itself, both waves
+are in both LTAs byte for byte, the telescope is cleaned of both, and ``ccat verify`` (from ops,
+over SSH to every host) passes.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from ccat_ops_db.session import _cached_engine, session_scope
 from ccat_ops_db.topology import apply_topology
 
 # a whole deployment on five hosts, twice through the pipeline: minutes (docs/scale.md)
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "multihost"
@@ -85,8 +86,9 @@ SECOND = {"n_obs_units": 1, "files_per_unit": 2, "min_size": 800_000, "max_size"
 #: the telescope's uplink: 0.5 MB/s shared by both LTA sites, ~4 MB to each in wave 2
 TELESCOPE_UPLINK = "4mbit"
 CUT_SECONDS = 15
-ARCHIVE_TIMEOUT = 240  # bounds, not targets
-RESUME_TIMEOUT = 300
+# bounds, not targets (make test runs this beside another worker's tests)
+ARCHIVE_TIMEOUT = 480
+RESUME_TIMEOUT = 600
 
 
 def _disk(host: Host, network: Network, *parts: str) -> dict:
@@ -344,25 +346,31 @@ def _write_on_instrument(network: Network, prefix: str, wave: dict) -> int:
     return wave["n_obs_units"] * wave["files_per_unit"] * len(MODULES)
 
 
-def _done(url: str, n_files: int) -> bool:
-    """Every written file filed and packaged, every package ARCHIVED and PRESENT in both LTAs,
-    and the telescope (its buffer and the instrument computer) cleaned."""
+def _archived(url: str, n_files: int) -> bool:
+    """Every written file filed and packaged, every package ARCHIVED and PRESENT in both LTAs."""
     with session_scope(url) as session:
         filed = session.scalar(select(func.count()).select_from(RawDataFile)) or 0
         packages = session.scalars(select(RawDataPackage)).all()
-        archived = (
+        return (
             filed >= n_files
             and sum(p.file_count or 0 for p in packages) >= n_files
             and all(p.state == PackageState.ARCHIVED for p in packages)
             and not packages_missing_from_ltas(session)
         )
-    if not archived:
-        return False
-    gone = PhysicalCopyStatus.DELETED
+
+
+def _telescope_clean(url: str, n_files: int) -> bool:
+    """At least ``n_files`` raw files were at the telescope, and every copy there (its buffer
+    and the instrument computer) is DELETED."""
     telescope = copy_statuses(url, "ccat", LocationType.BUFFER) + copy_statuses(
         url, "ccat", LocationType.SOURCE
     )
-    return bool(telescope) and all(s == gone for s in telescope)
+    return len(telescope) >= n_files and all(s == PhysicalCopyStatus.DELETED for s in telescope)
+
+
+def _done(url: str, n_files: int) -> bool:
+    """Everything archived in both LTAs and the telescope cleaned."""
+    return _archived(url, n_files) and _telescope_clean(url, n_files)
 
 
 def _describe(running: Running):
@@ -397,16 +405,17 @@ def test_sites_on_separate_hosts_archive_and_survive_a_cut_link(running: Running
         start_all_instigators(gql, locations)
         lap("sensors on")
 
-        # ---- wave 1: written on the instrument computer, archived twice, telescope cleaned
+        # ---- wave 1: written on the instrument computer, archived twice; its telescope
+        # cleanup (the cleanup schedule, a minute's cron) goes on while wave 2 is on its way
         n_files = _write_on_instrument(network, "first", FIRST)
         wait_until(
-            lambda: deployment.check_alive() or _done(url, n_files),
+            lambda: deployment.check_alive() or _archived(url, n_files),
             timeout=ARCHIVE_TIMEOUT,
-            what="wave 1 ARCHIVED in both LTAs and the telescope cleaned",
+            what="wave 1 ARCHIVED in both LTAs",
             interval=3,
             describe=_describe(running),
         )
-        lap("wave 1 archived, telescope clean")
+        lap("wave 1 archived")
 
         # ---- wave 2: cologne is cut off while one of its transfer runs is in flight
         before = {r["runId"] for r in runs(gql)}
