@@ -183,13 +183,13 @@ def _rebuild_corrupt_package(
     storage: Storage,
     exc: PackagingError | PermanentStorageError,
     run_id: str | None,
-    *,
-    found: str = "corrupt in",
 ) -> StageOutcome:
-    """A RawDataPackage tar rotted in the buffer (or is gone from it): remove the bad copy,
-    take the package out of this bundle and re-package it from the SOURCE files (counting
-    towards its retries); the bundle is retried with the others."""
+    """A RawDataPackage tar rotted in the buffer (``exc`` from packaging) or is gone from it
+    (``exc`` from the storage): remove the bad copy, take the package out of this bundle and
+    re-package it from the SOURCE files (counting towards its retries); the bundle is retried
+    with the others."""
     buffer = dtp.origin_location
+    found = "gone from" if isinstance(exc, PermanentStorageError) else "corrupt in"
     discard_bad_copy(
         session,
         storage,
@@ -301,9 +301,7 @@ def build_data_transfer_package(
         # corrupt one, not the bundle's fault (a missing mount raises here, and waits)
         gone = next((p for p in packages if not storage.stat(p.relative_path).exists), None)
         if gone is not None:
-            return _rebuild_corrupt_package(
-                session, dtp, gone, storage, exc, run_id, found="gone from"
-            )
+            return _rebuild_corrupt_package(session, dtp, gone, storage, exc, run_id)
         permanent = handle_failure(
             session,
             dtp,
