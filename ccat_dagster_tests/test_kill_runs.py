@@ -1,22 +1,21 @@
 """Bug: a ``kill -9`` of ``ccat run-until-idle`` left its Dagster run STARTED for good, the
 sensors kept its packages busy and the next run reported idle with work PENDING. Here the real
-command, as a subprocess, is killed at seeded random moments 20 times in a row, each soon after
-it started executing runs (new raw data is filed before most attempts, so the kills land
+command, in a process of its own, is killed at seeded random moments 20 times in a row, each soon
+after it started executing runs (new raw data is filed before most attempts, so the kills land
 mid-stage), then run to idle once more: every package is ARCHIVED in both LTAs with matching
 bytes, no run is left in flight, no deletion claim and no temporary is left, and the telescope
-is cleaned. Three sites on local disks, the ops DB on SQLite and on PostgreSQL."""
+is cleaned. Three sites on local disks, the ops DB on SQLite and on PostgreSQL.
+
+The commands are forked from the fault harness's fork server (``faults/zygote.py``), which has
+imported ``ccat`` once: each attempt would otherwise begin with seconds of imports, 21 times per
+database. A forked command is the whole command all the same, and its SIGKILL takes its session."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, RunsFilter
@@ -28,6 +27,7 @@ from ccat_dagster.run_health import LIVE_STATUSES, OWNER_PID_TAG
 from ccat_dagster.runner import open_instance
 from ccat_dagster.storage.local import LocalDiskStorage
 from ccat_dagster_tests.deployment_support import wait_until
+from ccat_dagster_tests.faults.launcher import Command, Zygote
 from ccat_dagster_tests.pipeline_support import copy_statuses, file_simulated_data, real_topology
 from ccat_ops_db.models import (
     DataLocation,
@@ -51,29 +51,11 @@ FINAL_TIMEOUT = 900
 S = PhysicalCopyStatus
 
 
-def _run_until_idle(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ccat_dagster.cli", "run-until-idle"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _executing(instance: DagsterInstance, process: subprocess.Popen) -> bool:
+def _executing(instance: DagsterInstance, command: Command) -> bool:
     """True once the command has created a run (or has ended)."""
-    if process.poll() is not None:
+    if not command.running():
         return True
-    return bool(instance.get_runs(RunsFilter(tags={OWNER_PID_TAG: str(process.pid)}), limit=1))
-
-
-def _kill(process: subprocess.Popen) -> None:
-    """SIGKILL the command and what it started."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    return bool(instance.get_runs(RunsFilter(tags={OWNER_PID_TAG: str(command.pid)}), limit=1))
 
 
 def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
@@ -93,37 +75,36 @@ def test_twenty_kills_in_a_row_then_everything_converges(ops_db_url, tmp_path):
     log = tmp_path / "run-until-idle.log"
     rng = random.Random(SEED)
     filed = 0
-    with open_instance(home) as instance:
-        for attempt in range(KILLS):
-            if attempt % 4 != 3:  # every fourth attempt files nothing: the cleanup is hit too
-                with session_scope(ops_db_url) as session:
-                    file_simulated_data(
-                        session,
-                        root,
-                        n_obs_units=1,
-                        files_per_unit=2,
-                        max_size=600_000,
-                        seed=attempt,
-                    )
-                filed += 1
-            process = _run_until_idle(env, log)
-            # once it executes runs (or has ended), at a seeded random moment
-            wait_until(
-                lambda process=process: _executing(instance, process),
-                timeout=120,
-                what="run-until-idle to start a run",
-                interval=0.2,
-            )
-            time.sleep(rng.uniform(0.0, 4.0))
-            _kill(process)
-
-    final = _run_until_idle(env, log)
+    zygote = Zygote(tmp_path)
     try:
-        final.wait(timeout=FINAL_TIMEOUT)
+        with open_instance(home) as instance:
+            for attempt in range(KILLS):
+                if attempt % 4 != 3:  # every fourth attempt files nothing: the cleanup is hit too
+                    with session_scope(ops_db_url) as session:
+                        file_simulated_data(
+                            session,
+                            root,
+                            n_obs_units=1,
+                            files_per_unit=2,
+                            max_size=600_000,
+                            seed=attempt,
+                        )
+                    filed += 1
+                command = zygote.start(["run-until-idle"], env, log)
+                # once it executes runs (or has ended), at a seeded random moment
+                wait_until(
+                    lambda command=command: _executing(instance, command),
+                    timeout=120,
+                    what="run-until-idle to start a run",
+                    interval=0.2,
+                )
+                time.sleep(rng.uniform(0.0, 4.0))
+                command.kill()  # SIGKILL, the command and all it started
+        returncode = zygote.run(["run-until-idle"], env, log, timeout=FINAL_TIMEOUT)
     finally:
-        _kill(final)
+        zygote.close()
     output = log.read_text(errors="replace")
-    assert final.returncode in (0, 1), output[-5000:]
+    assert returncode in (0, 1), output[-5000:]
     assert "dead run marked failed" in output, "runs of killed commands were recovered"
 
     with open_instance(home) as instance:
