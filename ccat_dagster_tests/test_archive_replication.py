@@ -20,7 +20,6 @@ from dagster import (
     AssetKey,
     DagsterRunStatus,
     RunsFilter,
-    instance_for_test,
 )
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -33,6 +32,7 @@ from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.lifecycle.transfer.routing import plan_secondary_transfers
 from ccat_dagster.storage.factory import StorageRegistry
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     drive,
     let_retention_elapse,

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import instance_for_test
 from sqlalchemy import func, select
 
 from ccat_dagster.lifecycle.capacity.buffer_policy import BufferLevel
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     assert_nothing_failed_or_counted,
     drive,

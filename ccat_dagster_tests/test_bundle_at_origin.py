@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from dagster import instance_for_test
 from sqlalchemy import select
 
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.lifecycle.transfer.transfers import execute_data_transfer
 from ccat_dagster.storage.factory import StorageRegistry
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (
     AuditLog,

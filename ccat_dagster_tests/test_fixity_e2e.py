@@ -18,11 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 from sqlalchemy import select, update
 
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.lifecycle.alerts.evaluation import evaluate_site
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.fixtures.s3server import s3_admin_client
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (

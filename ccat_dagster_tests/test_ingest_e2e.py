@@ -4,11 +4,12 @@ without their marker are never filed; the SOURCE's asset shows what each tick fo
 
 from __future__ import annotations
 
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 from sqlalchemy import select
 
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.simulate import simulate_instrument
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     MARKER_INGEST,
     drive,

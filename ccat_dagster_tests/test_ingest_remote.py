@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test
+from dagster import SensorResult, SkipReason, build_sensor_context
 from sqlalchemy import select
 
 from ccat_dagster.defs.definitions import build_site_definitions
@@ -20,6 +20,7 @@ from ccat_dagster.lifecycle.ingest.source_tree import RemoteSourceTree, source_t
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.storage.factory import LOCAL_HOST_ENV, StorageRegistry
 from ccat_dagster.storage.ssh import SSHStorage
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     MARKER_INGEST,
     availability,

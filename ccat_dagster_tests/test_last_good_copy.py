@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -20,6 +20,7 @@ from ccat_dagster.cli import app
 from ccat_dagster.lifecycle.archive.verification import make_storage_lta_verifier
 from ccat_dagster.lifecycle.deletion.cycle import run_cleanup_cycle
 from ccat_dagster.storage.factory import StorageRegistry
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     drive,
     let_retention_elapse,

@@ -14,12 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccat_dagster.cli import app
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.fixtures.s3server import (
     FAKE_ENV,
     empty_and_delete_bucket,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import instance_for_test
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -19,6 +18,7 @@ from ccat_dagster.cli import app
 from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.packaging.manifest import MANIFEST_NAME
 from ccat_dagster.simulate import SimulatedFile, simulate_instrument
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import drive, real_topology, tar_members
 from ccat_ops_db.models import (
     AuditLog,

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -25,6 +25,7 @@ from ccat_dagster.lifecycle.ingest.raw_data_packages import (
 )
 from ccat_dagster.lifecycle.summary import packages_missing_from_ltas
 from ccat_dagster.storage.factory import StorageRegistry
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     drive,
     real_topology,

@@ -11,11 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dagster import instance_for_test
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.transfer.routing import plan_relay_onward_transfers
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     drive,
     let_retention_elapse,

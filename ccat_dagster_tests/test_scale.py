@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import yaml
-from dagster import instance_for_test
 
 from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import real_topology, setup_pipeline
 from ccat_ops_db.models import RawDataPackage
 from ccat_ops_db.session import session_scope

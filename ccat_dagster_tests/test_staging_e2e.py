@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, instance_for_test, materialize
+from dagster import AssetKey, materialize
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -23,6 +23,7 @@ from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.partitions import partition_set_name
 from ccat_dagster.defs.topology import load_topology_snapshot
 from ccat_dagster.lifecycle.staging import requests as jobs
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import (
     drive,
     file_simulated_data,

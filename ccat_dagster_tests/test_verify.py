@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, instance_for_test
+from dagster import DagsterInstance
 from sqlalchemy import delete, select, update
 from sqlalchemy import inspect as sa_inspect
 from typer.testing import CliRunner
@@ -21,6 +21,7 @@ from ccat_dagster.lifecycle.ingest.filing import register_raw_data_files
 from ccat_dagster.lifecycle.integrity import verify_catalogue
 from ccat_dagster.simulate import simulate_instrument
 from ccat_dagster.storage.factory import StorageRegistry
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (
     AuditLog,

@@ -9,7 +9,6 @@ from dagster import (
     DagsterInstance,
     build_run_status_sensor_context,
     build_sensor_context,
-    instance_for_test,
     job,
     op,
 )
@@ -22,6 +21,7 @@ from ccat_dagster.defs.alerts import (
 from ccat_dagster.defs.resources import OpsDbResource
 from ccat_dagster.defs.settings import Settings
 from ccat_dagster_tests import factories as f
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.test_alerts.scenarios import SCENARIOS
 from ccat_ops_db.models import AlertIncident, PolicySetting
 

@@ -25,7 +25,6 @@ from dagster import (
     SensorResult,
     SkipReason,
     build_sensor_context,
-    instance_for_test,
     job,
     materialize,
     op,
@@ -41,6 +40,7 @@ from ccat_dagster.defs.resources import OpsDbResource, SiteStorageResource
 from ccat_dagster.defs.stages import log_event
 from ccat_dagster.defs.topology import load_topology_snapshot
 from ccat_dagster.lifecycle.archive.repair import unusable_lta_copies
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import drive, real_topology, setup_pipeline
 from ccat_ops_db.models import (
     AuditLog,

@@ -11,13 +11,13 @@ from dagster import (
     RunRequest,
     SkipReason,
     build_schedule_context,
-    instance_for_test,
 )
 from sqlalchemy import select
 
 from ccat_dagster.defs.audit import NOT_RUN_UNTIL_IDLE
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.lifecycle.common import names
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import real_topology
 from ccat_ops_db.models import AuditCursor, AuditFinding, DataLocation, LocationAvailability
 from ccat_ops_db.session import session_scope

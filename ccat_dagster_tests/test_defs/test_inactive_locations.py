@@ -5,7 +5,7 @@ and PostgreSQL, real disks)."""
 
 from __future__ import annotations
 
-from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test
+from dagster import SensorResult, SkipReason, build_sensor_context
 from sqlalchemy import select
 
 from ccat_dagster.defs.availability import StageGate
@@ -19,6 +19,7 @@ from ccat_dagster.lifecycle.common.activity import (
     why_inactive,
 )
 from ccat_dagster.lifecycle.common.operations import OperationType
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import MARKER_INGEST, real_topology
 from ccat_ops_db.models import DataLocation, Site
 from ccat_ops_db.session import session_scope

@@ -12,11 +12,11 @@ from dagster import (
     SensorResult,
     SkipReason,
     build_sensor_context,
-    instance_for_test,
 )
 
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.lifecycle.capacity import availability as av
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import availability, real_topology
 from ccat_ops_db.models import DataLocation, LocationAvailability, Site
 from ccat_ops_db.session import session_scope

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 from sqlalchemy import select, update
 
 from ccat_dagster.defs.cleanup import cleanup_run_config
 from ccat_dagster.defs.definitions import build_site_definitions
 from ccat_dagster.defs.partitions import drop_partitions, partition_set_name, prune_partitions
 from ccat_dagster.defs.topology import load_topology_snapshot
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.factories import archived_package, make_topology
 from ccat_ops_db.models import (
     DataLocation,

@@ -3,7 +3,7 @@ once (daemon deployment), on both ops DBs."""
 
 from __future__ import annotations
 
-from dagster import build_run_status_sensor_context, instance_for_test
+from dagster import build_run_status_sensor_context
 
 from ccat_dagster.defs.dead_runs import build_release_claims_sensor
 from ccat_dagster.defs.resources import OpsDbResource
@@ -11,6 +11,7 @@ from ccat_dagster.lifecycle.deletion import rules as d
 from ccat_dagster.lifecycle.deletion.claims import claim_for_deletion
 from ccat_dagster_tests import deletion_rules as matrix
 from ccat_dagster_tests import factories as f
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.runner_support import always_fails
 from ccat_ops_db.models import PhysicalCopy, PhysicalCopyStatus
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from dagster import SensorResult, SkipReason, build_sensor_context, instance_for_test
+from dagster import SensorResult, SkipReason, build_sensor_context
 from sqlalchemy import func, select
 
 from ccat_dagster.defs.definitions import build_site_definitions
+from ccat_dagster_tests.dagster_instance import instance_for_test
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
 from ccat_ops_db.models import RawDataPackage, Status
 from ccat_ops_db.topology import apply_topology
