@@ -23,14 +23,16 @@ from dagster import instance_for_test as dagster_instance_for_test
 
 @contextmanager
 def instance_for_test(overrides: Mapping[str, Any] | None = None) -> Iterator[DagsterInstance]:
-    """``dagster.instance_for_test(overrides)`` with the event log in one database."""
-    with tempfile.TemporaryDirectory(prefix="ccat-events-", ignore_cleanup_errors=True) as events:
+    """``dagster.instance_for_test(overrides)`` with the event log in one database, in the
+    instance's own (temporary) directory."""
+    with tempfile.TemporaryDirectory(prefix="ccat-dagster-", ignore_cleanup_errors=True) as home:
         storage = {
             "event_log_storage": {
                 "module": "dagster._core.storage.event_log",
                 "class": "ConsolidatedSqliteEventLogStorage",
-                "config": {"base_dir": events},
+                "config": {"base_dir": home},
             }
         }
-        with dagster_instance_for_test(overrides={**storage, **(overrides or {})}) as instance:
+        overrides = {**storage, **(overrides or {})}
+        with dagster_instance_for_test(overrides=overrides, temp_dir=home) as instance:
             yield instance
