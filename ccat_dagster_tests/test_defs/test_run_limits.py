@@ -109,3 +109,22 @@ def test_instance_init_before_the_ops_db_schema_uses_the_default_policy(tmp_path
     assert (tmp_path / "dh" / "dagster.yaml").read_text() == template_path(
         SQLITE_TEMPLATE
     ).read_text()
+
+
+def test_the_deployed_daemon_launches_several_runs_at_once_within_the_site_limits(tmp_path):
+    """The PostgreSQL template's run queue launches on 4 threads (a launch waits for the site's
+    code server to start the run worker) and keeps the limits per site: Dagster accepts
+    ``run_queue`` beside ``concurrency.runs``. Opened here on SQLite storage."""
+    config = yaml.safe_load(template_path(POSTGRES_TEMPLATE).read_text())
+    del config["storage"]
+    home = tmp_path / "dh"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with open_instance(home) as instance:
+        coordinator = instance.run_coordinator
+        assert coordinator.dequeue_use_threads  # type: ignore[attr-defined]
+        assert coordinator.dequeue_num_workers == 4  # type: ignore[attr-defined]
+        queue = instance.get_concurrency_config().run_queue_config  # what the daemon applies
+        assert queue is not None
+        limits = {limit["key"]: limit["limit"] for limit in queue.tag_concurrency_limits}
+    assert limits == dict.fromkeys(("ccat/site", "dagster/code_location"), 16)
