@@ -50,10 +50,11 @@ class _PooledConnections:
         with self._pooled.connect() as conn, conn.begin():
             yield conn
 
-    def _dispose_pool(self) -> None:
+    def dispose(self) -> None:
         if self._pooled is not None:
             self._pooled.dispose()
             self._pooled = None
+        super().dispose()  # type: ignore[misc]  # the storage class after this one in the MRO
 
 
 class PooledSqliteRunStorage(_PooledConnections, SqliteRunStorage):
@@ -67,10 +68,6 @@ class PooledSqliteRunStorage(_PooledConnections, SqliteRunStorage):
     def connect(self) -> Iterator[sa.Connection]:  # type: ignore[override]
         return self._pooled_connection()
 
-    def dispose(self) -> None:
-        self._dispose_pool()
-        super().dispose()
-
 
 class PooledConsolidatedSqliteEventLogStorage(
     _PooledConnections, ConsolidatedSqliteEventLogStorage
@@ -79,10 +76,6 @@ class PooledConsolidatedSqliteEventLogStorage(
 
     def _connect(self) -> Iterator[sa.Connection]:  # type: ignore[override]
         return self._pooled_connection()
-
-    def dispose(self) -> None:
-        self._dispose_pool()
-        super().dispose()
 
 
 def _storage(cls: type, base_dir: Path) -> dict[str, Any]:
