@@ -13,8 +13,10 @@ from pathlib import Path
 from dagster import (
     AssetKey,
     AssetObservation,
+    ConfigurableResource,
     Definitions,
     Failure,
+    InitResourceContext,
     MetadataValue,
     RunRequest,
     ScheduleEvaluationContext,
@@ -153,6 +155,47 @@ def reads_the_instance(context: ScheduleEvaluationContext):
 
 def scheduled_definitions() -> Definitions:
     return Definitions(jobs=[nothing], schedules=[reads_the_instance])
+
+
+#: what the counted resource went through in this process: "setup", "teardown"
+RESOURCE_LIFECYCLE: list[str] = []
+TICKS_WANTED = 4
+
+
+class CountedResource(ConfigurableResource):
+    """Like the ops DB resource: config only; counts its setups and teardowns."""
+
+    name: str = "counted"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        RESOURCE_LIFECYCLE.append("setup")
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        RESOURCE_LIFECYCLE.append("teardown")
+
+
+@sensor(job=nothing)
+def uses_the_resource(context: SensorEvaluationContext, counted: CountedResource):
+    """Requests a run on each of its first ticks (so that the loop makes several passes)."""
+    ticks = int(context.cursor or 0) + 1
+    context.update_cursor(str(ticks))
+    if ticks >= TICKS_WANTED:
+        return SkipReason(f"{counted.name}: done")
+    return RunRequest(run_key=str(ticks), run_config={}, tags={"test": counted.name})
+
+
+@schedule(job=nothing, cron_schedule="* * * * *")
+def schedule_uses_the_resource(_context: ScheduleEvaluationContext, counted: CountedResource):
+    return SkipReason(f"{counted.name}: nothing to do")
+
+
+def resource_definitions() -> Definitions:
+    return Definitions(
+        jobs=[nothing],
+        sensors=[uses_the_resource],
+        schedules=[schedule_uses_the_resource],
+        resources={"counted": CountedResource()},
+    )
 
 
 if __name__ == "__main__":
