@@ -39,6 +39,7 @@ from ccat_ops_db.models import (
     RawDataPackage,
     RawDataPackagePhysicalCopy,
     Status,
+    named_alias,
     table_of,
 )
 from ccat_ops_db.results import rowcount
@@ -127,8 +128,8 @@ def _send_back_to_archive(
 def unusable_lta_copy(package_id: Any) -> sa.Exists:
     """EXISTS a BAD or LOST copy of ``package_id`` in an active LONG_TERM_ARCHIVE: a repair is
     pending, so nothing that holds the package's data outside the archives may go."""
-    pc = pc_t.alias("unusable_copy")
-    dl = dl_t.alias("unusable_lta")
+    pc = named_alias(pc_t, "unusable_copy")
+    dl = named_alias(dl_t, "unusable_lta")
     return (
         sa.exists()
         .where(
@@ -145,7 +146,7 @@ def unusable_lta_copy(package_id: Any) -> sa.Exists:
 
 def _tar_anywhere(package_id: Any, statuses: Sequence[PhysicalCopyStatus]) -> sa.Exists:
     """EXISTS a copy of the package tar in one of ``statuses``, at any location."""
-    pc = pc_t.alias("tar_copy")
+    pc = named_alias(pc_t, "tar_copy")
     return (
         sa.exists()
         .where(
@@ -159,8 +160,8 @@ def _tar_anywhere(package_id: Any, statuses: Sequence[PhysicalCopyStatus]) -> sa
 
 def _file_missing_at_source(package: Any) -> sa.Exists:
     """EXISTS a file of the package (not declared lost) without a copy on disk at its SOURCE."""
-    rdf = rdf_t.alias("member")
-    held = pc_t.alias("member_copy")
+    rdf = named_alias(rdf_t, "member")
+    held = named_alias(pc_t, "member_copy")
     on_disk = (
         sa.exists()
         .where(
@@ -185,7 +186,7 @@ def packages_to_repackage(session: Session, source_location_ids: Sequence[int]) 
     confirmed the only copy in the buffer gone; bundling would wait for it for good)."""
     if not source_location_ids:
         return []
-    rdp = table_of(RawDataPackage).alias("rdp")
+    rdp = named_alias(table_of(RawDataPackage), "rdp")
     return list(
         session.scalars(
             sa.select(rdp.c.id)

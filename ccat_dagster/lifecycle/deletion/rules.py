@@ -47,6 +47,7 @@ from ccat_ops_db.models import (
     RawDataPackage,
     StagingJob,
     Status,
+    named_alias,
     staging_job_raw_data_package,
     table_of,
     utcnow,
@@ -242,8 +243,8 @@ def _present_copy_of_package(
     package_id: Any, *, at: Callable[[Any], ColumnElement[bool]], verified: bool
 ) -> sa.Exists:
     """EXISTS a PRESENT RawDataPackage copy of ``package_id`` at a location matching ``at``."""
-    pc2 = pc_t.alias("evidence_copy")
-    dl2 = dl_t.alias("evidence_location")
+    pc2 = named_alias(pc_t, "evidence_copy")
+    dl2 = named_alias(dl_t, "evidence_location")
     conditions = [
         pc2.c.type == CopyType.RAW_DATA_PACKAGE,
         pc2.c.raw_data_package_id == package_id,
@@ -274,7 +275,7 @@ def _archive_unreachable(package_id: Any, ctx: RuleContext) -> ColumnElement[boo
 
 
 def _completed_transfer(dtp_id: Any, *conditions: Any) -> sa.Exists:
-    dt = dt_t.alias("done_transfer")
+    dt = named_alias(dt_t, "done_transfer")
     return (
         sa.exists()
         .where(
@@ -359,7 +360,7 @@ def _rule_rdp_source_buffer(ctx: RuleContext) -> _Rule:
     buffer does not count -- and no archive copy of the package is BAD or LOST (a repair is
     pending). Side effect at deletion time: mark_raw_data_files_for_deletion.
     """
-    pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
+    pc, dl, rdp = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(rdp_t, "rdp")
     in_lta = _present_copy_of_package(
         rdp.c.id, at=lambda d: d.c.location_type == _LTA, verified=True
     )
@@ -410,7 +411,7 @@ def _rule_rdp_lta_buffer(ctx: RuleContext) -> _Rule:
     LONG_TERM_ARCHIVE location of the same site and no archive copy of the package is BAD or
     LOST.
     """
-    pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
+    pc, dl, rdp = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(rdp_t, "rdp")
     same_site_lta = _present_copy_of_package(
         rdp.c.id,
         at=lambda d: sa.and_(d.c.location_type == _LTA, d.c.site_id == dl.c.site_id),
@@ -485,8 +486,8 @@ def _forwarded_bundle_rule(
 ) -> _Rule:
     """A bundle copy at a buffer that forwards it (a source or relay site's): it goes once the
     data is unpacked at an LTA site and every transfer from this buffer is done."""
-    pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
-    dest = dl_t.alias("dest")
+    pc, dl, dtp = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(dtp_t, "dtp")
+    dest = named_alias(dl_t, "dest")
     to_lta_site = _completed_transfer(
         dtp.c.id,
         lambda dt: (
@@ -495,7 +496,7 @@ def _forwarded_bundle_rule(
             .correlate_except(dest)
         ),
     )
-    other, other_dest = dt_t.alias("any_transfer"), dl_t.alias("any_destination")
+    other, other_dest = named_alias(dt_t, "any_transfer"), named_alias(dl_t, "any_destination")
     # a hop to a site without an archive (a relay) is never unpacked: arrived is done
     unpacked_or_relayed = sa.or_(
         other.c.unpack_status == Status.COMPLETED,
@@ -547,12 +548,12 @@ def _rule_dtp_lta_buffer(ctx: RuleContext) -> _Rule:
     Deletable when it was unpacked here and a DataTransfer to every OTHER active LTA site (the
     secondary routes the routing expects) is COMPLETED with unpack_status COMPLETED.
     """
-    pc, dl, dtp = pc_t.alias("pc"), dl_t.alias("dl"), dtp_t.alias("dtp")
+    pc, dl, dtp = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(dtp_t, "dtp")
     unpacked_here = _completed_transfer(
         dtp.c.id, lambda dt: dt.c.destination_location_id == pc.c.data_location_id
     )
-    other_lta = dl_t.alias("other_lta")
-    dest = dl_t.alias("dest")
+    other_lta = named_alias(dl_t, "other_lta")
+    dest = named_alias(dl_t, "dest")
     # Every other active LTA site is a destination the routing expects (secondary routes).
     missing_site = (
         sa.exists()
@@ -607,7 +608,7 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
     package has a PRESENT, verified copy in a LONG_TERM_ARCHIVE and none that is BAD or LOST.
     The executor re-verifies those archive copies live before each deletion.
     """
-    pc, dl, rdf = pc_t.alias("pc"), dl_t.alias("dl"), rdf_t.alias("rdf")
+    pc, dl, rdf = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(rdf_t, "rdf")
     retention = sa.func.coalesce(dl.c.retention_period_minutes, ctx.policy.retention_period_minutes)
     # The retention clock starts when the copy became DELETION_POSSIBLE: physical_copy.updated_at,
     # which mark_raw_data_files_for_deletion sets and nothing else touches in that status.
@@ -654,7 +655,7 @@ def _rule_rdf_deletion_possible(ctx: RuleContext) -> _Rule:
 
 
 def _staged_here(pc: Any, package_id: Any) -> sa.Exists:
-    staged = pc_t.alias("staged_copy")
+    staged = named_alias(pc_t, "staged_copy")
     return (
         sa.exists()
         .where(
@@ -679,7 +680,7 @@ def _rule_rdf_processing(ctx: RuleContext, *, staged: bool) -> _Rule:
     staging jobs are all inactive (whatever their retention). After they are deleted the STAGED
     package copy is marked DELETED (:func:`find_closable_staged_raw_data_packages`).
     """
-    pc, dl, rdf = pc_t.alias("pc"), dl_t.alias("dl"), rdf_t.alias("rdf")
+    pc, dl, rdf = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(rdf_t, "rdf")
     staged_here = _staged_here(pc, rdf.c.raw_data_package_id)
     return _Rule(
         name=RULE_RDF_STAGED if staged else RULE_RDF_PROCESSING,
@@ -850,8 +851,8 @@ def find_closable_staged_raw_data_packages(
     uses them and none of the package's file copies there is left undeleted (the tar itself was
     removed when it was staged, so nothing is deleted from storage). ``ctx`` is accepted like
     every finder's, but no clock matters here: only whether a job is active."""
-    pc, dl, rdp = pc_t.alias("pc"), dl_t.alias("dl"), rdp_t.alias("rdp")
-    files, rdf = pc_t.alias("file_copy"), rdf_t.alias("rdf")
+    pc, dl, rdp = named_alias(pc_t, "pc"), named_alias(dl_t, "dl"), named_alias(rdp_t, "rdp")
+    files, rdf = named_alias(pc_t, "file_copy"), named_alias(rdf_t, "rdf")
     undeleted_file = (
         sa.exists()
         .where(
