@@ -46,7 +46,7 @@ def named_alias(table: Table, name: str) -> NamedFromClause:
     SQLAlchemy makes a proxy of every column the first time ``.c`` is read (~1 ms for
     ``physical_copies``), and the deletion rules and repair queries read a dozen aliases per
     statement, statement after statement (a tenth of an end-to-end run's CPU). Anonymous
-    aliases (``table.alias()``) stay per statement: each must get a name of its own."""
+    aliases (``table.alias()``) are per statement by design: each gets a name of its own."""
     alias = table.alias(name)
     alias.c  # noqa: B018 - the column proxies are made here, before threads share the alias
     return alias
