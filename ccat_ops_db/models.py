@@ -44,7 +44,7 @@ def named_alias(table: Table, name: str) -> NamedFromClause:
 
     An alias renders as its name, so sharing one changes no SQL; building one is not free:
     SQLAlchemy makes a proxy of every column the first time ``.c`` is read (~1 ms for
-    ``physical_copies``), and the deletion rules and repair queries read a dozen aliases per
+    ``physical_copy``), and the deletion rules and repair queries read a dozen aliases per
     statement, statement after statement (a tenth of an end-to-end run's CPU). Anonymous
     aliases (``table.alias()``) are per statement by design: each gets a name of its own."""
     alias = table.alias(name)

@@ -445,7 +445,7 @@ def test_no_finder_ever_returns_a_long_term_archive_copy(session, topo2):
 
 def test_planning_again_builds_no_new_named_alias(session, topo2, monkeypatch):
     """The rules' named aliases are built once per process (``named_alias``): making every
-    column proxy of a ``physical_copies`` alias again, a dozen per statement, was a tenth of an
+    column proxy of a ``physical_copy`` alias again, a dozen per statement, was a tenth of an
     end-to-end run's CPU. The SQL is the same: an alias renders as its name."""
     import sqlalchemy as sa
 

@@ -210,7 +210,7 @@ def _minutes_after_sqlite(element: minutes_after, compiler: Any, **kw: Any) -> s
 
 def _active_sites_with(location_type: LocationType) -> sa.Select:
     # a subquery of its own, never correlated with the statement it is used in (which may read
-    # data_locations too), so one shared alias serves every use
+    # data_location too), so one shared alias serves every use
     loc = named_alias(dl_t, "active_site_location")
     return (
         sa.select(loc.c.site_id)
