@@ -7,6 +7,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from ccat_ops_db.config import ops_db_url
@@ -73,3 +77,11 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def dialect_insert(session: Session, target) -> PgInsert | SqliteInsert:
+    """An INSERT into ``target`` for the session's backend, which offers ON CONFLICT (DO
+    NOTHING, DO UPDATE): how a row that twin runs may both create is created once. On
+    PostgreSQL the loser waits for the winner's commit, then does nothing."""
+    dialect = session.get_bind().dialect.name
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(target)

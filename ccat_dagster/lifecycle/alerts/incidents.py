@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.alerts.model import AlertKind, Condition
 from ccat_ops_db.models import AlertIncident, table_of, utcnow
 from ccat_ops_db.policy import Policy
+from ccat_ops_db.session import dialect_insert
 
 #: a claim older than this belongs to a sender that died; another process sends instead
 CLAIM_LEASE = timedelta(minutes=5)
@@ -56,11 +56,6 @@ class Sync:
     resolved: list[str]
 
 
-def _insert(session: Session):
-    dialect = session.get_bind().dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert(t)
-
-
 def upsert_conditions(
     session: Session, conditions: Sequence[Condition], *, now: datetime, timing: Timing
 ) -> None:
@@ -83,7 +78,7 @@ def upsert_conditions(
         }
         for c in {c.key: c for c in conditions}.values()
     ]
-    stmt = _insert(session).values(rows)
+    stmt = dialect_insert(session, t).values(rows)
     new = stmt.excluded
     reopened = t.c.resolved_at <= now - timing.settle  # NULL (open): not reopened
 

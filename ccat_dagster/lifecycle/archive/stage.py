@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import and_, literal, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from ccat_dagster.lifecycle.archive.backfill import backfill_candidates
@@ -52,6 +50,7 @@ from ccat_ops_db.models import (
     Status,
     utcnow,
 )
+from ccat_ops_db.session import dialect_insert
 
 StorageFor = Callable[[DataLocation], Storage]
 
@@ -124,10 +123,8 @@ def _lta_transfer(
     )
     if transfer is None:
         # ON CONFLICT DO NOTHING: a twin run (another Dagster instance) may create it now.
-        dialect = session.get_bind().dialect.name
-        dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
         session.execute(
-            dialect_insert(LongTermArchiveTransfer)
+            dialect_insert(session, LongTermArchiveTransfer)
             .values(
                 raw_data_package_id=package.id,
                 origin_location_id=buffer.id,

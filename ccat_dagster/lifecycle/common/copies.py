@@ -11,14 +11,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ccat_dagster.storage.base import Storage
 from ccat_ops_db.audit import audit
 from ccat_ops_db.models import DataLocation, PhysicalCopy, PhysicalCopyStatus, table_of, utcnow
 from ccat_ops_db.results import required, rowcount
+from ccat_ops_db.session import dialect_insert
 
 
 def find_copy(
@@ -91,10 +90,8 @@ def _insert_if_absent(
     """INSERT the copy's row unless it exists; True if this call made it. A twin run recording
     the same copy at the same moment (two Dagster instances over one ops DB) is not an error:
     on PostgreSQL this waits for the twin's commit and then does nothing."""
-    dialect = session.get_bind().dialect.name
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     result = session.execute(
-        dialect_insert(table_of(PhysicalCopy))
+        dialect_insert(session, table_of(PhysicalCopy))
         .values(
             type=copy_cls.__mapper__.polymorphic_identity,
             data_location_id=location_id,

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ccat_dagster.lifecycle.common.chunks import CHUNK_ROWS, chunks
@@ -41,6 +39,7 @@ from ccat_ops_db.models import (
     table_of,
     utcnow,
 )
+from ccat_ops_db.session import dialect_insert
 
 # Problems listed in one error message; the rest are counted.
 MAX_LISTED_PROBLEMS = 20
@@ -309,13 +308,13 @@ def _compare_with_registered(
 
 def _get_or_create_id(session: Session, model: type, name: str) -> int:
     # INSERT .. ON CONFLICT DO NOTHING: two registrations of a new obs unit may race.
-    dialect = session.get_bind().dialect.name
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     existing = session.scalar(select(model.id).where(model.name == name))
     if existing is not None:
         return existing
     session.execute(
-        dialect_insert(model).values(name=name).on_conflict_do_nothing(index_elements=["name"])
+        dialect_insert(session, model)
+        .values(name=name)
+        .on_conflict_do_nothing(index_elements=["name"])
     )
     return session.scalars(select(model.id).where(model.name == name)).one()
 

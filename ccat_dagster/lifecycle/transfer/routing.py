@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sqlalchemy import case, exists, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from ccat_dagster.lifecycle.common.chunks import chunks
@@ -40,6 +38,7 @@ from ccat_ops_db.models import (
     Status,
     utcnow,
 )
+from ccat_ops_db.session import dialect_insert
 
 PRIMARY = "primary"
 SECONDARY = "secondary"
@@ -61,10 +60,8 @@ def next_lta_site(session: Session, source_site: Site) -> Site:
             "add one and run `ccat topology apply`"
         )
     key = f"primary:{source_site.short_name}"
-    dialect = session.get_bind().dialect.name
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     session.execute(
-        dialect_insert(RoundRobinState)
+        dialect_insert(session, RoundRobinState)
         .values(key=key, last_index=-1, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["key"])
     )
