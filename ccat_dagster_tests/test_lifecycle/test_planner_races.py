@@ -22,6 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ccat_dagster.defs import stages
+from ccat_dagster.lifecycle.audit import run as audit_run
+from ccat_dagster.lifecycle.capacity import availability
 from ccat_dagster.lifecycle.ingest import raw_data_packages as rdps
 from ccat_dagster.lifecycle.staging import execution as staging
 from ccat_dagster.lifecycle.staging import requests as jobs
@@ -31,12 +33,14 @@ from ccat_dagster.storage.factory import StorageRegistry
 from ccat_dagster_tests import factories as f
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
 from ccat_ops_db.models import (
+    AuditCursor,
     AuditLog,
     DataLocation,
     DataTransfer,
     DataTransferPackage,
     DataTransferPackagePhysicalCopy,
     DataTransferRoute,
+    LocationAvailability,
     PhysicalCopyStatus,
     RawDataFile,
     RawDataFilePhysicalCopy,
@@ -537,3 +541,61 @@ def test_two_runs_recording_the_same_copy_share_one_row(filed, monkeypatch):
             .where(AuditLog.entity_type == "physical_copy", AuditLog.entity_id == rows[0].id)
         )
         assert created == 1, "the copy's creation is audited once"
+
+
+# --------------------------------------------------------------------------- consistency audit
+
+
+def test_two_audits_of_one_location_take_turns(filed, monkeypatch):
+    """The audit schedule's run and the ``consistency`` check executed by a backfill run (one
+    per partition, several at once) audit the same location. The first audit of a location
+    creates its cursor: two at once both created it (an IntegrityError failed one run, seen in
+    the deployment test), and both scanned the same slice and would act on the same findings.
+    They take turns: the second scans the slice after the first one's."""
+    rendezvous = Rendezvous()
+    monkeypatch.setattr(audit_run, "scan_slice", rendezvous.around(audit_run.scan_slice))
+
+    def audit(session: Session):
+        source = _location(session, "ccat", "primecam_raw_data")
+        with StorageRegistry(local_site="ccat") as storages:
+            return audit_run.audit_location(session, source, storages.get(source))
+
+    reports = race(filed, audit, audit)
+
+    assert all(r.passed and r.listed == 12 and r.wrapped for r in reports)
+    assert sorted(r.pass_number for r in reports) == [2, 3], "two passes, one after the other"
+    with session_scope(filed) as session:
+        source = _location(session, "ccat", "primecam_raw_data")
+        cursor = session.get_one(AuditCursor, source.id)
+        assert (cursor.pass_number, cursor.last_key) == (3, "")
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def test_two_runs_failing_on_one_location_record_it_one_after_the_other(filed, monkeypatch):
+    """Runs that fail on one location at once (it went down under all of them) each record it.
+    The first record of a location from a site creates its availability row: two at once both
+    created it (an IntegrityError failed the second run in its error handler) and both audited
+    the change to unavailable. One after the other: one change, two failures counted."""
+    rendezvous = Rendezvous()
+    monkeypatch.setattr(availability, "probe_delay", rendezvous.around(availability.probe_delay))
+
+    def fail(session: Session):
+        lta = _location(session, "us", "lta")
+        view = availability.mark_unavailable(session, lta, observer="us", reason="link down")
+        session.commit()
+        return view
+
+    race(filed, fail, fail)
+
+    with session_scope(filed) as session:
+        lta = _location(session, "us", "lta")
+        row = session.get_one(LocationAvailability, (lta.id, "us"))
+        assert (row.available, row.consecutive_failures) == (False, 2)
+        changes = session.scalars(
+            select(AuditLog.new_status).where(
+                AuditLog.entity_type == availability.ENTITY, AuditLog.entity_id == lta.id
+            )
+        ).all()
+        assert changes == [availability.UNAVAILABLE]

@@ -20,6 +20,7 @@ from ccat_dagster.lifecycle.audit.findings import update_findings
 from ccat_dagster.lifecycle.audit.lost import act_on_lost
 from ccat_dagster.lifecycle.audit.quarantine import quarantine
 from ccat_dagster.lifecycle.audit.scan import Slice, scan_slice
+from ccat_dagster.lifecycle.common.locks import AUDIT, planner_lock, scope
 from ccat_dagster.lifecycle.common.policy import get_policy
 from ccat_dagster.storage.base import Storage
 from ccat_dagster.storage.errors import PermanentStorageError
@@ -72,7 +73,9 @@ class AuditReport:
 
 
 def cursor_of(session: Session, location: DataLocation) -> AuditCursor:
-    cursor = session.get(AuditCursor, location.id)
+    """The location's cursor as the database holds it now (under the audit's lock; a copy this
+    session loaded before may be a twin's stale one), created at the first audit."""
+    cursor = session.get(AuditCursor, location.id, populate_existing=True)
     if cursor is None:
         cursor = AuditCursor(
             data_location_id=location.id,
@@ -108,8 +111,25 @@ def audit_location(
 ) -> AuditReport:
     """Audit the next slice of ``location`` and commit. Storage errors of the listing
     propagate before anything is recorded (``LocationUnavailableError``: the location does
-    not answer, which proves nothing)."""
-    now = now or utcnow()
+    not answer, which proves nothing).
+
+    Two audits of one location (the audit schedule's run and the ``consistency`` check that
+    every run of a backfill executes) take turns on the location's planner lock: at once, both
+    would create its cursor (one failing) and scan and act on the same slice. The lock is held
+    for the slice's listing (on SQLite that is the database's write lock, one slice of at most
+    ``audit_slice_objects`` keys)."""
+    with planner_lock(session, scope(AUDIT, location.id), run_id=run_id):
+        return _audit_slice(session, location, storage, now=now or utcnow(), run_id=run_id)
+
+
+def _audit_slice(
+    session: Session,
+    location: DataLocation,
+    storage: Storage,
+    *,
+    now: datetime,
+    run_id: str | None,
+) -> AuditReport:
     policy = get_policy(session)
     cursor = cursor_of(session, location)
     scan = scan_slice(

@@ -42,6 +42,7 @@ from ccat_ops_db.models import (
     utcnow,
 )
 from ccat_ops_db.results import count, rowcount
+from ccat_ops_db.session import dialect_insert
 
 #: first delay before re-probing an unavailable location; doubles per consecutive failure
 PROBE_BACKOFF_BASE_SECONDS = 15
@@ -200,17 +201,31 @@ def location_for_error(session: Session, exc: StorageError) -> DataLocation | No
 
 
 def _row(session: Session, location: DataLocation, observer: str) -> LocationAvailability:
-    row = session.get(LocationAvailability, (location.id, observer), populate_existing=True)
-    if row is None:
-        row = LocationAvailability(
+    """The (location, observer) row as the database holds it now, created if missing and locked
+    until the caller commits (FOR UPDATE on PostgreSQL; on SQLite the insert took the write
+    lock): runs failing on one location at once record it one after the other, each seeing
+    what the one before wrote, instead of both creating the row (one failing) and both
+    auditing the change."""
+    session.execute(
+        dialect_insert(session, LocationAvailability)
+        .values(
             data_location_id=location.id,
             observer=observer,
             available=True,
             since=utcnow(),
             consecutive_failures=0,
         )
-        session.add(row)
-    return row
+        .on_conflict_do_nothing()
+    )
+    return session.scalars(
+        sa.select(LocationAvailability)
+        .where(
+            LocationAvailability.data_location_id == location.id,
+            LocationAvailability.observer == observer,
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
 
 
 def _audit(

@@ -10,7 +10,8 @@ it is the database's write lock, and it must come first because SQLite in WAL mo
 upgrade a read snapshot that went stale to a write (and would not wait for the lock then). The
 planner reads inside the block, so it sees what the twin before it committed; committing (the
 planners do, and leaving the block does) or rolling back releases the lock. Scopes are named by
-:func:`scope`, e.g. ``packaging:<source location id>``.
+:func:`scope`, e.g. ``packaging:<source location id>``. The consistency audit of a location
+takes one too (``audit:<location id>``): it moves the location's cursor and acts on findings.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ccat_ops_db.models import PlannerLock, utcnow
+from ccat_ops_db.session import dialect_insert
 
 PACKAGING = "packaging"
 BUNDLING = "bundling"
 ROUTING = "routing"
 STAGING = "staging"
+AUDIT = "audit"
 
 
 def scope(kind: str, key: int | str) -> str:
@@ -44,10 +45,8 @@ def _holder(run_id: str | None) -> str:
 
 
 def _ensure_row(session: Session, name: str) -> None:
-    dialect = session.get_bind().dialect.name
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     session.execute(
-        dialect_insert(PlannerLock)
+        dialect_insert(session, PlannerLock)
         .values(name=name)
         .on_conflict_do_nothing(index_elements=["name"])
     )
