@@ -503,6 +503,25 @@ query RunEvents($runId: ID!) {
 """
 
 
+RUN_ERRORS_QUERY = """
+query RunErrors($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      status
+      eventConnection(limit: 1000) {
+        events {
+          __typename
+          ... on MessageEvent { message level stepKey }
+          ... on ErrorEvent { error { message stack causes { message stack } } }
+        }
+      }
+    }
+  }
+}
+"""
+
+
 def workspace_locations(gql: GraphQLClient) -> dict[str, dict[str, Any]]:
     data = gql(WORKSPACE_QUERY)["workspaceOrError"]
     if data["__typename"] != "Workspace":
@@ -602,6 +621,26 @@ def backfill(gql: GraphQLClient, backfill_id: str) -> dict[str, Any]:
 
 def run_events(gql: GraphQLClient, run_id: str) -> dict[str, Any]:
     return gql(RUN_CHECKS_QUERY, {"runId": run_id})["runOrError"]
+
+
+def run_errors(gql: GraphQLClient, run_id: str) -> str:
+    """What went wrong in a run, as its event log says: every ERROR-level event and every error
+    with its stack and causes. Put first in a failing assertion so that a truncated CI log
+    still shows the cause, not only the tail of the processes' logs."""
+    data = gql(RUN_ERRORS_QUERY, {"runId": run_id})["runOrError"]
+    if data["__typename"] != "Run":
+        return f"run {run_id}: {data}"
+    lines = [f"run {run_id} ({data['status']}):"]
+    for event in data["eventConnection"]["events"]:
+        error = event.get("error")
+        if event.get("level") != "ERROR" and not error:
+            continue
+        lines.append(
+            f"  [{event['__typename']} {event.get('stepKey') or ''}] {event.get('message')}"
+        )
+        for part in [error, *(error or {}).get("causes", [])] if error else []:
+            lines.append(f"    {part['message']}{''.join(part['stack'][-6:])}")
+    return "\n".join(lines)
 
 
 def max_concurrent(intervals: Iterable[tuple[float, float]]) -> int:

@@ -48,6 +48,7 @@ from ccat_dagster_tests.deployment_support import (
     processes_with_env,
     rendered_asset_nodes,
     rendered_group_labels,
+    run_errors,
     run_events,
     run_tag_limits,
     runs,
@@ -420,7 +421,11 @@ def test_daemon_alone_archives_everything_cleans_the_telescope_and_serves_the_ui
     )
     by_id = {r["runId"]: r for r in all_runs}
     failed = [(r["jobName"], r["runId"]) for r in all_runs if r["status"] != "SUCCESS"]
-    assert not failed, f"runs that did not succeed: {failed}\n{deployment.logs()}"
+    assert not failed, (
+        f"runs that did not succeed: {failed}\n"
+        + "\n".join(run_errors(gql, run_id) for _, run_id in failed)
+        + f"\n{deployment.logs()}"
+    )
     daemon_runs = [
         r
         for r in all_runs
