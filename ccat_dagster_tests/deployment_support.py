@@ -482,29 +482,8 @@ def partition_observations(
     return found
 
 
-RUN_CHECKS_QUERY = """
+RUN_EVENTS_QUERY = """
 query RunEvents($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run {
-      status
-      eventConnection(limit: 1000) {
-        events {
-          __typename
-          ... on MaterializationEvent { assetKey { path } partition }
-          ... on AssetCheckEvaluationEvent {
-            evaluation { checkName success partition assetKey { path } }
-          }
-        }
-      }
-    }
-  }
-}
-"""
-
-
-RUN_ERRORS_QUERY = """
-query RunErrors($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
     ... on Run {
@@ -514,6 +493,10 @@ query RunErrors($runId: ID!) {
           __typename
           ... on MessageEvent { message level stepKey }
           ... on ErrorEvent { error { message stack causes { message stack } } }
+          ... on MaterializationEvent { assetKey { path } partition }
+          ... on AssetCheckEvaluationEvent {
+            evaluation { checkName success partition assetKey { path } }
+          }
         }
       }
     }
@@ -620,14 +603,15 @@ def backfill(gql: GraphQLClient, backfill_id: str) -> dict[str, Any]:
 
 
 def run_events(gql: GraphQLClient, run_id: str) -> dict[str, Any]:
-    return gql(RUN_CHECKS_QUERY, {"runId": run_id})["runOrError"]
+    """The run's status and events: messages, errors, materializations, check evaluations."""
+    return gql(RUN_EVENTS_QUERY, {"runId": run_id})["runOrError"]
 
 
 def run_errors(gql: GraphQLClient, run_id: str) -> str:
     """What went wrong in a run, as its event log says: every ERROR-level event and every error
     with its stack and causes. Put first in a failing assertion so that a truncated CI log
     still shows the cause, not only the tail of the processes' logs."""
-    data = gql(RUN_ERRORS_QUERY, {"runId": run_id})["runOrError"]
+    data = run_events(gql, run_id)
     if data["__typename"] != "Run":
         return f"run {run_id}: {data}"
     lines = [f"run {run_id} ({data['status']}):"]
