@@ -622,7 +622,7 @@ def run_errors(gql: GraphQLClient, run_id: str) -> str:
         lines.append(
             f"  [{event['__typename']} {event.get('stepKey') or ''}] {event.get('message')}"
         )
-        for part in [error, *(error or {}).get("causes", [])] if error else []:
+        for part in (error, *error["causes"]) if error else ():
             lines.append(f"    {part['message']}{''.join(part['stack'][-6:])}")
     return "\n".join(lines)
 
