@@ -143,6 +143,13 @@ def _worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
     return None
 
 
+def _parent_command(pid: int | None) -> str:
+    """The command line of the parent of process ``pid``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+    return Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def _runs(instance: DagsterInstance, status: DagsterRunStatus) -> list[DagsterRun]:
     return list(instance.get_runs(RunsFilter(job_name=JOB, statuses=[status])))
 
@@ -193,7 +200,12 @@ def test_dead_run_workers_are_failed_and_their_items_run_again(site: Site):
         # 1. the run worker is killed; its code server lives on
         path, kept = _file_one_blocked_obs_unit(site, seed=1)
         run = _wait_blocked_run(site, instance, set())
-        os.kill(_worker_pid(instance, run.run_id), signal.SIGKILL)
+        worker = _worker_pid(instance, run.run_id)
+        helper = _parent_command(worker)
+        # forked from the code server's helper that has imported the site (run_workers.py)
+        assert "multiprocessing.forkserver" in helper, helper
+        assert "ccat_dagster.run_worker_preload" in helper, helper
+        os.kill(worker, signal.SIGKILL)
         os.replace(kept, path)  # the new run reads the real file
         _wait_status(site, instance, run.run_id, DagsterRunStatus.FAILURE)
         assert "signal 9" in _messages(instance, run.run_id)

@@ -23,6 +23,11 @@ from dagster import Definitions, definitions
 from ccat_dagster.defs.settings import Settings
 from ccat_dagster.defs.setup import definitions_or_setup
 from ccat_dagster.defs.topology import TopologyEmptyError, load_topology_snapshot
+from ccat_dagster.run_workers import fork_run_workers_from_preloaded_server
+
+# In the code server that loads this module, each run worker is forked from a process that has
+# imported it already, instead of importing Dagster and the site's code anew (run_workers.py).
+fork_run_workers_from_preloaded_server()
 
 
 class SiteNotSelectedError(RuntimeError):
