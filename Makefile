@@ -45,17 +45,18 @@ format: install
 # a test file stays on one worker, the deployment and fault-harness files share one
 # (ccat_dagster_tests/conftest.py).
 TEST_WORKERS ?= 2
-# The deployment tests (a daemon, a webserver and three code servers each) run afterwards on
-# their own: under the other worker's load their code servers overran the stop timeout. The
-# compose test (the whole docker/compose.yaml in a local Docker engine, on fixed ports) is one
-# of them: one at a time, never beside another deployment. test_multihost.py is the same
+# The deployment tests (a daemon, a webserver and three code servers each) run afterwards, not
+# beside the CPU-bound rest: under the other worker's load their code servers overran the stop
+# timeout. They run two at a time, in two fixed pairs (conftest.py, DEPLOYMENT_PAIRS): their run
+# workers start warm, so they mostly wait. The compose test (the whole docker/compose.yaml in a
+# local Docker engine, on fixed ports of its own) is one of them. test_multihost.py is the same
 # deployment with each site on a host of its own (network namespaces, root only: it fails,
 # never skips, where they cannot be made; docs/scale.md).
 DEPLOYMENT_TESTS := ccat_dagster_tests/test_deployment.py ccat_dagster_tests/test_deployment_dead_runs.py \
   ccat_dagster_tests/test_multihost.py ccat_dagster_tests/test_compose.py
 test: install debs lint
 	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) $(addprefix --ignore=,$(DEPLOYMENT_TESTS))
-	$(VENV)/bin/pytest -q -ra $(DEPLOYMENT_TESTS)
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile $(DEPLOYMENT_TESTS)
 
 test-fast: install debs
 	$(VENV)/bin/pytest -q -ra -m "not slow" -n $(TEST_WORKERS)

@@ -24,16 +24,34 @@ HEAVY_FILES = frozenset(
     }
 )
 
+#: `make test` runs the deployment tests after the rest, two at a time (``--dist loadfile``):
+#: since their run workers start warm (ccat_dagster/run_workers.py) they wait far more than they
+#: compute (a quarter of the two cores). Two fixed units of about the same length (2026-12-03,
+#: alone: 287 + 49 s and 264 + 118 s), so neither worker ends up with both long ones.
+DEPLOYMENT_PAIRS = {
+    "test_deployment.py": "deployments: single host",
+    "test_deployment_dead_runs.py": "deployments: single host",
+    "test_multihost.py": "deployments: hosts and containers",
+    "test_compose.py": "deployments: hosts and containers",
+}
+
 
 def pytest_xdist_make_scheduler(config, log):
     """``make test`` runs on pytest-xdist workers: each test file is one unit of work (its
-    tests run in order on one worker, as they would alone), the heavy files together one."""
+    tests run in order on one worker, as they would alone), the heavy files together one.
+    With ``--dist loadfile`` each file is a unit of its own but for the deployment tests, which
+    run in their two pairs (DEPLOYMENT_PAIRS)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    side_by_side = config.getoption("dist") == "loadfile"
 
     class _FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = _file_of(nodeid)
-            return "heavy" if Path(path).name in HEAVY_FILES else path
+            name = Path(path).name
+            if side_by_side:
+                return DEPLOYMENT_PAIRS.get(name, path)
+            return "heavy" if name in HEAVY_FILES else path
 
     # the collection's order (longest first, below), not xdist's "most tests first", which put
     # the one-test fault harness (~7 minutes) last: the whole suite waited for it alone
