@@ -6,15 +6,16 @@ Dagster and the site's code again, about 3 s of CPU on the site hosts' cores. Th
 for it: the daemon's launch call returns only once the worker has started, so every run of the
 pipeline's chain of stages pays it on its critical path. With ``forkserver`` the code server
 starts one helper process. That helper imports those modules once, and each run worker is a
-fork of it: the same code, the same run, started in a fraction of a second.
+fork of it: the same code and the same run, without the imports.
 
 Dagster 1.13 has no option for this. The code server keeps its multiprocessing context in the
 private attribute ``DagsterApiServer._mp_ctx``, and `fork_run_workers_from_preloaded_server`
 replaces it with a property on the class. It acts only in a process that runs a Dagster code
 server (``dagster._grpc.server`` imported). If a Dagster release renamed the attribute, the
 property would be unused and runs would start as Dagster starts them: slower, never wrong.
-``ccat_dagster_tests/test_run_workers.py`` checks the parent of a real code server's run worker,
-so an upgrade that silently drops the gain fails there.
+``test_defs/test_run_workers.py`` reads the server's source for the attribute, and
+``test_deployment_dead_runs.py`` checks the parent of a real code server's run worker, so an
+upgrade that silently drops the gain fails there.
 
 What a forked worker shares with the helper is imported code only (``run_worker_preload.py``
 says what the helper imports, and why a worker dies with it). The helper is a fresh

@@ -8,6 +8,8 @@ blocks reading a raw file (a FIFO put in its place).
 2. The code server is killed together with its run worker (a crashed container): nothing is
    left to notice, the run stays STARTED until Dagster's run monitoring fails it at its maximum
    runtime; then, with the code server back, a new run packages its items.
+3. The helper the code server forks its run workers from is killed alone: the worker dies with
+   it, the code server fails the run, and a new run (from a new helper) packages its items.
 
 Ops DB on PostgreSQL, Dagster instance on SQLite."""
 
@@ -143,11 +145,24 @@ def _worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
     return None
 
 
+def _parent_pid(pid: int | None) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
 def _parent_command(pid: int | None) -> str:
     """The command line of the parent of process ``pid``."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-    return Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    cmdline = Path(f"/proc/{_parent_pid(pid)}/cmdline").read_bytes()
+    return cmdline.replace(b"\0", b" ").decode()
+
+
+def _running(pid: int | None) -> bool:
+    """Process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _runs(instance: DagsterInstance, status: DagsterRunStatus) -> list[DagsterRun]:
@@ -222,7 +237,21 @@ def test_dead_run_workers_are_failed_and_their_items_run_again(site: Site):
         _wait_status(site, instance, run.run_id, DagsterRunStatus.FAILURE)
         assert f"maximum runtime of {MAX_RUNTIME} seconds" in _messages(instance, run.run_id)
         _wait_rerun(site, instance, run)
+
+        # 3. the helper the run workers are forked from is killed alone (run_worker_preload.py):
+        # its worker dies with it, so the run the code server fails is really over
+        path, kept = _file_one_blocked_obs_unit(site, seed=3)
+        seen = {r.run_id for r in instance.get_runs(RunsFilter(job_name=JOB))}
+        run = _wait_blocked_run(site, instance, seen)
+        worker = _worker_pid(instance, run.run_id)
+        helper = _parent_pid(worker)
+        os.kill(helper, signal.SIGKILL)
+        _wait_status(site, instance, run.run_id, DagsterRunStatus.FAILURE)
+        wait_until(lambda: not _running(worker), timeout=30, what=f"run worker {worker} to be gone")
+        os.replace(kept, path)
+        site.deployment.check_alive()  # the code server lives on
+        _wait_rerun(site, instance, run)  # from a new helper
     with session_scope(site.url) as session:
         packages = session.scalars(select(RawDataPackage)).all()
-        assert len(packages) == 4
+        assert len(packages) == 6
         assert {p.status for p in packages} == {Status.COMPLETED}
