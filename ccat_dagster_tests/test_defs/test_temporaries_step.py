@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from dagster import DagsterRunStatus, RunsFilter
@@ -72,6 +73,14 @@ def test_cleanup_removes_temporaries_older_than_the_oldest_run_in_flight(
             os.kill(sleeper.pid, signal.SIGKILL)
             sleeper.wait()
         assert len(fail_dead_runs(instance)) == 1
+        # with no run in flight the cutoff is now (margin 0): on a fast machine the steps above
+        # took under the second by which the leftover is younger than the run's start
+        wait_until(
+            lambda: time.time() > during.stat().st_mtime,
+            timeout=10,
+            interval=0.1,
+            what="the clock to pass the leftover's modification time",
+        )
         result = defs.resolve_job_def("us_cleanup").execute_in_process(
             run_config=cleanup_run_config(site), instance=instance
         )
