@@ -93,6 +93,13 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw.rsplit(")", 1)[1].split()
 
 
+def process_running(pid: int) -> bool:
+    """Process ``pid`` exists here and has not ended (a zombie, killed and not yet reaped by
+    its parent, counts as ended)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def process_identity(pid: int | None = None) -> ProcessIdentity | None:
     """The identity of ``pid`` (default: this process), None where /proc is not available."""
     pid = os.getpid() if pid is None else pid
@@ -124,10 +131,10 @@ def owner_alive(owner: ProcessIdentity) -> bool | None:
         here.pid_namespace,
     ):
         return None
-    fields = _stat_fields(owner.pid)
-    if fields is None or fields[0] in ("Z", "X"):
+    if not process_running(owner.pid):
         return False
-    return int(fields[19]) == owner.start_ticks
+    fields = _stat_fields(owner.pid)
+    return fields is not None and int(fields[19]) == owner.start_ticks
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 from sqlalchemy import select
 
 from ccat_dagster.instance import write_instance_config
+from ccat_dagster.run_health import process_running
 from ccat_dagster.runner import open_instance
 from ccat_dagster_tests.deployment_support import (
     BIN,
@@ -156,15 +157,6 @@ def _parent_command(pid: int | None) -> str:
     return cmdline.replace(b"\0", b" ").decode()
 
 
-def _running(pid: int | None) -> bool:
-    """Process ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _runs(instance: DagsterInstance, status: DagsterRunStatus) -> list[DagsterRun]:
     return list(instance.get_runs(RunsFilter(job_name=JOB, statuses=[status])))
 
@@ -247,7 +239,9 @@ def test_dead_run_workers_are_failed_and_their_items_run_again(site: Site):
         helper = _parent_pid(worker)
         os.kill(helper, signal.SIGKILL)
         _wait_status(site, instance, run.run_id, DagsterRunStatus.FAILURE)
-        wait_until(lambda: not _running(worker), timeout=30, what=f"run worker {worker} to be gone")
+        wait_until(
+            lambda: not process_running(worker), timeout=30, what=f"run worker {worker} to be gone"
+        )
         os.replace(kept, path)
         site.deployment.check_alive()  # the code server lives on
         _wait_rerun(site, instance, run)  # from a new helper

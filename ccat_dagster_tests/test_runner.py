@@ -20,6 +20,7 @@ from ccat_dagster.run_health import (
     fail_dead_runs,
     owner_alive,
     process_identity,
+    process_running,
 )
 from ccat_dagster.runner import open_instance, run_until_idle
 from ccat_dagster_tests import runner_support
@@ -88,8 +89,14 @@ def test_owner_identity_judges_only_processes_it_can_see():
     assert owner_alive(replace(me, host="another-host")) is None
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     identity = process_identity(child.pid)
+    assert identity is not None
+    assert process_running(child.pid)
     child.kill()
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped: a zombie
+    assert not process_running(child.pid)
+    assert owner_alive(identity) is False
     child.wait()
+    assert not process_running(child.pid)
     assert owner_alive(identity) is False
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ccat_dagster.run_health import process_running
 from ccat_dagster.storage.errors import (
     ChecksumMismatchError,
     LocationUnavailableError,
@@ -74,16 +75,6 @@ def unpooled_storage(sshd_server, tmp_path: Path, name: str) -> SSHStorage:
         key_filename=sshd_server.key_file,
         known_hosts=str(known_hosts),
     )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead too (the master is not our child, but be exact)
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "State:\tZ" in status.read_text())
 
 
 def files_under(root: Path) -> list[str]:
@@ -499,11 +490,11 @@ def test_closing_the_last_storage_leaves_no_ssh_process(sshd_server, tmp_path):
     client = storage.connection.openssh()
     master, control_dir = client.master_pid, client._control_dir
     assert master is not None
-    assert pid_alive(master)
+    assert process_running(master)
 
     storage.close()
 
-    assert not pid_alive(master)
+    assert not process_running(master)
     assert not os.path.exists(control_dir)
 
 
@@ -514,7 +505,7 @@ def test_close_all_connections_stops_openssh_masters(sshd_server, tmp_path):
 
     close_all_connections()
 
-    assert not pid_alive(master)
+    assert not process_running(master)
     storage._connection = None  # the pool forgot it; the storage reconnects on next use
     assert storage.stat("a.bin").size == 1
     storage.close()
