@@ -14,9 +14,17 @@ launches them (RUN_STARTING), the code server starts one run worker process per 
 and the run ends. Reported: submissions per minute, runs launched and completed per minute
 (from the first submission), per-run times (queue wait, worker start, start -> end), and the
 most runs in flight at once. Baseline, same machine and run: ``python -c "import dagster"`` as
-a subprocess and the same job executed in process on the same instance.
+a subprocess, a process building the site's definitions and the same job executed in process on
+the same instance.
+
+Each batch runs on two deployments one after the other (``--run-workers``): the code server as
+Dagster starts run workers (``spawned``: a new interpreter per run, the baseline,
+``spawned_run_workers_site.py``) and as deployed (``forked`` from a helper that has imported the
+site's code, ``ccat_dagster/run_workers.py``). Each checks which one it got from the code
+server's processes.
 
     .venv/bin/python bench/bench_run_launch.py [--runs 30,60] [--port 25100]
+        [--run-workers spawned,forked]
 """
 
 from __future__ import annotations
@@ -239,6 +247,105 @@ def report(n: int, submit_s: float, rows: list[dict], location_s: float, in_proc
     )
 
 
+def start_code_server(deployment: Deployment, mode: str, port: int) -> None:
+    """Cologne's code server: as deployed (``forked``), or with Dagster's own spawned run
+    workers put back (``spawned``, bench/spawned_run_workers_site.py)."""
+    if mode == "forked":
+        deployment.start_code_server(SITE, port)
+        return
+    deployment.start(
+        f"code-server-{SITE}",
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "code-server",
+            "start",
+            "-m",
+            "spawned_run_workers_site",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--location-name",
+            SITE,
+        ],
+        extra_env={"CCAT_SITE": SITE, "PYTHONPATH": str(Path(__file__).resolve().parent)},
+    )
+
+
+def forkserver_helpers(deployment: Deployment) -> list[int]:
+    """The pids of multiprocessing forkserver helpers in the code server's process group."""
+    groups = {p.popen.pid for p in deployment.processes if p.name.startswith("code-server")}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            in_group = os.getpgid(int(entry.name)) in groups
+        except (OSError, ProcessLookupError):
+            continue
+        if in_group and b"multiprocessing.forkserver" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def run_mode(
+    args: argparse.Namespace,
+    mode: str,
+    sizes: list[int],
+    deployment: Deployment,
+    workspace: Path,
+    instance: DagsterInstance,
+    baseline: tuple[float, float],
+) -> None:
+    """Start the code server (run workers ``mode``) and the daemon, run the batches, report."""
+    print(f"\n##### run workers {mode}")
+    start_code_server(deployment, mode, args.port)
+    wait_until(
+        lambda: deployment.check_alive() or code_server_ready(args.port),
+        timeout=180,
+        what="the code server to serve",
+        describe=deployment.logs,
+    )
+    started = time.time()
+    deployment.start_daemon(workspace)
+
+    def heartbeat() -> bool:
+        deployment.check_alive()
+        beat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+        return beat is not None and beat.timestamp > started
+
+    wait_until(
+        heartbeat,
+        timeout=180,
+        what="the daemon's run coordinator heartbeat",
+        describe=deployment.logs,
+    )
+    from dagster_graphql.test.utils import define_out_of_process_context
+
+    with define_out_of_process_context(str(workspace), None, instance) as context:
+        for n in sizes:
+            batch = uuid.uuid4().hex[:8]
+            print(f"\n== {n} runs of {JOB}, run workers {mode}")
+            submit_s = submit(context, n, batch)
+            rows = measure(instance, deployment, batch, n)
+            report(n, submit_s, rows, *baseline)
+            daemon_log = (deployment.log_dir / "daemon.log").read_text(errors="replace")
+            print(
+                f"  load average {os.getloadavg()[0]:.1f}; daemon log so far: "
+                f"{daemon_log.count('blocked by global concurrency limits')} runs held "
+                "back by a pool limit"
+            )
+    helpers = forkserver_helpers(deployment)
+    print(
+        f"  run workers: forked from the helper {helpers[0]}"
+        if helpers
+        else "  run workers: spawned (no forkserver helper in the code server's group)"
+    )
+    if (mode == "forked") != bool(helpers):
+        raise SystemExit(f"the code server did not start its run workers {mode}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", default="30,60", help="runs per batch, comma-separated")
@@ -250,10 +357,20 @@ def main() -> None:
         help="add run_queue: dequeue_use_threads with this many workers to the instance config "
         "(0: as deployed, one launch after another)",
     )
+    parser.add_argument(
+        "--run-workers",
+        default="spawned,forked",
+        help="how the code server starts run workers, comma-separated, one deployment each in "
+        "order: spawned (Dagster's own start, the baseline) and forked (as deployed: "
+        "ccat_dagster/run_workers.py)",
+    )
     parser.add_argument("--logs", type=Path, help="copy the daemon's and code server's logs here")
     args = parser.parse_args()
     logging.getLogger("dagster").setLevel(logging.WARNING)
     sizes = [int(n) for n in args.runs.split(",")]
+    modes = [m.strip() for m in args.run_workers.split(",")]
+    if unknown := set(modes) - {"spawned", "forked"}:
+        parser.error(f"--run-workers: unknown {sorted(unknown)}; use spawned and/or forked")
     with (
         location_roots(),
         scratch_database("bench_launch_ops") as ops_url,
@@ -277,7 +394,6 @@ def main() -> None:
         workspace = write_workspace(Path(tmp, "workspace.yaml"), {SITE: args.port})
         log_dir = Path(tmp, "logs")
         log_dir.mkdir()
-        deployment = Deployment(root=REPO, env=dict(os.environ), log_dir=log_dir)
         instance = open_instance(home)
         try:
             import_s = baseline_import()
@@ -288,44 +404,19 @@ def main() -> None:
                 f"building {SITE}'s definitions {location_s:.2f} s; {JOB} in process "
                 f"{in_proc_s:.2f} s"
             )
-            deployment.start_code_server(SITE, args.port)
-            wait_until(
-                lambda: deployment.check_alive() or code_server_ready(args.port),
-                timeout=180,
-                what="the code server to serve",
-                describe=deployment.logs,
-            )
-            deployment.start_daemon(workspace)
-            wait_until(
-                lambda: (
-                    deployment.check_alive()
-                    or "QUEUED_RUN_COORDINATOR" in instance.get_daemon_heartbeats()
-                ),
-                timeout=180,
-                what="the daemon's run coordinator heartbeat",
-                describe=deployment.logs,
-            )
-            from dagster_graphql.test.utils import define_out_of_process_context
-
-            with define_out_of_process_context(str(workspace), None, instance) as context:
-                for n in sizes:
-                    batch = uuid.uuid4().hex[:8]
-                    print(f"\n== {n} runs of {JOB}")
-                    submit_s = submit(context, n, batch)
-                    rows = measure(instance, deployment, batch, n)
-                    report(n, submit_s, rows, location_s, in_proc_s)
-                    blocked = (log_dir / "daemon.log").read_text(errors="replace")
-                    print(
-                        f"  load average {os.getloadavg()[0]:.1f}; daemon log so far: "
-                        f"{blocked.count('blocked by global concurrency limits')} runs held "
-                        "back by a pool limit"
-                    )
+            baseline = (location_s, in_proc_s)
+            for mode in modes:
+                deployment = Deployment(root=REPO, env=dict(os.environ), log_dir=log_dir / mode)
+                deployment.log_dir.mkdir()
+                try:
+                    run_mode(args, mode, sizes, deployment, workspace, instance, baseline)
+                finally:
+                    killed = deployment.stop()
+                    if args.logs:
+                        shutil.copytree(log_dir, args.logs, dirs_exist_ok=True)
+                    if killed:
+                        print(f"killed after the timeout: {', '.join(killed)}")
         finally:
-            killed = deployment.stop()
-            if args.logs:
-                shutil.copytree(log_dir, args.logs, dirs_exist_ok=True)
-            if killed:
-                print(f"killed after the timeout: {', '.join(killed)}")
             instance.dispose()
 
 

@@ -63,3 +63,15 @@ def fork_run_workers_from_preloaded_server(
         property(lambda _server: context, lambda _server, _value: None),
     )
     return True
+
+
+def restore_spawned_run_workers() -> None:
+    """Undo `fork_run_workers_from_preloaded_server`: the code server starts its run workers as
+    Dagster does (``spawn``), each importing everything anew. The baseline of
+    ``bench/bench_run_launch.py``; nothing in the product calls it."""
+    server_class = getattr(sys.modules.get(_SERVER_MODULE), _SERVER_CLASS, None)
+    if server_class is not None and isinstance(
+        server_class.__dict__.get(_CONTEXT_ATTRIBUTE), property
+    ):
+        # the running server's own attribute, set by its __init__, shows again
+        delattr(server_class, _CONTEXT_ATTRIBUTE)

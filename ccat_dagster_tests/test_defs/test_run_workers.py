@@ -41,7 +41,10 @@ def test_in_a_code_server_runs_start_from_the_forkserver_with_the_site_module_pr
         import multiprocessing
         from multiprocessing import forkserver
         from dagster._grpc.server import DagsterApiServer
-        from ccat_dagster.run_workers import fork_run_workers_from_preloaded_server
+        from ccat_dagster.run_workers import (
+            fork_run_workers_from_preloaded_server,
+            restore_spawned_run_workers,
+        )
 
         server = object.__new__(DagsterApiServer)
         server._mp_ctx = multiprocessing.get_context("spawn")  # made before the site loaded
@@ -51,11 +54,16 @@ def test_in_a_code_server_runs_start_from_the_forkserver_with_the_site_module_pr
         again = fork_run_workers_from_preloaded_server()
         print(first, again, server._mp_ctx.get_start_method(), later._mp_ctx.get_start_method())
         print(forkserver._forkserver._preload_modules)
+        restore_spawned_run_workers()  # the baseline of bench/bench_run_launch.py
+        after = object.__new__(DagsterApiServer)
+        after._mp_ctx = multiprocessing.get_context("spawn")
+        print(server._mp_ctx.get_start_method(), after._mp_ctx.get_start_method())
         """
     )
     assert out.splitlines() == [
         "True True forkserver forkserver",
         "['ccat_dagster.run_worker_preload']",
+        "spawn spawn",
     ]
 
 
