@@ -253,22 +253,11 @@ def start_code_server(deployment: Deployment, mode: str, port: int) -> None:
     if mode == "forked":
         deployment.start_code_server(SITE, port)
         return
-    deployment.start(
-        f"code-server-{SITE}",
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "code-server",
-            "start",
-            "-m",
-            "spawned_run_workers_site",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--location-name",
-            SITE,
-        ],
-        extra_env={"CCAT_SITE": SITE, "PYTHONPATH": str(Path(__file__).resolve().parent)},
+    deployment.start_code_server(
+        SITE,
+        port,
+        module="spawned_run_workers_site",
+        extra_env={"PYTHONPATH": str(Path(__file__).resolve().parent)},
     )
 
 

@@ -163,8 +163,16 @@ class Deployment:
         self.processes.append(process)
         return process
 
-    def start_code_server(self, site: str, port: int) -> ManagedProcess:
-        """As docker/compose.yaml starts it: the one site module, the site chosen by CCAT_SITE."""
+    def start_code_server(
+        self,
+        site: str,
+        port: int,
+        *,
+        module: str = "ccat_dagster.sites.site",
+        extra_env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        """As docker/compose.yaml starts it: the one site module, the site chosen by CCAT_SITE
+        (``module``: another module serving it, e.g. a bench's baseline)."""
         return self.start(
             f"code-server-{site}",
             [
@@ -172,7 +180,7 @@ class Deployment:
                 "code-server",
                 "start",
                 "-m",
-                "ccat_dagster.sites.site",
+                module,
                 "-h",
                 HOST,
                 "-p",
@@ -180,7 +188,7 @@ class Deployment:
                 "--location-name",
                 site,
             ],
-            extra_env={"CCAT_SITE": site},
+            extra_env={"CCAT_SITE": site, **(extra_env or {})},
         )
 
     def start_daemon(self, workspace: Path) -> ManagedProcess:
