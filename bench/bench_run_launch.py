@@ -247,18 +247,9 @@ def report(n: int, submit_s: float, rows: list[dict], location_s: float, in_proc
     )
 
 
-def start_code_server(deployment: Deployment, mode: str, port: int) -> None:
-    """Cologne's code server: as deployed (``forked``), or with Dagster's own spawned run
-    workers put back (``spawned``, bench/spawned_run_workers_site.py)."""
-    if mode == "forked":
-        deployment.start_code_server(SITE, port)
-        return
-    deployment.start_code_server(
-        SITE,
-        port,
-        module="spawned_run_workers_site",
-        extra_env={"PYTHONPATH": str(Path(__file__).resolve().parent)},
-    )
+#: the module each kind of run worker's code server serves (bench/spawned_run_workers_site.py:
+#: the site module with Dagster's own spawned run workers put back)
+CODE_SERVER_MODULES = {"spawned": "spawned_run_workers_site", "forked": "ccat_dagster.sites.site"}
 
 
 def forkserver_helpers(deployment: Deployment) -> list[int]:
@@ -289,7 +280,12 @@ def run_mode(
 ) -> None:
     """Start the code server (run workers ``mode``) and the daemon, run the batches, report."""
     print(f"\n##### run workers {mode}")
-    start_code_server(deployment, mode, args.port)
+    deployment.start_code_server(
+        SITE,
+        args.port,
+        module=CODE_SERVER_MODULES[mode],
+        extra_env={"PYTHONPATH": str(Path(__file__).resolve().parent)},
+    )
     wait_until(
         lambda: deployment.check_alive() or code_server_ready(args.port),
         timeout=180,
@@ -358,7 +354,7 @@ def main() -> None:
     logging.getLogger("dagster").setLevel(logging.WARNING)
     sizes = [int(n) for n in args.runs.split(",")]
     modes = [m.strip() for m in args.run_workers.split(",")]
-    if unknown := set(modes) - {"spawned", "forked"}:
+    if unknown := set(modes) - set(CODE_SERVER_MODULES):
         parser.error(f"--run-workers: unknown {sorted(unknown)}; use spawned and/or forked")
     with (
         location_roots(),
@@ -400,12 +396,11 @@ def main() -> None:
                 try:
                     run_mode(args, mode, sizes, deployment, workspace, instance, baseline)
                 finally:
-                    killed = deployment.stop()
-                    if args.logs:
-                        shutil.copytree(log_dir, args.logs, dirs_exist_ok=True)
-                    if killed:
+                    if killed := deployment.stop():
                         print(f"killed after the timeout: {', '.join(killed)}")
         finally:
+            if args.logs:
+                shutil.copytree(log_dir, args.logs, dirs_exist_ok=True)
             instance.dispose()
 
 

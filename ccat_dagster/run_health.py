@@ -93,11 +93,15 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw.rsplit(")", 1)[1].split()
 
 
+def _ended(fields: list[str] | None) -> bool:
+    """The process whose stat ``fields`` these are is gone or has ended (a zombie, killed and
+    not yet reaped by its parent, has)."""
+    return fields is None or fields[0] in ("Z", "X")
+
+
 def process_running(pid: int) -> bool:
-    """Process ``pid`` exists here and has not ended (a zombie, killed and not yet reaped by
-    its parent, counts as ended)."""
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
+    """Process ``pid`` exists here and has not ended (a zombie counts as ended)."""
+    return not _ended(_stat_fields(pid))
 
 
 def process_identity(pid: int | None = None) -> ProcessIdentity | None:
@@ -131,10 +135,10 @@ def owner_alive(owner: ProcessIdentity) -> bool | None:
         here.pid_namespace,
     ):
         return None
-    if not process_running(owner.pid):
-        return False
     fields = _stat_fields(owner.pid)
-    return fields is not None and int(fields[19]) == owner.start_ticks
+    if fields is None or _ended(fields):
+        return False
+    return int(fields[19]) == owner.start_ticks
 
 
 @dataclass(frozen=True)
