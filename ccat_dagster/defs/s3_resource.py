@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3.session
 from botocore.handlers import disable_signing
 from dagster_aws.s3 import S3Resource
 
-from ccat_dagster.storage.s3 import s3_client_config
+from ccat_dagster.storage.s3 import boto3_session, s3_client_config
 
 
 class TunedS3Resource(S3Resource):
@@ -24,7 +23,7 @@ class TunedS3Resource(S3Resource):
     retries-only one."""
 
     def get_client(self) -> Any:
-        client = boto3.session.Session(profile_name=self.profile_name).client(
+        client = boto3_session(self.profile_name).client(
             "s3",
             region_name=self.region_name,
             use_ssl=self.use_ssl,

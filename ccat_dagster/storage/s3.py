@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -107,6 +110,28 @@ def s3_client_config(
     )
 
 
+_loader_lock = threading.Lock()
+_loader: botocore.loaders.Loader | None = None
+
+
+def boto3_session(profile_name: str | None = None) -> boto3.Session:
+    """A new boto3 session (credentials of its own, from boto3's default chain or the
+    ``profile_name``) that shares this process's botocore data loader.
+
+    Every run builds its S3 clients anew, and a new session reads botocore's service model
+    and endpoint rules (megabytes of JSON) again for its first client: 170 ms of CPU a client
+    where 45 ms remain with the loader, and its cache of what it read, shared. The loader holds
+    only botocore's own data files, no credentials or settings."""
+    global _loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:  # where the first session looks (AWS_DATA_PATH)
+            _loader = botocore.loaders.create_loader(core.get_config_variable("data_path"))
+        loader = _loader
+    core.register_component("data_loader", loader)
+    return boto3.Session(botocore_session=core, profile_name=profile_name)
+
+
 def make_s3_client(
     *,
     endpoint_url: str | None = None,
@@ -117,7 +142,7 @@ def make_s3_client(
     """A boto3 S3 client with the settings of ``s3_client_config``, configured like dagster-aws
     ``S3Resource(endpoint_url=..., region_name=...)``. Credentials: boto3's default chain
     (environment)."""
-    return boto3.Session().client(
+    return boto3_session().client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,

@@ -19,7 +19,7 @@ from ccat_dagster.storage.errors import (
     PermanentStorageError,
     TransientStorageError,
 )
-from ccat_dagster.storage.s3 import MIB, S3Storage, make_s3_client, map_s3_error
+from ccat_dagster.storage.s3 import MIB, S3Storage, boto3_session, make_s3_client, map_s3_error
 from ccat_ops_db.checksum import checksum_chunks
 
 NAME = "cologne/lta"
@@ -242,6 +242,22 @@ def test_client_built_by_dagster_aws_s3_resource_works(s3_endpoint, s3_bucket, s
     digest, _ = checksum_chunks([data])
     lta.write_stream("x.bin", io.BytesIO(data), expected_checksum=digest)
     assert s3_client.get_object(Bucket=s3_bucket, Key="via-resource/x.bin")["Body"].read() == data
+
+
+def test_clients_share_botocores_data_but_not_credentials(s3_endpoint, monkeypatch):
+    """Each client's session reads its credentials itself (a changed key is used by the next
+    client); only botocore's service data is read once per process."""
+    from ccat_dagster.defs.s3_resource import TunedS3Resource
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    first = make_s3_client(endpoint_url=s3_endpoint, region="us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    second = TunedS3Resource(endpoint_url=s3_endpoint, region_name="us-east-1").get_client()
+    assert first._request_signer._credentials.access_key == "first-key"
+    assert second._request_signer._credentials.access_key == "second-key"
+    loaders = [boto3_session()._session.get_component("data_loader") for _ in range(2)]
+    assert loaders[0] is loaders[1]
+    assert first.meta.service_model.service_name == second.meta.service_model.service_name
 
 
 def test_unfinished_multipart_upload_of_a_killed_writer_is_listed_and_aborted(
