@@ -12,7 +12,8 @@ process does: ``fixtures/databases.py``.)
 
 What the lifecycle does and records is the same: only how Dagster reaches its tables differs
 (docs/performance.md, "The test suite's wall time"). The deployment tests and the commands the
-tests start as processes use the instance config ``ccat instance init`` writes, as deployed.
+tests start as processes use the instance config ``ccat instance init`` writes, as deployed; the
+fault harness's commands use it with these storages (``use_pooled_storages``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import yaml
 from dagster import DagsterInstance
 from dagster import instance_for_test as dagster_instance_for_test
 from dagster._core.storage.event_log import (  # noqa: TID251 (test harness only)
@@ -82,15 +84,27 @@ def _storage(cls: type, base_dir: Path) -> dict[str, Any]:
     return {"module": __name__, "class": cls.__name__, "config": {"base_dir": str(base_dir)}}
 
 
+def pooled_storages(home: Path) -> dict[str, Any]:
+    """The instance config of the storages above in ``home``: the run storage where Dagster's
+    SQLite default keeps it (``history/runs.db``), the event log in one database."""
+    return {
+        "run_storage": _storage(PooledSqliteRunStorage, home / "history"),
+        "event_log_storage": _storage(PooledConsolidatedSqliteEventLogStorage, home),
+    }
+
+
+def use_pooled_storages(home: Path) -> None:
+    """Make the instance config ``home/dagster.yaml`` (the embedded default that ``ccat
+    instance init`` wrote) use the storages above, for the processes a test starts on it."""
+    with open(home / "dagster.yaml", "a") as config:
+        config.write("\n" + yaml.safe_dump(pooled_storages(home), sort_keys=False))
+
+
 @contextmanager
 def instance_for_test(overrides: Mapping[str, Any] | None = None) -> Iterator[DagsterInstance]:
     """``dagster.instance_for_test(overrides)`` on the storages above, in the instance's own
     (temporary) directory."""
     with tempfile.TemporaryDirectory(prefix="ccat-dagster-", ignore_cleanup_errors=True) as home:
-        storages = {
-            "run_storage": _storage(PooledSqliteRunStorage, Path(home) / "history"),
-            "event_log_storage": _storage(PooledConsolidatedSqliteEventLogStorage, Path(home)),
-        }
-        overrides = {**storages, **(overrides or {})}
+        overrides = {**pooled_storages(Path(home)), **(overrides or {})}
         with dagster_instance_for_test(overrides=overrides, temp_dir=home) as instance:
             yield instance

@@ -15,6 +15,7 @@ from sqlalchemy import update
 
 from ccat_dagster.instance import write_instance_config
 from ccat_dagster.lifecycle.common.policy import Policy
+from ccat_dagster_tests.dagster_instance import use_pooled_storages
 from ccat_dagster_tests.faults.infra import TEMPLATE_DB, Infrastructure
 from ccat_dagster_tests.fixtures.s3server import FAKE_ENV, empty_and_delete_bucket
 from ccat_dagster_tests.pipeline_support import file_simulated_data, real_topology
@@ -146,6 +147,9 @@ def create_world(infra: Infrastructure, seed: int, workdir: Path) -> World:
     with session_scope(world.url) as session:
         apply_topology(session, topology)
     write_instance_config(world.dagster_home)
+    # Dagster's SQLite default makes a database per run and opens a connection per event: a
+    # third of the commands' CPU. What the faults test is the lifecycle, not Dagster's storage.
+    use_pooled_storages(world.dagster_home)
     return world
 
 

@@ -12,6 +12,7 @@ signal) to its ``rc`` file. It must stay single-threaded: it forks.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
@@ -60,9 +61,35 @@ def _write_rc(path: str, status: int) -> None:
     os.replace(tmp, path)
 
 
+#: what the commands import on their way
+PRELOAD = (
+    "ccat_dagster.cli",
+    "ccat_dagster.runner",
+    "ccat_dagster.defs.definitions",
+    "ccat_dagster.defs.s3_resource",
+    "ccat_dagster.storage.ssh",
+    "ccat_dagster_tests.dagster_instance",
+    "ccat_ops_db.migrate",
+    "pandas",
+)
+
+
+def _preload() -> None:
+    """Import what the commands import on their way (the sites' code, pandas, dagster-aws, the
+    harness's Dagster storages, the migrations) and read botocore's S3 model: once here instead of
+    in every child. The warm-up client has credentials of its own, so that nothing looks for any
+    (boto3's chain would end by asking an instance metadata address)."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+    from ccat_dagster.storage.s3 import boto3_session
+
+    boto3_session().client(
+        "s3", region_name="us-east-1", aws_access_key_id="zygote", aws_secret_access_key="zygote"
+    )
+
+
 def serve() -> None:
-    import ccat_dagster.cli
-    import ccat_dagster.runner  # noqa: F401
+    _preload()
 
     if threading.active_count() != 1:
         print(json.dumps({"error": "zygote has threads; forking is unsafe"}), flush=True)
