@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ccat_dagster_tests.ccat_server import ccat_server
 from ccat_ops_db.topology import (
     INGEST_KEYS,
     LOCATION_KEYS,
@@ -84,20 +85,23 @@ def run_doc(doc: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, lis
     script.append("echo '::all blocks ran' >&2")
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     work = _sandbox(tmp_path)
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        CCAT_HOME=str(work / ".ccat"),
-        HOME=str(tmp_path),
-        COLUMNS="120",
-    )
-    result = subprocess.run(
-        ["bash", "-c", "\n".join(script)],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    # `ccat` from a command server that has the CLI imported (ccat_server.py): the guides run
+    # some sixty commands, each a second or two of imports before it does anything
+    with ccat_server(tmp_path / "bin") as ccat_bin:
+        env.update(
+            PATH=os.pathsep.join((str(ccat_bin), str(VENV_BIN), env.get("PATH", ""))),
+            CCAT_HOME=str(work / ".ccat"),
+            HOME=str(tmp_path),
+            COLUMNS="120",
+        )
+        result = subprocess.run(
+            ["bash", "-c", "\n".join(script)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     return result, runnable
 
 

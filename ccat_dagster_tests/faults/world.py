@@ -148,7 +148,8 @@ def create_world(infra: Infrastructure, seed: int, workdir: Path) -> World:
         apply_topology(session, topology)
     write_instance_config(world.dagster_home)
     # Dagster's SQLite default makes a database per run and opens a connection per event: a
-    # third of the commands' CPU. What the faults test is the lifecycle, not Dagster's storage.
+    # third of the commands' CPU. What the faults test is the lifecycle, not Dagster's storage
+    # (test_kill_runs.py kills commands on that default).
     use_pooled_storages(world.dagster_home)
     return world
 

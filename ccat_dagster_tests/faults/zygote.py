@@ -12,12 +12,13 @@ signal) to its ``rc`` file. It must stay single-threaded: it forks.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import select
 import sys
 import threading
+
+from ccat_dagster_tests.forked_ccat import preload, run_ccat
 
 
 def _child(request: dict) -> None:
@@ -34,23 +35,7 @@ def _child(request: dict) -> None:
     # line by line, so the log of a command killed with SIGKILL ends where it died
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
-    code = 0
-    try:
-        from ccat_dagster.cli import app
-
-        sys.argv = ["ccat", *request["args"]]
-        app(prog_name="ccat")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - a crash of the command is its exit status 1
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+    os._exit(run_ccat(request["args"]))
 
 
 def _write_rc(path: str, status: int) -> None:
@@ -61,36 +46,8 @@ def _write_rc(path: str, status: int) -> None:
     os.replace(tmp, path)
 
 
-#: what the commands import on their way
-PRELOAD = (
-    "ccat_dagster.cli",
-    "ccat_dagster.runner",
-    "ccat_dagster.defs.definitions",
-    "ccat_dagster.defs.s3_resource",
-    "ccat_dagster.storage.ssh",
-    "ccat_dagster_tests.dagster_instance",
-    "ccat_ops_db.migrate",
-    "pandas",
-)
-
-
-def _preload() -> None:
-    """Import what the commands import on their way (the sites' code, pandas, dagster-aws, the
-    harness's Dagster storages, the migrations) and read botocore's S3 model: once here instead of
-    in every child. The warm-up client has credentials of its own, so that nothing looks for any
-    (boto3's chain would end by asking an instance metadata address)."""
-    for module in PRELOAD:
-        importlib.import_module(module)
-    from ccat_dagster.storage.s3 import boto3_session
-
-    boto3_session().client(
-        "s3", region_name="us-east-1", aws_access_key_id="zygote", aws_secret_access_key="zygote"
-    )
-
-
 def serve() -> None:
-    _preload()
-
+    preload()
     if threading.active_count() != 1:
         print(json.dumps({"error": "zygote has threads; forking is unsafe"}), flush=True)
         sys.exit(1)
