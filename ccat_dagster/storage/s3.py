@@ -127,9 +127,12 @@ def boto3_session(profile_name: str | None = None) -> boto3.Session:
     with _loader_lock:
         if _loader is None:  # where the first session looks (AWS_DATA_PATH)
             _loader = botocore.loaders.create_loader(core.get_config_variable("data_path"))
-        loader = _loader
-    core.register_component("data_loader", loader)
-    return boto3.Session(botocore_session=core, profile_name=profile_name)
+        core.register_component("data_loader", _loader)
+        session = boto3.Session(botocore_session=core, profile_name=profile_name)
+        # each boto3 session appends boto3's data directory to its loader's search paths: once
+        paths = _loader.search_paths
+        paths[:] = dict.fromkeys(paths)
+    return session
 
 
 def make_s3_client(

@@ -255,8 +255,10 @@ def test_clients_share_botocores_data_but_not_credentials(s3_endpoint, monkeypat
     second = TunedS3Resource(endpoint_url=s3_endpoint, region_name="us-east-1").get_client()
     assert first._request_signer._credentials.access_key == "first-key"
     assert second._request_signer._credentials.access_key == "second-key"
-    loaders = [boto3_session()._session.get_component("data_loader") for _ in range(2)]
-    assert loaders[0] is loaders[1]
+    loaders = [boto3_session()._session.get_component("data_loader") for _ in range(3)]
+    assert loaders[0] is loaders[1] is loaders[2]
+    paths = loaders[0].search_paths
+    assert len(paths) == len(set(paths)), "a long-lived process's search paths do not grow"
     assert first.meta.service_model.service_name == second.meta.service_model.service_name
 
 
