@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 
 #: what the commands import on their way: the sites' code, pandas, dagster-aws, the tests'
 #: Dagster storages, the migrations
@@ -25,7 +26,9 @@ PRELOAD = (
 def preload() -> None:
     """Import ``PRELOAD`` and read botocore's S3 model, before forking anything. The warm-up
     client has credentials of its own, so that nothing looks for any (boto3's chain would end by
-    asking an instance metadata address)."""
+    asking an instance metadata address). Raises ``RuntimeError`` when the preload left a thread
+    running: a process that forks must be single-threaded (a child would inherit locks held by
+    threads it does not have)."""
     for module in PRELOAD:
         importlib.import_module(module)
     from ccat_dagster.storage.s3 import boto3_session
@@ -33,6 +36,9 @@ def preload() -> None:
     boto3_session().client(
         "s3", region_name="us-east-1", aws_access_key_id="preload", aws_secret_access_key="preload"
     )
+    if threading.active_count() != 1:
+        names = ", ".join(thread.name for thread in threading.enumerate())
+        raise RuntimeError(f"the preload left threads running ({names}); forking is unsafe")
 
 
 def run_ccat(args: list[str]) -> int:

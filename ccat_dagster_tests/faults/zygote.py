@@ -16,7 +16,6 @@ import json
 import os
 import select
 import sys
-import threading
 
 from ccat_dagster_tests.forked_ccat import preload, run_ccat
 
@@ -47,9 +46,10 @@ def _write_rc(path: str, status: int) -> None:
 
 
 def serve() -> None:
-    preload()
-    if threading.active_count() != 1:
-        print(json.dumps({"error": "zygote has threads; forking is unsafe"}), flush=True)
+    try:
+        preload()
+    except RuntimeError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
         sys.exit(1)
     rc_files: dict[int, str] = {}
     print(json.dumps({"ready": os.getpid()}), flush=True)
