@@ -1,7 +1,8 @@
 """``python -m ccat_dagster_tests.faults``: run fault schedules and print the summary.
 
 Exit status 0 when no schedule broke the invariant (no violation, no byte lost), else 1.
-``--seed N`` replays one schedule alone (its files are kept for inspection when it fails).
+``--seed N`` replays one schedule alone (its files are kept for inspection when it fails);
+``--kind K`` puts fault kind K into the first step of every schedule.
 ``--workers N`` runs N harnesses side by side, each with its own components, on a share of the
 seed numbers.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ccat_dagster_tests.faults.harness import read_results, run_here, run_many
 from ccat_dagster_tests.faults.report import summarize
-from ccat_dagster_tests.faults.schedule import Schedule, fixed_schedules, make_schedule
+from ccat_dagster_tests.faults.schedule import KINDS, Schedule, fixed_schedules, make_schedule
 
 
 def _schedules(args: argparse.Namespace) -> list[Schedule]:
@@ -26,8 +27,9 @@ def _schedules(args: argparse.Namespace) -> list[Schedule]:
     if args.fixed:
         return fixed_schedules()
     if args.seed:
-        return [make_schedule(s) for s in args.seed]
-    return [make_schedule(s) for s in range(args.first_seed, args.first_seed + args.schedules)]
+        return [make_schedule(s, forced=args.kind) for s in args.seed]
+    seeds = range(args.first_seed, args.first_seed + args.schedules)
+    return [make_schedule(s, forced=args.kind) for s in seeds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=1, help="seed of the first schedule")
     parser.add_argument("--seed", type=int, action="append", help="replay this seed (repeatable)")
     parser.add_argument("--fixed", action="store_true", help="the fixed set of make test")
+    parser.add_argument(
+        "--kind", choices=sorted(KINDS), help="put this fault kind into every schedule's first step"
+    )
     parser.add_argument("--workers", type=int, default=1, help="harnesses side by side")
     parser.add_argument("--workdir", type=Path, help="where worlds live (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep every schedule's files")

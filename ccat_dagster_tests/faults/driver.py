@@ -111,11 +111,8 @@ class _StepRun:
             get_engine(world.url).dispose()
         elif kind == "twin_cleanup":
             self.start_command()
-        elif kind == "flip_buffer":
-            return self._flip(kind, inject.flip_buffer)
-        elif kind in ("flip_lta_disk", "flip_lta_s3"):
-            flip = inject.flip_lta_disk if kind == "flip_lta_disk" else inject.flip_lta_s3
-            return self._flip(kind, flip)
+        elif kind in inject.AT_REST:
+            return self._at_rest(kind)
         elif kind in ("retention_with_bad_lta", "corrupt_source_before_archive"):
             return True  # applied around the step, not during it
         elif kind.startswith("kill_"):
@@ -126,8 +123,8 @@ class _StepRun:
             self.mark(kind, f"at {now:.1f}s")
         return True
 
-    def _flip(self, kind: str, flip) -> bool:
-        done = flip(self.world, self.rng)
+    def _at_rest(self, kind: str) -> bool:
+        done = inject.AT_REST[kind](self.world, self.rng)
         if done is None:
             return False
         self.mark(kind, done)
@@ -192,8 +189,8 @@ class _StepRun:
         if any(f.kind == "flip_in_transit" for f in self.step.faults):
             flipped = self.infra.s3.flips() - flips_before
             self.mark("flip_in_transit", f"{flipped} upload(s)" if flipped else None)
-        for fault in pending:  # at-rest corruption: once its target exists
-            if fault.kind in ("flip_buffer", "flip_lta_disk", "flip_lta_s3"):
+        for fault in pending:  # at-rest faults: once their target exists
+            if fault.kind in inject.AT_REST:
                 now = time.monotonic() - started
                 if not self.apply(fault, now) and not (self.settle() and self.apply(fault, now)):
                     self.mark(fault.kind, None)

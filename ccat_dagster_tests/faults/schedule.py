@@ -40,15 +40,20 @@ KINDS: dict[str, str] = {
     "(clock moved)",
     "corrupt_source_before_archive": "a SOURCE file corrupted before any archive copy exists "
     "(not survivable by design: reported, not counted as loss)",
+    "remove_buffer": "a file of a buffer removed at rest",
+    "remove_lta_disk": "a package removed at rest from the disk long-term archive",
+    "remove_lta_s3": "an object removed at rest from the S3 long-term archive",
 }
 
 #: faults no system can survive: the only copy is corrupted before an archive copy exists
 UNSURVIVABLE = frozenset({"corrupt_source_before_archive"})
 
-#: at most one at-rest corruption of an archive copy per schedule: with two archives, one good
-#: copy always remains (two archive copies of a package corrupted at once is a double fault
+#: at most one archive copy corrupted or removed at rest per schedule: with two archives, one
+#: good copy always remains (both archive copies of a package spoiled at once is a double fault
 #: outside the promise)
-LTA_FLIPS = frozenset({"flip_lta_disk", "flip_lta_s3", "retention_with_bad_lta"})
+LTA_DAMAGE = frozenset(
+    {"flip_lta_disk", "flip_lta_s3", "remove_lta_disk", "remove_lta_s3", "retention_with_bad_lta"}
+)
 
 SURVIVABLE = tuple(k for k in KINDS if k not in UNSURVIVABLE)
 
@@ -112,7 +117,7 @@ def make_schedule(
     """The schedule of ``seed``; ``forced`` puts that kind into the first step."""
     rng = random.Random(seed)
     n_steps = steps if steps is not None else rng.randint(1, 3)
-    lta_flip_used = forced in LTA_FLIPS
+    lta_damaged = forced in LTA_DAMAGE
     plan: list[Step] = []
     for index in range(n_steps):
         faults: list[Fault] = []
@@ -120,10 +125,10 @@ def make_schedule(
             faults.append(_fault(rng, forced))
         for _ in range(rng.randint(0 if faults else 1, 2 - len(faults))):
             kind = rng.choice(SURVIVABLE)
-            if kind in LTA_FLIPS:
-                if lta_flip_used:
+            if kind in LTA_DAMAGE:
+                if lta_damaged:
                     continue
-                lta_flip_used = True
+                lta_damaged = True
             faults.append(_fault(rng, kind))
         if index == 0 and not forced and rng.random() < unsurvivable_rate:
             faults.append(_fault(rng, "corrupt_source_before_archive"))
