@@ -48,6 +48,11 @@ KINDS: dict[str, str] = {
 #: faults no system can survive: the only copy is corrupted before an archive copy exists
 UNSURVIVABLE = frozenset({"corrupt_source_before_archive"})
 
+#: kinds armed from the step's start, since they wait for their target anyway (a run of their
+#: stage, an upload): on a fast machine a stage's runs or the uploads can all be over before a
+#: moment drawn up to 5 s in, and the fault never happened. The moment within a run stays random.
+WAIT_FOR_TARGET = frozenset({*KILL_STAGES, "flip_in_transit"})
+
 #: at most one archive copy corrupted or removed at rest per schedule: with two archives, one
 #: good copy always remains (both archive copies of a package spoiled at once is a double fault
 #: outside the promise)
@@ -108,7 +113,10 @@ class Schedule:
 
 
 def _fault(rng: random.Random, kind: str) -> Fault:
-    return Fault(kind, at=round(rng.uniform(0.0, 5.0), 2), duration=round(rng.uniform(1.0, 8.0), 2))
+    at, duration = round(rng.uniform(0.0, 5.0), 2), round(rng.uniform(1.0, 8.0), 2)
+    if kind in WAIT_FOR_TARGET:
+        at = 0.0
+    return Fault(kind, at=at, duration=duration)
 
 
 def make_schedule(

@@ -9,6 +9,7 @@ from ccat_dagster_tests.faults.schedule import (
     KINDS,
     LTA_DAMAGE,
     UNSURVIVABLE,
+    WAIT_FOR_TARGET,
     fixed_schedules,
     make_schedule,
 )
@@ -38,3 +39,12 @@ def test_removals_at_rest_are_drawn_and_at_most_one_archive_copy_is_spoiled():
         assert drawn[kind] > 20, drawn
     assert {"remove_lta_disk", "remove_lta_s3"} <= LTA_DAMAGE
     assert not UNSURVIVABLE & {"remove_buffer", "remove_lta_disk", "remove_lta_s3"}
+
+
+def test_kills_of_a_stage_and_flips_in_transit_are_armed_from_the_start_of_their_step():
+    assert {"kill_package", "kill_delete", "flip_in_transit"} <= WAIT_FOR_TARGET
+    for seed in range(1, 301):
+        for step in make_schedule(seed).steps:
+            for fault in step.faults:
+                if fault.kind in WAIT_FOR_TARGET:
+                    assert fault.at == 0.0, make_schedule(seed).describe()
