@@ -73,6 +73,7 @@ class _StepRun:
         self.commands: list[Command] = []
         self.heals: list[tuple[float, str]] = []
         self.killed = False
+        self.main: Command | None = None  # the step's run-until-idle (a twin is another command)
 
     def start_command(self) -> Command:
         command = self.infra.zygote.start(["run-until-idle"], self.world.env(), self.log)
@@ -131,7 +132,8 @@ class _StepRun:
         return True
 
     def _kill(self, kind: str) -> bool:
-        main = self.commands[0]
+        main = self.main
+        assert main is not None
         if kind == "kill_anytime":
             job = ", ".join(inject.started_jobs(self.world.dagster_home)) or "no run"
         else:
@@ -155,19 +157,10 @@ class _StepRun:
             self.infra.s3.set_mode("pass")  # disarmed if no upload came by
 
     # -- the step ------------------------------------------------------------------------------
-    def run(self) -> None:
-        world, result = self.world, self.result
-        flips_before = self.infra.s3.flips()
-        for fault in self.step.faults:
-            if fault.kind == "corrupt_source_before_archive":
-                corrupted = inject.corrupt_source(world, self.rng)
-                self.mark(fault.kind, corrupted and corrupted[0])
-                if corrupted:
-                    result.unsurvivable.append(corrupted[1])
-                    result.unsurvivable_names.append(Path(corrupted[0]).name)
-        pending = sorted(self.step.faults, key=lambda f: f.at)
-        self.start_command()
-        started = time.monotonic()
+    def _poll(self, pending: list[Fault]) -> bool:
+        """Apply ``pending`` faults when due and heal outages when over, until the step's
+        commands ended; then heal what is left. False when the step timed out."""
+        started, finished = time.monotonic(), True
         while True:
             now = time.monotonic() - started
             for fault in list(pending):
@@ -179,13 +172,36 @@ class _StepRun:
             if all(not c.running() for c in self.commands):
                 break
             if now > STEP_TIMEOUT:
-                result.step_timeouts += 1
+                self.result.step_timeouts += 1
                 for command in self.commands:
                     command.kill()
+                finished = False
                 break
             time.sleep(POLL)
         for _due, what in self.heals:
             self.heal(what)
+        self.heals.clear()
+        return finished
+
+    def run(self) -> None:
+        world, result = self.world, self.result
+        flips_before = self.infra.s3.flips()
+        for fault in self.step.faults:
+            if fault.kind == "corrupt_source_before_archive":
+                corrupted = inject.corrupt_source(world, self.rng)
+                self.mark(fault.kind, corrupted and corrupted[0])
+                if corrupted:
+                    result.unsurvivable.append(corrupted[1])
+                    result.unsurvivable_names.append(Path(corrupted[0]).name)
+        pending = sorted(self.step.faults, key=lambda f: f.at)
+        self.main = self.start_command()
+        started = time.monotonic()
+        if self._poll(pending) and not self.killed and any(f.kind in KILL_STAGES for f in pending):
+            # the step ended before a run of the kill's stage came (an outage held the pipeline
+            # back, e.g. sshd down when the transfers started): it goes on, healed, until that
+            # run comes and is killed or the pipeline is idle
+            self.main = self.start_command()
+            self._poll(pending)
         if any(f.kind == "flip_in_transit" for f in self.step.faults):
             flipped = self.infra.s3.flips() - flips_before
             self.mark("flip_in_transit", f"{flipped} upload(s)" if flipped else None)
