@@ -28,8 +28,8 @@ def _schedules(args: argparse.Namespace) -> list[Schedule]:
         return fixed_schedules()
     if args.seed:
         return [make_schedule(s, forced=args.kind) for s in args.seed]
-    seeds = range(args.first_seed, args.first_seed + args.schedules)
-    return [make_schedule(s, forced=args.kind) for s in seeds]
+    numbers = range(args.first_seed, args.first_seed + args.schedules)
+    return [make_schedule(s, forced=args.kind) for s in numbers]
 
 
 def main(argv: list[str] | None = None) -> int:
